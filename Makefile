@@ -1,0 +1,40 @@
+# Every target installs what it needs into .venv first (venv + pip, nothing by hand).
+PYTHON ?= python3.11
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-dev
+CONFIG ?= experiments/configs/demo.yaml
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export RAY_USAGE_STATS_ENABLED := 0
+
+.PHONY: install demo test test-fast bench clean help
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH (or: make PYTHON=python3 ...)"; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)  ## create .venv and install the platform with its dev tools
+
+demo: $(STAMP)  ## run the whole pipeline on the bundled sample (data/sample)
+	$(PY) experiments/pipeline.py --config $(CONFIG)
+
+test: $(STAMP)  ## the full test suite (what CI runs)
+	$(PY) -m pytest
+
+test-fast: $(STAMP)  ## unit tests only (skips tests marked slow)
+	$(PY) -m pytest -m "not slow"
+
+bench: $(STAMP)  ## benchmark scripts on ../shared/data (see experiments/bench/)
+	$(PY) experiments/bench/model.py
+	$(PY) experiments/bench/preprocess.py
+	$(PY) experiments/bench/index.py
+
+clean:  ## remove run outputs (keeps .venv)
+	rm -rf artifacts mlruns mlflow.db .pytest_cache

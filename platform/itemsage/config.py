@@ -1,0 +1,352 @@
+"""Typed configuration for every stage, with every default in this one file.
+
+Configs are plain dataclasses. ``load_config(PipelineConfig, "x.yaml", ["train.lr=1e-3"])`` reads
+a YAML file, applies dotted command-line overrides and checks every key and type, so a typo fails
+fast with the key's full dotted name instead of being silently ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+# The 12 ItemSage text features (paper, section 3). Order matters: it is the order of the text
+# groups in the item tower's input sequence and of the ``tok_<field>`` feature columns.
+TEXT_FIELDS: tuple[str, ...] = (
+    "title",
+    "description",
+    "merchant_domain",
+    "link_text",
+    "category_path",
+    "product_types",
+    "brand",
+    "colors",
+    "materials",
+    "patterns",
+    "size",
+    "size_type",
+)
+
+SURFACES: tuple[str, ...] = ("search", "closeup", "home")
+ACTIONS: tuple[str, ...] = ("click", "save", "add_to_cart", "checkout")
+
+
+class ConfigError(ValueError):
+    """A config key is unknown, has the wrong type, or a value is out of range."""
+
+
+@dataclass
+class TextConfig:
+    # Paper sizes (200k unigrams, 1M bigrams, 64k char-trigrams). Catalogs smaller than that simply
+    # produce smaller vocabularies; the cap only bites on large catalogs.
+    unigram_vocab_size: int = 200_000
+    bigram_vocab_size: int = 1_000_000
+    trigram_vocab_size: int = 64_000
+    # Tokens seen fewer times than this in the training catalog are left out of the vocab (OOV).
+    min_count: int = 1
+    # Long descriptions would dominate memory; ItemSage sums token embeddings, so the first N
+    # tokens of a field carry nearly all of the signal.
+    max_tokens_per_field: int = 256
+    # Fields longer than this many characters are truncated before tokenization (huge-field guard).
+    max_chars_per_field: int = 10_000
+
+
+@dataclass
+class ImageConfig:
+    # "efficientnet-lite0" (packaged ImageNet weights, 1280-d) or "resnet50" (2048-d, needs weights_path).
+    backbone: str = "efficientnet-lite0"
+    weights_path: str | None = None
+    max_images_per_item: int = 20
+    batch_size: int = 32
+    # Ray Data actor-pool size for the backbone; 1 keeps a 2-core laptop responsive.
+    concurrency: int = 1
+    # Images larger than this many pixels are rejected (decompression-bomb guard).
+    max_pixels: int = 40_000_000
+    # Torch intra-op threads per backbone actor; 0 lets torch decide.
+    num_threads: int = 0
+
+
+@dataclass
+class EngagementConfig:
+    """Synthetic engagement generator (used when a catalog has no engagement log)."""
+
+    seed: int = 0
+    num_users: int = 500
+    # Pairs per surface before the action funnel is applied.
+    search_pairs: int = 6_000
+    closeup_pairs: int = 6_000
+    home_pairs: int = 4_000
+    # Zipf-like exponent of item popularity: a few items get most engagement, as in real logs.
+    popularity_exponent: float = 1.0
+    # The funnel: of all engagements, this share is each action (dense clicks, sparse checkouts).
+    action_shares: dict[str, float] = field(
+        default_factory=lambda: {"click": 0.70, "save": 0.15, "add_to_cart": 0.10, "checkout": 0.05}
+    )
+    # User history length for home-feed queries.
+    history_length: int = 8
+    # Item-disjoint split: fractions of items whose pairs go to validation / test.
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+
+
+@dataclass
+class PreprocessConfig:
+    catalog: str = "data/sample/fashion"
+    # "auto" detects fashion / shopee / generic from the files present.
+    layout: str = "auto"
+    # Optional real engagement log (Parquet/JSONL/CSV). When empty: Shopee label groups give real
+    # pairs; other catalogs get synthetic engagements.
+    engagements: str = ""
+    output: str = "artifacts/features"
+    text: TextConfig = field(default_factory=TextConfig)
+    image: ImageConfig = field(default_factory=ImageConfig)
+    engagement: EngagementConfig = field(default_factory=EngagementConfig)
+    # Rows per Ray Data block for the text/image stages.
+    rows_per_block: int = 256
+
+
+@dataclass
+class ModelConfig:
+    # "itemsage" (transformer over feature groups) or "mlp" (the paper's concat-MLP baseline).
+    arch: str = "itemsage"
+    use_image: bool = True
+    use_text: bool = True
+    embedding_dim: int = 256
+    hidden_dim: int = 512
+    num_heads: int = 8
+    num_layers: int = 1
+    ffn_dim: int = 2048
+    head_hidden_dim: int = 1024
+    dropout: float = 0.1
+    max_images: int = 20
+    # Shared hash embedding table E (paper: 100,000 x 256).
+    hash_buckets: int = 100_000
+    hash_dim: int = 256
+    hash_seeds: tuple[int, int] = (17, 31)
+    # Fine-tune the top N layers of the MiniLM query encoder (SearchSage-style); 0 = frozen.
+    finetune_text_layers: int = 0
+
+
+@dataclass
+class LossConfig:
+    in_batch_negatives: bool = True
+    random_negatives: bool = True
+    num_random_negatives: int = 1024
+    logq_correction: bool = True
+    # Learned temperature: init and lower clamp (the logit scale is 1/temperature, capped at 100).
+    temperature_init: float = 0.07
+    temperature_min: float = 0.01
+    learn_temperature: bool = True
+    # Count-min sketch used to estimate each item's in-batch sampling probability.
+    cms_width: int = 4096
+    cms_depth: int = 4
+
+
+@dataclass
+class TrainConfig:
+    features: str = "artifacts/features"
+    storage_path: str = "artifacts/ray_results"
+    name: str = "itemsage"
+    num_workers: int = 2
+    # Keep CPU free for Ray Data's tasks: 2 workers x 0.5 CPU leaves a whole core on a 2-core box.
+    cpus_per_worker: float = 0.5
+    # "auto" uses GPUs when the cluster has them.
+    use_gpu: str = "auto"
+    batch_size: int = 256
+    max_steps: int = 300
+    optimizer: str = "adamw"  # adamw | lamb
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 30
+    grad_clip: float = 1.0
+    checkpoint_every: int = 50
+    eval_every: int = 50
+    keep_checkpoints: int = 2
+    max_failures: int = 2
+    seed: int = 0
+    # Relative share of each "surface/action" task in every batch; missing tasks get weight 1.
+    task_quotas: dict[str, float] = field(default_factory=dict)
+    # Train on only these surfaces (empty = all); the single-task ablation uses this.
+    surfaces: list[str] = field(default_factory=list)
+    mlflow_experiment: str = "itemsage"
+    register_model: bool = True
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+
+
+@dataclass
+class IndexConfig:
+    # FAISS index-factory spec, or "auto" to pick by a recall/QPS sweep.
+    spec: str = "auto"
+    candidates: list[str] = field(default_factory=lambda: ["Flat", "HNSW32", "IVF{nlist},Flat"])
+    recall_target: float = 0.95
+    k: int = 10
+    use_gpu: str = "auto"
+
+
+@dataclass
+class ServeConfig:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_query_chars: int = 512
+    max_upload_bytes: int = 10_000_000
+    max_k: int = 1000
+
+
+@dataclass
+class PipelineConfig:
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    index: IndexConfig = field(default_factory=IndexConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
+
+
+T = TypeVar("T")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; return it converted where that is lossless."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__}")
+        return _build(tp, value, key + ".")
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{key}: bad value {value!r}")
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {type(value).__name__}")
+        (arg,) = typing.get_args(tp)
+        return [_coerce(v, arg, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise ConfigError(f"{key}: expected a list of {len(args)} values, got {value!r}")
+        return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__}")
+        kt, vt = typing.get_args(tp)
+        return {_coerce(k, kt, key): _coerce(v, vt, f"{key}.{k}") for k, v in value.items()}
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true/false, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    if tp is Any:
+        return value
+    raise ConfigError(f"{key}: unsupported config type {tp!r}")
+
+
+def _build(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(
+            f"unknown config key {prefix}{unknown[0]!s} (known keys under "
+            f"{prefix.rstrip('.') or 'the top level'}: {', '.join(sorted(names))})"
+        )
+    kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """The config as plain YAML-able data (tuples become lists)."""
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, tuple):
+            return [plain(x) for x in v]
+        if isinstance(v, list):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+
+    return plain(dataclasses.asdict(cfg))
+
+
+def flatten(cfg: Any, prefix: str = "") -> dict[str, Any]:
+    """Dotted ``{"train.lr": 0.001, ...}`` view, for MLflow params."""
+    out: dict[str, Any] = {}
+    for k, v in (to_dict(cfg) if dataclasses.is_dataclass(cfg) else cfg).items():
+        if isinstance(v, dict) and v and all(isinstance(x, str) for x in v):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = data
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {dotted}: {p} is not a section")
+    node[parts[-1]] = value
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """``["train.lr=1e-3", "train.surfaces=[search]"]`` -> nested dict; values parsed as YAML."""
+    data: dict[str, Any] = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like section.key=value")
+        key, raw = item.split("=", 1)
+        _set_dotted(data, key.strip(), yaml.safe_load(raw) if raw.strip() else "")
+    return data
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
+    """Build ``cls`` from an optional YAML file plus dotted overrides, checking every key."""
+    data: dict[str, Any] = {}
+    if path:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        loaded = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{p}: the top level must be a mapping")
+        data = loaded
+    data = _merge(data, parse_overrides(overrides or []))
+    return _build(cls, data)
+
+
+def dump_config(cfg: Any, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
