@@ -1,0 +1,1 @@
+"""Data stage: catalog and engagement readers, text tokenization, image features, preprocessing."""

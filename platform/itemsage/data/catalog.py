@@ -1,0 +1,619 @@
+"""Catalog readers: every supported source becomes one generic item table.
+
+Preprocessing, training, embedding and serving all read the generic schema of
+``docs/feature-format.md`` (``item_id``, ``image_paths`` and the 12 ``TEXT_FIELDS``), so a new
+source only needs an adapter here. ``read_catalog`` returns that table plus one ``Reject`` per
+skipped or degraded record; bad rows never stop a read, because one broken line in a
+million-row export should cost one item, not the whole run.
+
+Layouts (``LAYOUTS``) and how each source fills the 12 text features (also in
+``docs/catalog-mapping.md``; keep the two in step):
+
+================  ==================================================  ==================  =========
+feature           fashion (Kaggle Fashion Product Images, Myntra)     shopee (train.csv)  generic
+================  ==================================================  ==================  =========
+item_id           ``id``                                              ``posting_id``      item_id
+image_paths       ``images/<id>.jpg``; without that file the product   [] (*)              image_paths
+                  is text-only (reject "missing_image")
+title             ``productDisplayName``                              ``title`` (**)      title
+description       from real fields only: "<usage> wear, <season>      ""                  description
+                  <year>", e.g. "Casual wear, Summer 2012"
+merchant_domain   "myntra.com"                                        "shopee"            merchant_domain
+link_text         ""                                                  ""                  link_text
+category_path     "masterCategory > subCategory > articleType"        ""                  category_path
+product_types     ``articleType``                                     ""                  product_types
+brand             title words (at most 4) before the first gender     ""                  brand
+                  word (Men, Women, Boys, Girls, Unisex, Kids, also
+                  Mens / Girl's) when that prefix starts >= 2 titles
+                  of the catalog (case-insensitive)
+colors            ``baseColour``                                      ""                  colors
+materials         ""                                                  ""                  materials
+patterns          ""                                                  ""                  patterns
+size              ""                                                  ""                  size
+size_type         ``gender``                                          ""                  size_type
+group             (none)                                              ``label_group``     group
+================  ==================================================  ==================  =========
+
+(*) The Shopee ``image`` column names files of the competition's ``train_images/`` folder, which
+our copy lacks; when a ``train_images/`` folder sits beside ``train.csv`` its files are used.
+(**) Shopee titles carry literal UTF-8 byte escapes (``Nescafe \\xc3\\x89clair``); they are
+decoded (``Nescafe Éclair``).
+Fashion values "NA" mean "unknown" and become "". Generic lists (e.g. ``colors: ["red",
+"blue"]``) are joined with ", "; numbers become their text.
+
+Bad input and the ``Reject.reason`` it produces (``stage`` is "catalog"):
+
+- ``missing_id``: empty or absent id -> row skipped.
+- ``duplicate_id``: a later row repeats a kept id -> skipped (first one wins).
+- ``malformed_row``: wrong field count, broken quotes, a JSON line that is not an object ->
+  skipped; the rows after it are still read.
+- ``repaired_row``: more fields than the header where the surplus is explained by unquoted
+  commas in the free-text title column (the original Kaggle ``styles.csv`` has such lines) ->
+  the commas are kept in the title.
+- ``non_utf8_text``: bytes that are not UTF-8 -> replaced by U+FFFD, item kept.
+- ``truncated_field``: a field over ``max_field_chars`` characters -> cut, item kept.
+- ``missing_image``: a referenced local image file does not exist -> path dropped, text kept.
+- ``too_many_images``: more than ``max_images`` paths -> the first ``max_images`` are kept.
+- ``empty_item``: neither text nor images -> skipped.
+
+A path that does not exist, or whose layout is unknown, raises one ``CatalogError`` that names the
+path and the supported layouts. Whether an image decodes is checked later, by the image stage.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import re
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow.parquet as pq
+
+from itemsage.config import TEXT_FIELDS, TextConfig
+
+LAYOUTS: tuple[str, ...] = ("fashion", "shopee", "generic")
+STAGE = "catalog"
+# One default, in config.py: the tokenizer truncates with the same limit.
+MAX_FIELD_CHARS: int = TextConfig.max_chars_per_field
+GENERIC_SUFFIXES: tuple[str, ...] = (".parquet", ".jsonl", ".ndjson")
+FASHION_REQUIRED: tuple[str, ...] = ("id", "productDisplayName")
+SHOPEE_REQUIRED: tuple[str, ...] = ("posting_id", "title", "label_group")
+# Myntra titles name the audience right after the brand ("Puma Men ...", "Gini and Jony Girl's ...").
+GENDER_WORDS = frozenset(
+    {"men", "women", "boys", "girls", "unisex", "kids", "mens", "womens", "boy", "girl", "kid"}
+)
+# A quoted field may legitimately span lines; beyond this many we call the quote broken.
+MAX_CONTINUATION_LINES = 20
+
+_LAYOUT_HELP = (
+    "supported layouts: fashion (a directory with styles.csv + images/<id>.jpg, or the styles.csv "
+    "file), shopee (a directory with train.csv, or a CSV with posting_id,title,label_group), "
+    "generic (a .parquet/.jsonl file, or a directory of them, with an item_id column)"
+)
+
+
+class CatalogError(ValueError):
+    """The catalog as a whole cannot be read: missing path or unknown layout."""
+
+
+@dataclass
+class Reject:
+    """One skipped or degraded record, written to ``rejects.jsonl`` by preprocessing."""
+
+    stage: str
+    item_id: str | None
+    reason: str
+    detail: str
+
+    def to_dict(self) -> dict[str, str | None]:
+        return asdict(self)
+
+
+@dataclass
+class CatalogReadResult:
+    """The generic item table plus what was skipped or degraded on the way."""
+
+    items: pd.DataFrame
+    rejects: list[Reject]
+    layout: str
+    source: str
+
+    def reject_counts(self) -> dict[str, int]:
+        """``{reason: count}``, sorted by reason so summaries diff cleanly."""
+        return dict(sorted(Counter(r.reason for r in self.rejects).items()))
+
+
+@dataclass
+class _RawItem:
+    """One source record before the shared checks (ids, UTF-8, lengths, images, emptiness)."""
+
+    where: str
+    item_id: str | None
+    fields: dict[str, str]
+    image_paths: list[str] = field(default_factory=list)
+    group: str | None = None
+
+
+@dataclass
+class _Source:
+    """What an adapter hands to the shared normalisation."""
+
+    raws: list[_RawItem]
+    # Values the source implies for every item (e.g. merchant_domain). They are filled in after
+    # the emptiness check, so a row with no real content is still an "empty_item".
+    constants: dict[str, str]
+    has_group: bool
+    location: Path
+
+
+# --------------------------------------------------------------------------------------------
+# Layout detection
+# --------------------------------------------------------------------------------------------
+
+
+def _layout_error(path: Path, why: str) -> CatalogError:
+    return CatalogError(f"cannot read catalog {path}: {why}; {_LAYOUT_HELP}")
+
+
+def _csv_header(path: Path) -> list[str]:
+    """The header of a CSV file, decoded leniently (a broken byte must not hide the layout)."""
+    with path.open("rb") as fh:
+        first = fh.readline().decode("utf-8", errors="replace").lstrip("\ufeff")
+    try:
+        return [c.strip() for c in next(csv.reader([first.rstrip("\r\n")]))]
+    except (StopIteration, csv.Error):
+        return []
+
+
+def _csv_layout(path: Path) -> str | None:
+    header = set(_csv_header(path))
+    if set(FASHION_REQUIRED) <= header:
+        return "fashion"
+    if set(SHOPEE_REQUIRED) <= header:
+        return "shopee"
+    return None
+
+
+def _generic_files(directory: Path) -> list[Path]:
+    return sorted(
+        p for p in directory.iterdir() if p.is_file() and p.suffix.lower() in GENERIC_SUFFIXES
+    )
+
+
+def detect_layout(path: str | Path) -> str:
+    """Which of ``LAYOUTS`` the file or directory at ``path`` holds; ``CatalogError`` if none."""
+    p = Path(path)
+    if not p.exists():
+        raise _layout_error(p, "the path does not exist")
+    if p.is_dir():
+        if (p / "styles.csv").is_file():
+            return "fashion"
+        if (p / "train.csv").is_file() and _csv_layout(p / "train.csv") == "shopee":
+            return "shopee"
+        if _generic_files(p):
+            return "generic"
+        raise _layout_error(p, "the directory holds no recognised catalog files")
+    if p.suffix.lower() == ".csv":
+        layout = _csv_layout(p)
+        if layout:
+            return layout
+        raise _layout_error(p, "the CSV header matches neither fashion nor shopee")
+    if p.suffix.lower() in GENERIC_SUFFIXES:
+        return "generic"
+    raise _layout_error(p, f"unknown file type {p.suffix or '(no suffix)'!r}")
+
+
+# --------------------------------------------------------------------------------------------
+# Lenient text and CSV decoding
+# --------------------------------------------------------------------------------------------
+
+
+def read_text(path: Path) -> str:
+    """Decode a file as UTF-8, keeping undecodable bytes as surrogates so they can be found,
+    reported per item and replaced (``fix_utf8``) instead of failing the whole file."""
+    return path.read_bytes().decode("utf-8", errors="surrogateescape").lstrip("\ufeff")
+
+
+def fix_utf8(text: str) -> tuple[str, bool]:
+    """Replace smuggled non-UTF-8 bytes (surrogates) by U+FFFD; say whether there were any."""
+    try:
+        text.encode("utf-8")
+        return text, False
+    except UnicodeEncodeError:
+        pass
+    try:
+        return text.encode("utf-8", errors="surrogateescape").decode("utf-8", errors="replace"), True
+    except UnicodeEncodeError:  # a lone surrogate from a JSON "\ud800" escape
+        return text.encode("utf-8", errors="replace").decode("utf-8"), True
+
+
+def _parse_csv_record(buf: str) -> list[str]:
+    # strict=True turns a stray quote into an error instead of silently gluing fields together.
+    return next(csv.reader(io.StringIO(buf), strict=True))
+
+
+def read_csv_rows(
+    text: str,
+    rejects: list[Reject],
+    *,
+    stage: str,
+    id_column: str,
+    free_text_column: str | None = None,
+) -> tuple[list[str], Iterator[tuple[str, dict[str, str]]]]:
+    """Header and ``(where, row)`` pairs of a CSV text, skipping broken records.
+
+    Parsed record by record (not with one ``csv.reader`` over the file) so that a broken quote
+    costs one line: a quote left open swallows at most ``MAX_CONTINUATION_LINES`` following lines
+    and only when they complete the record with the right field count. Surplus fields are folded
+    back into ``free_text_column`` (unquoted commas in a title), with a "repaired_row" reject.
+    Rows are parsed lazily: ``rejects`` is complete once the iterator is exhausted.
+    """
+    lines = text.split("\n")
+    try:
+        header = [c.strip() for c in _parse_csv_record(lines[0].rstrip("\r"))]
+    except (csv.Error, StopIteration):
+        header = []  # the caller reports the missing columns, naming the file
+    n = len(header)
+    id_idx = header.index(id_column) if id_column in header else None
+    free_idx = header.index(free_text_column) if free_text_column in header else None
+
+    def rows() -> Iterator[tuple[str, dict[str, str]]]:
+        i = 1
+        while i < len(lines):
+            first = lines[i].rstrip("\r")
+            if not first.strip():
+                i += 1
+                continue
+            where = f"line {i + 1}"
+            fields: list[str] | None = None
+            error = ""
+            buf, j = first, i
+            while True:
+                try:
+                    fields = _parse_csv_record(buf)
+                    break
+                except csv.Error as e:
+                    error = str(e)
+                    open_quote = "unexpected end of data" in error
+                    if not open_quote or j + 1 >= len(lines) or j - i >= MAX_CONTINUATION_LINES:
+                        break
+                    j += 1
+                    buf += "\n" + lines[j].rstrip("\r")
+            if fields is not None and j > i and len(fields) != n:
+                fields, error = None, "unbalanced quote"
+            if fields is None:
+                # Only the first line is lost; the lines the open quote swallowed are re-read.
+                rejects.append(Reject(stage, _guess_id(first, id_idx), "malformed_row",
+                                      f"{where}: broken quotes ({error})"))
+                i += 1
+                continue
+            i = j + 1
+            repaired = len(fields) > n and free_idx is not None
+            if repaired:
+                extra = len(fields) - n
+                fields = (fields[:free_idx] + [",".join(fields[free_idx : free_idx + extra + 1])]
+                          + fields[free_idx + extra + 1 :])
+            item_id = fields[id_idx].strip() if id_idx is not None and id_idx < len(fields) else None
+            if repaired:
+                rejects.append(Reject(stage, item_id, "repaired_row",
+                                      f"{where}: {n + extra} fields for {n} columns; the surplus "
+                                      f"commas were kept inside {free_text_column}"))
+            if len(fields) != n:
+                rejects.append(Reject(stage, item_id, "malformed_row",
+                                      f"{where}: {len(fields)} fields, expected {n}"))
+                continue
+            yield where, dict(zip(header, fields))
+
+    return header, rows()
+
+
+def _guess_id(line: str, id_idx: int | None) -> str | None:
+    """Best-effort id of an unparseable line, so its reject can still be traced to a product."""
+    if id_idx is None:
+        return None
+    parts = line.split(",")
+    value = parts[id_idx].strip().strip('"') if id_idx < len(parts) else ""
+    return fix_utf8(value)[0] or None
+
+
+# --------------------------------------------------------------------------------------------
+# Adapters
+# --------------------------------------------------------------------------------------------
+
+
+def _known(value: str | None) -> str:
+    """Fashion uses "NA" for unknown; unknown is the empty string in our schema."""
+    value = (value or "").strip()
+    return "" if value.upper() == "NA" else value
+
+
+def _title_prefix(title: str) -> str:
+    """Words of a Myntra title before its first gender word: "Puma Men Grey T-shirt" -> "Puma"."""
+    words = title.split()
+    for i, word in enumerate(words):
+        if word.lower().strip(".,()'’").removesuffix("'s").removesuffix("’s") in GENDER_WORDS:
+            # More than 4 words before "Men" is a phrase, not a brand.
+            return " ".join(words[:i]) if i <= 4 else ""
+    return ""
+
+
+def _fashion_description(usage: str, season: str, year: str) -> str:
+    """Built only from real fields, so the description never invents product facts."""
+    parts = []
+    if usage:
+        parts.append(f"{usage} wear")
+    when = " ".join(x for x in (season, year.removesuffix(".0")) if x)
+    if when:
+        parts.append(when)
+    return ", ".join(parts)
+
+
+def _read_fashion(path: Path, rejects: list[Reject]) -> _Source:
+    styles = path / "styles.csv" if path.is_dir() else path
+    if not styles.is_file():
+        raise _layout_error(path, "layout 'fashion' needs a styles.csv")
+    header, rows = read_csv_rows(read_text(styles), rejects, stage=STAGE, id_column="id",
+                                 free_text_column="productDisplayName")
+    missing = [c for c in FASHION_REQUIRED if c not in header]
+    if missing:
+        raise _layout_error(styles, f"layout 'fashion' needs columns {missing} in the header")
+    images = str(styles.parent.absolute() / "images")
+    records = list(rows)
+    # A title prefix is a brand only when it recurs: "Puma" starts many titles, while the words
+    # before "Men" in a one-off title are as likely a product line as a brand.
+    prefix_counts = Counter(p.lower() for _, r in records if (p := _title_prefix(r["productDisplayName"])))
+    raws = []
+    for where, r in records:
+        item_id = r["id"].strip()
+        title = r["productDisplayName"].strip()
+        prefix = _title_prefix(title)
+        article = _known(r.get("articleType"))
+        raws.append(_RawItem(
+            where=where,
+            item_id=item_id,
+            fields={
+                "title": title,
+                "description": _fashion_description(
+                    _known(r.get("usage")), _known(r.get("season")), _known(r.get("year"))),
+                "category_path": " > ".join(
+                    x for x in (_known(r.get("masterCategory")), _known(r.get("subCategory")), article) if x),
+                "product_types": article,
+                "brand": prefix if prefix and prefix_counts[prefix.lower()] >= 2 else "",
+                "colors": _known(r.get("baseColour")),
+                "size_type": _known(r.get("gender")),
+            },
+            image_paths=[os.path.join(images, f"{item_id}.jpg")] if item_id else [],
+        ))
+    return _Source(raws, {"merchant_domain": "myntra.com"}, has_group=False, location=styles)
+
+
+_BYTE_ESCAPES = re.compile(r"(?:\\x[0-9a-fA-F]{2})+")
+
+
+def _decode_byte_escapes(text: str) -> str:
+    r"""``"Nescafe \xc3\x89clair"`` (literal backslashes) -> ``"Nescafe Éclair"``."""
+    return _BYTE_ESCAPES.sub(
+        lambda m: bytes.fromhex(m.group(0).replace("\\x", "")).decode("utf-8", errors="replace"), text)
+
+
+def _read_shopee(path: Path, rejects: list[Reject]) -> _Source:
+    train = path / "train.csv" if path.is_dir() else path
+    if not train.is_file():
+        raise _layout_error(path, "layout 'shopee' needs a train.csv")
+    header, rows = read_csv_rows(read_text(train), rejects, stage=STAGE, id_column="posting_id",
+                                 free_text_column="title")
+    missing = [c for c in SHOPEE_REQUIRED if c not in header]
+    if missing:
+        raise _layout_error(train, f"layout 'shopee' needs columns {missing} in the header")
+    images = train.parent / "train_images"
+    use_images = images.is_dir() and "image" in header
+    raws = []
+    for where, r in rows:
+        image = r.get("image", "").strip()
+        raws.append(_RawItem(
+            where=where,
+            item_id=r["posting_id"].strip(),
+            fields={"title": _decode_byte_escapes(r["title"].strip())},
+            image_paths=[str(images / image)] if use_images and image else [],
+            group=r["label_group"].strip(),
+        ))
+    return _Source(raws, {"merchant_domain": "shopee"}, has_group=True, location=train)
+
+
+def _as_text(value: Any) -> str:
+    """Generic field values as text: None/NaN -> "", lists joined, 12.0 -> "12"."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, float):
+        if math.isnan(value):
+            return ""
+        return str(int(value)) if value.is_integer() else str(value)
+    if isinstance(value, (list, tuple)):
+        return ", ".join(t for v in value if (t := _as_text(v).strip()))
+    if isinstance(value, dict):
+        return json.dumps(value, ensure_ascii=False, sort_keys=True)
+    if hasattr(value, "tolist"):  # numpy arrays / scalars from Parquet
+        return _as_text(value.tolist())
+    return str(value)
+
+
+def _as_paths(value: Any) -> list[str]:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return []
+    if isinstance(value, str):
+        return [value] if value.strip() else []
+    if hasattr(value, "tolist"):
+        value = value.tolist()
+    if isinstance(value, (list, tuple)):
+        return [t for v in value if (t := _as_text(v).strip())]
+    return [_as_text(value)]
+
+
+def _generic_records(file: Path, rejects: list[Reject]) -> Iterator[tuple[str, dict[str, Any]]]:
+    if file.suffix.lower() == ".parquet":
+        parquet = pq.ParquetFile(file)
+        if "item_id" not in parquet.schema_arrow.names:
+            raise _layout_error(file, "a generic catalog needs an item_id column")
+        row = 0
+        for batch in parquet.iter_batches(batch_size=4096):
+            for record in batch.to_pylist():
+                row += 1
+                yield f"{file.name} row {row}", record
+        return
+    for n, line in enumerate(read_text(file).split("\n"), start=1):
+        if not line.strip():
+            continue
+        where = f"{file.name} line {n}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            rejects.append(Reject(STAGE, None, "malformed_row", f"{where}: invalid JSON ({e.msg})"))
+            continue
+        if not isinstance(record, dict):
+            rejects.append(Reject(STAGE, None, "malformed_row", f"{where}: not a JSON object"))
+            continue
+        yield where, record
+
+
+def _read_generic(path: Path, rejects: list[Reject]) -> _Source:
+    if path.is_dir():
+        files = _generic_files(path)
+        if not files:
+            raise _layout_error(path, "layout 'generic' needs .parquet or .jsonl files")
+    elif path.suffix.lower() in GENERIC_SUFFIXES:
+        files = [path]
+    else:
+        raise _layout_error(path, "layout 'generic' needs .parquet or .jsonl files")
+    raws, has_group = [], False
+    for file in files:
+        for where, rec in _generic_records(file, rejects):
+            group = rec.get("group")
+            has_group = has_group or "group" in rec
+            raws.append(_RawItem(
+                where=where,
+                item_id=_as_text(rec.get("item_id")),
+                fields={f: _as_text(rec.get(f)) for f in TEXT_FIELDS},
+                # Relative paths are relative to the file that names them.
+                image_paths=[p if _is_uri(p) else os.path.join(file.parent, p)
+                             for p in _as_paths(rec.get("image_paths"))],
+                group=_as_text(group) if group is not None else None,
+            ))
+    return _Source(raws, {}, has_group=has_group, location=path)
+
+
+_ADAPTERS = {"fashion": _read_fashion, "shopee": _read_shopee, "generic": _read_generic}
+
+
+# --------------------------------------------------------------------------------------------
+# Shared normalisation
+# --------------------------------------------------------------------------------------------
+
+
+def _is_uri(path: str) -> bool:
+    return "://" in path
+
+
+def _absolute(path: str) -> str:
+    # abspath rather than resolve: symlinked image stores keep the path the user gave. os.path,
+    # not pathlib: this runs once per image of million-item catalogs.
+    return path if _is_uri(path) else os.path.abspath(os.path.expanduser(path))
+
+
+def _normalise(source: _Source, rejects: list[Reject], max_images: int,
+               max_field_chars: int) -> pd.DataFrame:
+    columns = ["item_id", "image_paths", *TEXT_FIELDS] + (["group"] if source.has_group else [])
+    out: dict[str, list[Any]] = {c: [] for c in columns}
+    kept: set[str] = set()
+    for raw in source.raws:
+        item_id, bad_id = fix_utf8((raw.item_id or "").strip())
+        if not item_id:
+            rejects.append(Reject(STAGE, None, "missing_id", f"{raw.where}: empty or absent id"))
+            continue
+        if item_id in kept:
+            rejects.append(Reject(STAGE, item_id, "duplicate_id",
+                                  f"{raw.where}: id already read; the first row is kept"))
+            continue
+        fields: dict[str, str] = {}
+        non_utf8 = ["item_id"] if bad_id else []
+        for name in TEXT_FIELDS:
+            value, bad = fix_utf8(raw.fields.get(name, "").strip())
+            if bad:
+                non_utf8.append(name)
+            if len(value) > max_field_chars:
+                rejects.append(Reject(STAGE, item_id, "truncated_field",
+                                      f"{raw.where}: {name} has {len(value)} characters, "
+                                      f"cut to {max_field_chars}"))
+                value = value[:max_field_chars]
+            fields[name] = value
+        if non_utf8:
+            rejects.append(Reject(STAGE, item_id, "non_utf8_text",
+                                  f"{raw.where}: bytes that are not UTF-8 in {', '.join(non_utf8)} "
+                                  "were replaced by U+FFFD"))
+        paths: list[str] = []
+        for p in raw.image_paths:
+            p, _ = fix_utf8(p)
+            p = _absolute(p)
+            if not _is_uri(p) and not os.path.isfile(p):
+                rejects.append(Reject(STAGE, item_id, "missing_image",
+                                      f"{raw.where}: image file not found: {p}; item kept without it"))
+                continue
+            paths.append(p)
+        if len(paths) > max_images:
+            rejects.append(Reject(STAGE, item_id, "too_many_images",
+                                  f"{raw.where}: {len(paths)} images, the first {max_images} kept"))
+            paths = paths[:max_images]
+        if not paths and not any(fields.values()):
+            rejects.append(Reject(STAGE, item_id, "empty_item",
+                                  f"{raw.where}: no text and no images"))
+            continue
+        for name, value in source.constants.items():
+            fields[name] = fields[name] or value
+        kept.add(item_id)
+        out["item_id"].append(item_id)
+        out["image_paths"].append(paths)
+        for name in TEXT_FIELDS:
+            out[name].append(fields[name])
+        if source.has_group:
+            # An item without a group is its own group, so splitting still keeps it whole.
+            out["group"].append(fix_utf8((raw.group or "").strip())[0] or f"item:{item_id}")
+    items = pd.DataFrame(out, columns=columns)
+    for c in columns:
+        if c != "image_paths":
+            items[c] = items[c].astype(str)
+    return items
+
+
+def read_catalog(
+    path: str | Path,
+    layout: str = "auto",
+    max_images: int = 20,
+    max_field_chars: int = MAX_FIELD_CHARS,
+) -> CatalogReadResult:
+    """Read the catalog at ``path`` into the generic schema (see the module docstring).
+
+    ``layout`` is one of ``LAYOUTS`` or "auto" (``detect_layout``). Rows that cannot be used are
+    skipped and degraded rows repaired, each with a ``Reject``; only a missing path or an
+    unreadable layout raises ``CatalogError``.
+    """
+    p = Path(path)
+    if layout == "auto":
+        layout = detect_layout(p)
+    elif layout not in LAYOUTS:
+        raise _layout_error(p, f"unknown layout {layout!r}")
+    elif not p.exists():
+        raise _layout_error(p, "the path does not exist")
+    rejects: list[Reject] = []
+    source = _ADAPTERS[layout](p, rejects)
+    items = _normalise(source, rejects, max_images, max_field_chars)
+    return CatalogReadResult(items=items, rejects=rejects, layout=layout,
+                             source=str(source.location.absolute()))
