@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: install demo test test-fast bench clean help
+.PHONY: install browser demo test test-fast bench clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -22,10 +22,18 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)  ## create .venv and install the platform with its dev tools
 
+# The web-page test drives Debian's Chromium (Playwright's own browser download is not used).
+browser:  ## install Debian's chromium for the web-page test (needs root; skipped otherwise)
+	@if [ -x /usr/bin/chromium ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing Debian chromium for the web-page test"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	else echo "note: /usr/bin/chromium missing and not root: the web-page test will be skipped"; fi
+
 demo: $(STAMP)  ## run the whole pipeline on the bundled sample (data/sample)
 	$(PY) experiments/pipeline.py --config $(CONFIG)
 
-test: $(STAMP)  ## the full test suite (what CI runs)
+test: $(STAMP) browser  ## the full test suite (what CI runs)
 	$(PY) -m pytest
 
 test-fast: $(STAMP)  ## unit tests only (skips tests marked slow)
