@@ -192,11 +192,29 @@ class IndexConfig:
 
 @dataclass
 class ServeConfig:
+    # Loopback by default: the demo must not expose an unauthenticated API to the network.
     host: str = "127.0.0.1"
     port: int = 8000
     max_query_chars: int = 512
+    # Decoded bytes of one uploaded image; larger uploads get 413 before any decoding.
     max_upload_bytes: int = 10_000_000
+    # Decoded pixels of one image (checked from the header, before decoding): a small file can
+    # still be a decompression bomb.
+    max_image_pixels: int = 40_000_000
+    # Whole request body, checked before JSON parsing (base64 inflates an upload by 4/3).
+    max_request_bytes: int = 16_000_000
     max_k: int = 1000
+    # Home-feed queries: items of history considered (the paper's PinnerSage uses recent activity).
+    max_history: int = 200
+    max_item_id_chars: int = 256
+    # POST /embed/item: text fields longer than this are refused (the tokenizer would cut them anyway).
+    max_text_field_chars: int = 10_000
+    max_item_images: int = 20
+    # POST /embed/item may name local image files only under these directories (none by default),
+    # so the API cannot be used to read arbitrary files of the server.
+    allowed_image_roots: list[str] = field(default_factory=list)
+    # Idempotent reads are retried this many times when a replica dies mid-request.
+    read_retries: int = 1
 
 
 @dataclass

@@ -1,0 +1,178 @@
+"""Batch-embedding throughput: the Ray Data actor pool vs a plain PyTorch loop, same model and data.
+
+Both sides embed every item of one features directory with one model, at the same batch size
+and the same torch thread count, and write the same Parquet output:
+
+* plain: read items.parquet into an ``ItemFeatureStore``, loop over batches, ``embed_items``,
+  write one Parquet file; one process, no Ray.
+* Ray: ``itemsage.index.embed.embed_features`` with one tower actor (one GPU on a GPU box):
+  Ray Data reads items.parquet, tags rows, runs the actor pool and writes Parquet. Timed from
+  the start of the Dataset's execution to the last file written (actor start-up and model
+  transfer included; starting the Ray cluster itself is not, a cluster is already there in
+  production).
+
+One run each, then items/s, the ratio Ray / plain and PASS when the ratio is >= 0.9 (Ray Data's
+orchestration may cost at most 10%). The embeddings of both sides are checked to be equal.
+
+    python experiments/bench/embed.py                       # full fashion features if present
+    python experiments/bench/embed.py --features artifacts/features --threads 1 --json out.json
+
+Default features: artifacts/full/fashion when it holds items.parquet, else artifacts/features
+(the bundled sample, made by `make demo` or experiments/preprocess.py). Default model: a randomly
+initialised model of the default config over the features' vocab (throughput does not depend on
+the weight values); --model benchmarks a trained one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+try:
+    import itemsage  # noqa: F401
+except ImportError:  # a plain checkout without `pip install -e .`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "platform"))
+
+import numpy as np  # noqa: E402
+import pyarrow as pa  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
+import torch  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+FULL = REPO / "artifacts" / "full" / "fashion"
+SAMPLE = REPO / "artifacts" / "features"
+TARGET_RATIO = 0.9
+
+
+def default_features() -> Path:
+    for candidate in (FULL, SAMPLE):
+        if (candidate / "items.parquet").is_file():
+            return candidate
+    raise SystemExit(
+        f"no features at {FULL} or {SAMPLE}; run `python experiments/preprocess.py` (the sample) first, "
+        "or pass --features"
+    )
+
+
+def random_bundle(features: Path, out: Path) -> Path:
+    """A bundle of a randomly initialised default-config model over ``features``' vocab."""
+    from safetensors.torch import save_file
+
+    from itemsage.config import PipelineConfig, load_config
+    from itemsage.model import build_model
+    from itemsage.train.artifacts import WEIGHTS_FILE, BundleFiles
+    from itemsage.train.data import read_manifest
+
+    cfg = load_config(PipelineConfig, None, [f"train.features={features}"])
+    manifest = read_manifest(str(features))
+    files = BundleFiles(cfg, manifest)
+    torch.manual_seed(0)
+    model = build_model(cfg.train.model, cfg.train.loss, files.vocab.size, int(manifest["image_dim"]),
+                        len(manifest.get("text_fields") or []) or 12)
+    files.write(out, step=0)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / WEIGHTS_FILE))
+    return out
+
+
+def plain_loop(tm, features: Path, out: Path, batch_size: int, device: str) -> tuple[float, dict[str, np.ndarray]]:
+    """Seconds for read -> embed -> write in one process, and the embeddings by item id."""
+    from itemsage.data.featurize import fixed_list_array
+    from itemsage.model import ItemFeatureStore
+
+    model = tm.model.to(device)
+    start = time.perf_counter()
+    store = ItemFeatureStore.load(str(features), max_images=tm.max_images, text_fields=tm.text_fields)
+    n = store.num_items
+    emb = np.zeros((n, tm.embedding_dim), np.float32)
+    with torch.inference_mode():
+        for s in range(0, n, batch_size):
+            idx = torch.arange(s, min(s + batch_size, n))
+            emb[s : s + len(idx)] = model.embed_items(store.gather(idx).to(device)).float().cpu().numpy()
+    ids = store.item_ids or []
+    pq.write_table(pa.table({
+        "item_id": pa.array(ids, pa.string()),
+        "embedding": fixed_list_array(emb, pa.float32()),
+        "model_version": pa.array([tm.version] * n, pa.string()),
+    }), out / "plain.parquet")
+    seconds = time.perf_counter() - start
+    tm.model.to("cpu")
+    return seconds, dict(zip(ids, emb))
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=__doc__.split("\n\n", 1)[1])
+    p.add_argument("--features", type=Path, default=None, help="features directory (default: see below)")
+    p.add_argument("--model", default=None, help="trained model URI or dir (default: random init)")
+    p.add_argument("--batch-size", type=int, default=None, help="rows per forward (default 2048 GPU / 256 CPU)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads, both sides (default 1)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--num-cpus", type=float, default=None, help="CPUs of the local Ray instance")
+    p.add_argument("--json", default=None, help="write the result here")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    import ray
+
+    from itemsage.index.embed import CPU_BATCH_SIZE, GPU_BATCH_SIZE, embed_features, load_model, read_embeddings
+
+    features = args.features or default_features()
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    batch = args.batch_size or (GPU_BATCH_SIZE if device == "cuda" else CPU_BATCH_SIZE)
+    torch.set_num_threads(args.threads)
+    scratch = Path(tempfile.mkdtemp(prefix="itemsage-bench-embed-"))
+    try:
+        model_ref = args.model or str(random_bundle(features, scratch / "model"))
+        tm = load_model(model_ref)
+        print(f"features {features}; model {model_ref} (version {tm.version}); device {device}; "
+              f"batch {batch}; torch threads {args.threads}", flush=True)
+
+        plain_s, plain_emb = plain_loop(tm, features, scratch, batch, device)
+        n = len(plain_emb)
+        print(f"plain loop: {n:,} items in {plain_s:.2f}s", flush=True)
+
+        ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        try:
+            summary = embed_features(tm, str(features), str(scratch / "ray"), batch_size=batch, concurrency=1,
+                                     num_threads=args.threads, use_gpu="true" if device == "cuda" else "false")
+        finally:
+            ray.shutdown()
+        ray_s = summary.embed_seconds
+        got = read_embeddings(str(scratch / "ray"))
+        diff = max(float(np.abs(plain_emb[i] - v).max()) for i, v in zip(got.item_ids, got.vectors))
+        plain_ips, ray_ips = n / plain_s, summary.embedded / ray_s
+        ratio = ray_ips / plain_ips
+        verdict = "PASS" if ratio >= TARGET_RATIO else "FAIL"
+        cpu = platform.processor() or platform.machine()
+        gpu = torch.cuda.get_device_name(0) if device == "cuda" else "-"
+        print("\n| path | items | seconds | items/s |\n|---|---:|---:|---:|")
+        print(f"| plain PyTorch loop | {n:,} | {plain_s:.2f} | {plain_ips:,.0f} |")
+        print(f"| Ray Data actor pool | {summary.embedded:,} | {ray_s:.2f} | {ray_ips:,.0f} |")
+        print(f"\nratio Ray/plain = {ratio:.2f} (target >= {TARGET_RATIO}): {verdict}; "
+              f"max |difference| of the embeddings {diff:.2e}; {cpu}, {os.cpu_count()} CPUs, GPU {gpu}")
+        if args.json:
+            Path(args.json).write_text(json.dumps({
+                "features": str(features), "model": model_ref, "device": device, "gpu": gpu,
+                "batch_size": batch, "threads": args.threads, "items": n,
+                "plain_seconds": plain_s, "ray_seconds": ray_s, "plain_items_per_s": plain_ips,
+                "ray_items_per_s": ray_ips, "ratio": ratio, "target": TARGET_RATIO, "verdict": verdict,
+                "max_abs_diff": diff,
+            }, indent=2) + "\n")
+        return 0 if verdict == "PASS" and diff < 1e-3 else 1
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,299 @@
+"""Serving benchmark: the Ray Serve app vs a plain single-process server, same machine, one run.
+
+Both serve the same model and index version through the same API code; the difference is the
+architecture: Serve runs Ingress -> Retriever -> QueryEncoder replicas with ``@serve.batch``
+(concurrent queries share one MiniLM forward), the baseline (experiments/bench/baseline_server.py)
+is FastAPI + torch + FAISS in one process encoding each request on its own.
+
+    nice -n 10 python experiments/bench/serve.py                       # after `make demo`
+    nice -n 10 python experiments/bench/serve.py --model-uri DIR --index-uri DIR --requests 200
+
+For each concurrency (1, 8, 32, 64) it sends a bounded number of ``POST /search`` requests (closed
+loop: each client sends its next request when the previous answer arrives) to 127.0.0.1 only, to
+the baseline and then to Serve, interleaved level by level so that load from other processes on a
+shared machine hits both alike. It prints throughput and p50/p99 latency, the ratios, and
+PASS/FAIL for: Serve >= 1.2x baseline throughput at concurrency 32, and Serve p50 at concurrency 1
+within 1.5x of the baseline's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[2]
+LEVELS = (1, 8, 32, 64)
+# Used when the features directory has no queries.parquet: typical shopping queries.
+DEFAULT_QUERIES = [
+    "black leather shoes", "men casual shirt", "women handbag", "blue jeans", "analog watch for men",
+    "red dress", "sports shoes", "white t-shirt", "sunglasses", "silver watch", "kurta for women",
+    "running shoes", "wallet", "formal trousers", "backpack", "flip flops", "perfume", "belt",
+]
+THROUGHPUT_TARGET = 1.2  # Serve / baseline requests per second at concurrency 32
+P50_LIMIT = 1.5  # Serve / baseline median latency at concurrency 1
+
+
+@dataclass
+class Result:
+    server: str
+    concurrency: int
+    requests: int
+    errors: int
+    seconds: float
+    rps: float
+    p50_ms: float
+    p99_ms: float
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model-uri", default="models:/itemsage/latest")
+    p.add_argument("--index-uri", default="models:/itemsage/latest")
+    p.add_argument("--features", default=None)
+    p.add_argument("--mlflow-tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"))
+    p.add_argument("--levels", type=int, nargs="+", default=list(LEVELS))
+    p.add_argument("--requests", type=int, default=160, help="requests per run at concurrency 1")
+    p.add_argument("--per-client", type=int, default=8, help="requests per client at higher concurrency")
+    p.add_argument("--max-seconds", type=float, default=90.0, help="time cap of one run")
+    p.add_argument("--warmup", type=int, default=32)
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--serve-port", type=int, default=8000)
+    p.add_argument("--baseline-port", type=int, default=8100)
+    p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all)")
+    p.add_argument("--out", default=None, help="write the results as JSON here")
+    return p.parse_args(argv)
+
+
+# ------------------------------------------------------------------------------ load generator
+
+
+async def drive(url: str, queries: list[str], concurrency: int, total: int, max_seconds: float, k: int) -> tuple[list[float], int, float]:
+    """Closed-loop load: ``concurrency`` clients, ``total`` requests in all (or until the cap)."""
+    import aiohttp
+
+    latencies: list[float] = []
+    errors = 0
+    sent = 0
+    deadline = time.perf_counter() + max_seconds
+    connector = aiohttp.TCPConnector(limit=concurrency, force_close=False)
+    timeout = aiohttp.ClientTimeout(total=60)
+
+    async def client(session: aiohttp.ClientSession) -> None:
+        nonlocal sent, errors
+        while sent < total and time.perf_counter() < deadline:
+            i = sent
+            sent += 1
+            body = {"query": queries[i % len(queries)], "k": k}
+            t0 = time.perf_counter()
+            try:
+                async with session.post(f"{url}/search", json=body) as r:
+                    await r.read()
+                    ok = r.status == 200
+            except (aiohttp.ClientError, asyncio.TimeoutError):
+                ok = False
+            if ok:
+                latencies.append(time.perf_counter() - t0)
+            else:
+                errors += 1
+
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        start = time.perf_counter()
+        await asyncio.gather(*(client(session) for _ in range(concurrency)))
+        elapsed = time.perf_counter() - start
+    return latencies, errors, elapsed
+
+
+def measure(server: str, url: str, queries: list[str], concurrency: int, total: int, max_seconds: float, k: int) -> Result:
+    lat, errors, elapsed = asyncio.run(drive(url, queries, concurrency, total, max_seconds, k))
+    ms = np.asarray(lat) * 1e3 if lat else np.asarray([np.nan])
+    return Result(
+        server, concurrency, len(lat) + errors, errors, round(elapsed, 2), round(len(lat) / elapsed, 1),
+        round(float(np.percentile(ms, 50)), 1), round(float(np.percentile(ms, 99)), 1),
+    )
+
+
+# --------------------------------------------------------------------------------------- servers
+
+
+def wait_healthy(url: str, timeout_s: float, proc: subprocess.Popen | None = None) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{url}: the server exited with code {proc.returncode}")
+        try:
+            with urllib.request.urlopen(f"{url}/healthz", timeout=5) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"{url} not healthy after {timeout_s:.0f}s")
+
+
+def version(args: argparse.Namespace) -> dict[str, str]:
+    v = {"model_uri": args.model_uri, "index_uri": args.index_uri, "mlflow_tracking_uri": args.mlflow_tracking_uri}
+    if args.features:
+        v["features"] = args.features
+    return v
+
+
+def start_baseline(args: argparse.Namespace) -> tuple[subprocess.Popen, str]:
+    cmd = [
+        sys.executable, str(REPO / "experiments" / "bench" / "baseline_server.py"),
+        "--model-uri", args.model_uri, "--index-uri", args.index_uri,
+        "--mlflow-tracking-uri", args.mlflow_tracking_uri, "--port", str(args.baseline_port),
+    ]
+    if args.features:
+        cmd += ["--features", args.features]
+    proc = subprocess.Popen(cmd, cwd=os.getcwd(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{args.baseline_port}"
+    try:
+        wait_healthy(url, 300, proc)
+    except BaseException:
+        proc.kill()
+        raise RuntimeError(f"baseline server failed to start: {(proc.stderr.read() if proc.stderr else '')[-2000:]}") from None
+    return proc, url
+
+
+def start_serve(args: argparse.Namespace) -> str:
+    sys.path.insert(0, str(REPO))
+    from deployments.app import run_local
+
+    return run_local(version(args), host="127.0.0.1", port=args.serve_port, num_cpus=args.num_cpus, timeout_s=600)
+
+
+def load_queries(url: str) -> list[str]:
+    """The features directory's search queries (what training saw), else DEFAULT_QUERIES."""
+    import urllib.request
+
+    try:
+        import pyarrow.parquet as pq
+
+        from itemsage.serve.bundle import features_dir
+
+        with urllib.request.urlopen(f"{url}/version", timeout=10) as r:
+            v = json.loads(r.read())
+        from itemsage.train.artifacts import resolve_model_dir
+
+        manifest = json.loads((resolve_model_dir(v["model"]["uri"]) / "manifest.json").read_text())
+        texts = pq.read_table(Path(features_dir(manifest, None, os.getcwd())) / "queries.parquet", columns=["text"]).column("text").to_pylist()
+        texts = [t for t in texts if t and t.strip()]
+        if texts:
+            return sorted(set(texts))[:500]
+    except Exception:  # noqa: BLE001 - any problem: fall back to the built-in list
+        pass
+    return list(DEFAULT_QUERIES)
+
+
+def same_answers(a: str, b: str, queries: list[str], k: int) -> bool:
+    """Both servers answer with the same version and the same ranking (a fair comparison)."""
+    import urllib.request
+
+    def ask(url: str, q: str) -> dict[str, Any]:
+        req = urllib.request.Request(f"{url}/search", json.dumps({"query": q, "k": k}).encode(), {"content-type": "application/json"})
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return json.loads(r.read())
+
+    for q in queries[:5]:
+        x, y = ask(a, q), ask(b, q)
+        if (x["model_version"], x["index_version"]) != (y["model_version"], y["index_version"]):
+            return False
+        if [h["item_id"] for h in x["results"]] != [h["item_id"] for h in y["results"]]:
+            return False
+    return True
+
+
+# ----------------------------------------------------------------------------------------- report
+
+
+def report(results: list[Result]) -> tuple[str, bool]:
+    by = {(r.server, r.concurrency): r for r in results}
+    lines = [
+        "| concurrency | baseline req/s | baseline p50 ms | baseline p99 ms | serve req/s | serve p50 ms | serve p99 ms | throughput ratio | p50 ratio |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for c in sorted({r.concurrency for r in results}):
+        b, s = by.get(("baseline", c)), by.get(("serve", c))
+        if b is None or s is None:
+            continue
+        lines.append(
+            f"| {c} | {b.rps} | {b.p50_ms} | {b.p99_ms} | {s.rps} | {s.p50_ms} | {s.p99_ms} | "
+            f"{s.rps / b.rps:.2f}x | {s.p50_ms / b.p50_ms:.2f}x |"
+        )
+    ok = True
+    checks = []
+    if ("serve", 32) in by and ("baseline", 32) in by:
+        ratio = by[("serve", 32)].rps / by[("baseline", 32)].rps
+        passed = ratio >= THROUGHPUT_TARGET
+        ok &= passed
+        checks.append(f"{'PASS' if passed else 'FAIL'}: throughput at concurrency 32 is {ratio:.2f}x the baseline (target >= {THROUGHPUT_TARGET}x)")
+    if ("serve", 1) in by and ("baseline", 1) in by:
+        ratio = by[("serve", 1)].p50_ms / by[("baseline", 1)].p50_ms
+        passed = ratio <= P50_LIMIT
+        ok &= passed
+        checks.append(f"{'PASS' if passed else 'FAIL'}: p50 at concurrency 1 is {ratio:.2f}x the baseline (limit <= {P50_LIMIT}x)")
+    errors = sum(r.errors for r in results)
+    if errors:
+        ok = False
+        checks.append(f"FAIL: {errors} requests failed")
+    return "\n".join([*lines, "", *checks]), ok
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    import ray
+    from ray import serve
+
+    baseline = None
+    try:
+        print("starting the baseline server ...", flush=True)
+        baseline, base_url = start_baseline(args)
+        print("starting Ray Serve ...", flush=True)
+        serve_url = start_serve(args)
+        queries = load_queries(serve_url)
+        if not same_answers(base_url, serve_url, queries, args.k):
+            print("FAIL: the two servers do not serve the same version/answers; not comparable")
+            return 1
+        for url in (base_url, serve_url):  # warm-up: lazy init, connection pools, allocator
+            measure("warmup", url, queries, 8, args.warmup, args.max_seconds, args.k)
+        results = []
+        for c in args.levels:
+            total = max(args.requests, c * args.per_client)
+            for name, url in (("baseline", base_url), ("serve", serve_url)):
+                r = measure(name, url, queries, c, total, args.max_seconds, args.k)
+                print(f"  {name:8s} c={c:<3d} {r.rps:7.1f} req/s  p50 {r.p50_ms:7.1f} ms  p99 {r.p99_ms:7.1f} ms  ({r.requests} requests, {r.errors} errors)", flush=True)
+                results.append(r)
+        table, ok = report(results)
+        print()
+        print(f"POST /search, k={args.k}, {os.cpu_count()} CPUs, {len(queries)} distinct queries")
+        print(table)
+        if args.out:
+            Path(args.out).write_text(json.dumps([asdict(r) for r in results], indent=2))
+        return 0 if ok else 1
+    finally:
+        if baseline is not None:
+            baseline.send_signal(signal.SIGINT)
+            try:
+                baseline.wait(20)
+            except subprocess.TimeoutExpired:
+                baseline.kill()
+        if ray.is_initialized():
+            serve.shutdown()
+            ray.shutdown()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,221 @@
+"""The public Python API: one trained ItemSage model, every kind of embedding it makes.
+
+    from itemsage.api import ItemSage
+
+    sage = ItemSage.load("models:/itemsage/3")            # or a bundle / checkpoint directory
+    ids, items = sage.embed_catalog("data/sample/fashion")   # [N, 256], any supported layout
+    queries = sage.embed_text_queries(["red running shoes"]) # [1, 256], same space
+    scores = queries @ items.T                              # cosine: every vector is unit-norm
+
+Items, search queries (text), closeup queries (images) and home-feed users all land in one
+``embedding_dim``-d space (256 by default), so any query ranks any item by inner product. Items the
+model never saw are fine: catalogs are featurized with the model's own vocabulary and image backbone
+(the preprocessing featurizers), exactly as training featurized its catalog. See
+docs/python-api.md for the full walk-through.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from itemsage.data.images import ImageBackbone, ImageDecodeError, get_backbone, load_image
+from itemsage.index.embed import (
+    CPU_BATCH_SIZE,
+    CatalogFeatures,
+    TrainedModel,
+    check_features_compatible,
+    featurize_catalog,
+    is_features_dir,
+    load_model,
+    pick_device,
+)
+from itemsage.model import ItemFeatureStore
+from itemsage.train.artifacts import ModelNotFoundError
+
+__all__ = ["CatalogFeatures", "ItemSage", "ModelNotFoundError"]
+
+# Decoded pixels of one query image; larger images are refused before decoding (bomb guard).
+MAX_QUERY_PIXELS = 40_000_000
+
+
+class ItemSage:
+    """A loaded model version. Build it with :meth:`load`; every ``embed_*`` returns float32
+    ``[n, embedding_dim]`` unit vectors (NumPy), row i for input i."""
+
+    def __init__(self, trained: TrainedModel, device: str = "cpu") -> None:
+        self.trained = trained
+        self.device = device
+        self._text_encoder: Any = None
+        self._backbone: ImageBackbone | None = None
+
+    @classmethod
+    def load(cls, uri_or_dir: str | Path, device: str = "auto") -> ItemSage:
+        """Load ``models:/itemsage/<version|latest>``, ``runs:/<id>/model``, or a bundle,
+        checkpoint or Ray Train run directory.
+
+        MLflow URIs use ``$MLFLOW_TRACKING_URI`` (default ``sqlite:///mlflow.db``). Raises
+        :class:`ModelNotFoundError` (a ``FileNotFoundError``) naming the reference when it does
+        not exist. ``device``: "auto" (CUDA when available), "cpu" or "cuda".
+        """
+        dev = pick_device(device)
+        return cls(load_model(uri_or_dir, device=dev), dev)
+
+    # ------------------------------------------------------------------ what this model is
+
+    @property
+    def version(self) -> str:
+        """The registry version ("3"), or a content hash ("sha-...") for a local bundle."""
+        return self.trained.version
+
+    @property
+    def dim(self) -> int:
+        return self.trained.embedding_dim
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        return dict(self.trained.manifest)
+
+    def __repr__(self) -> str:
+        return f"ItemSage(uri={self.trained.uri!r}, version={self.version!r}, dim={self.dim}, device={self.device!r})"
+
+    # ------------------------------------------------------------------------------ items
+
+    def featurize_catalog(
+        self, path: str | Path, layout: str = "auto", *, title_embeddings: bool = True, engine: str = "auto"
+    ) -> CatalogFeatures:
+        """Read a catalog (``layout``: auto | fashion | shopee | generic) and compute its item
+        features with this model's vocab and image backbone.
+
+        Keep the result to embed users against it (:meth:`embed_users`) without featurizing the
+        catalog twice. ``engine``: "local" (this process), "ray" (Ray Data stages of
+        preprocessing) or "auto" (Ray for large catalogs or when connected to a cluster).
+        """
+        return featurize_catalog(path, self.trained, layout, title_embeddings=title_embeddings,
+                                 engine=engine, device=self.device)
+
+    def embed_catalog(
+        self, path: str | Path, layout: str = "auto", *, engine: str = "auto", batch_size: int = CPU_BATCH_SIZE
+    ) -> tuple[list[str], np.ndarray]:
+        """``(item_ids, embeddings [N, dim])`` of every usable item of a catalog.
+
+        ``path`` is a catalog in any supported layout, or a preprocessed features directory
+        made with this model's vocabulary. Rows the catalog readers reject (no id, duplicate id,
+        no content) are skipped, as in preprocessing.
+        """
+        if is_features_dir(str(path)):
+            check_features_compatible(str(path), self.trained)
+            store = ItemFeatureStore.load(str(path), max_images=self.trained.max_images,
+                                          text_fields=self.trained.text_fields)
+        else:
+            feats = self.featurize_catalog(path, layout, title_embeddings=False, engine=engine)
+            store = feats.store(self.trained.max_images, self.trained.text_fields)
+        return list(store.item_ids or []), self._embed_store(store, batch_size)
+
+    def embed_features(self, features: CatalogFeatures, batch_size: int = CPU_BATCH_SIZE) -> tuple[list[str], np.ndarray]:
+        """``(item_ids, embeddings)`` of an already featurized catalog (:meth:`featurize_catalog`)."""
+        store = features.store(self.trained.max_images, self.trained.text_fields)
+        return features.item_ids, self._embed_store(store, batch_size)
+
+    @torch.inference_mode()
+    def _embed_store(self, store: ItemFeatureStore, batch_size: int) -> np.ndarray:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        out = np.zeros((store.num_items, self.dim), dtype=np.float32)
+        for start in range(0, store.num_items, batch_size):
+            idx = torch.arange(start, min(start + batch_size, store.num_items))
+            batch = store.gather(idx).to(self.device)
+            out[start : start + len(idx)] = self.trained.model.embed_items(batch).float().cpu().numpy()
+        return out
+
+    # ---------------------------------------------------------------------------- queries
+
+    @torch.inference_mode()
+    def embed_text_queries(self, texts: Sequence[str]) -> np.ndarray:
+        """Search queries: frozen MiniLM sentence embedding, then this model's search tower."""
+        texts = [str(t) for t in texts]
+        if not texts:
+            return np.zeros((0, self.dim), np.float32)
+        if any(not t.strip() for t in texts):
+            raise ValueError("empty search query: every text must contain something to search for")
+        if self._text_encoder is None:
+            from itemsage.data.text_encoder import TextEncoder
+
+            self._text_encoder = TextEncoder().to(self.device)
+        feats = torch.from_numpy(self._text_encoder.encode(texts))
+        return self._project("search", feats)
+
+    @torch.inference_mode()
+    def embed_image_queries(self, images: Sequence[str | Path | bytes]) -> np.ndarray:
+        """Closeup queries: image files (paths or URIs) or encoded image bytes -> the frozen image
+        backbone -> this model's closeup tower. A bad image raises ``ValueError`` naming it."""
+        if not images:
+            return np.zeros((0, self.dim), np.float32)
+        backbone = self._image_backbone()
+        pixels = []
+        for i, src in enumerate(images):
+            try:
+                img = load_image(str(src) if isinstance(src, Path) else src, MAX_QUERY_PIXELS)
+            except ImageDecodeError as e:
+                name = f"{len(src)} bytes" if isinstance(src, bytes) else str(src)
+                raise ValueError(f"image query {i} ({name}) is not usable: {e}") from None
+            pixels.append(backbone.preprocess(img))
+        feats = backbone(torch.stack(pixels).to(self.device)).float()
+        return self._project("closeup", feats)
+
+    def _image_backbone(self) -> ImageBackbone:
+        if self._backbone is None:
+            name = self.trained.image_backbone
+            weights = self.trained.config.preprocess.image.weights_path
+            try:
+                self._backbone = get_backbone(name, weights, self.device)
+            except ValueError as e:
+                raise ValueError(f"this model cannot embed image queries: {e}") from None
+        return self._backbone
+
+    @torch.inference_mode()
+    def embed_users(
+        self, histories: Sequence[Sequence[str]], catalog: CatalogFeatures | str | Path, layout: str = "auto"
+    ) -> np.ndarray:
+        """Home-feed queries: each user is the list of item ids they engaged with.
+
+        ``catalog`` gives the items' features: a :class:`CatalogFeatures` from
+        :meth:`featurize_catalog` (fastest when called repeatedly), a features directory, or a
+        raw catalog path (featurized on the fly). User features are the mean first-image feature
+        and the mean title embedding of the history (docs/feature-format.md).
+        """
+        if not histories:
+            return np.zeros((0, self.dim), np.float32)
+        store, ids = self._user_store(catalog, layout)
+        row_of = {item_id: r for r, item_id in enumerate(ids)}
+        rows = []
+        for u, history in enumerate(histories):
+            if not history:
+                raise ValueError(f"history {u} is empty: a home-feed query needs at least one item")
+            missing = [i for i in history if i not in row_of]
+            if missing:
+                shown = ", ".join(repr(m) for m in missing[:5])
+                raise KeyError(f"history {u}: item id(s) not in the catalog: {shown}")
+            rows.append([row_of[i] for i in history])
+        return self._project("home", store.user_feats(rows))
+
+    def _user_store(self, catalog: CatalogFeatures | str | Path, layout: str) -> tuple[ItemFeatureStore, list[str]]:
+        if isinstance(catalog, CatalogFeatures):
+            if not catalog.has_title_emb:
+                raise ValueError("these catalog features have no title embeddings; featurize with title_embeddings=True")
+            return catalog.store(self.trained.max_images, self.trained.text_fields), catalog.item_ids
+        if is_features_dir(str(catalog)):
+            store = ItemFeatureStore.load(str(catalog), max_images=self.trained.max_images)
+            if store.image_dim != self.trained.image_dim:
+                raise ValueError(f"features {catalog} have {store.image_dim}-d image features; "
+                                 f"this model reads {self.trained.image_dim}-d")
+            return store, list(store.item_ids or [])
+        feats = self.featurize_catalog(catalog, layout, title_embeddings=True)
+        return feats.store(self.trained.max_images), feats.item_ids
+
+    def _project(self, surface: str, feats: torch.Tensor) -> np.ndarray:
+        return self.trained.model.embed_queries(surface, feats.to(self.device)).float().cpu().numpy()

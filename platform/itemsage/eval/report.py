@@ -1,0 +1,68 @@
+"""Recall tables as people read them: one row per (task, method), Recall@k columns side by side.
+
+``RecallTable.to_markdown`` prints one k with methods as columns (the training log's compact
+view); offline evaluation reports several ks and names each surface's frozen baseline, so it
+reads better long: every task gets its model row, its baseline row and its random row together.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from itemsage.config import ACTIONS, SURFACES
+from itemsage.eval.recall import RecallTable
+
+# What the "frozen" method of train.validation.baseline_recall is on each surface.
+BASELINE_LABELS: dict[str, str] = {
+    "search": "frozen: MiniLM text cosine",
+    "closeup": "frozen: image-feature cosine",
+    "home": "frozen: user-feature cosine",
+}
+METHOD_ORDER = ("itemsage", "frozen", "random")
+
+
+def method_label(method: str, task: str) -> str:
+    """Display name of ``method`` on ``task`` ("frozen" says which frozen features it compares)."""
+    if method == "frozen":
+        return BASELINE_LABELS.get(task.split("/")[0], "frozen features")
+    return method
+
+
+def _task_key(task: str) -> tuple[int, int, str]:
+    surface, _, action = task.partition("/")
+    s = SURFACES.index(surface) if surface in SURFACES else len(SURFACES)
+    a = -1 if action == "all" else (ACTIONS.index(action) if action in ACTIONS else len(ACTIONS))
+    return s, a, task
+
+
+def _method_key(method: str) -> tuple[int, str]:
+    return (METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER), method)
+
+
+def recall_rows(table: RecallTable) -> list[dict[str, Any]]:
+    """Rows sorted by surface, task ("all" first) and method (model, frozen baseline, random)."""
+    rows = []
+    for (method, task), values in table.rows.items():
+        rows.append({
+            "task": task,
+            "surface": task.split("/")[0],
+            "method": method,
+            "label": method_label(method, task),
+            **values,
+        })
+    rows.sort(key=lambda r: (_task_key(r["task"]), _method_key(r["method"])))
+    return rows
+
+
+def recall_markdown(table: RecallTable) -> str:
+    """``| task | method | n | R@10 | R@50 |`` with every task's methods on consecutive rows."""
+    ks = table.ks
+    head = "| task | method | n | " + " | ".join(f"R@{k}" for k in ks) + " |"
+    lines = [head, "|---|---|---:|" + "---:|" * len(ks)]
+    previous = None
+    for r in recall_rows(table):
+        task = r["task"] if r["task"] != previous else ""
+        previous = r["task"]
+        cells = " | ".join(f"{r[f'recall@{k}']:.3f}" for k in ks)
+        lines.append(f"| {task} | {r['label']} | {int(r['n'])} | {cells} |")
+    return "\n".join(lines)

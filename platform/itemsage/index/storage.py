@@ -1,0 +1,127 @@
+"""On-disk layout of a saved index, and the file operations that make saving atomic.
+
+A saved index is a directory: the vector payload (``index.faiss`` or ``vectors.npy``),
+``ids.json`` (the id map) and ``metadata.json`` (spec, dim, ntotal, search params, model
+name/version, timestamps, sweep result, and the size + SHA-256 of every file). It is written to
+a temp directory beside the target, fsynced, and renamed into place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+FORMAT_VERSION = 1
+METADATA_FILE = "metadata.json"
+IDS_FILE = "ids.json"
+
+
+class CorruptIndexError(ValueError):
+    """A saved index's files are unreadable, truncated or inconsistent with its metadata."""
+
+
+def file_digest(path: Path) -> dict[str, Any]:
+    """Size and SHA-256: enough to tell a truncated or bit-flipped file from the one written."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return {"bytes": path.stat().st_size, "sha256": h.hexdigest()}
+
+
+def fsync_file(path: Path) -> None:
+    """Flush a written file to disk, so a crash after the rename cannot leave it empty."""
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def fsync_dir(path: Path) -> None:
+    """Flush a directory's entries (new names, renames) to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def check_replaceable(target: Path) -> None:
+    """Refuse to save over anything but nothing, an empty directory, or a saved index."""
+    if not target.exists():
+        return
+    if not target.is_dir():
+        raise FileExistsError(f"cannot save an index to {target}: it exists and is not a directory")
+    if any(target.iterdir()) and not (target / METADATA_FILE).is_file():
+        raise FileExistsError(
+            f"refusing to replace {target}: it is a non-empty directory without {METADATA_FILE}, "
+            "so it is not an index saved by ItemIndex.save"
+        )
+
+
+def swap_into_place(tmp: Path, target: Path) -> None:
+    """Rename ``tmp`` to ``target``; an existing ``target`` is moved aside first, then deleted.
+
+    POSIX cannot atomically exchange two directories, so a reader may briefly see no index
+    between the two renames, but never a half-written one.
+    """
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
+        os.rename(target, old)
+    try:
+        os.rename(tmp, target)
+    except BaseException:
+        if old is not None:
+            os.rename(old, target)
+        raise
+    fsync_dir(target.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def read_metadata(directory: str | os.PathLike[str]) -> dict[str, Any]:
+    """``metadata.json`` of a saved index, with clear errors for a missing or unreadable one."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"no index at {directory}: the directory does not exist")
+    path = directory / METADATA_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"no index at {directory}: {METADATA_FILE} is missing (not an index directory)")
+    try:
+        meta = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CorruptIndexError(f"{path} is not valid JSON ({e}); the index is corrupt") from e
+    if not isinstance(meta, dict) or not {"kind", "spec", "dim", "ntotal", "files"} <= set(meta):
+        raise CorruptIndexError(f"{path} lacks required fields; the index is corrupt")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise CorruptIndexError(
+            f"{path} has format_version {meta.get('format_version')!r}; this code reads {FORMAT_VERSION}"
+        )
+    return meta
+
+
+def verify_files(directory: str | os.PathLike[str], meta: dict[str, Any]) -> None:
+    """Every file named in ``meta["files"]`` exists with its recorded size and SHA-256."""
+    directory = Path(directory)
+    files = meta.get("files")
+    if not isinstance(files, dict) or not files:
+        raise CorruptIndexError(f"{directory / METADATA_FILE} lists no files; the index is corrupt")
+    for name, expected in files.items():
+        if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
+            raise CorruptIndexError(f"{directory / METADATA_FILE} names a file outside the index: {name!r}")
+        if not isinstance(expected, dict):
+            raise CorruptIndexError(f"{directory / METADATA_FILE}: bad entry for {name!r}")
+        path = directory / name
+        if not path.is_file():
+            raise FileNotFoundError(f"index at {directory} is incomplete: {name} is missing")
+        actual = file_digest(path)
+        if actual != expected:
+            raise CorruptIndexError(
+                f"index file {path} is corrupt: {actual['bytes']} bytes / sha256 {actual['sha256'][:12]}..., "
+                f"metadata says {expected['bytes']} bytes / sha256 {str(expected['sha256'])[:12]}..."
+            )
+

@@ -1,0 +1,103 @@
+"""Exact inner-product search in torch: the GPU fallback when faiss-gpu is not installed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from itemsage.index.base import ItemIndex
+from itemsage.index.idmap import IdMap
+
+if TYPE_CHECKING:
+    import torch
+
+TORCH_EXACT = "TorchExact"
+VECTORS_FILE = "vectors.npy"
+LABELS_FILE = "labels.npy"
+
+
+class TorchExactIndex(ItemIndex):
+    """Exact inner-product search as a torch matmul + top-k, on the GPU when torch has CUDA.
+
+    The fallback for GPU exact search where faiss-gpu is not installed, and for catalogs small
+    enough that an ANN index is not worth building. Queries are scored in chunks so the
+    [chunk, N] score matrix stays under ``max_score_bytes``.
+    """
+
+    def __init__(
+        self,
+        vectors: np.ndarray,
+        labels: np.ndarray,
+        idmap: IdMap,
+        device: str | None = None,
+        max_score_bytes: int = 256 << 20,
+    ) -> None:
+        import torch
+
+        super().__init__(TORCH_EXACT, int(vectors.shape[1]), idmap)
+        self._device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        # A copy: on the CPU, from_numpy would share memory with the caller's array.
+        self._vectors: torch.Tensor = torch.from_numpy(np.array(vectors, dtype=np.float32, copy=True)).to(
+            self._device
+        )
+        self._labels = np.ascontiguousarray(labels, dtype=np.int64)
+        self._max_score_bytes = max_score_bytes
+
+    @property
+    def kind(self) -> str:
+        return "torch_exact"
+
+    @property
+    def device(self) -> str:
+        return str(self._device)
+
+    @property
+    def removable(self) -> bool:
+        return True
+
+    @property
+    def search_params(self) -> dict[str, float]:
+        return {}
+
+    def set_search_params(self, **params: float) -> None:
+        if params:
+            raise ValueError(f"exact search has no search parameters; got {', '.join(sorted(params))}")
+
+    def _search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        import torch
+
+        n = self._vectors.shape[0]
+        chunk = max(1, self._max_score_bytes // (4 * n))
+        scores_out, rows_out = [], []
+        with torch.inference_mode():
+            q_all = torch.from_numpy(queries).to(self._device)
+            for start in range(0, q_all.shape[0], chunk):
+                s, r = torch.topk(q_all[start : start + chunk] @ self._vectors.T, k, dim=1)
+                scores_out.append(s.cpu().numpy())
+                rows_out.append(r.cpu().numpy())
+        return np.concatenate(scores_out), self._labels[np.concatenate(rows_out)]
+
+    def _add(self, vectors: np.ndarray, labels: np.ndarray) -> None:
+        import torch
+
+        self._vectors = torch.cat([self._vectors, torch.from_numpy(vectors).to(self._device)])
+        self._labels = np.concatenate([self._labels, labels])
+
+    def _remove(self, labels: np.ndarray) -> int:
+        import torch
+
+        keep = ~np.isin(self._labels, labels)
+        self._vectors = self._vectors[torch.from_numpy(keep).to(self._device)]
+        self._labels = self._labels[keep]
+        return int((~keep).sum())
+
+    def memory_bytes(self) -> int:
+        return int(self._vectors.numel() * self._vectors.element_size() + self._labels.nbytes)
+
+    def _write_payload(self, directory: Path) -> list[str]:
+        np.save(directory / VECTORS_FILE, self._vectors.cpu().numpy(), allow_pickle=False)
+        np.save(directory / LABELS_FILE, self._labels, allow_pickle=False)
+        return [VECTORS_FILE, LABELS_FILE]
+

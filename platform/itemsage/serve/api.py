@@ -1,0 +1,250 @@
+"""The HTTP API as one FastAPI app over any backend with the :class:`Backend` methods.
+
+The Serve ``Ingress`` deployment and the single-process baseline server build the very same app
+(:func:`create_api`), the first over Ray Serve handles, the second over an in-process
+:class:`~itemsage.serve.service.Retriever`; so validation, limits, status codes and response
+bodies are identical, and the benchmark compares serving architectures, not two APIs.
+"""
+
+# No ``from __future__ import annotations`` here: FastAPI reads the route parameters' annotations
+# at runtime, and the request models are local variables of create_api.
+import json
+import logging
+from collections.abc import Awaitable, Callable, MutableMapping
+from pathlib import Path
+from typing import Any, Protocol
+
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+
+from itemsage.config import ServeConfig
+from itemsage.serve.encoders import decode_base64
+from itemsage.serve.errors import ServeError, as_serve_error
+from itemsage.serve.schemas import (
+    EmbeddingResponse,
+    ErrorResponse,
+    HealthResponse,
+    ItemInfo,
+    SearchResponse,
+    VersionResponse,
+    build_request_models,
+)
+
+log = logging.getLogger(__name__)
+
+WEB_DIR = Path(__file__).resolve().parents[3] / "deployments" / "web"
+_WEB_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8"}
+
+
+class Backend(Protocol):
+    async def search(self, query: str, k: int) -> dict[str, Any]: ...
+    async def similar(self, k: int, item_id: str | None = None, image: bytes | None = None) -> dict[str, Any]: ...
+    async def recommend(self, history: list[str], k: int) -> dict[str, Any]: ...
+    async def embed_query(
+        self, text: str | None = None, image: bytes | None = None, history: list[str] | None = None
+    ) -> dict[str, Any]: ...
+    async def embed_item(self, payload: dict[str, Any]) -> dict[str, Any]: ...
+    async def item(self, item_id: str) -> dict[str, Any]: ...
+    async def item_image(self, item_id: str, position: int = 0) -> tuple[bytes, str]: ...
+    async def version(self) -> dict[str, Any]: ...
+    async def health(self) -> dict[str, Any]: ...
+
+
+class ServiceUnavailableError(ServeError):
+    """A backend failure that is not the client's fault (after retries): 503, never a 500."""
+
+    status_code = 503
+
+
+class BodyLimit:
+    """ASGI middleware: 413 for request bodies over ``limit`` bytes, before anything parses them.
+
+    Content-Length is checked up front; a body without one (chunked) is read here, counted, and
+    refused at the limit, then replayed to the app. Reading it here rather than counting inside
+    the app matters: FastAPI turns any error raised while it reads a body into a 400.
+    """
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: MutableMapping[str, Any], receive: Callable[[], Awaitable[Any]], send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers") or []:
+            if name == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    declared = -1
+                if declared > self.limit:
+                    await _too_large(send, self.limit)
+                    return
+                if declared >= 0:  # the server enforces a declared length; nothing to count
+                    await self.app(scope, receive, send)
+                    return
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                break
+            size += len(message.get("body", b""))
+            if size > self.limit:
+                await _too_large(send, self.limit)
+                return
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        body, replayed = b"".join(chunks), False
+
+        async def replay() -> Any:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+
+async def _too_large(send: Any, limit: int) -> None:
+    body = json.dumps({"detail": f"request body is larger than {limit} bytes"}).encode()
+    await send({"type": "http.response.start", "status": 413, "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": body})
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    403: {"model": ErrorResponse, "description": "local image path outside the allowed roots"},
+    404: {"model": ErrorResponse, "description": "unknown item id"},
+    413: {"model": ErrorResponse, "description": "upload or request body too large"},
+    422: {"model": ErrorResponse, "description": "invalid request (validation message in detail)"},
+    503: {"model": ErrorResponse, "description": "not ready, or a backend failure after retrying"},
+}
+
+
+def _pick(codes: tuple[int, ...]) -> dict[int | str, dict[str, Any]]:
+    return {c: ERRORS[c] for c in codes}
+
+
+def create_api(backend: Backend, cfg: ServeConfig, web_dir: str | Path | None = None, title: str = "ItemSage") -> FastAPI:
+    """The FastAPI app: JSON API, OpenAPI docs (``/docs``), and the web page at ``/``."""
+    req = build_request_models(cfg)
+    app = FastAPI(
+        title=title,
+        version="1",
+        description="Product retrieval with ItemSage embeddings: text search, similar items, home feed.",
+    )
+    web = _load_web(Path(web_dir) if web_dir else WEB_DIR)
+
+    @app.exception_handler(ServeError)
+    async def _serve_error(_: Request, exc: ServeError) -> JSONResponse:
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's default body, minus the echoed input: a rejected 10 MB upload must not be
+        # sent back to the client.
+        errors = [{k: v for k, v in e.items() if k not in ("input", "ctx", "url")} for e in exc.errors()]
+        return JSONResponse({"detail": errors}, status_code=422)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        err = as_serve_error(exc)
+        if err is not None:
+            return JSONResponse({"detail": err.detail}, status_code=err.status_code)
+        log.exception("request failed")
+        return JSONResponse({"detail": "internal error; the request was not completed"}, status_code=503)
+
+    def image_bytes(data: str) -> bytes:
+        return decode_base64(data, cfg.max_upload_bytes)
+
+    @app.post("/search", response_model=SearchResponse, responses=_pick((413, 422, 503)), tags=["retrieval"])
+    async def search(body: req.search) -> Any:  # type: ignore[valid-type]
+        """Products for a text query (search surface)."""
+        return await backend.search(body.query, body.k)
+
+    @app.post("/similar", response_model=SearchResponse, responses=_pick((404, 413, 422, 503)), tags=["retrieval"])
+    async def similar(body: req.similar) -> Any:  # type: ignore[valid-type]
+        """Products similar to a catalog item (``item_id``) or an uploaded photo (``image``, base64)."""
+        image = image_bytes(body.image) if body.image is not None else None
+        return await backend.similar(body.k, item_id=body.item_id, image=image)
+
+    @app.post("/recommend", response_model=SearchResponse, responses=_pick((404, 413, 422, 503)), tags=["retrieval"])
+    async def recommend(body: req.recommend) -> Any:  # type: ignore[valid-type]
+        """A home feed for a user given the items they engaged with (home surface)."""
+        return await backend.recommend(list(body.history), body.k)
+
+    @app.post("/embed/query", response_model=EmbeddingResponse, responses=_pick((404, 413, 422, 503)), tags=["embeddings"])
+    async def embed_query(body: req.embed_query) -> Any:  # type: ignore[valid-type]
+        """The query embedding of a text, an image or a history (one of them)."""
+        image = image_bytes(body.image) if body.image is not None else None
+        history = list(body.history) if body.history is not None else None
+        return await backend.embed_query(text=body.text, image=image, history=history)
+
+    @app.post("/embed/item", response_model=EmbeddingResponse, responses=_pick((403, 413, 422, 503)), tags=["embeddings"])
+    async def embed_item(body: req.embed_item) -> Any:  # type: ignore[valid-type]
+        """The item embedding of a new or changed product (text fields + images)."""
+        payload = body.model_dump()
+        payload["images"] = [image_bytes(s) for s in body.images]
+        return await backend.embed_item(payload)
+
+    @app.get("/items/{item_id}", response_model=ItemInfo, responses=_pick((404, 503)), tags=["catalog"])
+    async def item(item_id: str) -> Any:
+        """Catalog metadata of one item."""
+        return await backend.item(item_id)
+
+    @app.get(
+        "/items/{item_id}/image",
+        response_class=Response,
+        responses={200: {"content": {"image/*": {}}}, **_pick((404, 503))},
+        tags=["catalog"],
+    )
+    async def item_image(item_id: str, i: int = Query(0, ge=0, lt=cfg.max_item_images)) -> Response:
+        """The item's ``i``-th catalog image (only files the catalog itself names are served)."""
+        data, media_type = await backend.item_image(item_id, i)
+        return Response(data, media_type=media_type, headers={"Cache-Control": "public, max-age=3600"})
+
+    @app.get("/healthz", response_model=HealthResponse, responses=_pick((503,)), tags=["ops"])
+    async def healthz() -> Any:
+        try:
+            return await backend.health()
+        except Exception as exc:  # noqa: BLE001 - any failure means "not healthy"
+            err = as_serve_error(exc)
+            detail = err.detail if err else f"unhealthy: {type(exc).__name__}"
+            return JSONResponse({"detail": detail}, status_code=503)
+
+    @app.get("/version", response_model=VersionResponse, responses=_pick((503,)), tags=["ops"])
+    async def version() -> Any:
+        """The model and index versions answering right now."""
+        return await backend.version()
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def index_page() -> Response:
+        return _web_response(web, "index.html")
+
+    @app.get("/web/{name}", include_in_schema=False)
+    async def web_file(name: str) -> Response:
+        return _web_response(web, name)
+
+    # Outermost of the app's own middleware: the size check runs before any body is parsed.
+    app.add_middleware(BodyLimit, limit=cfg.max_request_bytes)
+    return app
+
+
+def _load_web(directory: Path) -> dict[str, tuple[bytes, str]]:
+    """The page's files, read once: a fixed set served from memory, so no request can name a path."""
+    files: dict[str, tuple[bytes, str]] = {}
+    if directory.is_dir():
+        for p in directory.iterdir():
+            if p.is_file() and p.suffix in _WEB_TYPES:
+                files[p.name] = (p.read_bytes(), _WEB_TYPES[p.suffix])
+    return files
+
+
+def _web_response(web: dict[str, tuple[bytes, str]], name: str) -> Response:
+    if name not in web:
+        return JSONResponse({"detail": f"no such page file {name!r}"}, status_code=404)
+    data, media_type = web[name]
+    return Response(data, media_type=media_type)

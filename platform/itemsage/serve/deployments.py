@@ -1,0 +1,387 @@
+"""Ray Serve deployments: Ingress -> Retriever -> QueryEncoder / ItemEncoder.
+
+The Retriever is the hub on purpose. It owns the published version (model + index + catalog) and,
+per request, pins it once and passes the pinned model version to the encoder it calls; so a query
+is always embedded by the model whose item embeddings are in the index it searches, also during a
+version swap, and the answer names both versions. (Ingress -> QueryEncoder -> Retriever would let
+the encoder and the index swap at different moments.)
+
+Deployment options (replicas, resources, batching, user_config) have defaults here and are meant to
+be set in ``deployments/serve_config.yaml``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from itemsage.config import ServeConfig, _build
+from itemsage.serve.api import ServiceUnavailableError, create_api
+from itemsage.serve.bundle import ModelBundle, features_dir, resolve_model_ref
+from itemsage.serve.core import ModelSpec, ServingSpec
+from itemsage.serve.encoders import LocalEncoders, PreparedItem
+from itemsage.serve.errors import ServeError, as_serve_error
+from itemsage.serve.service import Retriever
+
+log = logging.getLogger("ray.serve")
+
+# Encoder user_config knobs besides the (optional) model to preload.
+BATCH_KEYS = ("max_batch_size", "batch_wait_timeout_s", "torch_threads")
+DEFAULT_MAX_BATCH = 32
+# Small: at concurrency 1 every request waits this long for company that never comes; under load
+# the batch fills while the previous one runs anyway.
+DEFAULT_BATCH_WAIT_S = 0.002
+
+
+def client_errors_as_values(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    """Return a :class:`ServeError` instead of raising it.
+
+    A client's mistake (unknown id, bad image) is an answer, not a replica failure: raised, Serve
+    would log a full traceback at ERROR level for every bad request. The caller re-raises it
+    (:func:`_raise_if_error`).
+    """
+
+    @functools.wraps(method)
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return await method(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - only client errors are turned into values
+            err = as_serve_error(exc)
+            if err is None:
+                raise
+            return err
+
+    return wrapper
+
+
+def _raise_if_error(result: Any) -> Any:
+    if isinstance(result, ServeError):
+        raise result
+    return result
+
+
+def serve_config(data: Mapping[str, Any] | None) -> ServeConfig:
+    """A :class:`ServeConfig` from a plain dict (deployment args must be plain data), keys checked."""
+    return _build(ServeConfig, dict(data or {}), "serve.")
+
+
+def _device() -> str:
+    import ray
+
+    return "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
+
+
+def _model_spec(spec: ServingSpec, base_dir: str | None) -> ModelSpec:
+    """Pin a spec's model reference and features directory (blocking: may ask MLflow)."""
+    from itemsage.train.artifacts import resolve_model_dir
+
+    spec = spec.resolved(base_dir)
+    spec.apply_environment()
+    ref = resolve_model_ref(spec.model_uri, spec.model_version)
+    manifest = json.loads((resolve_model_dir(ref.uri) / "manifest.json").read_text())
+    return ModelSpec(ref, features_dir(manifest, spec.features, base_dir))
+
+
+class _EncoderBase:
+    """Shared by both encoders: the version cache, batching knobs, optional preloading."""
+
+    # Names of the @serve.batch methods whose batch size and wait the user_config sets.
+    BATCHED: tuple[str, ...] = ()
+
+    def __init__(self, serve_cfg: Mapping[str, Any] | None = None, base_dir: str | None = None) -> None:
+        self.cfg = serve_config(serve_cfg)
+        self.base_dir = base_dir
+        self.enc = LocalEncoders(self.cfg, _device())
+
+    async def reconfigure(self, user_config: Mapping[str, Any]) -> None:
+        cfg = dict(user_config or {})
+        knobs = {k: cfg.pop(k) for k in BATCH_KEYS if k in cfg}
+        threads = int(knobs.get("torch_threads", 0))
+        if threads > 0:
+            torch.set_num_threads(threads)
+        self._set_batching(
+            int(knobs.get("max_batch_size", DEFAULT_MAX_BATCH)),
+            float(knobs.get("batch_wait_timeout_s", DEFAULT_BATCH_WAIT_S)),
+        )
+        if cfg.get("model_uri"):
+            cfg.setdefault("index_uri", "-")  # encoders never read the index
+            spec = ServingSpec.from_user_config(cfg)
+            await self.warm(await asyncio.to_thread(_model_spec, spec, self.base_dir))
+
+    def _set_batching(self, max_batch_size: int, wait_s: float) -> None:
+        for name in self.BATCHED:
+            getattr(self, name).set_max_batch_size(max_batch_size)
+            getattr(self, name).set_batch_wait_timeout_s(wait_s)
+
+    async def _bundle(self, spec: ModelSpec) -> ModelBundle:
+        return self.enc.cached(spec) or await asyncio.to_thread(self.enc.bundle, spec)
+
+    async def warm(self, spec: ModelSpec) -> None:
+        await asyncio.to_thread(self.enc.warm, spec)
+
+    def check_health(self) -> None:
+        # Nothing to verify beyond the process being alive: versions load on demand.
+        return None
+
+
+@serve.deployment(name="QueryEncoder", max_ongoing_requests=64)
+class QueryEncoder(_EncoderBase):
+    """Query embeddings for the three surfaces; text and image forwards are batched across requests."""
+
+    BATCHED = ("_text_batch", "_image_batch")
+
+    @client_errors_as_values
+    async def text(self, spec: ModelSpec, query: str) -> np.ndarray:
+        return await self._text_batch(await self._bundle(spec), query)
+
+    @serve.batch(max_batch_size=DEFAULT_MAX_BATCH, batch_wait_timeout_s=DEFAULT_BATCH_WAIT_S)
+    async def _text_batch(self, bundles: list[ModelBundle], queries: list[str]) -> list[np.ndarray]:
+        # One MiniLM forward for the whole batch, off the event loop so requests keep queueing.
+        return await asyncio.to_thread(self.enc.text_batch, bundles, queries)
+
+    @client_errors_as_values
+    async def image(self, spec: ModelSpec, data: bytes) -> np.ndarray:
+        bundle = await self._bundle(spec)
+        # Decoding runs per request: a bad upload fails alone, never the batch it would join.
+        pixels = await asyncio.to_thread(self.enc.image_pixels, bundle, data)
+        return await self._image_batch(bundle, pixels)
+
+    @serve.batch(max_batch_size=DEFAULT_MAX_BATCH, batch_wait_timeout_s=DEFAULT_BATCH_WAIT_S)
+    async def _image_batch(self, bundles: list[ModelBundle], pixels: list[torch.Tensor]) -> list[np.ndarray]:
+        return await asyncio.to_thread(self.enc.image_batch, bundles, pixels)
+
+    @client_errors_as_values
+    async def similar_query(self, spec: ModelSpec, item_id: str) -> tuple[str, np.ndarray]:
+        # Stored features + a small projection: no backbone, nothing worth batching.
+        bundle = await self._bundle(spec)
+        return await asyncio.to_thread(self.enc.similar_query, bundle, item_id)
+
+    @client_errors_as_values
+    async def history(self, spec: ModelSpec, item_ids: list[str]) -> np.ndarray:
+        bundle = await self._bundle(spec)
+        return await asyncio.to_thread(self.enc.history, bundle, item_ids)
+
+
+@serve.deployment(name="ItemEncoder", max_ongoing_requests=32)
+class ItemEncoder(_EncoderBase):
+    """Item-tower embeddings of new or changed items; image backbone and tower batched."""
+
+    BATCHED = ("_item_batch",)
+
+    @client_errors_as_values
+    async def item(self, spec: ModelSpec, payload: dict[str, Any]) -> np.ndarray:
+        bundle = await self._bundle(spec)
+        prepared = await asyncio.to_thread(self.enc.prepare_item, bundle, payload)
+        return await self._item_batch(bundle, prepared)
+
+    @serve.batch(max_batch_size=DEFAULT_MAX_BATCH, batch_wait_timeout_s=DEFAULT_BATCH_WAIT_S)
+    async def _item_batch(self, bundles: list[ModelBundle], items: list[PreparedItem]) -> list[np.ndarray]:
+        return await asyncio.to_thread(self.enc.item_batch, bundles, items)
+
+
+class HandleEncoding:
+    """The :class:`~itemsage.serve.service.Encoding` protocol over the encoder deployments."""
+
+    def __init__(self, queries: DeploymentHandle, items: DeploymentHandle) -> None:
+        self.queries = queries
+        self.items = items
+
+    async def text(self, spec: ModelSpec, query: str) -> np.ndarray:
+        return _raise_if_error(await self.queries.text.remote(spec, query))
+
+    async def image(self, spec: ModelSpec, data: bytes) -> np.ndarray:
+        return _raise_if_error(await self.queries.image.remote(spec, data))
+
+    async def similar_query(self, spec: ModelSpec, item_id: str) -> tuple[str, np.ndarray]:
+        return _raise_if_error(await self.queries.similar_query.remote(spec, item_id))
+
+    async def history(self, spec: ModelSpec, item_ids: list[str]) -> np.ndarray:
+        return _raise_if_error(await self.queries.history.remote(spec, item_ids))
+
+    async def item(self, spec: ModelSpec, payload: dict[str, Any]) -> np.ndarray:
+        return _raise_if_error(await self.items.item.remote(spec, payload))
+
+    async def warm(self, spec: ModelSpec) -> None:
+        # Reaches one replica of each encoder; the others load the version on their first request
+        # (or at start, from their own user_config).
+        await asyncio.gather(self.queries.warm.remote(spec), self.items.warm.remote(spec))
+
+
+@serve.deployment(name="Retriever", max_ongoing_requests=128)
+class RetrieverDeployment:
+    """FAISS retrieval over the published version; swaps versions in place via ``user_config``."""
+
+    def __init__(
+        self,
+        query_encoder: DeploymentHandle,
+        item_encoder: DeploymentHandle,
+        serve_cfg: Mapping[str, Any] | None = None,
+        base_dir: str | None = None,
+    ) -> None:
+        import ray
+
+        use_gpu: str | bool = "auto" if ray.get_gpu_ids() else False
+        self.core = Retriever(
+            serve_config(serve_cfg), HandleEncoding(query_encoder, item_encoder), use_gpu=use_gpu, base_dir=base_dir
+        )
+
+    async def reconfigure(self, user_config: Mapping[str, Any]) -> None:
+        """Load the configured version fully, then swap it in; in-flight requests are unaffected."""
+        spec = ServingSpec.from_user_config(user_config)
+        state = await self.core.swap(spec)
+        log.info("serving model %s with index %s", state.model_version, state.index_version)
+
+    def check_health(self) -> None:
+        # Raises (unhealthy -> Serve restarts the replica) when no index is loaded or it is empty.
+        self.core.state.health()
+
+    @client_errors_as_values
+    async def search(self, query: str, k: int) -> dict[str, Any]:
+        return await self.core.search(query, k)
+
+    @client_errors_as_values
+    async def similar(self, k: int, item_id: str | None = None, image: bytes | None = None) -> dict[str, Any]:
+        return await self.core.similar(k, item_id=item_id, image=image)
+
+    @client_errors_as_values
+    async def recommend(self, history: list[str], k: int) -> dict[str, Any]:
+        return await self.core.recommend(history, k)
+
+    @client_errors_as_values
+    async def embed_query(
+        self, text: str | None = None, image: bytes | None = None, history: list[str] | None = None
+    ) -> dict[str, Any]:
+        return await self.core.embed_query(text=text, image=image, history=history)
+
+    @client_errors_as_values
+    async def embed_item(self, payload: dict[str, Any]) -> dict[str, Any]:
+        return await self.core.embed_item(payload)
+
+    @client_errors_as_values
+    async def item(self, item_id: str) -> dict[str, Any]:
+        return await self.core.item(item_id)
+
+    @client_errors_as_values
+    async def item_image(self, item_id: str, position: int = 0) -> tuple[bytes, str]:
+        return await self.core.item_image(item_id, position)
+
+    @client_errors_as_values
+    async def version(self) -> dict[str, Any]:
+        return await self.core.version()
+
+    @client_errors_as_values
+    async def health(self) -> dict[str, Any]:
+        return await self.core.health()
+
+
+class HandleBackend:
+    """The API's backend over the Retriever handle, retrying reads once when a replica fails.
+
+    Every endpoint is a read (nothing is written anywhere), so repeating a call is safe. Client
+    errors (4xx) are never retried; a failure that persists becomes a 503, never a 500.
+    """
+
+    def __init__(self, retriever: DeploymentHandle, retries: int = 1) -> None:
+        self.retriever = retriever
+        self.retries = retries
+
+    async def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        for attempt in range(self.retries + 1):
+            try:
+                return _raise_if_error(await getattr(self.retriever, method).remote(*args, **kwargs))
+            except Exception as exc:  # noqa: BLE001 - classified below
+                err = as_serve_error(exc)
+                if err is not None:
+                    raise err from None
+                if attempt < self.retries:
+                    log.warning("%s failed (%s); retrying once", method, type(exc).__name__)
+                    continue
+                log.error("%s failed after %d attempts: %r", method, attempt + 1, exc)
+                raise ServiceUnavailableError(f"{method} failed: the backend is unavailable, try again") from None
+        raise AssertionError("unreachable")
+
+    async def search(self, query: str, k: int) -> dict[str, Any]:
+        return await self._call("search", query, k)
+
+    async def similar(self, k: int, item_id: str | None = None, image: bytes | None = None) -> dict[str, Any]:
+        return await self._call("similar", k, item_id=item_id, image=image)
+
+    async def recommend(self, history: list[str], k: int) -> dict[str, Any]:
+        return await self._call("recommend", history, k)
+
+    async def embed_query(
+        self, text: str | None = None, image: bytes | None = None, history: list[str] | None = None
+    ) -> dict[str, Any]:
+        return await self._call("embed_query", text=text, image=image, history=history)
+
+    async def embed_item(self, payload: dict[str, Any]) -> dict[str, Any]:
+        return await self._call("embed_item", payload)
+
+    async def item(self, item_id: str) -> dict[str, Any]:
+        return await self._call("item", item_id)
+
+    async def item_image(self, item_id: str, position: int = 0) -> tuple[bytes, str]:
+        return await self._call("item_image", item_id, position)
+
+    async def version(self) -> dict[str, Any]:
+        return await self._call("version")
+
+    async def health(self) -> dict[str, Any]:
+        return await self._call("health")
+
+
+@serve.deployment(name="Ingress", max_ongoing_requests=128)
+@serve.ingress()
+class Ingress:
+    """The FastAPI app (:func:`~itemsage.serve.api.create_api`) over the Retriever handle."""
+
+    def __init__(self, retriever: DeploymentHandle, serve_cfg: Mapping[str, Any] | None = None, web_dir: str | None = None) -> None:
+        self.cfg = serve_config(serve_cfg)
+        self.backend = HandleBackend(retriever, self.cfg.read_retries)
+        self.web_dir = web_dir
+
+    def __serve_build_asgi_app__(self) -> Any:
+        return create_api(self.backend, self.cfg, self.web_dir)
+
+
+def build_graph(
+    serve_cfg: Mapping[str, Any] | None = None,
+    web_dir: str | None = None,
+    base_dir: str | None = None,
+    user_config: Mapping[str, Any] | None = None,
+) -> Any:
+    """The bound application ``Ingress(Retriever(QueryEncoder, ItemEncoder))``.
+
+    ``user_config`` (the version to serve) goes to the Retriever and, for preloading, to both
+    encoders; a serve config file's per-deployment ``user_config`` replaces it.
+    """
+    cfg = dict(serve_cfg or {})
+    serve_config(cfg)  # fail here, in the driver, on a bad key, not in every replica
+    opts: dict[str, Any] = {}
+    if user_config:
+        ServingSpec.from_user_config(user_config)  # same: fail early
+        opts = {"user_config": dict(user_config)}
+    queries = QueryEncoder.options(**opts).bind(cfg, base_dir)
+    items = ItemEncoder.options(**opts).bind(cfg, base_dir)
+    retriever = RetrieverDeployment.options(**opts).bind(queries, items, cfg, base_dir)
+    return Ingress.bind(retriever, cfg, web_dir)
+
+
+__all__ = [
+    "HandleBackend",
+    "HandleEncoding",
+    "Ingress",
+    "ItemEncoder",
+    "QueryEncoder",
+    "RetrieverDeployment",
+    "build_graph",
+]

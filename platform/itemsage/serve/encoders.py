@@ -1,0 +1,328 @@
+"""Frozen feature extraction and tower forwards shared by the Serve deployments and the baseline.
+
+Two halves, split on purpose:
+
+* per request, on the caller's coroutine: validate and decode what the client sent (base64,
+  image bytes, allowed local paths, item ids). Every way that can fail is a 4xx
+  :class:`~itemsage.serve.errors.ServeError` for *that* request only.
+* per batch: the tensor work (MiniLM, the image backbone, query projections, the item tower),
+  which only ever sees inputs that already passed the first half, so one bad request can never
+  fail the other requests batched with it.
+
+The frozen backbones (MiniLM, EfficientNet/ResNet) are the same for every model version, so one
+:class:`Backbones` per process serves all versions; only the small learned towers are per version.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import stat
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from itemsage.config import ServeConfig
+from itemsage.data.images import BACKBONES, ImageBackbone, ImageDecodeError, get_backbone, load_image
+from itemsage.model import ItemFeatureStore
+from itemsage.serve.bundle import ModelBundle
+from itemsage.serve.errors import (
+    BadRequestError,
+    ForbiddenPathError,
+    InvalidImageError,
+    PayloadTooLargeError,
+)
+
+# ------------------------------------------------------------------------ request decoding
+
+
+def decode_base64(data: str, max_bytes: int) -> bytes:
+    """Strict base64 (a ``data:...;base64,`` prefix is accepted) -> bytes, size-checked first."""
+    if data.startswith("data:") and "," in data:
+        data = data.split(",", 1)[1]
+    data = "".join(data.split())  # line-wrapped base64 is common
+    # 4 characters carry 3 bytes: refuse oversize uploads before allocating the decoded copy.
+    if len(data) // 4 * 3 > max_bytes + 3:
+        raise PayloadTooLargeError(f"image is larger than the {max_bytes}-byte upload limit")
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidImageError("image is not valid base64") from None
+    if len(raw) > max_bytes:
+        raise PayloadTooLargeError(f"image is {len(raw)} bytes; the upload limit is {max_bytes}")
+    if not raw:
+        raise InvalidImageError("image is empty")
+    return raw
+
+
+def read_allowed_file(path: str, allowed_roots: Sequence[str], max_bytes: int) -> bytes:
+    """Bytes of a server-local file that lies (after resolving symlinks) under an allowed root.
+
+    The check runs on the real path, so ``..`` segments and symlinks pointing out of a root are
+    refused like any other outside path.
+    """
+    if not allowed_roots:
+        raise ForbiddenPathError("local image paths are disabled on this server (no allowed roots)")
+    if "\x00" in path or not os.path.isabs(path):
+        raise ForbiddenPathError("image paths must be absolute paths under an allowed root")
+    real = os.path.realpath(path)
+    roots = [os.path.realpath(r) for r in allowed_roots]
+    if not any(os.path.commonpath([real, r]) == r for r in roots):
+        raise ForbiddenPathError(f"image path {path!r} is outside the allowed roots")
+    try:
+        st = os.stat(real)
+    except OSError:
+        raise InvalidImageError(f"image path {path!r} does not exist") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise InvalidImageError(f"image path {path!r} is not a regular file")
+    if st.st_size > max_bytes:
+        raise PayloadTooLargeError(f"image file is {st.st_size} bytes; the limit is {max_bytes}")
+    with open(real, "rb") as f:
+        return f.read(max_bytes + 1)
+
+
+# ------------------------------------------------------------------------------ backbones
+
+
+class Backbones:
+    """The frozen MiniLM text encoder and image backbones of this process, built on first use.
+
+    Building is guarded by a lock because batches run in worker threads: two first requests
+    must not build (and hold) two copies of a backbone.
+    """
+
+    def __init__(self, device: str = "cpu", weights_paths: Mapping[str, str] | None = None) -> None:
+        self.device = device
+        self.weights_paths = dict(weights_paths or {})
+        self._lock = threading.Lock()
+        self._text: Any = None
+        self._images: dict[str, ImageBackbone] = {}
+
+    @property
+    def text(self) -> Any:
+        with self._lock:
+            if self._text is None:
+                from itemsage.data.text_encoder import TextEncoder
+
+                self._text = TextEncoder().to(self.device)
+            return self._text
+
+    def has_image(self, name: str) -> bool:
+        return name in BACKBONES
+
+    def image(self, name: str) -> ImageBackbone:
+        if name not in BACKBONES:
+            # The model is fine, the request asks for what it cannot do: a client error.
+            raise BadRequestError(
+                f"this model's image features come from {name!r}, which has no image backbone to run "
+                "at serving time; image queries are not available"
+            )
+        with self._lock:
+            if name not in self._images:
+                self._images[name] = get_backbone(name, self.weights_paths.get(name), self.device)
+            return self._images[name]
+
+    def pixels(self, data: bytes, name: str, max_pixels: int) -> torch.Tensor:
+        """Decode and preprocess one image for backbone ``name`` -> [3, S, S] (4xx on bad input)."""
+        backbone = self.image(name)
+        try:
+            img = load_image(data, max_pixels)
+        except ImageDecodeError as e:
+            if e.reason == "too_large":
+                raise PayloadTooLargeError(f"image too large: {e.detail}") from None
+            raise InvalidImageError(f"not a usable image ({e.reason}): {e.detail or e.reason}") from None
+        return backbone.preprocess(img)
+
+    @torch.inference_mode()
+    def image_feats(self, pixels: Sequence[torch.Tensor], name: str) -> torch.Tensor:
+        """[N, dim] backbone features of preprocessed images, one forward for all of them."""
+        if not pixels:
+            return torch.zeros(0, BACKBONES[name].dim) if name in BACKBONES else torch.zeros(0, 0)
+        backbone = self.image(name)
+        return backbone(torch.stack(list(pixels)).to(self.device)).float().cpu()
+
+    def text_feats(self, texts: Sequence[str]) -> torch.Tensor:
+        """[N, 384] MiniLM sentence embeddings, one padded batch (texts are short queries)."""
+        return torch.from_numpy(self.text.encode(list(texts), batch_size=max(1, len(texts))))
+
+
+# ------------------------------------------------------------------------- query towers
+
+
+@torch.inference_mode()
+def project(bundle: ModelBundle, surface: str, feats: torch.Tensor) -> np.ndarray:
+    """Frozen query features -> unit query embeddings with this version's ``surface`` tower."""
+    dev = next(bundle.model.parameters()).device
+    return bundle.model.embed_queries(surface, feats.to(dev)).float().cpu().numpy()
+
+
+def user_feats(bundle: ModelBundle, histories: Sequence[Sequence[str]]) -> torch.Tensor:
+    """Home-feed features of item-id histories (feature-format.md), 404 for unknown ids."""
+    rows = [bundle.rows(h) for h in histories]
+    return bundle.store.user_feats(rows)
+
+
+def closeup_feats(bundle: ModelBundle, item_id: str) -> torch.Tensor | None:
+    """The closeup query features of a catalog item (its first image), None when it has none."""
+    feats = bundle.first_image_feats(item_id)
+    return None if feats is None else torch.from_numpy(np.asarray(feats, np.float32)).unsqueeze(0)
+
+
+@torch.inference_mode()
+def catalog_item_embeddings(bundle: ModelBundle, item_ids: Sequence[str]) -> np.ndarray:
+    """Item-tower embeddings of catalog items from the stored features (no backbone needed)."""
+    batch = bundle.store.gather(torch.tensor(bundle.rows(item_ids), dtype=torch.int64))
+    dev = next(bundle.model.parameters()).device
+    return bundle.model.embed_items(batch.to(dev)).float().cpu().numpy()
+
+
+# --------------------------------------------------------------------------- item tower
+
+
+@dataclass
+class PreparedItem:
+    """A validated item payload: token ids per text field and preprocessed image pixels."""
+
+    tokens: dict[str, list[int]]
+    pixels: list[torch.Tensor]
+
+
+def image_payloads(payload: Mapping[str, Any], cfg: ServeConfig) -> list[bytes]:
+    """The raw bytes of an item's images: uploads (already base64-decoded by the API layer), then
+    local paths, read here, on the server that owns the files, and only under allowed roots."""
+    out = [bytes(b) for b in payload.get("images") or []]
+    out += [read_allowed_file(p, cfg.allowed_image_roots, cfg.max_upload_bytes) for p in payload.get("image_paths") or []]
+    return out
+
+
+def prepare_item(payload: Mapping[str, Any], bundle: ModelBundle, backbones: Backbones, cfg: ServeConfig) -> PreparedItem:
+    """Tokenize the text fields with the model's vocab and preprocess the images (4xx on bad input)."""
+    images = image_payloads(payload, cfg)
+    if images and not backbones.has_image(bundle.image_backbone):
+        raise BadRequestError(
+            f"this model was trained on {bundle.image_backbone!r} image features, which cannot be computed "
+            "at serving time; send the item without images"
+        )
+    pixels = [backbones.pixels(b, bundle.image_backbone, cfg.max_image_pixels) for b in images[: bundle.max_images]]
+    tokens = {f: bundle.vocab.encode(str(payload.get(f) or "")).tolist() for f in bundle.text_fields}
+    return PreparedItem(tokens, pixels)
+
+
+@torch.inference_mode()
+def embed_prepared_items(bundle: ModelBundle, backbones: Backbones, items: Sequence[PreparedItem]) -> np.ndarray:
+    """[N, D] item embeddings: one backbone forward over every image of the batch, one tower forward."""
+    all_pixels = [p for it in items for p in it.pixels]
+    feats = backbones.image_feats(all_pixels, bundle.image_backbone).numpy() if all_pixels else None
+    rows, start = [], 0
+    for it in items:
+        n = len(it.pixels)
+        row: dict[str, Any] = {f"tok_{f}": ids for f, ids in it.tokens.items()}
+        if n:
+            row["image_feats"] = feats[start : start + n].reshape(-1).tolist()  # type: ignore[index]
+        start += n
+        rows.append(row)
+    store = ItemFeatureStore.from_rows(rows, bundle.image_dim, bundle.text_fields, bundle.max_images)
+    batch = store.gather(torch.arange(len(items)))
+    dev = next(bundle.model.parameters()).device
+    return bundle.model.embed_items(batch.to(dev)).float().cpu().numpy()
+
+
+# ------------------------------------------------------------------- per-process encoders
+
+
+class LocalEncoders:
+    """Everything a process needs to encode queries and items for any loaded model version.
+
+    Holds the frozen backbones once and the last two model versions (:class:`VersionCache`),
+    so requests pinned to the previous version keep working while a swap is under way. The
+    ``*_batch`` methods take one entry per request, possibly for different versions, and run one
+    backbone forward for all of them; only the small per-version towers run per version group.
+    """
+
+    def __init__(self, cfg: ServeConfig, device: str = "cpu", cache_size: int = 2) -> None:
+        from itemsage.serve.bundle import VersionCache
+
+        self.cfg = cfg
+        self.device = device
+        self.backbones = Backbones(device)
+        self._cache: VersionCache[Any, ModelBundle] = VersionCache(cache_size)
+        self._lock = threading.Lock()
+
+    def bundle(self, spec: Any) -> ModelBundle:
+        """The loaded :class:`ModelBundle` of a ``ModelSpec`` (loads it on first use; blocking)."""
+        from itemsage.serve.bundle import load_bundle
+
+        with self._lock:  # one load per version, even when several threads ask at once
+            return self._cache.get_or_load(spec, lambda: load_bundle(spec.ref, spec.features, self.device))
+
+    def cached(self, spec: Any) -> ModelBundle | None:
+        """The bundle if already loaded, else None. Never waits: the lock may be held for seconds by
+        a load in another thread, and this runs on the event loop."""
+        return self._cache.peek(spec)
+
+    def cached_versions(self) -> list[str]:
+        return [k.ref.version for k in self._cache.keys()]
+
+    def warm(self, spec: Any) -> None:
+        """Load the version and build the backbones it needs, so first requests pay nothing."""
+        bundle = self.bundle(spec)
+        _ = self.backbones.text
+        if self.backbones.has_image(bundle.image_backbone):
+            self.backbones.image(bundle.image_backbone)
+
+    # ---- queries -----------------------------------------------------------------------------
+    def text_batch(self, bundles: Sequence[ModelBundle], texts: Sequence[str]) -> list[np.ndarray]:
+        feats = self.backbones.text_feats(texts)
+        return _per_version(bundles, lambda b, rows: project(b, "search", feats[rows]))
+
+    def image_pixels(self, bundle: ModelBundle, data: bytes) -> torch.Tensor:
+        return self.backbones.pixels(data, bundle.image_backbone, self.cfg.max_image_pixels)
+
+    def image_batch(self, bundles: Sequence[ModelBundle], pixels: Sequence[torch.Tensor]) -> list[np.ndarray]:
+        # Versions share the backbone only when they name the same one; group by it.
+        out: list[np.ndarray | None] = [None] * len(bundles)
+        for name in sorted({b.image_backbone for b in bundles}):
+            idx = [i for i, b in enumerate(bundles) if b.image_backbone == name]
+            feats = self.backbones.image_feats([pixels[i] for i in idx], name)
+            part = _per_version([bundles[i] for i in idx], lambda b, rows: project(b, "closeup", feats[rows]))
+            for i, emb in zip(idx, part):
+                out[i] = emb
+        return out  # type: ignore[return-value]
+
+    def history(self, bundle: ModelBundle, item_ids: Sequence[str]) -> np.ndarray:
+        return project(bundle, "home", user_feats(bundle, [item_ids]))[0]
+
+    def similar_query(self, bundle: ModelBundle, item_id: str) -> tuple[str, np.ndarray]:
+        """The query for "items like this one": the closeup tower on its first image (the paper's
+        closeup surface); an item without images falls back to its own item-tower embedding."""
+        feats = closeup_feats(bundle, item_id)
+        if feats is not None:
+            return "closeup", project(bundle, "closeup", feats)[0]
+        return "item", catalog_item_embeddings(bundle, [item_id])[0]
+
+    # ---- items -------------------------------------------------------------------------------
+    def prepare_item(self, bundle: ModelBundle, payload: Mapping[str, Any]) -> PreparedItem:
+        return prepare_item(payload, bundle, self.backbones, self.cfg)
+
+    def item_batch(self, bundles: Sequence[ModelBundle], items: Sequence[PreparedItem]) -> list[np.ndarray]:
+        return _per_version(
+            bundles, lambda b, rows: embed_prepared_items(b, self.backbones, [items[i] for i in rows])
+        )
+
+
+def _per_version(bundles: Sequence[ModelBundle], run: Any) -> list[np.ndarray]:
+    """Apply ``run(bundle, rows)`` once per distinct bundle; results back in request order."""
+    out: list[np.ndarray | None] = [None] * len(bundles)
+    groups: dict[int, list[int]] = {}
+    for i, b in enumerate(bundles):
+        groups.setdefault(id(b), []).append(i)
+    for rows in groups.values():
+        emb = run(bundles[rows[0]], rows)
+        for j, i in enumerate(rows):
+            out[i] = emb[j]
+    return out  # type: ignore[return-value]

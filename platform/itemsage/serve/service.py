@@ -1,0 +1,184 @@
+"""The request flows (search, similar, recommend, embed, item metadata) over a pinned state.
+
+:class:`Retriever` is the plain, in-process core: it owns the current
+:class:`~itemsage.serve.core.RetrievalState` and runs every flow against it. Encoding is delegated
+to an :class:`Encoding`, which is either in-process (:class:`LocalEncoding`, used by the
+single-process baseline server) or Ray Serve handles to the batched encoder deployments. Each flow
+reads ``self.state`` exactly once, at its start, and passes that state's model version to the
+encoder, so the query embedding and the index searched always come from the same version, even
+while :meth:`Retriever.swap` publishes a new one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+import numpy as np
+
+from itemsage.config import ServeConfig
+from itemsage.serve.core import ModelSpec, RetrievalState, ServingSpec, load_state, read_catalog_image
+from itemsage.serve.encoders import LocalEncoders
+from itemsage.serve.errors import NotReadyError
+
+
+class Encoding(Protocol):
+    """Query and item encoders for a pinned model version (``ModelSpec``)."""
+
+    async def text(self, spec: ModelSpec, query: str) -> np.ndarray: ...
+    async def image(self, spec: ModelSpec, data: bytes) -> np.ndarray: ...
+    async def similar_query(self, spec: ModelSpec, item_id: str) -> tuple[str, np.ndarray]: ...
+    async def history(self, spec: ModelSpec, item_ids: list[str]) -> np.ndarray: ...
+    async def item(self, spec: ModelSpec, payload: dict[str, Any]) -> np.ndarray: ...
+    async def warm(self, spec: ModelSpec) -> None: ...
+
+
+class LocalEncoding:
+    """:class:`Encoding` in this process, one request at a time, in worker threads (the baseline)."""
+
+    def __init__(self, encoders: LocalEncoders) -> None:
+        self.enc = encoders
+
+    async def _run(self, fn: Any, *args: Any) -> Any:
+        return await asyncio.to_thread(fn, *args)
+
+    async def text(self, spec: ModelSpec, query: str) -> np.ndarray:
+        return await self._run(lambda: self.enc.text_batch([self.enc.bundle(spec)], [query])[0])
+
+    async def image(self, spec: ModelSpec, data: bytes) -> np.ndarray:
+        def run() -> np.ndarray:
+            b = self.enc.bundle(spec)
+            return self.enc.image_batch([b], [self.enc.image_pixels(b, data)])[0]
+
+        return await self._run(run)
+
+    async def similar_query(self, spec: ModelSpec, item_id: str) -> tuple[str, np.ndarray]:
+        return await self._run(lambda: self.enc.similar_query(self.enc.bundle(spec), item_id))
+
+    async def history(self, spec: ModelSpec, item_ids: list[str]) -> np.ndarray:
+        return await self._run(lambda: self.enc.history(self.enc.bundle(spec), item_ids))
+
+    async def item(self, spec: ModelSpec, payload: dict[str, Any]) -> np.ndarray:
+        def run() -> np.ndarray:
+            b = self.enc.bundle(spec)
+            return self.enc.item_batch([b], [self.enc.prepare_item(b, payload)])[0]
+
+        return await self._run(run)
+
+    async def warm(self, spec: ModelSpec) -> None:
+        await self._run(self.enc.warm, spec)
+
+
+class Retriever:
+    """The serving core: current state, version swaps, and every request flow.
+
+    Args:
+        cfg: API limits.
+        encoding: where query/item embeddings come from.
+        use_gpu: index placement ("auto" = FAISS GPU where faiss-gpu and a GPU exist).
+        base_dir: what relative paths in a :class:`ServingSpec` are relative to.
+    """
+
+    def __init__(
+        self, cfg: ServeConfig, encoding: Encoding, use_gpu: str | bool = False, base_dir: str | None = None
+    ) -> None:
+        self.cfg = cfg
+        self.encoding = encoding
+        self.use_gpu = use_gpu
+        self.base_dir = base_dir
+        self._state: RetrievalState | None = None
+        self._spec: ServingSpec | None = None
+        self._swap_lock = asyncio.Lock()
+
+    # ---- versions ------------------------------------------------------------------------------
+    @property
+    def state(self) -> RetrievalState:
+        state = self._state
+        if state is None:
+            raise NotReadyError("no model/index version is loaded yet")
+        return state
+
+    @property
+    def loaded(self) -> bool:
+        return self._state is not None
+
+    async def swap(self, spec: ServingSpec) -> RetrievalState:
+        """Load ``spec`` completely, warm the encoders on it, then publish it in one assignment.
+
+        Requests already running keep the state they read; a failed load leaves the current
+        version serving and re-raises. Concurrent swaps are serialised, last one wins.
+        """
+        spec = spec.resolved(self.base_dir)
+        async with self._swap_lock:
+            current = self._state
+            if current is not None and spec == self._spec:
+                return current
+            new = await asyncio.to_thread(load_state, spec, self.use_gpu, self.base_dir)
+            await self.encoding.warm(new.model)
+            self._state, self._spec = new, spec  # the swap: one reference, atomic for every reader
+            return new
+
+    # ---- flows ---------------------------------------------------------------------------------
+    async def search(self, query: str, k: int) -> dict[str, Any]:
+        state = self.state
+        emb = await self.encoding.text(state.model, query)
+        return state.answer("search", k, state.search(emb, k))
+
+    async def similar(self, k: int, item_id: str | None = None, image: bytes | None = None) -> dict[str, Any]:
+        state = self.state
+        if item_id is not None:
+            state.catalog.get(item_id)  # 404 before any encoding work
+            surface, emb = await self.encoding.similar_query(state.model, item_id)
+            return state.answer(surface, k, state.search(emb, k, exclude={item_id}))
+        assert image is not None
+        emb = await self.encoding.image(state.model, image)
+        return state.answer("closeup", k, state.search(emb, k))
+
+    async def recommend(self, history: Sequence[str], k: int) -> dict[str, Any]:
+        state = self.state
+        ids = list(dict.fromkeys(history))  # repeats add nothing to a mean
+        for i in ids:
+            state.catalog.get(i)
+        emb = await self.encoding.history(state.model, ids)
+        # A home feed shows new things: items already in the history are left out.
+        return state.answer("home", k, state.search(emb, k, exclude=set(ids)))
+
+    async def embed_query(
+        self, text: str | None = None, image: bytes | None = None, history: Sequence[str] | None = None
+    ) -> dict[str, Any]:
+        state = self.state
+        if text is not None:
+            surface, emb = "search", await self.encoding.text(state.model, text)
+        elif image is not None:
+            surface, emb = "closeup", await self.encoding.image(state.model, image)
+        else:
+            ids = list(dict.fromkeys(history or []))
+            for i in ids:
+                state.catalog.get(i)
+            surface, emb = "home", await self.encoding.history(state.model, ids)
+        return _embedding(surface, emb, state)
+
+    async def embed_item(self, payload: Mapping[str, Any]) -> dict[str, Any]:
+        state = self.state
+        emb = await self.encoding.item(state.model, dict(payload))
+        return _embedding("item", emb, state)
+
+    # ---- metadata ------------------------------------------------------------------------------
+    async def item(self, item_id: str) -> dict[str, Any]:
+        return self.state.item_json(item_id)
+
+    async def item_image(self, item_id: str, position: int = 0) -> tuple[bytes, str]:
+        path = self.state.catalog.image_path(item_id, position)
+        return await asyncio.to_thread(read_catalog_image, path, self.cfg.max_upload_bytes)
+
+    async def version(self) -> dict[str, Any]:
+        return self.state.versions()
+
+    async def health(self) -> dict[str, Any]:
+        return self.state.health()
+
+
+def _embedding(surface: str, emb: np.ndarray, state: RetrievalState) -> dict[str, Any]:
+    vec = np.asarray(emb, np.float32).reshape(-1)
+    return {"surface": surface, "dim": int(vec.size), "embedding": vec.tolist(), "model_version": state.model_version}

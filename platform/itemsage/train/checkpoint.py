@@ -1,0 +1,86 @@
+"""Training checkpoints: everything a restarted worker group needs to continue exactly where it was.
+
+A checkpoint directory holds ``state.pt`` (model incl. the count-min sketch buffers, optimizer,
+scheduler, step, MLflow run id; plain tensors and dicts written with ``torch.save`` and read back
+with ``weights_only=True``, so loading a checkpoint never runs pickled code) and ``meta.json`` (step,
+run id and metrics, readable without torch). It also carries the inference bundle files
+(``config.yaml``, ``vocab.json``, ``manifest.json``), so any checkpoint directory is itself loadable by
+:func:`itemsage.train.artifacts.load_trained_model`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+STATE_FILE = "state.pt"
+META_FILE = "meta.json"
+
+
+@dataclass
+class TrainState:
+    """What :func:`save_checkpoint` writes and :func:`load_checkpoint` returns."""
+
+    step: int
+    model: dict[str, torch.Tensor]
+    optimizer: dict[str, Any] = field(default_factory=dict)
+    scheduler: dict[str, Any] = field(default_factory=dict)
+    mlflow_run_id: str | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def save_checkpoint(directory: str | Path, state: TrainState) -> None:
+    """Write ``state.pt`` and ``meta.json`` into ``directory`` (created if needed)."""
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "step": int(state.step),
+        "model": {k: v.detach().cpu() for k, v in state.model.items()},
+        "optimizer": state.optimizer,
+        "scheduler": state.scheduler,
+        # weights_only loading accepts str but not None inside nested containers in every torch
+        # version; "" means "no run".
+        "mlflow_run_id": state.mlflow_run_id or "",
+    }
+    torch.save(payload, d / STATE_FILE)
+    meta = {"step": int(state.step), "mlflow_run_id": state.mlflow_run_id, "metrics": state.metrics}
+    (d / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def load_checkpoint(directory: str | Path, map_location: str | torch.device = "cpu") -> TrainState:
+    """Read a checkpoint written by :func:`save_checkpoint` (tensors only: ``weights_only=True``)."""
+    d = Path(directory)
+    path = d / STATE_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{d} is not a training checkpoint (no {STATE_FILE})")
+    payload = torch.load(path, map_location=map_location, weights_only=True)
+    meta = read_meta(d)
+    return TrainState(
+        step=int(payload["step"]),
+        model=payload["model"],
+        optimizer=payload.get("optimizer", {}),
+        scheduler=payload.get("scheduler", {}),
+        mlflow_run_id=payload.get("mlflow_run_id") or None,
+        metrics=dict(meta.get("metrics", {})),
+    )
+
+
+def read_meta(directory: str | Path) -> dict[str, Any]:
+    """``meta.json`` of a checkpoint (``{}`` when absent)."""
+    path = Path(directory) / META_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def latest_checkpoint_dir(run_dir: str | Path) -> Path | None:
+    """The highest-step checkpoint directory under a Ray Train run directory, if any."""
+    best: tuple[int, Path] | None = None
+    for d in Path(run_dir).glob("checkpoint_*"):
+        if (d / STATE_FILE).is_file():
+            step = int(read_meta(d).get("step", -1))
+            if best is None or step > best[0]:
+                best = (step, d)
+    return best[1] if best else None

@@ -1,0 +1,219 @@
+"""Training inputs read from a features directory (docs/feature-format.md).
+
+Three things feed a training step: the pairs (a Ray Data dataset, sharded across workers), the item
+features (an in-memory :class:`ItemFeatureStore` per worker) and the frozen query features per
+surface (:class:`QueryFeatures`). Bad inputs fail here, before any worker starts, with one message
+that names the path or split at fault.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+import torch
+
+from itemsage.config import SURFACES
+from itemsage.data.features_io import resolve
+from itemsage.model.batch import ItemFeatureStore
+
+PAIR_COLUMNS = ["surface", "task", "query_key", "item_idx"]
+SPLITS = ("train", "val", "test")
+
+
+class TrainInputError(ValueError):
+    """The features directory, a split or a model reference cannot be used for training."""
+
+
+def _join(root: str, *parts: str) -> str:
+    return posixpath.join(root, *parts)
+
+
+def _exists(fs: pafs.FileSystem, path: str) -> bool:
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def features_location(features: str) -> tuple[pafs.FileSystem, str]:
+    """``(filesystem, root)`` of a features directory, or :class:`TrainInputError` if it is missing."""
+    fs, root = resolve(features)
+    if not _exists(fs, root):
+        raise TrainInputError(
+            f"features directory {features!r} does not exist; run experiments/preprocess.py first "
+            f"(or set train.features=<dir>)"
+        )
+    for name in ("manifest.json", "items.parquet"):
+        if not _exists(fs, _join(root, name)):
+            raise TrainInputError(f"features directory {features!r} has no {name}; is it a preprocess output?")
+    return fs, root
+
+
+def read_manifest(features: str) -> dict[str, Any]:
+    fs, root = features_location(features)
+    with fs.open_input_stream(_join(root, "manifest.json")) as f:
+        return json.loads(f.read().decode())
+
+
+def pairs_path(features: str, split: str) -> str:
+    """Path (or URI) of ``pairs/<split>.parquet``, checked to exist."""
+    if split not in SPLITS:
+        raise TrainInputError(f"unknown split {split!r}; expected one of {SPLITS}")
+    fs, root = features_location(features)
+    path = _join(root, "pairs", f"{split}.parquet")
+    if not _exists(fs, path):
+        raise TrainInputError(f"features directory {features!r} has no pairs/{split}.parquet")
+    return path if "://" not in features else features.rstrip("/") + f"/pairs/{split}.parquet"
+
+
+def read_pairs(features: str, split: str, surfaces: Sequence[str] = ()) -> dict[str, np.ndarray]:
+    """One split's pairs as numpy columns (``PAIR_COLUMNS``), restricted to ``surfaces`` if given.
+
+    Raises :class:`TrainInputError` when the split is empty (after the surface filter): a run that
+    cannot train or validate should say so up front, not after the workers have started.
+    """
+    pairs_path(features, split)
+    fs, root = features_location(features)
+    table = pq.read_table(_join(root, "pairs", f"{split}.parquet"), filesystem=fs, columns=PAIR_COLUMNS)
+    if surfaces:
+        table = table.filter(pc.is_in(table.column("surface"), value_set=pa.array(list(surfaces), pa.string())))
+    if table.num_rows == 0:
+        where = f" for surfaces {list(surfaces)}" if surfaces else ""
+        raise TrainInputError(f"split {split!r} of {features!r} has no pairs{where}")
+    return {
+        "surface": table.column("surface").to_numpy(zero_copy_only=False).astype(str),
+        "task": table.column("task").to_numpy(zero_copy_only=False).astype(str),
+        "query_key": table.column("query_key").to_numpy().astype(np.int64),
+        "item_idx": table.column("item_idx").to_numpy().astype(np.int64),
+    }
+
+
+def task_counts(pairs: Mapping[str, np.ndarray]) -> dict[str, int]:
+    tasks, counts = np.unique(pairs["task"], return_counts=True)
+    return {str(t): int(c) for t, c in zip(tasks, counts)}
+
+
+def heldout_items(features: str) -> np.ndarray:
+    """Items engaged in the val/test splits: kept out of random negatives, so held-out items are never
+    trained on, not even as negatives (the splits are item-disjoint on purpose)."""
+    out = []
+    for split in ("val", "test"):
+        try:
+            out.append(read_pairs(features, split)["item_idx"])
+        except TrainInputError:
+            continue
+    return np.unique(np.concatenate(out)) if out else np.zeros(0, np.int64)
+
+
+@dataclass
+class QueryFeatures:
+    """Frozen query features per surface, indexed by ``query_key`` (feature-format.md).
+
+    search: ``queries.parquet`` ``text_emb`` by ``query_idx``; closeup: the viewed item's first image
+    feature (``ItemFeatureStore.first_image_feat``) by ``item_idx``; home: ``users.parquet``
+    ``user_feat`` by ``user_idx``. A surface whose file is absent has ``None`` and fails on use.
+    """
+
+    text_emb: torch.Tensor | None
+    first_image: torch.Tensor
+    user_feat: torch.Tensor | None
+
+    @classmethod
+    def load(cls, features: str, store: ItemFeatureStore) -> QueryFeatures:
+        fs, root = features_location(features)
+        return cls(
+            text_emb=_dense_by_index(fs, _join(root, "queries.parquet"), "query_idx", "text_emb"),
+            first_image=store.first_image_feat,
+            user_feat=_dense_by_index(fs, _join(root, "users.parquet"), "user_idx", "user_feat"),
+        )
+
+    def table(self, surface: str) -> torch.Tensor:
+        tables = {"search": self.text_emb, "closeup": self.first_image, "home": self.user_feat}
+        if surface not in tables:
+            raise KeyError(f"unknown surface {surface!r}; expected one of {SURFACES}")
+        t = tables[surface]
+        if t is None:
+            missing = "queries.parquet" if surface == "search" else "users.parquet"
+            raise TrainInputError(f"{surface} pairs need {missing} in the features directory")
+        return t
+
+    def for_surface(self, surface: str, keys: torch.Tensor | np.ndarray) -> torch.Tensor:
+        return self.table(surface)[torch.as_tensor(keys, dtype=torch.int64)]
+
+    def groups(
+        self, surfaces: np.ndarray, keys: np.ndarray, device: torch.device | str = "cpu"
+    ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """``{surface: (row positions, features)}`` for a mixed batch (``ItemSageModel.forward``)."""
+        out = {}
+        for s in SURFACES:
+            rows = np.flatnonzero(surfaces == s)
+            if rows.size:
+                feats = self.for_surface(s, keys[rows]).to(device, non_blocking=True)
+                out[s] = (torch.from_numpy(rows).to(device), feats)
+        return out
+
+
+def _dense_by_index(fs: pafs.FileSystem, path: str, index_col: str, value_col: str) -> torch.Tensor | None:
+    """A ``list<float>`` column as a dense ``[max index + 1, d]`` tensor, rows placed by index."""
+    if not _exists(fs, path):
+        return None
+    table = pq.read_table(path, filesystem=fs, columns=[index_col, value_col])
+    if table.num_rows == 0:
+        return None
+    idx = table.column(index_col).to_numpy().astype(np.int64)
+    col = table.column(value_col).combine_chunks()
+    dim = int(pc.list_value_length(col)[0].as_py())
+    values = pc.list_flatten(col).to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, dim)
+    out = torch.zeros(int(idx.max()) + 1, dim)
+    out[torch.from_numpy(idx)] = torch.from_numpy(values)
+    return out
+
+
+def cached_cycle(
+    first_pass: Iterable[Mapping[str, np.ndarray]], seed: int, chunk_rows: int = 1024, min_rows: int = 1
+) -> Iterator[dict[str, np.ndarray]]:
+    """Stream ``first_pass`` once while caching it, then cycle the cache reshuffled, forever.
+
+    Fewer than ``min_rows`` rows in the first pass raise :class:`TrainInputError` (a batcher that
+    needs a full batch would otherwise wait forever on an endless stream).
+
+    Why cache: a Ray Data streaming split starts each new epoch behind a barrier that every worker
+    must reach, while DDP keeps the workers in lock-step per *step*. Quota batching makes the number
+    of steps per epoch differ between workers, so a worker that reaches the epoch barrier first would
+    wait for the others while they wait for it in all-reduce. Pairs are a few int columns, so each
+    worker keeps its shard in memory after the first pass and starts later epochs on its own.
+    """
+    cache: list[dict[str, np.ndarray]] = []
+    for chunk in first_pass:
+        chunk = {k: np.asarray(v) for k, v in chunk.items()}
+        if len(next(iter(chunk.values()))):
+            cache.append(chunk)
+            yield chunk
+    n = sum(len(next(iter(c.values()))) for c in cache)
+    if n < min_rows:
+        raise TrainInputError(
+            f"this worker's shard of the train split has {n} usable pairs, fewer than {min_rows} "
+            f"(one batch); use fewer workers, a smaller train.batch_size or more data"
+        )
+    data = {k: np.concatenate([c[k] for c in cache]) for k in cache[0]}
+    epoch = 1
+    while True:
+        order = np.random.default_rng([seed, epoch]).permutation(n)
+        for start in range(0, n, chunk_rows):
+            sel = order[start : start + chunk_rows]
+            yield {k: v[sel] for k, v in data.items()}
+        epoch += 1
+
+
+def sample_negatives(pool: torch.Tensor, n: int, generator: torch.Generator) -> torch.Tensor:
+    """``n`` item indices drawn uniformly (with replacement) from ``pool``."""
+    if n <= 0:
+        return pool[:0]
+    pick = torch.randint(0, pool.numel(), (n,), generator=generator)
+    return pool[pick]

@@ -1,0 +1,403 @@
+"""``train_loop_per_worker``: one Ray Train worker's training loop (DDP over Ray Data shards).
+
+Per step, on every worker: a quota-mixed batch of (query, engaged item) pairs from this worker's
+shard; query embeddings by surface (search: the query's MiniLM embedding, closeup: the viewed item's
+first image feature, home: the user feature); item embeddings for the positives and for
+``num_random_negatives`` items drawn uniformly from the training catalog; the count-min sketch
+updated with every rank's positives and ``log q`` from it; the sampled-softmax loss, backward
+(DDP all-reduces gradients), clipping, optimizer and schedule steps.
+
+Rank 0 alone talks to MLflow and runs validation. Every ``checkpoint_every`` steps (and at the last
+step) all ranks call ``ray.train.report``; rank 0 attaches a checkpoint and the validation score
+that ``CheckpointConfig`` ranks checkpoints by.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from itemsage.config import PipelineConfig, TrainConfig, _build
+from itemsage.data.features_io import resolve
+from itemsage.model import ItemFeatureStore, ItemSageModel, MultiTaskBatcher, build_model
+from itemsage.train.artifacts import BundleFiles
+from itemsage.train.checkpoint import TrainState, load_checkpoint, save_checkpoint
+from itemsage.train.data import QueryFeatures, cached_cycle, heldout_items, read_pairs, sample_negatives
+from itemsage.train.lamb import Lamb
+from itemsage.train.schedule import build_scheduler
+from itemsage.train.tracking import Tracker
+from itemsage.train.validation import baseline_recall, build_val_set, model_recall, recall_metrics
+
+SCORE_KEY = "val_recall_at_10"  # no "/": Ray Train looks checkpoint scores up by plain key
+SIDE_DIR = "itemsage"  # our files beside Ray Train's inside <storage_path>/<name>/
+STATUS_FILE = "status.json"
+RUN_FILE = "mlflow_run.json"
+
+
+def config_from_dict(data: Mapping[str, Any]) -> PipelineConfig:
+    """Rebuild (and re-check) the resolved config shipped to the workers as plain data."""
+    return _build(PipelineConfig, dict(data))
+
+
+@dataclass
+class LoopSpec:
+    """What the driver resolves once and ships to every worker (as a dict: ``train_loop_config``).
+
+    Attributes:
+        config: the resolved ``PipelineConfig`` as plain data (``itemsage.config.to_dict``).
+        run_dir: ``<storage_path>/<name>``: Ray Train's run directory, ours under ``itemsage/``.
+        tasks: the "surface/action" tasks to train on, from the train split and ``train.surfaces``.
+        vocab_size: rows of the hash embedding's importance table.
+        features_manifest: the features directory's manifest.json (dims, backbone).
+        tracking_uri: resolved MLflow URI; None disables tracking (benchmarks).
+        fallback_path: local JSONL that receives tracking calls while MLflow is unreachable.
+        mlflow_run_id: the run the driver created or resumed (a checkpoint's run id wins).
+        val_catalog: "split" (rank against the validation split's items) or "all".
+        lr_decay: "cosine" | "linear" | "constant" after warm-up.
+        tracking_offline: the driver already found MLflow unreachable (and warned about it).
+    """
+
+    config: dict[str, Any]
+    run_dir: str
+    tasks: list[str]
+    vocab_size: int
+    features_manifest: dict[str, Any]
+    tracking_uri: str | None = None
+    fallback_path: str = ""
+    mlflow_run_id: str | None = None
+    val_catalog: str = "split"
+    lr_decay: str = "cosine"
+    tracking_offline: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# ---------------------------------------------------------------------------- side files
+
+
+def side_path(run_dir: str, name: str) -> str:
+    return f"{run_dir.rstrip('/')}/{SIDE_DIR}/{name}"
+
+
+def write_side_file(run_dir: str, name: str, obj: Mapping[str, Any]) -> None:
+    """Write ``<run_dir>/itemsage/<name>`` (JSON) on a local path or a storage URI."""
+    fs, path = resolve(side_path(run_dir, name))
+    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    with fs.open_output_stream(path) as f:
+        f.write((json.dumps(obj, indent=2) + "\n").encode())
+
+
+def read_side_file(run_dir: str, name: str) -> dict[str, Any] | None:
+    import pyarrow.fs as pafs
+
+    fs, path = resolve(side_path(run_dir, name))
+    if fs.get_file_info(path).type == pafs.FileType.NotFound:
+        return None
+    with fs.open_input_stream(path) as f:
+        return json.loads(f.read().decode())
+
+
+# ---------------------------------------------------------------------------- building blocks
+
+
+def make_optimizer(model: nn.Module, tc: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW or LAMB; no weight decay (and no LAMB trust ratio) on biases, norms, the temperature
+    and other 0/1-d tensors, which decay would only pull towards meaningless zeros."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.ndim >= 2 else no_decay).append(p)
+    groups: list[dict[str, Any]] = [
+        {"params": decay, "weight_decay": tc.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    if tc.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=tc.lr)
+    if tc.optimizer == "lamb":
+        groups[1]["trust_ratio"] = False
+        return Lamb(groups, lr=tc.lr)
+    raise ValueError(f"train.optimizer: unknown optimizer {tc.optimizer!r} (expected adamw or lamb)")
+
+
+def negative_pool(num_items: int, heldout: np.ndarray) -> torch.Tensor:
+    """Items random negatives are drawn from: the catalog minus the validation/test items."""
+    keep = np.ones(num_items, dtype=bool)
+    keep[heldout[heldout < num_items]] = False
+    pool = np.flatnonzero(keep)
+    return torch.from_numpy(pool if pool.size else np.arange(num_items))
+
+
+def unwrap(model: nn.Module) -> ItemSageModel:
+    """The ``ItemSageModel`` inside a DDP wrapper (or the model itself)."""
+    return getattr(model, "module", model)  # type: ignore[return-value]
+
+
+@dataclass
+class StepOutput:
+    loss: float
+    in_batch_loss: float
+    random_loss: float
+    temperature: float
+    grad_norm: float
+    finite: bool
+
+
+class Stepper:
+    """One optimisation step on a pair batch; shared by the Ray loop and the plain-PyTorch benchmark.
+
+    Args:
+        model: the (possibly DDP-wrapped) ``ItemSageModel``; its ``forward`` computes the loss.
+        store: item features; ``qf``: frozen query features per surface.
+        neg_pool: item indices random negatives are drawn from.
+        generator: seeds the negative draws (per rank, so ranks see different negatives).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler,
+        store: ItemFeatureStore,
+        qf: QueryFeatures,
+        neg_pool: torch.Tensor,
+        tc: TrainConfig,
+        device: torch.device,
+        generator: torch.Generator,
+    ) -> None:
+        self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
+        self.store, self.qf, self.neg_pool, self.tc = store, qf, neg_pool, tc
+        self.device, self.generator = device, generator
+        self.params = [p for p in model.parameters() if p.requires_grad]
+
+    def step(self, batch: Mapping[str, np.ndarray]) -> StepOutput:
+        """Forward, backward, clip, update. A non-finite gradient (from a NaN/inf loss on any rank)
+        skips the update and returns ``finite=False`` on every rank."""
+        dev = self.device
+        ids = torch.from_numpy(np.asarray(batch["item_idx"], dtype=np.int64))
+        items = self.store.gather(ids).to(dev, non_blocking=True)
+        queries = self.qf.groups(np.asarray(batch["surface"]), np.asarray(batch["query_key"]), dev)
+        rand_items = rand_ids = None
+        if self.tc.loss.random_negatives:
+            rand_ids = sample_negatives(self.neg_pool, self.tc.loss.num_random_negatives, self.generator)
+            rand_items = self.store.gather(rand_ids).to(dev, non_blocking=True)
+            rand_ids = rand_ids.to(dev)
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda")
+        with autocast:
+            out = self.model(queries, items, ids.to(dev), None, rand_items, rand_ids)
+        loss = out["loss"]
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        max_norm = self.tc.grad_clip if self.tc.grad_clip > 0 else math.inf
+        norm = float(torch.nn.utils.clip_grad_norm_(self.params, max_norm))
+        loss_value = float(loss.detach())
+        # Decided on the gradient norm alone: DDP has all-reduced the gradients, so every rank
+        # computes the very same norm and takes the same decision (a rank's own loss is local). A
+        # NaN loss anywhere makes every rank's gradients NaN.
+        finite = math.isfinite(norm)
+        if finite:
+            self.optimizer.step()
+            self.scheduler.step()
+        return StepOutput(
+            loss=loss_value,
+            in_batch_loss=float(out["in_batch_loss"].detach()),
+            random_loss=float(out["random_loss"].detach()),
+            temperature=float(out["temperature"]),
+            grad_norm=norm,
+            finite=finite,
+        )
+
+
+def pair_batches(
+    first_pass: Any, tasks: list[str], tc: TrainConfig, seed: int
+) -> Iterator[dict[str, np.ndarray]]:
+    """Quota-mixed batches forever: the shard streamed once (then cached), through the batcher."""
+    active = [t for t in tasks if tc.task_quotas.get(t, 1.0) > 0]
+    task_set = np.asarray(active)
+
+    def usable(chunks: Any) -> Iterator[dict[str, np.ndarray]]:
+        # Keep only rows the batcher will use, so the cache (and the shard-size check) count them.
+        for chunk in chunks:
+            keep = np.isin(np.asarray(chunk["task"]).astype(str), task_set)
+            yield {k: np.asarray(v)[keep] for k, v in chunk.items()}
+
+    batcher = MultiTaskBatcher(
+        active, {t: q for t, q in tc.task_quotas.items() if t in active}, tc.batch_size, seed=seed
+    )
+    return batcher(cached_cycle(usable(first_pass), seed=seed, min_rows=tc.batch_size))
+
+
+def build_validation(tc: TrainConfig, store: ItemFeatureStore, catalog: str) -> Any:
+    pairs = read_pairs(tc.features, "val", tc.surfaces)
+    return build_val_set(pairs, store.num_items, catalog)
+
+
+# ---------------------------------------------------------------------------- the loop
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    """Ray Train entry point; ``loop_config`` is a :class:`LoopSpec` as a dict."""
+    import ray.train
+    import ray.train.torch
+
+    spec = LoopSpec(**loop_config)
+    cfg = config_from_dict(spec.config)
+    tc = cfg.train
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    # The pid file is how an operator (or the fault-tolerance test) finds a worker to kill.
+    write_side_file(spec.run_dir, f"workers/rank{rank}.json", {"pid": os.getpid(), "rank": rank, "time": time.time()})
+
+    torch.manual_seed(tc.seed)  # identical initial weights on every rank (DDP also broadcasts them)
+    store = ItemFeatureStore.load(tc.features, max_images=tc.model.max_images)
+    qf = QueryFeatures.load(tc.features, store)
+    model = build_model(
+        tc.model,
+        tc.loss,
+        vocab_size=spec.vocab_size,
+        image_dim=store.image_dim,
+        num_text_fields=store.num_text_fields,
+    )
+
+    state: TrainState | None = None
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            state = load_checkpoint(d)
+        model.load_state_dict(state.model)
+    # Unused-parameter detection: a batch may lack a surface (its query tower gets no gradient).
+    # Buffers are not broadcast: the sketch stays identical on every rank by construction
+    # (all-gathered updates) and the hash bucket table never changes.
+    ddp_model = ray.train.torch.prepare_model(
+        model, parallel_strategy_kwargs={"find_unused_parameters": True, "broadcast_buffers": False}
+    )
+    optimizer = make_optimizer(ddp_model, tc)
+    scheduler = build_scheduler(optimizer, tc.warmup_steps, tc.max_steps, spec.lr_decay)
+    start_step = 0
+    run_id = spec.mlflow_run_id
+    if state is not None:
+        optimizer.load_state_dict(state.optimizer)
+        scheduler.load_state_dict(state.scheduler)
+        start_step = state.step
+        run_id = state.mlflow_run_id or run_id
+
+    tracker = Tracker(
+        spec.tracking_uri or "",
+        tc.mlflow_experiment,
+        spec.fallback_path or tempfile.gettempdir() + "/itemsage_mlflow_fallback.jsonl",
+        enabled=rank == 0 and spec.tracking_uri is not None,
+        # One warning per run, not one per process: the driver has already said MLflow is down.
+        warn=not spec.tracking_offline,
+    )
+    if rank == 0:
+        new_id = tracker.start(run_id=run_id, run_name=tc.name)
+        if new_id and new_id != spec.mlflow_run_id:
+            write_side_file(spec.run_dir, RUN_FILE, {"run_id": new_id})
+        run_id = new_id or run_id
+
+    val = build_validation(tc, store, spec.val_catalog) if rank == 0 else None
+    baselines: dict[str, float] = {}
+    if rank == 0 and val is not None:
+        base = baseline_recall(store, qf, val, seed=tc.seed)
+        baselines = {**recall_metrics(base, "frozen", "val_frozen"), **recall_metrics(base, "random", "val_random")}
+        if start_step == 0:
+            tracker.log_metrics(baselines, 0)
+        else:
+            print(f"[itemsage] resumed from checkpoint at step {start_step}", flush=True)
+            tracker.log_metrics({"train/resumed_from_step": start_step}, start_step)
+
+    generator = torch.Generator().manual_seed(tc.seed * 1_000_003 + rank * 7919 + start_step)
+    stepper = Stepper(
+        ddp_model, optimizer, scheduler, store, qf,
+        negative_pool(store.num_items, heldout_items(tc.features)), tc, device, generator,
+    )
+    shard = ray.train.get_dataset_shard("train")
+    data_seed = tc.seed * 7919 + rank * 104_729 + start_step
+    first_pass = shard.iter_batches(
+        batch_size=max(tc.batch_size, 1024),
+        batch_format="numpy",
+        local_shuffle_buffer_size=max(4 * tc.batch_size, 4096),
+        local_shuffle_seed=data_seed,
+    )
+    batches = pair_batches(first_pass, spec.tasks, tc, data_seed)
+
+    bundle = BundleFiles(cfg, spec.features_manifest) if rank == 0 else None
+    last_val: dict[str, float] = {}
+    timed_steps, timed_seconds = 0, 0.0
+    stop: dict[str, Any] = {"state": "finished", "step": start_step}
+    for step in range(start_step + 1, tc.max_steps + 1):
+        t0 = time.perf_counter()
+        batch = next(batches)
+        out = stepper.step(batch)
+        dt = time.perf_counter() - t0
+        if not out.finite:
+            stop = {"state": "nan", "step": step, "loss": out.loss, "grad_norm": out.grad_norm}
+            if rank == 0:
+                print(f"[itemsage] non-finite loss/gradient at step {step}; stopping", flush=True)
+                tracker.log_metrics({"train/nonfinite_step": step}, step)
+            break
+        if step > start_step + 1:  # the first step pays for lazy initialisation everywhere
+            timed_steps, timed_seconds = timed_steps + 1, timed_seconds + dt
+        b = len(batch["item_idx"])
+        tracker.log_metrics(
+            {
+                "train/loss": out.loss,
+                "train/in_batch_loss": out.in_batch_loss,
+                "train/random_loss": out.random_loss,
+                "train/temperature": out.temperature,
+                "train/grad_norm": out.grad_norm,
+                "train/lr": scheduler.get_last_lr()[0],
+                "train/pairs_per_s": world * b / dt,
+                "train/items_per_s": world * (b + tc.loss.num_random_negatives * tc.loss.random_negatives) / dt,
+            },
+            step,
+        )
+        is_ckpt = step % tc.checkpoint_every == 0 or step == tc.max_steps
+        is_eval = is_ckpt or (tc.eval_every > 0 and step % tc.eval_every == 0)
+        if is_eval and rank == 0 and val is not None:
+            table = model_recall(unwrap(ddp_model), store, qf, val, device)
+            last_val = recall_metrics(table, "itemsage", "val")
+            tracker.log_metrics(last_val, step)
+            tracker.flush()
+        if is_ckpt:
+            steps_per_s = timed_steps / timed_seconds if timed_seconds > 0 else 0.0
+            metrics = {
+                "step": step,
+                "loss": out.loss,
+                SCORE_KEY: last_val.get("val/recall_at_10", 0.0),
+                "train_steps_per_s": steps_per_s,
+                "mlflow_run_id": tracker.run_id or run_id or "",
+            }
+            if bundle is not None:
+                with tempfile.TemporaryDirectory() as d:
+                    save_checkpoint(
+                        d,
+                        TrainState(
+                            step=step,
+                            model=unwrap(ddp_model).state_dict(),
+                            optimizer=optimizer.state_dict(),
+                            scheduler=scheduler.state_dict(),
+                            mlflow_run_id=tracker.run_id or run_id,
+                            metrics={**last_val, **baselines, "loss": out.loss},
+                        ),
+                    )
+                    bundle.write(d, step, last_val)
+                    ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+            else:
+                ray.train.report(metrics, checkpoint=None)
+        stop = {"state": "finished", "step": step}
+    if rank == 0:
+        tracker.flush()
+        stop["steps_per_s"] = timed_steps / timed_seconds if timed_seconds > 0 else 0.0
+        write_side_file(spec.run_dir, STATUS_FILE, stop)

@@ -1,0 +1,118 @@
+"""Offline evaluation (itemsage.eval.evaluate + experiments/evaluate.py) on the small sample model.
+
+The fast tests evaluate on the model's own preprocessed features (no Ray); the slow one
+evaluates on a catalog the model never saw, preprocessed by the real Ray pipeline with the
+model's vocabulary.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "api"))
+
+from sample_model import SampleModel, build_sample_model  # noqa: E402
+
+from itemsage.eval.evaluate import EvalError, evaluate_model  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+SURFACES = ("search", "closeup", "home")
+
+
+@pytest.fixture(scope="session")
+def sample_model(tmp_path_factory: pytest.TempPathFactory) -> SampleModel:
+    return build_sample_model(tmp_path_factory.getbasetemp() / "sample_model")
+
+
+@pytest.fixture(scope="module")
+def result(sample_model: SampleModel, tmp_path_factory: pytest.TempPathFactory):
+    out = tmp_path_factory.mktemp("eval") / "result.json"
+    return evaluate_model(str(sample_model.bundle), features=str(sample_model.features), device="cpu", out=str(out)), out
+
+
+def _cli():
+    spec = importlib.util.spec_from_file_location("evaluate_cli", REPO / "experiments" / "evaluate.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_table_has_model_baseline_and_random_rows_per_surface(result) -> None:
+    res, _ = result
+    for surface in SURFACES:
+        for method in ("itemsage", "frozen", "random"):
+            for k in (10, 50):
+                value = res.recall(method, f"{surface}/all", k)
+                assert value is not None and 0.0 <= value <= 1.0, (surface, method, k)
+            assert res.recall(method, f"{surface}/all", 10) <= res.recall(method, f"{surface}/all", 50)
+    md = res.markdown()
+    for label in ("itemsage", "frozen: MiniLM text cosine", "frozen: image-feature cosine",
+                  "frozen: user-feature cosine", "random", "R@10", "R@50"):
+        assert label in md
+    # Every pair is ranked against the whole catalog, not only the held-out items.
+    assert res.num_items == 160 and res.num_pairs > 0 and res.split == "test"
+
+
+def test_trained_model_beats_random_on_every_surface(result) -> None:
+    res, _ = result
+    for surface in SURFACES:
+        assert res.recall("itemsage", f"{surface}/all", 50) > res.recall("random", f"{surface}/all", 50) + 0.1, surface
+
+
+def test_json_holds_every_row(result) -> None:
+    res, out = result
+    data = json.loads(out.read_text())
+    assert data["model_version"] == res.model_version and data["ks"] == [10, 50]
+    rows = {(r["task"], r["method"]): r for r in data["rows"]}
+    assert len(rows) == len(data["rows"])  # one row per (task, method)
+    assert {("search/all", "itemsage"), ("closeup/all", "frozen"), ("home/all", "random")} <= set(rows)
+    assert rows[("closeup/all", "frozen")]["label"] == "frozen: image-feature cosine"
+    assert rows[("search/all", "itemsage")]["recall@10"] == res.recall("itemsage", "search/all", 10)
+
+
+def test_cli_prints_the_table_and_writes_json(sample_model: SampleModel, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "r.json"
+    code = _cli().main(["--model", str(sample_model.bundle), "--features", str(sample_model.features),
+                        "--device", "cpu", "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert code == 0 and "| search/all | itemsage |" in printed and "frozen: user-feature cosine" in printed
+    assert json.loads(out.read_text())["num_items"] == 160
+
+
+def test_cli_missing_model_is_one_line(tmp_path: Path, capsys) -> None:
+    code = _cli().main(["--model", str(tmp_path / "nope"), "--features", str(tmp_path)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0 and "does not exist" in err and err.startswith("error:")
+
+
+def test_conflicting_inputs_are_refused(sample_model: SampleModel) -> None:
+    with pytest.raises(EvalError, match="not both"):
+        evaluate_model(str(sample_model.bundle), catalog=str(sample_model.unseen_catalog),
+                       features=str(sample_model.features), device="cpu")
+    with pytest.raises(EvalError, match="engagements"):
+        evaluate_model(str(sample_model.bundle), features=str(sample_model.features),
+                       engagements="log.jsonl", device="cpu")
+
+
+@pytest.mark.slow
+def test_unseen_catalog_is_preprocessed_with_the_models_vocab(sample_model: SampleModel, tmp_path: Path) -> None:
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False)
+    try:
+        kept = tmp_path / "unseen-features"
+        res = evaluate_model(str(sample_model.bundle), catalog=str(sample_model.unseen_catalog), device="cpu",
+                             features_out=str(kept))
+    finally:
+        ray.shutdown()
+    assert res.num_items == 60 and res.engagement_source == "synthetic" and res.catalog
+    assert (kept / "vocab.json").read_bytes() == (sample_model.bundle / "vocab.json").read_bytes()
+    assert json.loads((kept / "manifest.json").read_text())["vocab_from"] == str(sample_model.bundle)
+    for surface in ("search", "home"):
+        assert res.recall("itemsage", f"{surface}/all", 10) is not None
+        assert res.recall("frozen", f"{surface}/all", 10) is not None

@@ -1,0 +1,49 @@
+"""The index benchmark CLI runs end to end on a tiny catalog and reports its targets."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "experiments" / "bench" / "index.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_index", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_small_run(bench, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "bench.json"
+    result = bench.main([
+        "--n", "3000", "--dim", "32", "--queries", "60", "--hnsw-max-n", "1500", "--time-budget", "0.05",
+        "--threads", "1", "--clock", "cpu", "--spec", "IVF{nlist},Flat", "--spec", "HNSW16", "--out", str(out),
+    ])
+    text = capsys.readouterr().out
+    assert "| spec | N | params |" in text and "OVERALL:" in text
+    saved = json.loads(out.read_text())
+    assert saved["n"] == 3000 and saved["targets"]["chosen"]["spec"] == "IVF64,Flat"
+    specs = {(r["spec"], r["n"]) for r in result["rows"]}
+    assert specs == {("Flat", 3000), ("IVF64,Flat", 3000), ("Flat", 1500), ("HNSW16", 1500)}
+    for r in result["rows"]:
+        assert 0.0 <= r["recall"] <= 1.0 and r["rss_delta_bytes"] is not None
+        assert r["clock"] == "cpu" and r["qps_b256"] == r["qps_b256_cpu"] > 0 and r["qps_b1_wall"] > 0
+    exact = next(r for r in result["rows"] if r["spec"] == "Flat" and r["n"] == 3000)
+    assert exact["speedup_b256"] == 1.0
+
+
+def test_bench_reads_parquet_embeddings(bench, catalog, tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "emb.parquet"
+    pq.write_table(pa.table({"item_id": catalog.ids[:1000], "embedding": list(catalog.x[:1000])}), path)
+    result = bench.main(["--embeddings", str(path), "--queries", "50", "--time-budget", "0.05", "--threads", "1",
+                         "--spec", "IVF{nlist},Flat"])
+    assert result["n"] == 950 and result["dim"] == 32

@@ -1,0 +1,319 @@
+"""Ray Serve end to end on the trained demo model: every endpoint, similar items, fuzzing, the web
+page in Chromium, replica death, and an in-place version swap under load.
+
+One Serve app per module (deployments/serve_config.yaml, deployed the way ``serve run`` deploys
+it), serving ``models:/itemsage/1``; the swap test, last, moves it to version 2.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import free_port
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-gpu", "--disable-component-update", "--disable-sync", "--no-first-run"]
+# Two Retriever replicas, so that killing one mid-request has somewhere to retry.
+DEPLOYMENTS = {"Retriever": {"num_replicas": 2}}
+
+
+def version_of(trained: Any, v: str) -> dict[str, str]:
+    return {"model_uri": f"models:/itemsage/{v}", "index_uri": f"models:/itemsage/{v}", "mlflow_tracking_uri": trained.tracking_uri}
+
+
+def call(url: str, path: str, body: Any = None, timeout: float = 60) -> tuple[int, Any]:
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url + path, data=data, headers={"content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            raw, ctype = r.read(), r.headers.get("content-type", "")
+            return r.status, json.loads(raw) if "json" in ctype else raw
+    except urllib.error.HTTPError as e:
+        raw = e.read()
+        try:
+            return e.code, json.loads(raw)
+        except ValueError:
+            return e.code, raw
+
+
+@pytest.fixture(scope="module")
+def served(trained_serving: Any) -> Any:
+    import sys
+
+    import ray
+    from ray import serve
+
+    sys.path.insert(0, str(REPO))
+    from deployments.app import run_local
+
+    if ray.is_initialized():
+        ray.shutdown()
+    # Logical CPUs: the config reserves ~2 CPUs of replicas, more than a 2-core CI box has.
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    port = free_port()
+    url = run_local(version_of(trained_serving, "1"), host="127.0.0.1", port=port, deployments=DEPLOYMENTS, timeout_s=600)
+    yield {"url": url, "port": port, "trained": trained_serving}
+    serve.shutdown()
+    ray.shutdown()
+
+
+def catalog(trained: Any) -> list[dict[str, Any]]:
+    import pyarrow.parquet as pq
+
+    return pq.read_table(trained.features / "catalog.parquet").to_pylist()
+
+
+def test_every_endpoint(served: Any) -> None:
+    url, trained = served["url"], served["trained"]
+    status, version = call(url, "/version")
+    assert status == 200 and version["model"]["version"] == "1" and version["index"]["model_version"] == "1"
+    assert version["index"]["spec"] == "Flat" and version["model"]["image_backbone"] == "efficientnet-lite0"
+    status, health = call(url, "/healthz")
+    assert status == 200 and health["items"] == version["index"]["ntotal"]
+
+    status, res = call(url, "/search", {"query": "black leather shoes for men", "k": 10})
+    assert status == 200 and len(res["results"]) == 10
+    assert (res["model_version"], res["index_version"]) == ("1", version["index"]["version"])
+    shoes = sum("shoe" in (h["product_types"] + h["title"]).lower() for h in res["results"])
+    assert shoes >= 5, [h["title"] for h in res["results"]]
+
+    items = catalog(trained)
+    with_image = next(r for r in items if r["image_paths"])
+    status, sim = call(url, "/similar", {"item_id": with_image["item_id"], "k": 5})
+    assert status == 200 and sim["surface"] == "closeup" and len(sim["results"]) == 5
+    photo = base64.b64encode(Path(with_image["image_paths"][0]).read_bytes()).decode()
+    status, by_photo = call(url, "/similar", {"image": photo, "k": 5})
+    assert status == 200 and by_photo["surface"] == "closeup" and len(by_photo["results"]) == 5
+    by_id = {r["item_id"]: r for r in items}
+    assert sum(subcategory(by_id[h["item_id"]]) == subcategory(with_image) for h in by_photo["results"]) >= 3
+    history = [r["item_id"] for r in items[:5]]
+    status, rec = call(url, "/recommend", {"history": history, "k": 8})
+    assert status == 200 and rec["surface"] == "home" and not set(history) & {h["item_id"] for h in rec["results"]}
+    for body, surface in (({"text": "red dress"}, "search"), ({"image": photo}, "closeup"), ({"history": history}, "home")):
+        status, emb = call(url, "/embed/query", body)
+        assert status == 200 and emb["surface"] == surface and emb["dim"] == 64
+    status, emb = call(url, "/embed/item", {"title": with_image["title"], "images": [photo]})
+    assert status == 200 and emb["surface"] == "item" and emb["model_version"] == "1"
+    status, meta = call(url, f"/items/{with_image['item_id']}")
+    assert status == 200 and meta["title"] == with_image["title"]
+    status, img = call(url, meta["image_urls"][0])
+    assert status == 200 and img[:2] == b"\xff\xd8"  # a JPEG
+    status, page = call(url, "/")
+    assert status == 200 and b"search-form" in page
+    status, spec = call(url, "/openapi.json")
+    assert status == 200 and "/search" in spec["paths"]
+    assert call(url, "/docs")[0] == 200
+
+
+def test_bad_input_over_serve_is_4xx(served: Any) -> None:
+    url = served["url"]
+    assert call(url, "/similar", {"item_id": "no-such-item"})[0] == 404
+    assert call(url, "/search", {"query": " "})[0] == 422
+    assert call(url, "/search", {"query": "x", "k": 5000})[0] == 422
+    assert call(url, "/similar", {"image": base64.b64encode(b"not an image").decode()})[0] == 422
+    assert call(url, "/items/..%2F..%2Fetc%2Fpasswd/image")[0] == 404
+    # A 17 MB body is refused from its Content-Length: the answer comes before the body is sent
+    # (a client that insists on sending it all would see the connection closed instead).
+    import http.client
+    from urllib.parse import urlparse
+
+    u = urlparse(url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=60)
+    conn.putrequest("POST", "/search")
+    conn.putheader("content-type", "application/json")
+    conn.putheader("content-length", str(17_000_000))
+    conn.endheaders()
+    conn.send(b"{" * 1024)
+    resp = conn.getresponse()
+    assert resp.status == 413 and b"larger than" in resp.read()
+    conn.close()
+    assert call(url, "/healthz")[0] == 200
+
+
+def subcategory(row: dict[str, Any]) -> str:
+    """"Apparel > Topwear > Tshirts" -> "Topwear" (the sample's category_path)."""
+    parts = row["category_path"].split(" > ")
+    return parts[1] if len(parts) > 1 else row["category_path"]
+
+
+def test_similar_items_share_the_product_type(served: Any) -> None:
+    """Closeup retrieval on the trained model: a known T-shirt's similar items are T-shirts, and
+    across the sample's 8 most common product types similar items mostly share the query's
+    sub-category (Topwear, Shoes, Fragrance, ...)."""
+    url, items = served["url"], catalog(served["trained"])
+    by_id = {r["item_id"]: r for r in items}
+    tshirt = next(r for r in items if r["product_types"] == "Tshirts" and r["image_paths"])
+    status, sim = call(url, "/similar", {"item_id": tshirt["item_id"], "k": 5})
+    assert status == 200
+    types = [by_id[h["item_id"]]["product_types"] for h in sim["results"]]
+    assert types.count("Tshirts") >= 4, types
+    counts = Counter(r["product_types"] for r in items if r["image_paths"])
+    agree, total = 0, 0
+    for ptype, _ in counts.most_common(8):
+        for q in [r for r in items if r["product_types"] == ptype and r["image_paths"]][:3]:
+            status, sim = call(url, "/similar", {"item_id": q["item_id"], "k": 5})
+            assert status == 200
+            agree += sum(subcategory(by_id[h["item_id"]]) == subcategory(q) for h in sim["results"])
+            total += len(sim["results"])
+    assert agree / total >= 0.7, f"only {agree}/{total} similar items share the query's sub-category"
+
+
+def test_fuzz_the_openapi_schema_no_5xx(served: Any) -> None:
+    """schemathesis against the app's own OpenAPI document: no 5xx, responses match the schema,
+    and the service is healthy afterwards. Bounded: a few dozen examples per operation."""
+    import schemathesis
+    from hypothesis import HealthCheck, given, settings
+    from schemathesis.checks import not_a_server_error
+    from schemathesis.specs.openapi.checks import response_schema_conformance, status_code_conformance
+
+    url = served["url"]
+    schema = schemathesis.openapi.from_url(f"{url}/openapi.json")
+    operations = [op.ok() for op in schema.get_all_operations()]
+    assert len(operations) >= 9
+    for op in operations:
+
+        @settings(max_examples=25, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck), database=None)
+        @given(case=op.as_strategy())
+        def run(case: Any) -> None:
+            case.call_and_validate(base_url=url, checks=[not_a_server_error, status_code_conformance, response_schema_conformance], timeout=60)
+
+        run()
+    assert call(url, "/healthz")[0] == 200
+
+
+def test_web_page_in_chromium(served: Any, tmp_path: Path) -> None:
+    """Type a query, see product images render, click one, see similar items; screenshot saved."""
+    from playwright.sync_api import sync_playwright
+
+    url = served["url"]
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.goto(url + "/", wait_until="networkidle")
+            page.fill("#query", "casual shoes for men")
+            page.press("#query", "Enter")
+            page.wait_for_selector("#results .card img", timeout=60_000)
+            page.wait_for_function(
+                "() => { const imgs = [...document.querySelectorAll('#results img')];"
+                " return imgs.length > 0 && imgs.slice(0, 6).every(i => i.complete && i.naturalWidth > 0); }",
+                timeout=60_000,
+            )
+            loaded = page.eval_on_selector_all("#results img", "imgs => imgs.filter(i => i.naturalWidth > 0).length")
+            assert loaded >= 6
+            first_title = page.inner_text("#results .card .title")
+            page.click("#results .card")
+            page.wait_for_selector("#similar .card", timeout=60_000)
+            assert page.is_visible("#similar-section")
+            assert page.inner_text("#similar-title") == first_title
+            assert page.eval_on_selector_all("#similar .card", "cs => cs.length") >= 3
+            page.wait_for_function(
+                "() => [...document.querySelectorAll('#similar img')].slice(0, 3).every(i => i.complete && i.naturalWidth > 0)",
+                timeout=60_000,
+            )
+            assert "model 1" in page.inner_text("#status")
+            page.wait_for_timeout(800)  # the page scrolls smoothly to the similar items
+            shot = tmp_path / "itemsage-web.png"
+            page.screenshot(path=str(shot), full_page=False)
+            assert shot.stat().st_size > 10_000
+            print(f"screenshot: {shot}")
+        finally:
+            browser.close()
+
+
+class Load:
+    """Bounded concurrent /search traffic in threads, recording every answer's versions."""
+
+    def __init__(self, url: str, clients: int, max_requests: int, max_seconds: float) -> None:
+        self.url, self.clients = url, clients
+        self.max_requests, self.deadline = max_requests, time.monotonic() + max_seconds
+        self.stop = threading.Event()
+        self.records: list[tuple[float, int, Any]] = []
+        self.lock = threading.Lock()
+        self.threads = [threading.Thread(target=self.run, args=(i,), daemon=True) for i in range(clients)]
+        self.queries = ["black shoes", "blue jeans", "women watch", "red top", "handbag", "men shirt"]
+
+    def run(self, i: int) -> None:
+        n = 0
+        while not self.stop.is_set() and time.monotonic() < self.deadline and n < self.max_requests // self.clients:
+            started = time.monotonic()
+            status, body = call(self.url, "/search", {"query": self.queries[(i + n) % len(self.queries)], "k": 5})
+            with self.lock:
+                self.records.append((started, status, body))
+            n += 1
+
+    def __enter__(self) -> Load:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(90)
+
+
+def test_replica_death_is_retried(served: Any) -> None:
+    """Kill one of the two Retriever replicas under load: the ingress retries, no request fails."""
+    import ray
+
+    url = served["url"]
+    names = [a for a in ray.util.list_named_actors(all_namespaces=True) if "Retriever" in a["name"] and "REPLICA" in a["name"].upper()]
+    assert len(names) == 2, names
+    with Load(url, clients=4, max_requests=200, max_seconds=60) as load:
+        time.sleep(2)
+        ray.kill(ray.get_actor(names[0]["name"], namespace=names[0]["namespace"]), no_restart=True)
+        time.sleep(6)
+    failed = [(s, b) for _, s, b in load.records if s != 200]
+    assert len(load.records) > 20 and not failed, failed[:3]
+    deadline = time.monotonic() + 120  # Serve replaces the replica
+    while time.monotonic() < deadline:
+        alive = [a for a in ray.util.list_named_actors(all_namespaces=True) if "Retriever" in a["name"] and "REPLICA" in a["name"].upper()]
+        if len(alive) == 2 and call(url, "/healthz")[0] == 200:
+            break
+        time.sleep(1)
+    assert call(url, "/healthz")[0] == 200
+
+
+def test_swap_version_in_place_under_load(served: Any) -> None:
+    """user_config moves models:/itemsage/1 -> 2 while clients search: no request fails, every
+    answer names exactly one of the two (model, index) versions, and once the swap is done every
+    new answer comes from version 2."""
+    from deployments.app import run_local
+
+    url, trained = served["url"], served["trained"]
+    v1 = call(url, "/version")[1]
+    with Load(url, clients=6, max_requests=900, max_seconds=150) as load:
+        time.sleep(2)
+        run_local(version_of(trained, "2"), host="127.0.0.1", port=served["port"], deployments=DEPLOYMENTS, timeout_s=120)
+        deadline = time.monotonic() + 120
+        streak = 0
+        while streak < 10 and time.monotonic() < deadline:  # both Retriever replicas on version 2
+            streak = streak + 1 if call(url, "/version")[1]["model"]["version"] == "2" else 0
+            time.sleep(0.2)
+        assert streak == 10, "version 2 was not served within 2 minutes"
+        switched = time.monotonic()
+        v2 = call(url, "/version")[1]
+        time.sleep(3)
+    assert v2["index"]["spec"] == "HNSW32" and v2["index"]["version"] != v1["index"]["version"]
+    failed = [(s, b) for _, s, b in load.records if s != 200]
+    assert not failed, failed[:3]
+    pairs = {("1", v1["index"]["version"]), ("2", v2["index"]["version"])}
+    seen = Counter((b["model_version"], b["index_version"]) for _, _, b in load.records)
+    assert set(seen) == pairs, seen
+    late = [(b["model_version"], b["index_version"]) for t, _, b in load.records if t > switched]
+    assert late and set(late) == {("2", v2["index"]["version"])}
+    assert call(url, "/healthz")[1]["model_version"] == "2"

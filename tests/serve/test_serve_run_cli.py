@@ -1,0 +1,61 @@
+"""``serve run deployments/serve_config.yaml`` works: the documented command, as a subprocess.
+
+The config file is used as shipped, with only the served version and the port changed (the
+shipped file serves ``models:/itemsage/latest`` from ./mlflow.db, which a test must not touch).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from conftest import free_port
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_serve_run_config_file(trained_serving: Any, tmp_path: Path) -> None:
+    sys.path.insert(0, str(REPO))
+    from deployments.app import serve_config_dict, wait_healthy
+
+    port = free_port()
+    version = {"model_uri": "models:/itemsage/latest", "index_uri": "models:/itemsage/latest", "mlflow_tracking_uri": trained_serving.tracking_uri}
+    config = tmp_path / "serve_config.yaml"
+    config.write_text(yaml.safe_dump(serve_config_dict(version, port=port)))
+    serve_bin = Path(sys.executable).parent / "serve"
+    # A fresh local Ray of its own, whatever this process is connected to.
+    env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "RAY_USAGE_STATS_ENABLED": "0"}
+    log = tmp_path / "serve.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([str(serve_bin), "run", str(config)], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            health = wait_healthy(f"http://127.0.0.1:{port}", timeout_s=170)
+            assert health["model_version"] == "2"  # `latest` was pinned to the newest registered version
+            import json
+            import urllib.request
+
+            req = urllib.request.Request(
+                f"http://127.0.0.1:{port}/search", json.dumps({"query": "watch", "k": 3}).encode(), {"content-type": "application/json"}
+            )
+            with urllib.request.urlopen(req, timeout=60) as r:
+                assert len(json.loads(r.read())["results"]) == 3
+        except BaseException:
+            print(log.read_text()[-5000:])
+            raise
+        finally:
+            os.killpg(proc.pid, signal.SIGINT)  # serve run shuts Serve and its Ray down on Ctrl-C
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(10)

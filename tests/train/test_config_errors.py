@@ -1,0 +1,80 @@
+"""Bad configs and inputs fail before Ray or MLflow start, with the key or path in the message."""
+
+import importlib.util
+import shutil
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _cli():
+    spec = importlib.util.spec_from_file_location("train_cli", REPO / "experiments" / "train.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture
+def config_file(tmp_path: Path, synthetic_features: Path) -> Path:
+    p = tmp_path / "c.yaml"
+    p.write_text(
+        yaml.safe_dump(
+            {"train": {"features": str(synthetic_features), "storage_path": str(tmp_path / "runs"), "batch_size": 32}}
+        )
+    )
+    return p
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("train.lrr=0.1", "unknown config key train.lrr"),
+        ("train.model.num_headz=2", "unknown config key train.model.num_headz"),
+        ("train.max_steps=abc", "train.max_steps: expected an integer"),
+        ("train.surfaces=search", "train.surfaces: expected a list"),
+        ("train.optimizer=sgd", "train.optimizer: must be adamw or lamb"),
+        ("train.surfaces=[video]", "train.surfaces: unknown surface 'video'"),
+        ("train.checkpoint_every=0", "train.checkpoint_every: must be >= 1"),
+        ("train.task_quotas={search/bogus: 2.0}", "train.task_quotas.search/bogus: no such task"),
+        ("train.batch_size=100000", "fewer than train.batch_size x train.num_workers = 200000"),
+        ("train.features=/nonexistent/features", "'/nonexistent/features' does not exist"),
+    ],
+)
+def test_cli_fails_fast_naming_the_key(config_file: Path, override: str, message: str, capsys, monkeypatch, tmp_path) -> None:
+    import ray
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/m.db")
+    rc = _cli().main(["--config", str(config_file), override])
+    assert rc == 2
+    assert message in capsys.readouterr().err
+    assert not ray.is_initialized()
+    assert not (tmp_path / "m.db").exists()  # no MLflow run for a run that never started
+
+
+def test_empty_validation_split_is_reported(config_file: Path, synthetic_features: Path, tmp_path: Path, capsys) -> None:
+    features = tmp_path / "f"
+    shutil.copytree(synthetic_features, features)
+    table = pq.read_table(features / "pairs" / "val.parquet")
+    pq.write_table(table.slice(0, 0), features / "pairs" / "val.parquet")
+    rc = _cli().main(["--config", str(config_file), f"train.features={features}"])
+    assert rc == 2
+    assert "split 'val'" in capsys.readouterr().err
+
+
+def test_missing_config_file(capsys) -> None:
+    assert _cli().main(["--config", "/no/such.yaml"]) == 2
+    assert "config file not found: /no/such.yaml" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["demo", "fashion", "shopee"])
+def test_shipped_configs_are_valid(name: str) -> None:
+    from itemsage.config import PipelineConfig, load_config
+    from itemsage.train.trainer import check_config
+
+    cfg = load_config(PipelineConfig, REPO / "experiments" / "configs" / f"{name}.yaml")
+    check_config(cfg)
+    assert cfg.train.name == name and cfg.train.features == cfg.preprocess.output

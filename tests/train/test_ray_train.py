@@ -1,0 +1,117 @@
+"""Real Ray Train V2 runs (2 workers, DDP on CPU) on the synthetic features: tracking,
+registration, resume, NaN stop."""
+
+import shutil
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from itemsage.train.artifacts import load_trained_model
+from itemsage.train.checkpoint import load_checkpoint
+from itemsage.train.trainer import NonFiniteLossError, checkpoint_metas, run_training
+
+pytestmark = pytest.mark.slow
+
+
+def _runs(uri: str, experiment: str) -> list:
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    return client.search_runs([exp.experiment_id]) if exp else []
+
+
+def test_run_tracks_checkpoints_and_registers(ray_cluster, synthetic_features, tmp_path, mlflow_uri, make_config) -> None:
+    cfg = make_config(
+        synthetic_features, tmp_path / "runs", "full",
+        ["train.max_steps=12", "train.checkpoint_every=6", "train.eval_every=3", "train.keep_checkpoints=1",
+         "train.mlflow_experiment=full"],
+    )
+    result = run_training(cfg)
+    assert result.step == 12 and result.model_version is not None
+    assert result.model_uri == f"models:/itemsage/{result.model_version}"
+    for surface in ("search", "closeup", "home"):
+        assert 0.0 <= result.metrics[f"val/{surface}/all/recall_at_10"] <= 1.0
+        assert f"val_frozen/{surface}/all/recall_at_10" in result.metrics
+    # keep_checkpoints=1 keeps the best by validation recall, plus the latest for resuming.
+    metas = checkpoint_metas(result.run_dir)
+    assert 1 <= len(metas) <= 2 and metas[-1][1]["step"] == 12
+
+    (run,) = _runs(mlflow_uri, "full")
+    assert run.info.run_id == result.mlflow_run_id and run.info.status == "FINISHED"
+    assert run.data.params["train.max_steps"] == "12" and run.data.params["train.model.embedding_dim"] == "32"
+    client = MlflowClient(mlflow_uri)
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == list(range(1, 13))
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val/recall_at_10")] == [3, 6, 9, 12]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_frozen/recall_at_10")] == [0]
+    for name in ("train/temperature", "train/items_per_s", "train/in_batch_loss", "train/random_loss"):
+        assert len(client.get_metric_history(run.info.run_id, name)) == 12
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.yaml", "model", "checkpoint"} <= artifacts
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "model")} == {
+        "model/config.yaml", "model/manifest.json", "model/model.safetensors", "model/vocab.json"
+    }
+
+    model, manifest, vocab = load_trained_model(result.model_uri)
+    assert manifest["step"] == result.metrics.get("step", manifest["step"]) and vocab.size == manifest["vocab_size"]
+    same, _, _ = load_trained_model(result.best_checkpoint)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, same.state_dict()[k]), k
+
+
+def test_rerun_resumes_the_same_run(ray_cluster, synthetic_features, tmp_path, mlflow_uri, make_config) -> None:
+    base = ["train.checkpoint_every=4", "train.eval_every=0", "train.mlflow_experiment=resume"]
+    first = run_training(make_config(synthetic_features, tmp_path / "runs", "resume", [*base, "train.max_steps=4"]))
+    assert first.step == 4
+    second = run_training(make_config(synthetic_features, tmp_path / "runs", "resume", [*base, "train.max_steps=8"]))
+    assert second.step == 8 and second.mlflow_run_id == first.mlflow_run_id
+    (run,) = _runs(mlflow_uri, "resume")
+    client = MlflowClient(mlflow_uri)
+    assert [m.value for m in client.get_metric_history(run.info.run_id, "train/resumed_from_step")] == [4.0]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == list(range(1, 9))
+    assert int(second.model_version) == int(first.model_version) + 1  # a new version per run
+    # The optimizer and schedule continued rather than restarting: 8 scheduler steps in total.
+    assert load_checkpoint(second.latest_checkpoint).scheduler["last_epoch"] == 8
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(
+    ray_cluster, synthetic_features, tmp_path, mlflow_uri, make_config
+) -> None:
+    base = ["train.checkpoint_every=3", "train.eval_every=0", "train.max_failures=2", "train.mlflow_experiment=nan"]
+    good = run_training(make_config(synthetic_features, tmp_path / "runs", "nan", [*base, "train.max_steps=3"]))
+    # Same run, now on features whose search queries are NaN: the next step diverges.
+    bad = tmp_path / "bad_features"
+    shutil.copytree(synthetic_features, bad)
+    q = pq.read_table(bad / "queries.parquet")
+    nan_emb = pa.array([[float("nan")] * 384] * q.num_rows, pa.list_(pa.float32()))
+    pq.write_table(q.set_column(q.schema.get_field_index("text_emb"), "text_emb", nan_emb), bad / "queries.parquet")
+    cfg = make_config(bad, tmp_path / "runs", "nan", [*base, "train.max_steps=9"])
+    with pytest.raises(NonFiniteLossError, match="at step 4") as err:
+        run_training(cfg)
+    assert err.value.checkpoint == good.latest_checkpoint
+    assert load_checkpoint(err.value.checkpoint).step == 3
+    assert checkpoint_metas(good.run_dir)[-1][1]["step"] == 3
+    (run,) = _runs(mlflow_uri, "nan")
+    assert run.info.status == "FAILED"
+    assert run.data.tags["itemsage.stop_reason"] == "non-finite loss at step 4"
+
+
+def test_unreachable_mlflow_does_not_stop_training(ray_cluster, synthetic_features, tmp_path, make_config) -> None:
+    import json
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = make_config(synthetic_features, tmp_path / "runs", "offline", ["train.max_steps=4", "train.checkpoint_every=4"])
+    result = run_training(cfg, tracking_uri=f"http://127.0.0.1:{port}")
+    assert result.step == 4 and result.mlflow_run_id is None and result.model_version is None
+    assert result.model_uri == result.bundle_dir  # the model is still saved, just not registered
+    _, manifest, _ = load_trained_model(result.model_uri)
+    assert manifest["step"] == 4
+    records = [json.loads(line) for line in (tmp_path / "runs" / "offline" / "itemsage" / "mlflow_fallback.jsonl").open()]
+    loss_steps = [r["step"] for r in records if r["kind"] == "metrics" and "train/loss" in r["data"]]
+    assert loss_steps == [1, 2, 3, 4]
+    assert any(r["kind"] == "params" and r["data"]["train.max_steps"] == "4" for r in records)
+    assert any(r["kind"] == "metrics" and "val/recall_at_10" in r["data"] for r in records)

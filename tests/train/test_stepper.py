@@ -1,0 +1,63 @@
+"""The training step itself, in one process (the Ray loop runs this same Stepper)."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from itemsage.train.plain import run_steps, setup_plain
+from itemsage.train.validation import build_val_set, model_recall, recall_metrics
+from itemsage.train.data import read_pairs
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    torch.set_num_threads(1)
+
+
+def _val_recall(run) -> float:
+    val = build_val_set(read_pairs(run.cfg.train.features, "val"), run.store.num_items)
+    table = model_recall(run.model, run.store, run.qf, val, torch.device("cpu"))
+    return recall_metrics(table, "itemsage")["val/recall_at_10"]
+
+
+def test_training_learns_the_synthetic_structure(synthetic_features: Path, tmp_path: Path, make_config) -> None:
+    run = setup_plain(make_config(synthetic_features, tmp_path, "s", ["train.max_steps=60"]))
+    before = _val_recall(run)
+    outs, _ = run_steps(run, 60)
+    after = _val_recall(run)
+    assert all(o.finite for o in outs)
+    assert np.mean([o.loss for o in outs[-10:]]) < np.mean([o.loss for o in outs[:5]])
+    assert after > before + 0.1, (before, after)
+    assert 0.01 <= outs[-1].temperature <= 0.2
+    # The sketch counted every positive (32 per step).
+    assert int(run.model.sketch.total_count) == 60 * 32
+
+
+def test_batches_mix_tasks_by_quota(synthetic_features: Path, tmp_path: Path, make_config) -> None:
+    run = setup_plain(
+        make_config(synthetic_features, tmp_path, "q", ["train.task_quotas={search/click: 6.0}", "train.surfaces=[search]"])
+    )
+    batch = next(run.batches)
+    assert set(batch["surface"]) == {"search"}
+    # search/click has quota 6 against 1 for the other three search tasks: 6/9 of 32 rows.
+    assert (batch["task"] == "search/click").sum() == round(32 * 6 / 9)
+
+
+def test_lamb_optimizer_trains_too(synthetic_features: Path, tmp_path: Path, make_config) -> None:
+    run = setup_plain(make_config(synthetic_features, tmp_path, "l", ["train.optimizer=lamb", "train.max_steps=20"]))
+    outs, _ = run_steps(run, 20)
+    assert all(o.finite for o in outs) and outs[-1].loss < outs[0].loss
+
+
+def test_non_finite_loss_skips_the_update(synthetic_features: Path, tmp_path: Path, make_config) -> None:
+    run = setup_plain(make_config(synthetic_features, tmp_path, "n", ["train.max_steps=5"]))
+    run_steps(run, 2)
+    before = {k: v.clone() for k, v in run.model.state_dict().items() if not k.startswith("sketch.")}
+    run.qf.text_emb[:] = float("nan")  # every search query now yields a NaN loss
+    outs, _ = run_steps(run, 3)
+    assert len(outs) == 1 and not outs[0].finite
+    after = run.model.state_dict()
+    assert all(torch.equal(v, after[k]) for k, v in before.items())
+    assert run.scheduler.last_epoch == 2
