@@ -20,7 +20,8 @@ orchestration may cost at most 10%). The embeddings of both sides are checked to
 Default features: artifacts/full/fashion when it holds items.parquet, else artifacts/features
 (the bundled sample, made by `make demo` or experiments/preprocess.py). Default model: a randomly
 initialised model of the default config over the features' vocab (throughput does not depend on
-the weight values); --model benchmarks a trained one.
+the weight values); --model benchmarks a trained one. --synthetic N generates N fashion-like items
+(random values, realistic shapes) where no features exist, e.g. on a GPU machine.
 """
 
 from __future__ import annotations
@@ -59,6 +60,43 @@ def default_features() -> Path:
         f"no features at {FULL} or {SAMPLE}; run `python experiments/preprocess.py` (the sample) first, "
         "or pass --features"
     )
+
+
+def synthetic_features(out: Path, n: int, image_dim: int = 1280, vocab_size: int = 50_000, seed: int = 0) -> Path:
+    """A features directory of ``n`` fashion-like items (1 image, ~30 title tokens, ~12 category
+    tokens each) with random values, for machines that have no real features (e.g. a GPU box).
+
+    Throughput depends on shapes, not on values, so random features measure the same work.
+    """
+    from itemsage.config import TEXT_FIELDS, TextConfig
+    from itemsage.data.featurize import fixed_list_array, list_array
+    from itemsage.data.text import Vocab
+
+    rng = np.random.default_rng(seed)
+    out.mkdir(parents=True, exist_ok=True)
+    Vocab([f"w{i}" for i in range(vocab_size)], [], [], TextConfig()).save(out / "vocab.json")
+    ids = [f"s{i:08d}" for i in range(n)]
+    cols = {
+        "item_idx": pa.array(np.arange(n, dtype=np.int64)),
+        "item_id": pa.array(ids, pa.string()),
+        "n_images": pa.array(np.ones(n, np.int32)),
+        "image_feats": fixed_list_array(rng.random((n, image_dim), dtype=np.float32), pa.float32()),
+        "title_emb": fixed_list_array(np.zeros((n, 384), np.float32), pa.float32()),
+    }
+    lengths = {"title": 30, "category_path": 12, "colors": 3, "size_type": 2}
+    for name in TEXT_FIELDS:
+        k = lengths.get(name, 0)
+        cols[f"tok_{name}"] = list_array([rng.integers(0, vocab_size, k, dtype=np.int32) for _ in range(n)], pa.int32())
+    # Row groups of 8k rows let Ray Data read the file in parallel blocks, as a large real file would be.
+    pq.write_table(pa.table(cols), out / "items.parquet", row_group_size=8192)
+    catalog = {"item_id": pa.array(ids, pa.string()), "image_paths": pa.array([[]] * n, pa.list_(pa.string()))}
+    catalog.update({f: pa.array([""] * n, pa.string()) for f in TEXT_FIELDS})
+    pq.write_table(pa.table(catalog), out / "catalog.parquet")
+    (out / "manifest.json").write_text(json.dumps({
+        "format_version": 1, "backbone": "efficientnet-lite0", "image_dim": image_dim, "text_query_dim": 384,
+        "text_fields": list(TEXT_FIELDS), "max_images": 20, "counts": {"items": n},
+    }))
+    return out
 
 
 def random_bundle(features: Path, out: Path) -> Path:
@@ -110,6 +148,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=__doc__.split("\n\n", 1)[1])
     p.add_argument("--features", type=Path, default=None, help="features directory (default: see below)")
+    p.add_argument("--synthetic", type=int, default=0, metavar="N",
+                   help="benchmark N synthetic fashion-like items instead of a features directory")
     p.add_argument("--model", default=None, help="trained model URI or dir (default: random init)")
     p.add_argument("--batch-size", type=int, default=None, help="rows per forward (default 2048 GPU / 256 CPU)")
     p.add_argument("--threads", type=int, default=1, help="torch threads, both sides (default 1)")
@@ -126,12 +166,16 @@ def main(argv: list[str] | None = None) -> int:
 
     from itemsage.index.embed import CPU_BATCH_SIZE, GPU_BATCH_SIZE, embed_features, load_model, read_embeddings
 
-    features = args.features or default_features()
+    features = None if args.synthetic else args.features or default_features()
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     batch = args.batch_size or (GPU_BATCH_SIZE if device == "cuda" else CPU_BATCH_SIZE)
     torch.set_num_threads(args.threads)
     scratch = Path(tempfile.mkdtemp(prefix="itemsage-bench-embed-"))
     try:
+        if features is None:
+            t0 = time.perf_counter()
+            features = synthetic_features(scratch / "features", args.synthetic)
+            print(f"wrote {args.synthetic:,} synthetic items in {time.perf_counter() - t0:.1f}s", flush=True)
         model_ref = args.model or str(random_bundle(features, scratch / "model"))
         tm = load_model(model_ref)
         print(f"features {features}; model {model_ref} (version {tm.version}); device {device}; "

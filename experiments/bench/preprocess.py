@@ -13,15 +13,18 @@ run the model with ``--threads`` torch threads, and the image files are read onc
 neither side pays a cold disk cache. Two throughputs are reported for each side:
 
 - steady state (the verdict): warm-up excluded from both, i.e. images after each side's first
-  finished batch over the time after it. Warm-up = worker start-up, imports and model load; it is
+  finished batch over the time from that batch's forward pass to the last one's (timed where the
+  model runs: the main process, inside the Ray actor). Warm-up = worker start-up, imports and model
+  load; it is
   a fixed cost per run, and it differs in kind (Ray starts fresh worker processes that import torch,
   DataLoader forks a process that has it already), so it would otherwise dominate short runs.
 - end to end: warm-up included in both (``ray.init`` itself excluded: it is cluster start-up).
 
 The features of both sides are compared as a correctness check. PASS when Ray Data's steady state
-reaches ``--target`` (0.9) x the DataLoader's.
+reaches ``--target`` (0.9) x the DataLoader's (medians over ``--repeats`` runs per side, run in
+ABBA order so a shared machine's drifting load does not favour either side).
 
-    python experiments/bench/preprocess.py --limit 1000
+    python experiments/bench/preprocess.py --limit 1000 --repeats 2
     python experiments/bench/preprocess.py --catalog data/sample/fashion --limit 64 --json out.json
 """
 
@@ -46,7 +49,7 @@ import torch  # noqa: E402
 from torch.utils.data import DataLoader, Dataset  # noqa: E402
 
 from itemsage.data.catalog import read_catalog  # noqa: E402
-from itemsage.data.featurize import decode_one, image_rows  # noqa: E402
+from itemsage.data.featurize import ImageFeaturizer, decode_one, image_rows  # noqa: E402
 from itemsage.data.images import get_backbone  # noqa: E402
 
 DEFAULT_CATALOG = str(Path(__file__).resolve().parents[3] / "shared" / "data" / "fashion")
@@ -75,23 +78,32 @@ class Result:
 
 
 class _Clock:
-    """Start, first-batch and end times of a run, and the images that came after the first batch."""
+    """Start and end of a run (driver side) plus when each batch finished its forward pass.
+
+    Batch times are taken where the model runs (the main process, or inside the Ray actor), so
+    the first-batch boundary is not blurred by how fast results travel back to the driver.
+    """
 
     def __init__(self) -> None:
         self.start = time.perf_counter()
-        self.first: float | None = None
-        self.after_first = 0
-
-    def batch_done(self, n: int) -> None:
-        if self.first is None:
-            self.first = time.perf_counter()
-        else:
-            self.after_first += n
+        self.batches: list[tuple[float, int]] = []  # (time.time() after the forward, images)
 
     def result(self, name: str, images: int, featurized: int) -> Result:
-        end = time.perf_counter()
-        first = self.first if self.first is not None else end
-        return Result(name, images, featurized, end - self.start, self.after_first, end - first)
+        seconds = time.perf_counter() - self.start
+        done = sorted(self.batches)
+        if len(done) < 2:
+            return Result(name, images, featurized, seconds, 0, 0.0)
+        warm_images = sum(n for _, n in done[1:])
+        return Result(name, images, featurized, seconds, warm_images, done[-1][0] - done[0][0])
+
+
+class TimedImageFeaturizer(ImageFeaturizer):
+    """The pipeline's actor UDF, plus the wall-clock time at which each batch was done."""
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out = super().__call__(batch)
+        out["done_at"] = np.full(len(out["ok"]), time.time())
+        return out
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -104,6 +116,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1, help="torch threads of the model on both sides")
     p.add_argument("--max-pixels", type=int, default=40_000_000)
     p.add_argument("--target", type=float, default=0.9, help="PASS when ray/dataloader >= target")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="runs per side, in ABBA order; the verdict uses the medians")
     p.add_argument("--json", default=None, help="also write the results here")
     return p.parse_args(argv)
 
@@ -156,7 +170,7 @@ def run_dataloader(rows: pd.DataFrame, args: argparse.Namespace, device: str) ->
             if x is not None:
                 feats[idx] = model(x.to(device)).float().cpu().numpy()
                 done += len(idx)
-            clock.batch_done(len(idx))
+            clock.batches.append((time.time(), len(idx)))
     return clock.result("torch DataLoader", len(paths), done), feats
 
 
@@ -178,13 +192,14 @@ def run_ray(rows: pd.DataFrame, args: argparse.Namespace) -> tuple[Result, np.nd
     enable_progress_bars()
     plan = plan_stages(cluster_resources(), 1, args.threads, decode_workers=max(1, args.workers))
     ds = image_feature_dataset(rows, backbone=args.backbone, weights_path=None, max_pixels=args.max_pixels,
-                               batch_size=args.batch_size, plan=plan, rows_per_block=args.batch_size)
+                               batch_size=args.batch_size, plan=plan, rows_per_block=args.batch_size,
+                               featurizer=TimedImageFeaturizer)
     clock = _Clock()
-    parts = []
-    for batch in ds.iter_batches(batch_format="numpy", batch_size=None):
-        parts.append(batch)
-        clock.batch_done(len(batch["ok"]))
+    parts = list(ds.iter_batches(batch_format="numpy", batch_size=None))
     out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]} if parts else None
+    if out is not None:
+        times, counts = np.unique(out["done_at"], return_counts=True)
+        clock.batches = list(zip(times.tolist(), counts.tolist()))
     result = clock.result("Ray Data stage", len(rows), 0 if out is None else int(out["ok"].sum()))
     if started:
         ray.shutdown()  # so its idle daemons do not share the CPUs with the DataLoader run
@@ -201,33 +216,43 @@ def run_ray(rows: pd.DataFrame, args: argparse.Namespace) -> tuple[Result, np.nd
 # ------------------------------------------------------------------------------------- report
 
 
-def report(dl: Result, rd: Result, max_diff: float, target: float, plan: dict, args: argparse.Namespace) -> dict:
-    ratio = rd.images_per_s / dl.images_per_s if dl.images_per_s else 0.0
-    e2e = rd.end_to_end_images_per_s / dl.end_to_end_images_per_s if dl.end_to_end_images_per_s else 0.0
-    verdict = "PASS" if ratio >= target else "FAIL"
+def _median(values: list[float]) -> float:
+    return float(np.median(values)) if values else 0.0
+
+
+def report(dls: list[Result], rds: list[Result], max_diff: float, plan: dict, args: argparse.Namespace) -> dict:
+    """Print every run and the verdict on the ratio of the two sides' median steady throughput."""
+    ratio = _median([r.images_per_s for r in rds]) / (_median([r.images_per_s for r in dls]) or float("inf"))
+    e2e = (_median([r.end_to_end_images_per_s for r in rds])
+           / (_median([r.end_to_end_images_per_s for r in dls]) or float("inf")))
+    verdict = "PASS" if ratio >= args.target else "FAIL"
     device = "cuda" if plan.get("actor_gpus") else "cpu"
-    print(f"\nimages: {dl.images} ({args.catalog}), backbone {args.backbone}, batch {args.batch_size}, "
-          f"decode workers {args.workers}, torch threads {args.threads}, device {device}")
-    print(f"  {'':<18} {'steady images/s':>16} {'end-to-end images/s':>20}  (featurized, total s, warm-up s)")
-    for r in (dl, rd):
-        print(f"  {r.name:<18} {r.images_per_s:16.2f} {r.end_to_end_images_per_s:20.2f}  "
-              f"({r.featurized}/{r.images}, {r.seconds:.1f}s, {r.seconds - r.warm_seconds:.1f}s)")
-    print(f"  ratio ray/dataloader, steady state (warm-up excluded from both): {ratio:.3f}  "
-          f"target >= {target} -> {verdict}")
-    print(f"  ratio ray/dataloader, end to end (warm-up included in both):      {e2e:.3f}")
+    print(f"\nimages: {dls[0].images} ({args.catalog}), backbone {args.backbone}, batch {args.batch_size}, "
+          f"decode workers {args.workers}, torch threads {args.threads}, device {device}, "
+          f"repeats {args.repeats} (ABBA order)")
+    print(f"  {'run':<22} {'steady images/s':>16} {'end-to-end images/s':>20}  (featurized, total s, steady window s)")
+    for n, (dl, rd) in enumerate(zip(dls, rds), start=1):
+        for r in (dl, rd):
+            print(f"  {r.name + f' #{n}':<22} {r.images_per_s:16.2f} {r.end_to_end_images_per_s:20.2f}  "
+                  f"({r.featurized}/{r.images}, {r.seconds:.1f}s, {r.warm_seconds:.1f}s)")
+    print(f"  ratio ray/dataloader of medians, steady state (warm-up excluded from both): {ratio:.3f}  "
+          f"target >= {args.target} -> {verdict}")
+    print(f"  ratio ray/dataloader of medians, end to end (warm-up included in both):      {e2e:.3f}")
     print(f"  max |feature difference| between the two: {max_diff:.2e}")
-    return {"dataloader": asdict(dl) | {"images_per_s": dl.images_per_s,
-                                         "end_to_end_images_per_s": dl.end_to_end_images_per_s},
-            "ray_data": asdict(rd) | {"images_per_s": rd.images_per_s,
-                                       "end_to_end_images_per_s": rd.end_to_end_images_per_s},
-            "ratio": ratio, "ratio_end_to_end": e2e, "target": target, "verdict": verdict,
-            "max_feature_diff": max_diff, "plan": plan, "args": vars(args)}
+
+    def rows(results: list[Result]) -> list[dict]:
+        return [asdict(r) | {"images_per_s": r.images_per_s, "end_to_end_images_per_s": r.end_to_end_images_per_s}
+                for r in results]
+
+    return {"dataloader": rows(dls), "ray_data": rows(rds), "ratio": ratio, "ratio_end_to_end": e2e,
+            "target": args.target, "verdict": verdict, "max_feature_diff": max_diff, "plan": plan,
+            "args": vars(args)}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.workers < 1 or args.threads < 1 or args.batch_size < 1 or args.limit < 1:
-        print("error: --workers, --threads, --batch-size and --limit must be >= 1", file=sys.stderr)
+    if min(args.workers, args.threads, args.batch_size, args.limit, args.repeats) < 1:
+        print("error: --workers, --threads, --batch-size, --limit and --repeats must be >= 1", file=sys.stderr)
         return 2
     rows = select_images(args.catalog, args.limit)
     if rows.empty:
@@ -235,10 +260,21 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     warm_file_cache(rows["path"].tolist())
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    rd, ray_feats, plan = run_ray(rows, args)
-    dl, dl_feats = run_dataloader(rows, args, device)
+    dls: list[Result] = []
+    rds: list[Result] = []
+    plan: dict = {}
+    # ABBA order (ray, dl, dl, ray, ...): on a shared machine the load drifts, and alternating
+    # which side goes first keeps that drift from favouring one side.
+    for repeat in range(args.repeats):
+        for side in ("ray", "dl") if repeat % 2 == 0 else ("dl", "ray"):
+            if side == "ray":
+                rd, ray_feats, plan = run_ray(rows, args)
+                rds.append(rd)
+            else:
+                dl, dl_feats = run_dataloader(rows, args, device)
+                dls.append(dl)
     max_diff = float(np.abs(ray_feats - dl_feats).max())
-    result = report(dl, rd, max_diff, args.target, plan, args)
+    result = report(dls, rds, max_diff, plan, args)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
     return 0 if result["verdict"] == "PASS" else 1

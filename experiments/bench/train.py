@@ -6,6 +6,10 @@ the worker actor, Ray Data streaming of the pair shard, ``ray.train`` context an
 time steps after the first and exclude start-up, validation and checkpointing. Target: Ray Train
 reaches >= 0.87x the plain loop's steps/s.
 
+On a machine shared with other jobs the load drifts by the minute, so the two sides run
+interleaved (plain, Ray, plain, Ray, ... ``--repeats`` times) and the verdict compares medians; the
+load average before and after is printed with the numbers.
+
     python experiments/bench/train.py --config experiments/configs/demo.yaml --steps 60
     python experiments/bench/train.py --config experiments/configs/fashion.yaml --steps 40 --json out.json
 
@@ -19,6 +23,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -91,30 +96,44 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", default="experiments/configs/demo.yaml")
     p.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. train.batch_size=128")
     p.add_argument("--steps", type=int, default=60, help="training steps per side (the first is not timed)")
+    p.add_argument("--repeats", type=int, default=2, help="interleaved plain/Ray rounds; medians decide")
     p.add_argument("--num-cpus", type=float, default=None, help="CPUs of the local Ray cluster")
     p.add_argument("--json", default=None, help="also write the numbers to this file")
     args = p.parse_args(argv)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
-    with tempfile.TemporaryDirectory(prefix="itemsage-bench-") as storage:
-        cfg = bench_config(args.config, args.overrides, args.steps, storage)
-        print(
-            f"features={cfg.train.features} batch={cfg.train.batch_size} "
-            f"random_negatives={cfg.train.loss.num_random_negatives} steps={args.steps} "
-            f"threads={torch_threads(cfg)}",
-            flush=True,
-        )
-        plain = plain_steps_per_s(cfg, args.steps)
-        print(f"plain PyTorch loop:      {plain:.3f} steps/s", flush=True)
-        ray_sps = ray_steps_per_s(cfg, args.num_cpus)
+    load_before = os.getloadavg()
+    plains: list[float] = []
+    rays: list[float] = []
+    for r in range(args.repeats):
+        with tempfile.TemporaryDirectory(prefix="itemsage-bench-") as storage:
+            cfg = bench_config(args.config, args.overrides, args.steps, storage)
+            if r == 0:
+                print(
+                    f"features={cfg.train.features} batch={cfg.train.batch_size} "
+                    f"random_negatives={cfg.train.loss.num_random_negatives} steps={args.steps} "
+                    f"threads={torch_threads(cfg)} load={load_before[0]:.1f}",
+                    flush=True,
+                )
+            plains.append(plain_steps_per_s(cfg, args.steps))
+            print(f"round {r + 1}: plain PyTorch loop   {plains[-1]:.3f} steps/s", flush=True)
+            rays.append(ray_steps_per_s(cfg, args.num_cpus))
+            print(f"round {r + 1}: Ray Train (1 worker) {rays[-1]:.3f} steps/s", flush=True)
+    plain, ray_sps = statistics.median(plains), statistics.median(rays)
     ratio = ray_sps / plain if plain > 0 else 0.0
     verdict = "PASS" if ratio >= TARGET else "FAIL"
-    print(f"Ray Train (1 worker):    {ray_sps:.3f} steps/s")
+    print(f"plain PyTorch loop:      {plain:.3f} steps/s (median of {plains})")
+    print(f"Ray Train (1 worker):    {ray_sps:.3f} steps/s (median of {rays})")
     print(f"ratio Ray/plain:         {ratio:.3f}  {verdict} (target >= {TARGET})")
+    print(f"load average before/after: {load_before[0]:.1f} / {os.getloadavg()[0]:.1f}")
     if args.json:
         out: dict[str, Any] = {
             "plain_steps_per_s": plain,
             "ray_steps_per_s": ray_sps,
+            "plain_rounds": plains,
+            "ray_rounds": rays,
+            "load_before": load_before[0],
+            "load_after": os.getloadavg()[0],
             "ratio": ratio,
             "target": TARGET,
             "pass": ratio >= TARGET,

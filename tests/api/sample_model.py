@@ -16,6 +16,8 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -123,6 +125,23 @@ def train_in_process(cfg, out: Path) -> tuple[Path, Path]:
     return ckpt, write_bundle(ckpt, out / "bundle")
 
 
+@contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """Run torch with one intra-op thread, then restore the previous count.
+
+    On a shared, oversubscribed box, OpenMP threads spinning at barriers while other processes
+    hold the cores make small ops many times slower than one thread would be.
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 _lock = threading.Lock()
 _built: dict[Path, SampleModel] = {}
 
@@ -150,8 +169,9 @@ def build_sample_model(root: Path) -> SampleModel:
             f"train.storage_path={root / 'runs'}",
             *MODEL_OVERRIDES,
         ])
-        preprocess_in_process(cfg.preprocess)
-        ckpt, bundle = train_in_process(cfg, root / "model")
+        with one_torch_thread():
+            preprocess_in_process(cfg.preprocess)
+            ckpt, bundle = train_in_process(cfg, root / "model")
         _built[root] = SampleModel(train_catalog.parent, unseen_catalog.parent, features, ckpt, bundle)
         return _built[root]
 

@@ -16,12 +16,18 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "api"))
 
-from sample_model import SampleModel, build_sample_model  # noqa: E402
+from sample_model import SampleModel, build_sample_model, one_torch_thread  # noqa: E402
 
 from itemsage.eval.evaluate import EvalError, evaluate_model  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 SURFACES = ("search", "closeup", "home")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    with one_torch_thread():
+        yield
 
 
 @pytest.fixture(scope="session")

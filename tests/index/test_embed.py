@@ -20,7 +20,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "api"))
 
-from sample_model import SampleModel, build_sample_model, write_generic_catalog  # noqa: E402
+from sample_model import SampleModel, build_sample_model, one_torch_thread, write_generic_catalog  # noqa: E402
 
 from itemsage.data.catalog import read_catalog  # noqa: E402
 from itemsage.data.featurize import fixed_list_array  # noqa: E402
@@ -40,6 +40,12 @@ from itemsage.index.pipeline import build_and_log_index  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 DIM = 256
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    with one_torch_thread():
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -124,7 +124,9 @@ def test_bad_input_is_a_clear_4xx(local_client: TestClient, path: str, body: Any
     r = local_client.post(path, json=body)
     assert r.status_code == status, r.text
     assert fragment in r.text
-    assert "input" not in r.json()["detail"][0] if isinstance(r.json()["detail"], list) else True
+    detail = r.json()["detail"]
+    if isinstance(detail, list):  # pydantic errors, without the rejected input echoed back
+        assert all("input" not in e for e in detail)
 
 
 def test_malformed_json_and_wrong_content(local_client: TestClient) -> None:

@@ -19,35 +19,35 @@ def spec(d: dict[str, Path], v: int, **extra: str) -> ServingSpec:
     return ServingSpec.from_user_config({"model_uri": str(d[f"model_{v}"]), "index_uri": str(d[f"index_{v}"]), **extra})
 
 
-def test_user_config_is_checked() -> None:
+def test_user_config_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ValueError, match="unknown user_config key.*model_url"):
         ServingSpec.from_user_config({"model_url": "x", "index_uri": "y"})
     with pytest.raises(ValueError, match="user_config.index_uri is required"):
         ServingSpec.from_user_config({"model_uri": "x"})
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     s = ServingSpec.from_user_config({"model_uri": "m", "index_uri": "models:/itemsage/3", "features": "f"})
     r = s.resolved("/base")
     assert (r.model_uri, r.index_uri, r.features) == ("/base/m", "models:/itemsage/3", "/base/f")
-    assert r.mlflow_tracking_uri in ("sqlite:////base/mlflow.db",) or "://" in (r.mlflow_tracking_uri or "")
+    assert r.mlflow_tracking_uri == "sqlite:////base/mlflow.db"  # replicas do not share our cwd
+    remote = ServingSpec.from_user_config({"model_uri": "m", "index_uri": "i", "mlflow_tracking_uri": "http://mlflow:5000"})
+    assert remote.resolved("/base").mlflow_tracking_uri == "http://mlflow:5000"
 
 
-def test_load_refuses_an_index_of_another_model(tiny_serving: dict[str, Path], tmp_path: Path) -> None:
-    # Registered model version 3 with an index recorded as built from version 2: refused.
+def test_load_refuses_an_index_of_another_model(
+    tiny_serving: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The model resolves to registry version 3; the index says it holds version 2's embeddings."""
+    import itemsage.serve.core as core
+    from itemsage.serve.bundle import ModelRef
+
     index = tmp_path / "index"
     shutil.copytree(tiny_serving["index_1"], index)
     meta = (index / "metadata.json").read_text().replace('"model_version": null', '"model_version": "2"')
     (index / "metadata.json").write_text(meta)
-    from itemsage.serve.bundle import ModelRef
-
-    s = spec(tiny_serving, 1)
-    import itemsage.serve.core as core
-
-    real = core.resolve_model_ref
-    core.resolve_model_ref = lambda uri, override=None: ModelRef(str(tiny_serving["model_1"]), "itemsage", "3", True)
-    try:
-        with pytest.raises(IndexMismatchError, match="version '3' was expected"):
-            load_state(ServingSpec(s.model_uri, str(index)))
-    finally:
-        core.resolve_model_ref = real
+    registered = ModelRef(str(tiny_serving["model_1"]), "itemsage", "3", registered=True)
+    monkeypatch.setattr(core, "resolve_model_ref", lambda uri, override=None: registered)
+    with pytest.raises(IndexMismatchError, match="version '3' was expected"):
+        load_state(ServingSpec(str(tiny_serving["model_1"]), str(index)))
 
 
 def test_load_refuses_an_index_over_another_catalog(tiny_serving: dict[str, Path], tmp_path: Path) -> None:

@@ -39,7 +39,7 @@ def test_serve_run_config_file(trained_serving: Any, tmp_path: Path) -> None:
     with open(log, "w") as out:
         proc = subprocess.Popen([str(serve_bin), "run", str(config)], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            health = wait_healthy(f"http://127.0.0.1:{port}", timeout_s=170)
+            health = wait_healthy(f"http://127.0.0.1:{port}", timeout_s=300)
             assert health["model_version"] == "2"  # `latest` was pinned to the newest registered version
             import json
             import urllib.request

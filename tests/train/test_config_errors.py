@@ -78,3 +78,17 @@ def test_shipped_configs_are_valid(name: str) -> None:
     cfg = load_config(PipelineConfig, REPO / "experiments" / "configs" / f"{name}.yaml")
     check_config(cfg)
     assert cfg.train.name == name and cfg.train.features == cfg.preprocess.output
+
+
+def test_relative_paths_are_resolved_before_shipping_to_workers(tmp_path: Path, monkeypatch) -> None:
+    # Ray Train workers run in their own working directory.
+    from itemsage.config import PipelineConfig, load_config
+    from itemsage.train.trainer import run_dir_of, with_absolute_paths
+
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(PipelineConfig, None, ["train.features=f", "train.storage_path=s3://bucket/runs", "train.name=x"])
+    out = with_absolute_paths(cfg)
+    assert out.train.features == str(tmp_path / "f")
+    assert out.train.storage_path == "s3://bucket/runs"
+    assert run_dir_of(out) == "s3://bucket/runs/x"
+    assert cfg.train.features == "f"  # the caller's config is not modified

@@ -210,8 +210,12 @@ def image_feature_dataset(
     batch_size: int,
     plan: StagePlan,
     rows_per_block: int,
+    featurizer: type[ImageFeaturizer] = ImageFeaturizer,
 ) -> ray.data.Dataset:
-    """Lazy dataset: ``image_rows`` -> decode tasks -> backbone actor pool."""
+    """Lazy dataset: ``image_rows`` -> decode tasks -> backbone actor pool.
+
+    ``featurizer`` lets the benchmark time batches inside the actors with a subclass.
+    """
     ds = ray.data.from_pandas(_blocks(images, rows_per_block))
     ds = ds.map_batches(
         decode_images,
@@ -222,7 +226,7 @@ def image_feature_dataset(
         compute=ray.data.TaskPoolStrategy(size=plan.decode_concurrency) if plan.decode_concurrency else None,
     )
     return ds.map_batches(
-        ImageFeaturizer,
+        featurizer,
         fn_constructor_kwargs={
             "backbone": backbone,
             "weights_path": weights_path,

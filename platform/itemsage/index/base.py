@@ -292,5 +292,8 @@ class ItemIndex(ABC):
         return target
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(spec={self.spec!r}, dim={self.dim}, ntotal={self.ntotal}, device={self.device!r})"
+        return (
+            f"{type(self).__name__}(spec={self.spec!r}, dim={self.dim}, ntotal={self.ntotal}, "
+            f"device={self.device!r})"
+        )
 

@@ -3,8 +3,8 @@
 Which ANN index is "good enough" depends on the catalog's geometry, so ``IndexConfig.spec="auto"``
 is answered by building each candidate on the real embeddings, turning its recall knobs
 (``efSearch`` for HNSW, ``nprobe`` for IVF, then ``k_factor`` for Refine) up until recall@k
-reaches the target, and keeping the fastest setting that does. Exact search ("Flat") is always measured: it is the ground truth's
-speed baseline, and the answer when no candidate reaches the target.
+reaches the target, and keeping the fastest setting that does. Exact search ("Flat") is always
+measured: it is the speed baseline, and the answer when no candidate reaches the target.
 """
 
 from __future__ import annotations
@@ -250,11 +250,12 @@ def sweep(
     """Build every candidate, measure recall@k and QPS per knob setting, choose the fastest.
 
     Per candidate the knobs rise (``walk_knobs``) until recall@k >= ``recall_target`` (higher
-    settings are only slower, so the walk stops there) or no knob gains recall. The chosen row is the highest batch-256 QPS among rows that
-    meet the target (and ``max_memory_bytes``, if given); exact "Flat" otherwise. Batch-256 QPS is
-    timed over the query pass that also gives recall (bounded by 5x ``time_budget_s``, which
-    only exhaustive search on a large catalog reaches); batch-1 QPS over ``time_budget_s``.
-    With ``keep_index`` the chosen index is returned built, its knob set, in ``result.index``.
+    settings are only slower, so the walk stops there) or no knob gains recall. The chosen row is
+    the highest batch-256 QPS among rows that meet the target (and ``max_memory_bytes``, if
+    given); exact "Flat" otherwise. Batch-256 QPS is timed over the query pass that also gives
+    recall (bounded by 5x ``time_budget_s``, which only exhaustive search on a large catalog
+    reaches); batch-1 QPS over ``time_budget_s``. With ``keep_index`` the chosen index is returned
+    built, its knobs set, in ``result.index``.
     """
     ids = check_id_batch(ids)
     x = as_vectors(embeddings, None, "embeddings", ids)

@@ -19,7 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from itemsage.config import ServeConfig
-from itemsage.serve.encoders import decode_base64
+from itemsage.serve.uploads import decode_base64
 from itemsage.serve.errors import ServeError, as_serve_error
 from itemsage.serve.schemas import (
     EmbeddingResponse,

@@ -18,16 +18,18 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import numpy as np
 import pyarrow.parquet as pq
 
 from itemsage.config import TEXT_FIELDS
 from itemsage.data.features_io import resolve
-from itemsage.data.text import Vocab
-from itemsage.model import ItemFeatureStore, ItemSageModel
 from itemsage.serve.errors import ItemNotFoundError
+
+if TYPE_CHECKING:  # torch stays out of processes that only route requests (Ingress, Retriever)
+    from itemsage.data.text import Vocab
+    from itemsage.model import ItemFeatureStore, ItemSageModel
 
 _REGISTRY_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>[^/]+)|@(?P<alias>[^/]+))$")
 
@@ -247,6 +249,7 @@ def features_dir(manifest: dict[str, Any], override: str | None, base_dir: str |
 
 def load_bundle(ref: ModelRef, features: str | None = None, device: str = "cpu") -> ModelBundle:
     """Load a model version and its features' item store (heavy: call off the event loop)."""
+    from itemsage.model import ItemFeatureStore
     from itemsage.train.artifacts import load_trained_model
 
     model, manifest, vocab = load_trained_model(ref.uri, device=device)

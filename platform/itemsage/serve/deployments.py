@@ -17,10 +17,8 @@ import functools
 import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import torch
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
@@ -28,9 +26,16 @@ from itemsage.config import ServeConfig, _build
 from itemsage.serve.api import ServiceUnavailableError, create_api
 from itemsage.serve.bundle import ModelBundle, features_dir, resolve_model_ref
 from itemsage.serve.core import ModelSpec, ServingSpec
-from itemsage.serve.encoders import LocalEncoders, PreparedItem
 from itemsage.serve.errors import ServeError, as_serve_error
-from itemsage.serve.service import Retriever
+
+# Every replica imports this module; torch and the model code are imported only by the replicas
+# that run models (the encoders), so the Ingress and the Retriever stay small, fast-starting
+# processes.
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+    from itemsage.serve.encoders import PreparedItem
 
 log = logging.getLogger("ray.serve")
 
@@ -76,6 +81,7 @@ def serve_config(data: Mapping[str, Any] | None) -> ServeConfig:
 
 def _device() -> str:
     import ray
+    import torch
 
     return "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
 
@@ -91,6 +97,33 @@ def _model_spec(spec: ServingSpec, base_dir: str | None) -> ModelSpec:
     return ModelSpec(ref, features_dir(manifest, spec.features, base_dir))
 
 
+class BatchGate:
+    """Holds new requests while a batch is running, then lets them all in at once.
+
+    ``@serve.batch`` (Ray 2.60) forms the next batch as soon as its wait timeout expires, even
+    while the previous batch is still running; with a short timeout, busy replicas thus queue many
+    batches of one or two requests, and batching buys nothing. Waiting at this gate until the
+    running forward finishes makes everything that arrived meanwhile enter the batch queue in the
+    same instant, so it becomes one batch; an idle replica's gate is open, so a lone request
+    waits no longer than the batch timeout.
+    """
+
+    def __init__(self) -> None:
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    async def wait(self) -> None:
+        await self._idle.wait()
+
+    async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` in a worker thread with the gate closed."""
+        self._idle.clear()
+        try:
+            return await asyncio.to_thread(fn, *args)
+        finally:
+            self._idle.set()
+
+
 class _EncoderBase:
     """Shared by both encoders: the version cache, batching knobs, optional preloading."""
 
@@ -98,6 +131,8 @@ class _EncoderBase:
     BATCHED: tuple[str, ...] = ()
 
     def __init__(self, serve_cfg: Mapping[str, Any] | None = None, base_dir: str | None = None) -> None:
+        from itemsage.serve.encoders import LocalEncoders
+
         self.cfg = serve_config(serve_cfg)
         self.base_dir = base_dir
         self.enc = LocalEncoders(self.cfg, _device())
@@ -107,6 +142,8 @@ class _EncoderBase:
         knobs = {k: cfg.pop(k) for k in BATCH_KEYS if k in cfg}
         threads = int(knobs.get("torch_threads", 0))
         if threads > 0:
+            import torch
+
             torch.set_num_threads(threads)
         self._set_batching(
             int(knobs.get("max_batch_size", DEFAULT_MAX_BATCH)),
@@ -125,8 +162,11 @@ class _EncoderBase:
     async def _bundle(self, spec: ModelSpec) -> ModelBundle:
         return self.enc.cached(spec) or await asyncio.to_thread(self.enc.bundle, spec)
 
+    # Whether this encoder runs MiniLM (queries do; the item tower takes token ids instead).
+    USES_TEXT_ENCODER = True
+
     async def warm(self, spec: ModelSpec) -> None:
-        await asyncio.to_thread(self.enc.warm, spec)
+        await asyncio.to_thread(self.enc.warm, spec, self.USES_TEXT_ENCODER)
 
     def check_health(self) -> None:
         # Nothing to verify beyond the process being alive: versions load on demand.
@@ -139,25 +179,33 @@ class QueryEncoder(_EncoderBase):
 
     BATCHED = ("_text_batch", "_image_batch")
 
+    def __init__(self, serve_cfg: Mapping[str, Any] | None = None, base_dir: str | None = None) -> None:
+        super().__init__(serve_cfg, base_dir)
+        self._text_gate = BatchGate()
+        self._image_gate = BatchGate()
+
     @client_errors_as_values
     async def text(self, spec: ModelSpec, query: str) -> np.ndarray:
-        return await self._text_batch(await self._bundle(spec), query)
+        bundle = await self._bundle(spec)
+        await self._text_gate.wait()
+        return await self._text_batch(bundle, query)
 
     @serve.batch(max_batch_size=DEFAULT_MAX_BATCH, batch_wait_timeout_s=DEFAULT_BATCH_WAIT_S)
     async def _text_batch(self, bundles: list[ModelBundle], queries: list[str]) -> list[np.ndarray]:
         # One MiniLM forward for the whole batch, off the event loop so requests keep queueing.
-        return await asyncio.to_thread(self.enc.text_batch, bundles, queries)
+        return await self._text_gate.run(self.enc.text_batch, bundles, queries)
 
     @client_errors_as_values
     async def image(self, spec: ModelSpec, data: bytes) -> np.ndarray:
         bundle = await self._bundle(spec)
         # Decoding runs per request: a bad upload fails alone, never the batch it would join.
         pixels = await asyncio.to_thread(self.enc.image_pixels, bundle, data)
+        await self._image_gate.wait()
         return await self._image_batch(bundle, pixels)
 
     @serve.batch(max_batch_size=DEFAULT_MAX_BATCH, batch_wait_timeout_s=DEFAULT_BATCH_WAIT_S)
     async def _image_batch(self, bundles: list[ModelBundle], pixels: list[torch.Tensor]) -> list[np.ndarray]:
-        return await asyncio.to_thread(self.enc.image_batch, bundles, pixels)
+        return await self._image_gate.run(self.enc.image_batch, bundles, pixels)
 
     @client_errors_as_values
     async def similar_query(self, spec: ModelSpec, item_id: str) -> tuple[str, np.ndarray]:
@@ -176,16 +224,22 @@ class ItemEncoder(_EncoderBase):
     """Item-tower embeddings of new or changed items; image backbone and tower batched."""
 
     BATCHED = ("_item_batch",)
+    USES_TEXT_ENCODER = False
+
+    def __init__(self, serve_cfg: Mapping[str, Any] | None = None, base_dir: str | None = None) -> None:
+        super().__init__(serve_cfg, base_dir)
+        self._item_gate = BatchGate()
 
     @client_errors_as_values
     async def item(self, spec: ModelSpec, payload: dict[str, Any]) -> np.ndarray:
         bundle = await self._bundle(spec)
         prepared = await asyncio.to_thread(self.enc.prepare_item, bundle, payload)
+        await self._item_gate.wait()
         return await self._item_batch(bundle, prepared)
 
     @serve.batch(max_batch_size=DEFAULT_MAX_BATCH, batch_wait_timeout_s=DEFAULT_BATCH_WAIT_S)
     async def _item_batch(self, bundles: list[ModelBundle], items: list[PreparedItem]) -> list[np.ndarray]:
-        return await asyncio.to_thread(self.enc.item_batch, bundles, items)
+        return await self._item_gate.run(self.enc.item_batch, bundles, items)
 
 
 class HandleEncoding:
@@ -228,6 +282,8 @@ class RetrieverDeployment:
         base_dir: str | None = None,
     ) -> None:
         import ray
+
+        from itemsage.serve.service import Retriever
 
         use_gpu: str | bool = "auto" if ray.get_gpu_ids() else False
         self.core = Retriever(

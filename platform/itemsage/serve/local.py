@@ -7,19 +7,58 @@ encoders called in-process one request at a time (:class:`LocalEncoding`): the p
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from fastapi import FastAPI
 
 from itemsage.config import ServeConfig
 from itemsage.serve.api import create_api
-from itemsage.serve.core import ServingSpec
+from itemsage.serve.core import ModelSpec, ServingSpec
 from itemsage.serve.encoders import LocalEncoders
-from itemsage.serve.service import LocalEncoding, Retriever
+from itemsage.serve.service import Retriever
+
+
+class LocalEncoding:
+    """:class:`~itemsage.serve.service.Encoding` in this process, one request at a time, each in a
+    worker thread: no batching across requests (the baseline)."""
+
+    def __init__(self, encoders: LocalEncoders) -> None:
+        self.enc = encoders
+
+    async def _run(self, fn: Any, *args: Any) -> Any:
+        return await asyncio.to_thread(fn, *args)
+
+    async def text(self, spec: ModelSpec, query: str) -> np.ndarray:
+        return await self._run(lambda: self.enc.text_batch([self.enc.bundle(spec)], [query])[0])
+
+    async def image(self, spec: ModelSpec, data: bytes) -> np.ndarray:
+        def run() -> np.ndarray:
+            b = self.enc.bundle(spec)
+            return self.enc.image_batch([b], [self.enc.image_pixels(b, data)])[0]
+
+        return await self._run(run)
+
+    async def similar_query(self, spec: ModelSpec, item_id: str) -> tuple[str, np.ndarray]:
+        return await self._run(lambda: self.enc.similar_query(self.enc.bundle(spec), item_id))
+
+    async def history(self, spec: ModelSpec, item_ids: list[str]) -> np.ndarray:
+        return await self._run(lambda: self.enc.history(self.enc.bundle(spec), item_ids))
+
+    async def item(self, spec: ModelSpec, payload: dict[str, Any]) -> np.ndarray:
+        def run() -> np.ndarray:
+            b = self.enc.bundle(spec)
+            return self.enc.item_batch([b], [self.enc.prepare_item(b, payload)])[0]
+
+        return await self._run(run)
+
+    async def warm(self, spec: ModelSpec) -> None:
+        await self._run(self.enc.warm, spec)
 
 
 def local_retriever(cfg: ServeConfig, device: str = "cpu", base_dir: str | None = None) -> Retriever:

@@ -2,8 +2,8 @@
 
 :class:`Retriever` is the plain, in-process core: it owns the current
 :class:`~itemsage.serve.core.RetrievalState` and runs every flow against it. Encoding is delegated
-to an :class:`Encoding`, which is either in-process (:class:`LocalEncoding`, used by the
-single-process baseline server) or Ray Serve handles to the batched encoder deployments. Each flow
+to an :class:`Encoding`, which is either in-process (:class:`~itemsage.serve.local.LocalEncoding`,
+used by the single-process baseline server) or Ray Serve handles to the batched encoder deployments. Each flow
 reads ``self.state`` exactly once, at its start, and passes that state's model version to the
 encoder, so the query embedding and the index searched always come from the same version, even
 while :meth:`Retriever.swap` publishes a new one.
@@ -19,7 +19,6 @@ import numpy as np
 
 from itemsage.config import ServeConfig
 from itemsage.serve.core import ModelSpec, RetrievalState, ServingSpec, load_state, read_catalog_image
-from itemsage.serve.encoders import LocalEncoders
 from itemsage.serve.errors import NotReadyError
 
 
@@ -32,42 +31,6 @@ class Encoding(Protocol):
     async def history(self, spec: ModelSpec, item_ids: list[str]) -> np.ndarray: ...
     async def item(self, spec: ModelSpec, payload: dict[str, Any]) -> np.ndarray: ...
     async def warm(self, spec: ModelSpec) -> None: ...
-
-
-class LocalEncoding:
-    """:class:`Encoding` in this process, one request at a time, in worker threads (the baseline)."""
-
-    def __init__(self, encoders: LocalEncoders) -> None:
-        self.enc = encoders
-
-    async def _run(self, fn: Any, *args: Any) -> Any:
-        return await asyncio.to_thread(fn, *args)
-
-    async def text(self, spec: ModelSpec, query: str) -> np.ndarray:
-        return await self._run(lambda: self.enc.text_batch([self.enc.bundle(spec)], [query])[0])
-
-    async def image(self, spec: ModelSpec, data: bytes) -> np.ndarray:
-        def run() -> np.ndarray:
-            b = self.enc.bundle(spec)
-            return self.enc.image_batch([b], [self.enc.image_pixels(b, data)])[0]
-
-        return await self._run(run)
-
-    async def similar_query(self, spec: ModelSpec, item_id: str) -> tuple[str, np.ndarray]:
-        return await self._run(lambda: self.enc.similar_query(self.enc.bundle(spec), item_id))
-
-    async def history(self, spec: ModelSpec, item_ids: list[str]) -> np.ndarray:
-        return await self._run(lambda: self.enc.history(self.enc.bundle(spec), item_ids))
-
-    async def item(self, spec: ModelSpec, payload: dict[str, Any]) -> np.ndarray:
-        def run() -> np.ndarray:
-            b = self.enc.bundle(spec)
-            return self.enc.item_batch([b], [self.enc.prepare_item(b, payload)])[0]
-
-        return await self._run(run)
-
-    async def warm(self, spec: ModelSpec) -> None:
-        await self._run(self.enc.warm, spec)
 
 
 class Retriever:

@@ -14,7 +14,7 @@ import math
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -134,6 +134,20 @@ def check_inputs(cfg: PipelineConfig) -> tuple[dict[str, Any], dict[str, int]]:
 
 
 # ---------------------------------------------------------------------------- run directory
+
+
+def _absolute(path: str) -> str:
+    return path if "://" in path else str(Path(path).expanduser().resolve())
+
+
+def with_absolute_paths(cfg: PipelineConfig) -> PipelineConfig:
+    """``train.features`` and ``train.storage_path`` as absolute paths (URIs unchanged).
+
+    Ray Train workers run in their own working directory, so a path relative to where the command
+    was typed would point nowhere once shipped to them.
+    """
+    tc = replace(cfg.train, features=_absolute(cfg.train.features), storage_path=_absolute(cfg.train.storage_path))
+    return replace(cfg, train=tc)
 
 
 def run_dir_of(cfg: PipelineConfig) -> str:
@@ -307,6 +321,7 @@ def run_training(
     import ray
 
     check_config(cfg)
+    cfg = with_absolute_paths(cfg)
     if lr_decay not in DECAY_KINDS:
         raise ConfigError(f"lr decay must be one of {DECAY_KINDS}, got {lr_decay!r}")
     manifest, counts = check_inputs(cfg)
