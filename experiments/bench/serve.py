@@ -54,6 +54,9 @@ class Result:
     rps: float
     p50_ms: float
     p99_ms: float
+    # CPU milliseconds per request, by process kind (both servers' processes are counted in
+    # every run: an idle server's background work is part of the machine's load).
+    cpu_ms_per_request: dict[str, float]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -115,12 +118,70 @@ async def drive(url: str, queries: list[str], concurrency: int, total: int, max_
 
 
 def measure(server: str, url: str, queries: list[str], concurrency: int, total: int, max_seconds: float, k: int) -> Result:
+    before = process_cpu()
     lat, errors, elapsed = asyncio.run(drive(url, queries, concurrency, total, max_seconds, k))
+    after = process_cpu()
     ms = np.asarray(lat) * 1e3 if lat else np.asarray([np.nan])
+    n = max(len(lat) + errors, 1)
+    cpu = {label: round((after[label] - before.get(label, 0.0)) * 1e3 / n, 2) for label in after}
     return Result(
         server, concurrency, len(lat) + errors, errors, round(elapsed, 2), round(len(lat) / elapsed, 1),
         round(float(np.percentile(ms, 50)), 1), round(float(np.percentile(ms, 99)), 1),
+        {k: v for k, v in cpu.items() if v >= 0.05},
     )
+
+
+# ------------------------------------------------------------------------------- CPU accounting
+
+
+def _descendants(root: int) -> dict[int, str]:
+    """pid -> command line of every process below ``root`` (our Ray cluster, the baseline)."""
+    children: dict[int, list[int]] = {}
+    cmd: dict[int, str] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            cmd[int(entry)] = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            children.setdefault(int(stat[1]), []).append(int(entry))
+        except OSError:
+            continue
+    out, todo = {}, list(children.get(root, []))
+    while todo:
+        pid = todo.pop()
+        out[pid] = cmd.get(pid, "")
+        todo.extend(children.get(pid, []))
+    return out
+
+
+def _label(cmdline: str) -> str:
+    if "baseline_server.py" in cmdline:
+        return "baseline server"
+    if cmdline.startswith("ray::ServeReplica:"):
+        return cmdline.split()[0].rsplit(":", 1)[1]
+    if cmdline.startswith("ray::ProxyActor"):
+        return "Serve proxy"
+    if cmdline.startswith("ray::ServeController"):
+        return "Serve controller"
+    return "Ray (gcs, raylet, other workers)"
+
+
+def process_cpu() -> dict[str, float]:
+    """CPU seconds (user + system) so far, per kind of process below this one, plus this one
+    (the load generator)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    for pid, cmdline in _descendants(os.getpid()).items():
+        try:
+            f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        label = _label(cmdline)
+        out[label] = out.get(label, 0.0) + (int(f[11]) + int(f[12])) / tick
+    t = os.times()
+    out["load generator"] = t.user + t.system
+    return out
 
 
 # --------------------------------------------------------------------------------------- servers
@@ -245,6 +306,13 @@ def report(results: list[Result]) -> tuple[str, bool]:
         passed = ratio <= P50_LIMIT
         ok &= passed
         checks.append(f"{'PASS' if passed else 'FAIL'}: p50 at concurrency 1 is {ratio:.2f}x the baseline (limit <= {P50_LIMIT}x)")
+    for c in (32,):
+        for name in ("baseline", "serve"):
+            r = by.get((name, c))
+            if r is not None:
+                own = {k: v for k, v in r.cpu_ms_per_request.items() if k != "load generator"}
+                parts = ", ".join(f"{k} {v:.1f}" for k, v in sorted(own.items(), key=lambda kv: -kv[1]))
+                checks.append(f"CPU ms per request at concurrency {c}, {name} run: total {sum(own.values()):.1f} ({parts})")
     errors = sum(r.errors for r in results)
     if errors:
         ok = False

@@ -38,7 +38,11 @@ def sample_model(tmp_path_factory: pytest.TempPathFactory) -> SampleModel:
 @pytest.fixture(scope="module")
 def result(sample_model: SampleModel, tmp_path_factory: pytest.TempPathFactory):
     out = tmp_path_factory.mktemp("eval") / "result.json"
-    return evaluate_model(str(sample_model.bundle), features=str(sample_model.features), device="cpu", out=str(out)), out
+    # The validation split: as held out as the test split (the plain training loop never looks at
+    # it), and with 160 items it has hundreds of pairs where the test split has a few dozen.
+    result = evaluate_model(str(sample_model.bundle), features=str(sample_model.features), split="val",
+                            device="cpu", out=str(out))
+    return result, out
 
 
 def _cli():
@@ -61,13 +65,13 @@ def test_table_has_model_baseline_and_random_rows_per_surface(result) -> None:
                   "frozen: user-feature cosine", "random", "R@10", "R@50"):
         assert label in md
     # Every pair is ranked against the whole catalog, not only the held-out items.
-    assert res.num_items == 160 and res.num_pairs > 0 and res.split == "test"
+    assert res.num_items == 160 and res.num_pairs > 100 and res.split == "val"
 
 
 def test_trained_model_beats_random_on_every_surface(result) -> None:
     res, _ = result
     for surface in SURFACES:
-        assert res.recall("itemsage", f"{surface}/all", 50) > res.recall("random", f"{surface}/all", 50) + 0.1, surface
+        assert res.recall("itemsage", f"{surface}/all", 10) > res.recall("random", f"{surface}/all", 10) + 0.2, surface
 
 
 def test_json_holds_every_row(result) -> None:

@@ -139,6 +139,14 @@ class RetrievalState:
         ]
         return hits[:k]
 
+    def search_many(self, queries: np.ndarray, k: int) -> list[list[Hit]]:
+        """Top ``k`` items for each row of ``queries`` [Q, D]: one index call for the batch."""
+        kk = min(int(k), self.index.ntotal)
+        if kk <= 0:
+            return [[] for _ in range(len(queries))]
+        ids, scores = self.index.search(np.asarray(queries, np.float32), kk)
+        return [[Hit(i, float(s)) for i, s in zip(row_ids, row_scores) if np.isfinite(s)] for row_ids, row_scores in zip(ids, scores)]
+
     def hit_json(self, hit: Hit) -> dict[str, Any]:
         item = self.catalog.get(hit.item_id) if hit.item_id in self.catalog else None
         return {

@@ -117,9 +117,13 @@ class BatchGate:
 
     async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
         """``fn(*args)`` in a worker thread with the gate closed."""
+        return await self.run_async(asyncio.to_thread(fn, *args))
+
+    async def run_async(self, work: Awaitable[Any]) -> Any:
+        """Await ``work`` (e.g. a call to another deployment) with the gate closed."""
         self._idle.clear()
         try:
-            return await asyncio.to_thread(fn, *args)
+            return await work
         finally:
             self._idle.set()
 
@@ -195,6 +199,12 @@ class QueryEncoder(_EncoderBase):
         # One MiniLM forward for the whole batch, off the event loop so requests keep queueing.
         return await self._text_gate.run(self.enc.text_batch, bundles, queries)
 
+    async def texts(self, spec: ModelSpec, queries: list[str]) -> list[np.ndarray]:
+        """Already a batch (the Retriever's): one forward, taking its turn at the same gate."""
+        bundle = await self._bundle(spec)
+        await self._text_gate.wait()
+        return await self._text_gate.run(self.enc.text_batch, [bundle] * len(queries), queries)
+
     @client_errors_as_values
     async def image(self, spec: ModelSpec, data: bytes) -> np.ndarray:
         bundle = await self._bundle(spec)
@@ -252,6 +262,9 @@ class HandleEncoding:
     async def text(self, spec: ModelSpec, query: str) -> np.ndarray:
         return _raise_if_error(await self.queries.text.remote(spec, query))
 
+    async def texts(self, spec: ModelSpec, queries: list[str]) -> list[np.ndarray]:
+        return _raise_if_error(await self.queries.texts.remote(spec, queries))
+
     async def image(self, spec: ModelSpec, data: bytes) -> np.ndarray:
         return _raise_if_error(await self.queries.image.remote(spec, data))
 
@@ -289,6 +302,7 @@ class RetrieverDeployment:
         self.core = Retriever(
             serve_config(serve_cfg), HandleEncoding(query_encoder, item_encoder), use_gpu=use_gpu, base_dir=base_dir
         )
+        self._search_gate = BatchGate()
 
     async def reconfigure(self, user_config: Mapping[str, Any]) -> None:
         """Load the configured version fully, then swap it in; in-flight requests are unaffected."""
@@ -302,7 +316,14 @@ class RetrieverDeployment:
 
     @client_errors_as_values
     async def search(self, query: str, k: int) -> dict[str, Any]:
-        return await self.core.search(query, k)
+        # Concurrent searches are batched here, at the hub: a batch makes one QueryEncoder call
+        # and one FAISS call, so the per-request cost of the encoder hop shrinks with load.
+        await self._search_gate.wait()
+        return await self._search_batch(query, k)
+
+    @serve.batch(max_batch_size=DEFAULT_MAX_BATCH, batch_wait_timeout_s=DEFAULT_BATCH_WAIT_S)
+    async def _search_batch(self, queries: list[str], ks: list[int]) -> list[dict[str, Any]]:
+        return await self._search_gate.run_async(self.core.search_many(queries, ks))
 
     @client_errors_as_values
     async def similar(self, k: int, item_id: str | None = None, image: bytes | None = None) -> dict[str, Any]:

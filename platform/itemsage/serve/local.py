@@ -37,6 +37,9 @@ class LocalEncoding:
     async def text(self, spec: ModelSpec, query: str) -> np.ndarray:
         return await self._run(lambda: self.enc.text_batch([self.enc.bundle(spec)], [query])[0])
 
+    async def texts(self, spec: ModelSpec, queries: list[str]) -> list[np.ndarray]:
+        return await self._run(lambda: self.enc.text_batch([self.enc.bundle(spec)] * len(queries), queries))
+
     async def image(self, spec: ModelSpec, data: bytes) -> np.ndarray:
         def run() -> np.ndarray:
             b = self.enc.bundle(spec)

@@ -26,6 +26,7 @@ class Encoding(Protocol):
     """Query and item encoders for a pinned model version (``ModelSpec``)."""
 
     async def text(self, spec: ModelSpec, query: str) -> np.ndarray: ...
+    async def texts(self, spec: ModelSpec, queries: list[str]) -> list[np.ndarray]: ...
     async def image(self, spec: ModelSpec, data: bytes) -> np.ndarray: ...
     async def similar_query(self, spec: ModelSpec, item_id: str) -> tuple[str, np.ndarray]: ...
     async def history(self, spec: ModelSpec, item_ids: list[str]) -> np.ndarray: ...
@@ -87,6 +88,17 @@ class Retriever:
         state = self.state
         emb = await self.encoding.text(state.model, query)
         return state.answer("search", k, state.search(emb, k))
+
+    async def search_many(self, queries: list[str], ks: list[int]) -> list[dict[str, Any]]:
+        """Several searches on one pinned state: one encoder call, one index call.
+
+        The Serve Retriever batches concurrent ``/search`` requests through this, so a batch
+        costs one round trip to the QueryEncoder instead of one per request.
+        """
+        state = self.state
+        embs = await self.encoding.texts(state.model, list(queries))
+        hits = state.search_many(np.stack(embs), max(ks))
+        return [state.answer("search", k, h[:k]) for k, h in zip(ks, hits)]
 
     async def similar(self, k: int, item_id: str | None = None, image: bytes | None = None) -> dict[str, Any]:
         state = self.state
