@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: install browser demo test test-fast bench clean help
+.PHONY: install browser demo test test-e2e bench clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -33,11 +33,11 @@ browser:  ## install Debian's chromium for the web-page test (needs root; skippe
 demo: $(STAMP)  ## run the whole pipeline on the bundled sample (data/sample)
 	$(PY) experiments/pipeline.py --config $(CONFIG)
 
-test: $(STAMP) browser  ## the full test suite (what CI runs)
-	$(PY) -m pytest
-
-test-fast: $(STAMP)  ## unit tests only (skips tests marked slow)
+test: $(STAMP)  ## unit and integration tests (what CI runs)
 	$(PY) -m pytest -m "not slow"
+
+test-e2e: $(STAMP) browser  ## end-to-end suites: local Ray clusters, Ray Train fault injection, Serve, Chromium
+	$(PY) -m pytest -m slow
 
 bench: $(STAMP)  ## benchmark scripts on ../shared/data (see experiments/bench/)
 	$(PY) experiments/bench/model.py

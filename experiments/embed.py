@@ -42,7 +42,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", required=True, help="output directory or URI (replaced when the run succeeds)")
     p.add_argument("--incremental", action="store_true", help="embed only new or changed items (needs --previous)")
     p.add_argument("--previous", default=None, help="an earlier output of this script")
-    p.add_argument("--batch-size", type=int, default=None, help="rows per tower call (default 2048 on GPU, 256 on CPU)")
+    p.add_argument("--batch-size", type=int, default=None, help="rows per tower call (default 1024 on GPU, 256 on CPU)")
     p.add_argument("--concurrency", type=int, default=1, help="tower actors (capped at the GPU count)")
     p.add_argument("--num-threads", type=int, default=0, help="torch threads per actor (0: one per reserved CPU)")
     p.add_argument("--use-gpu", default="auto", choices=["auto", "true", "false"], help="tower actors on GPUs")

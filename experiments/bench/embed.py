@@ -151,7 +151,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--synthetic", type=int, default=0, metavar="N",
                    help="benchmark N synthetic fashion-like items instead of a features directory")
     p.add_argument("--model", default=None, help="trained model URI or dir (default: random init)")
-    p.add_argument("--batch-size", type=int, default=None, help="rows per forward (default 2048 GPU / 256 CPU)")
+    p.add_argument("--batch-size", type=int, default=None, help="rows per forward (default 1024 GPU / 256 CPU)")
     p.add_argument("--threads", type=int, default=1, help="torch threads, both sides (default 1)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--num-cpus", type=float, default=None, help="CPUs of the local Ray instance")

@@ -65,6 +65,9 @@ class Result:
     seconds: float
     warm_images: int
     warm_seconds: float
+    # Thread CPU time of the forward passes: on a shared machine wall time depends on the CPU share
+    # each process gets, while this shows whether either side does more work per image.
+    model_cpu_ms_per_image: float
 
     @property
     def images_per_s(self) -> float:
@@ -87,22 +90,26 @@ class _Clock:
     def __init__(self) -> None:
         self.start = time.perf_counter()
         self.batches: list[tuple[float, int]] = []  # (time.time() after the forward, images)
+        self.model_cpu_s = 0.0
 
     def result(self, name: str, images: int, featurized: int) -> Result:
         seconds = time.perf_counter() - self.start
+        cpu_ms = 1000 * self.model_cpu_s / featurized if featurized else 0.0
         done = sorted(self.batches)
         if len(done) < 2:
-            return Result(name, images, featurized, seconds, 0, 0.0)
+            return Result(name, images, featurized, seconds, 0, 0.0, cpu_ms)
         warm_images = sum(n for _, n in done[1:])
-        return Result(name, images, featurized, seconds, warm_images, done[-1][0] - done[0][0])
+        return Result(name, images, featurized, seconds, warm_images, done[-1][0] - done[0][0], cpu_ms)
 
 
 class TimedImageFeaturizer(ImageFeaturizer):
     """The pipeline's actor UDF, plus the wall-clock time at which each batch was done."""
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        cpu = time.thread_time()
         out = super().__call__(batch)
         out["done_at"] = np.full(len(out["ok"]), time.time())
+        out["model_cpu_s"] = np.full(len(out["ok"]), time.thread_time() - cpu)
         return out
 
 
@@ -168,7 +175,9 @@ def run_dataloader(rows: pd.DataFrame, args: argparse.Namespace, device: str) ->
     with torch.inference_mode():
         for idx, x in loader:
             if x is not None:
+                cpu = time.thread_time()
                 feats[idx] = model(x.to(device)).float().cpu().numpy()
+                clock.model_cpu_s += time.thread_time() - cpu
                 done += len(idx)
             clock.batches.append((time.time(), len(idx)))
     return clock.result("torch DataLoader", len(paths), done), feats
@@ -198,8 +207,9 @@ def run_ray(rows: pd.DataFrame, args: argparse.Namespace) -> tuple[Result, np.nd
     parts = list(ds.iter_batches(batch_format="numpy", batch_size=None))
     out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]} if parts else None
     if out is not None:
-        times, counts = np.unique(out["done_at"], return_counts=True)
+        times, first, counts = np.unique(out["done_at"], return_index=True, return_counts=True)
         clock.batches = list(zip(times.tolist(), counts.tolist()))
+        clock.model_cpu_s = float(out["model_cpu_s"][first].sum())
     result = clock.result("Ray Data stage", len(rows), 0 if out is None else int(out["ok"].sum()))
     if started:
         ray.shutdown()  # so its idle daemons do not share the CPUs with the DataLoader run
@@ -230,11 +240,12 @@ def report(dls: list[Result], rds: list[Result], max_diff: float, plan: dict, ar
     print(f"\nimages: {dls[0].images} ({args.catalog}), backbone {args.backbone}, batch {args.batch_size}, "
           f"decode workers {args.workers}, torch threads {args.threads}, device {device}, "
           f"repeats {args.repeats} (ABBA order)")
-    print(f"  {'run':<22} {'steady images/s':>16} {'end-to-end images/s':>20}  (featurized, total s, steady window s)")
+    print(f"  {'run':<22} {'steady images/s':>16} {'end-to-end images/s':>20} {'model CPU ms/img':>17}"
+          "  (featurized, total s, steady window s)")
     for n, (dl, rd) in enumerate(zip(dls, rds), start=1):
         for r in (dl, rd):
-            print(f"  {r.name + f' #{n}':<22} {r.images_per_s:16.2f} {r.end_to_end_images_per_s:20.2f}  "
-                  f"({r.featurized}/{r.images}, {r.seconds:.1f}s, {r.warm_seconds:.1f}s)")
+            print(f"  {r.name + f' #{n}':<22} {r.images_per_s:16.2f} {r.end_to_end_images_per_s:20.2f} "
+                  f"{r.model_cpu_ms_per_image:17.1f}  ({r.featurized}/{r.images}, {r.seconds:.1f}s, {r.warm_seconds:.1f}s)")
     print(f"  ratio ray/dataloader of medians, steady state (warm-up excluded from both): {ratio:.3f}  "
           f"target >= {args.target} -> {verdict}")
     print(f"  ratio ray/dataloader of medians, end to end (warm-up included in both):      {e2e:.3f}")

@@ -8,7 +8,10 @@ reaches >= 0.87x the plain loop's steps/s.
 
 On a machine shared with other jobs the load drifts by the minute, so the two sides run
 interleaved (plain, Ray, plain, Ray, ... ``--repeats`` times) and the verdict compares medians; the
-load average before and after is printed with the numbers.
+load average before and after is printed with the numbers. Linux shares CPU between *sessions*
+(autogroup scheduling) before processes, and Ray starts its workers in sessions of their own, so the
+plain loop runs in a child process with its own session too; otherwise, on a busy box, it would
+share one session's slice with everything else typed in that terminal and look slower than it is.
 
     python experiments/bench/train.py --config experiments/configs/demo.yaml --steps 60
     python experiments/bench/train.py --config experiments/configs/fashion.yaml --steps 40 --json out.json
@@ -24,6 +27,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -72,6 +76,15 @@ def plain_steps_per_s(cfg: PipelineConfig, steps: int) -> float:
     return (steps - 1) / seconds
 
 
+def plain_steps_per_s_isolated(args: argparse.Namespace, storage: str) -> float:
+    """:func:`plain_steps_per_s` in a child process with its own session (see the module doc)."""
+    cmd = [sys.executable, __file__, "--config", args.config, "--steps", str(args.steps), "--plain-only", storage]
+    out = subprocess.run([*cmd, *args.overrides], capture_output=True, text=True, start_new_session=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"plain loop failed:\n{out.stderr[-3000:]}")
+    return float(json.loads(out.stdout.strip().splitlines()[-1])["plain_steps_per_s"])
+
+
 def ray_steps_per_s(cfg: PipelineConfig, num_cpus: float | None) -> float:
     import ray
 
@@ -99,8 +112,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=2, help="interleaved plain/Ray rounds; medians decide")
     p.add_argument("--num-cpus", type=float, default=None, help="CPUs of the local Ray cluster")
     p.add_argument("--json", default=None, help="also write the numbers to this file")
+    p.add_argument("--plain-only", default=None, metavar="STORAGE", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if args.plain_only:  # the child process of plain_steps_per_s_isolated
+        cfg = bench_config(args.config, args.overrides, args.steps, args.plain_only)
+        print(json.dumps({"plain_steps_per_s": plain_steps_per_s(cfg, args.steps)}))
+        return 0
 
     load_before = os.getloadavg()
     plains: list[float] = []
@@ -115,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"threads={torch_threads(cfg)} load={load_before[0]:.1f}",
                     flush=True,
                 )
-            plains.append(plain_steps_per_s(cfg, args.steps))
+            plains.append(plain_steps_per_s_isolated(args, storage))
             print(f"round {r + 1}: plain PyTorch loop   {plains[-1]:.3f} steps/s", flush=True)
             rays.append(ray_steps_per_s(cfg, args.num_cpus))
             print(f"round {r + 1}: Ray Train (1 worker) {rays[-1]:.3f} steps/s", flush=True)

@@ -142,6 +142,25 @@ def one_torch_thread() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
+def start_ray(attempts: int = 3) -> None:
+    """``ray.init`` for the slow tests (2 CPUs, no dashboard), retried when the node times out.
+
+    Ray waits a fixed 30 s for its raylet to register; on a heavily shared box that start-up
+    occasionally takes longer, which says nothing about the code under test.
+    """
+    import ray
+
+    for attempt in range(attempts):
+        try:
+            ray.init(num_cpus=2, include_dashboard=False)
+            break
+        except Exception as e:  # noqa: BLE001 - Ray raises a bare Exception for this
+            ray.shutdown()
+            if "timed out during startup" not in str(e) or attempt == attempts - 1:
+                raise
+    ray.data.DataContext.get_current().enable_progress_bars = False
+
+
 _lock = threading.Lock()
 _built: dict[Path, SampleModel] = {}
 

@@ -16,7 +16,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "api"))
 
-from sample_model import SampleModel, build_sample_model, one_torch_thread  # noqa: E402
+from sample_model import SampleModel, build_sample_model, one_torch_thread, start_ray  # noqa: E402
 
 from itemsage.eval.evaluate import EvalError, evaluate_model  # noqa: E402
 
@@ -113,7 +113,7 @@ def test_conflicting_inputs_are_refused(sample_model: SampleModel) -> None:
 def test_unseen_catalog_is_preprocessed_with_the_models_vocab(sample_model: SampleModel, tmp_path: Path) -> None:
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False)
+    start_ray()
     try:
         kept = tmp_path / "unseen-features"
         res = evaluate_model(str(sample_model.bundle), catalog=str(sample_model.unseen_catalog), device="cpu",

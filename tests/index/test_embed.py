@@ -20,7 +20,13 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "api"))
 
-from sample_model import SampleModel, build_sample_model, one_torch_thread, write_generic_catalog  # noqa: E402
+from sample_model import (  # noqa: E402
+    SampleModel,
+    build_sample_model,
+    one_torch_thread,
+    start_ray,
+    write_generic_catalog,
+)
 
 from itemsage.data.catalog import read_catalog  # noqa: E402
 from itemsage.data.featurize import fixed_list_array  # noqa: E402
@@ -175,8 +181,7 @@ def test_embed_cli_needs_previous_with_incremental(sample_model: SampleModel, ca
 def ray_local():
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False)
-    ray.data.DataContext.get_current().enable_progress_bars = False
+    start_ray()
     yield
     ray.shutdown()
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
+import pytest
 from ray import serve
 
 from itemsage.config import ServeConfig
@@ -50,9 +52,13 @@ def run_clients(model: Model, clients: int = 16, per_client: int = 6) -> list[in
     return model.batches
 
 
-def test_gate_turns_eager_batches_into_full_ones() -> None:
+def test_gate_turns_eager_batches_into_full_ones(monkeypatch: pytest.MonkeyPatch) -> None:
     """Without the gate, @serve.batch keeps forming batches every 2 ms while a forward runs, so
     most forwards see one request; with it, requests that arrive during a forward share the next."""
+    # @serve.batch reads the replica's max_ongoing_requests (to warn when batches cannot fill);
+    # outside a replica, give it the value the encoders are deployed with.
+    config = SimpleNamespace(_deployment_config=SimpleNamespace(max_ongoing_requests=64))
+    monkeypatch.setattr(serve, "get_replica_context", lambda: config)
     ungated = run_clients(Model(gated=False))
     gated = run_clients(Model(gated=True))
     assert sum(ungated) == sum(gated) == 96
