@@ -98,3 +98,23 @@ def test_image_features_need_a_real_backbone(tiny_serving: dict[str, Path]) -> N
         enc.backbones.image("synthetic")
     assert enc.backbones.image_feats([], "efficientnet-lite0").shape == (0, 1280)
     assert isinstance(enc.backbones.text_feats(["a"]), torch.Tensor)
+
+
+def test_a_finetuned_text_encoder_serves_its_own_version(tiny_serving: dict[str, Path], tmp_path: Path) -> None:
+    """A SearchSage-style version encodes search queries with its own MiniLM; a frozen version
+    batched with it keeps the packaged one."""
+    from tiny import write_finetuned_model
+
+    from itemsage.serve.encoders import project
+
+    tuned_dir = write_finetuned_model(tiny_serving["model_1"], tmp_path / "tuned")
+    enc = LocalEncoders(ServeConfig())
+    frozen = enc.bundle(load_state(ServingSpec(str(tiny_serving["model_1"]), str(tiny_serving["index_1"]))).model)
+    tuned = enc.bundle(load_state(ServingSpec(str(tuned_dir), str(tiny_serving["index_1"]))).model)
+    assert frozen.text_encoder is None and tuned.text_encoder is not None
+    q = "black leather shoe"
+    mixed = enc.text_batch([frozen, tuned], [q, q])
+    assert not np.allclose(mixed[0], mixed[1], atol=1e-3)  # same towers, different MiniLM
+    expected = project(tuned, "search", torch.from_numpy(tuned.text_encoder.encode([q])))[0]
+    np.testing.assert_allclose(mixed[1], expected, atol=1e-5)
+    np.testing.assert_allclose(mixed[0], enc.text_batch([frozen], [q])[0], atol=1e-5)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import threading
 import time
 import urllib.error
@@ -61,6 +62,8 @@ def served(trained_serving: Any) -> Any:
 
     if ray.is_initialized():
         ray.shutdown()
+    # A busy shared machine can take longer than Ray's default to register the local node.
+    os.environ.setdefault("RAY_raylet_start_wait_time_s", "120")
     # Logical CPUs: the config reserves ~2 CPUs of replicas, more than a 2-core CI box has.
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
     port = free_port()

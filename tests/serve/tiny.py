@@ -115,3 +115,22 @@ def build_tiny_serving(sample_dir: Path, root: Path, versions: int = 1) -> dict[
         out[f"model_{v}"] = write_model(features, root / f"model_{v}", seed=v)
         out[f"index_{v}"] = write_index(features, out[f"model_{v}"], root / f"index_{v}")
     return out
+
+
+def write_finetuned_model(model_dir: Path, out: Path, seed: int = 0) -> Path:
+    """``model_dir``'s bundle as if trained SearchSage-style: the same towers plus its own MiniLM
+    whose top layer differs from the packaged one (``text_encoder.safetensors``)."""
+    import shutil
+
+    from itemsage.data.text_encoder import TextEncoder
+    from itemsage.train.artifacts import TEXT_ENCODER_FILE
+
+    shutil.copytree(model_dir, out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["finetune_text_layers"] = 1
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    gen = torch.Generator().manual_seed(seed)
+    top = {k: v for k, v in TextEncoder().state_dict().items() if k.startswith("model.encoder.layer.5.")}
+    tuned = {k: (v + 0.05 * torch.randn(v.shape, generator=gen)).contiguous() for k, v in top.items()}
+    save_file(tuned, str(out / TEXT_ENCODER_FILE))
+    return out

@@ -61,3 +61,40 @@ def test_non_finite_loss_skips_the_update(synthetic_features: Path, tmp_path: Pa
     after = run.model.state_dict()
     assert all(torch.equal(v, after[k]) for k, v in before.items())
     assert run.scheduler.last_epoch == 2
+
+
+def test_searchsage_finetuning_trains_only_the_top_text_layers(synthetic_features: Path, tmp_path: Path, make_config) -> None:
+    from itemsage.train.artifacts import load_text_encoder, load_trained_model, write_bundle
+    from itemsage.train.checkpoint import TrainState, save_checkpoint
+
+    run = setup_plain(make_config(synthetic_features, tmp_path, "ft", ["train.model.finetune_text_layers=1", "train.max_steps=3"]))
+    enc = run.module.text_encoder
+    before = {k: v.clone() for k, v in enc.state_dict().items()}
+    outs, _ = run_steps(run, 3)
+    assert all(o.finite for o in outs)
+    after = enc.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith("model.encoder.layer.5.") for k in changed)
+    # The encoder's layers have their own, smaller learning rate.
+    assert run.optimizer.param_groups[-1]["lr"] == pytest.approx(run.optimizer.param_groups[0]["lr"] * 0.1)
+
+    ckpt = tmp_path / "ckpt"
+    save_checkpoint(ckpt, TrainState(step=3, model=run.model.state_dict(), text_encoder=run.module.text_encoder_state()))
+    run.bundle.write(ckpt, 3)
+    bundle = write_bundle(ckpt, tmp_path / "bundle")
+    assert (bundle / "text_encoder.safetensors").is_file()
+    loaded = load_text_encoder(bundle)
+    for k, v in loaded.state_dict().items():
+        assert torch.equal(v, after[k]), k
+    _, manifest, _ = load_trained_model(bundle)
+    assert manifest["finetune_text_layers"] == 1
+    # Search validation goes through the fine-tuned encoder, not the precomputed text_emb.
+    val = build_val_set(read_pairs(run.cfg.train.features, "val", ["search"]), run.store.num_items)
+    with_enc = model_recall(run.model, run.store, run.qf, val, torch.device("cpu"), text_encoder=enc)
+    assert with_enc.get("itemsage", "search/all") is not None
+
+
+def test_frozen_models_have_no_text_encoder(trained_checkpoint: Path) -> None:
+    from itemsage.train.artifacts import load_text_encoder
+
+    assert load_text_encoder(trained_checkpoint) is None

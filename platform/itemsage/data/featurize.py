@@ -12,6 +12,9 @@ Image work is split in two stages, the standard Ray Data batch-inference shape:
 The image dataset has one row per *image*, not per item, so a batch is always ``batch_size``
 images whatever the catalog's images-per-item mix (0..20); features are regrouped per item by
 ``item_idx``/``img_pos`` afterwards.
+
+Text is one more actor stage, ``TextFeaturizer``: vocab token ids for the 12 fields and the frozen
+MiniLM embedding of the title, with the search queries riding along as title-only rows.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 import pyarrow as pa

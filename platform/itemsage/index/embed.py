@@ -85,9 +85,10 @@ EMBEDDINGS_SCHEMA = pa.schema(
 # home-feed user features, so batch embedding never moves it.
 TOWER_COLUMNS = ("item_idx", "item_id", "image_feats", *(f"tok_{f}" for f in TEXT_FIELDS))
 # Rows per tower call, measured on the default item tower (1 image + ~47 tokens per item, one
-# torch thread for the CPU-side gather, as in an actor). GPU (H200): end to end (gather, copy,
-# forward) 127k items/s at 256, 248k at 1024, 130k at 2048 and above (the unpinned copy and the
-# gather of larger batches stop overlapping), while the forward alone only gains 6% past 1024.
+# torch thread, as in an actor). CPU (Xeon core): flat, 1.02k-1.11k items/s from 64 to 2048 rows,
+# so 256 keeps a batch of 20-image items near 26 MB. GPU (H200): end to end (gather, copy,
+# forward) 127k items/s at 256, 248k at 1024, ~130k at 2048 and above, while the forward alone
+# gains only 6% past 1024: end to end, 1024 is the fastest.
 CPU_BATCH_SIZE = 256
 GPU_BATCH_SIZE = 1024
 # Above this many images, "auto" featurization uses Ray Data (decode tasks + backbone actors)

@@ -11,8 +11,6 @@ reference, never mutates a loaded one under a running request.
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 import re
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -192,6 +190,9 @@ class ModelBundle:
     row_of: dict[str, int]
     features: str
     device: str
+    # The version's own fine-tuned MiniLM (SearchSage-style training), or None: then search
+    # queries go through the frozen packaged MiniLM shared by every version.
+    text_encoder: Any = None
 
     @property
     def image_backbone(self) -> str:
@@ -250,9 +251,10 @@ def features_dir(manifest: dict[str, Any], override: str | None, base_dir: str |
 def load_bundle(ref: ModelRef, features: str | None = None, device: str = "cpu") -> ModelBundle:
     """Load a model version and its features' item store (heavy: call off the event loop)."""
     from itemsage.model import ItemFeatureStore
-    from itemsage.train.artifacts import load_trained_model
+    from itemsage.train.artifacts import load_text_encoder, load_trained_model
 
     model, manifest, vocab = load_trained_model(ref.uri, device=device)
+    text_encoder = load_text_encoder(ref.uri, device=device)
     model.requires_grad_(False)
     feats = features_dir(manifest, features)
     store = ItemFeatureStore.load(
@@ -268,6 +270,7 @@ def load_bundle(ref: ModelRef, features: str | None = None, device: str = "cpu")
         row_of={str(i): r for r, i in enumerate(ids)},
         features=feats,
         device=device,
+        text_encoder=text_encoder,
     )
 
 

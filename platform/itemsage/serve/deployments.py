@@ -133,6 +133,8 @@ class _EncoderBase:
 
     # Names of the @serve.batch methods whose batch size and wait the user_config sets.
     BATCHED: tuple[str, ...] = ()
+    # Whether this encoder runs MiniLM (queries do; the item tower takes token ids instead).
+    USES_TEXT_ENCODER = True
 
     def __init__(self, serve_cfg: Mapping[str, Any] | None = None, base_dir: str | None = None) -> None:
         from itemsage.serve.encoders import LocalEncoders
@@ -166,9 +168,6 @@ class _EncoderBase:
     async def _bundle(self, spec: ModelSpec) -> ModelBundle:
         return self.enc.cached(spec) or await asyncio.to_thread(self.enc.bundle, spec)
 
-    # Whether this encoder runs MiniLM (queries do; the item tower takes token ids instead).
-    USES_TEXT_ENCODER = True
-
     async def warm(self, spec: ModelSpec) -> None:
         await asyncio.to_thread(self.enc.warm, spec, self.USES_TEXT_ENCODER)
 
@@ -199,6 +198,7 @@ class QueryEncoder(_EncoderBase):
         # One MiniLM forward for the whole batch, off the event loop so requests keep queueing.
         return await self._text_gate.run(self.enc.text_batch, bundles, queries)
 
+    @client_errors_as_values
     async def texts(self, spec: ModelSpec, queries: list[str]) -> list[np.ndarray]:
         """Already a batch (the Retriever's): one forward, taking its turn at the same gate."""
         bundle = await self._bundle(spec)

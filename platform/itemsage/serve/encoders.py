@@ -90,9 +90,13 @@ class Backbones:
         backbone = self.image(name)
         return backbone(torch.stack(list(pixels)).to(self.device)).float().cpu()
 
-    def text_feats(self, texts: Sequence[str]) -> torch.Tensor:
-        """[N, 384] MiniLM sentence embeddings, one padded batch (texts are short queries)."""
-        return torch.from_numpy(self.text.encode(list(texts), batch_size=max(1, len(texts))))
+    def text_feats(self, texts: Sequence[str], encoder: Any = None) -> torch.Tensor:
+        """[N, 384] MiniLM sentence embeddings, one padded batch (texts are short queries).
+
+        ``encoder``: a version's fine-tuned MiniLM; default the shared frozen one.
+        """
+        enc = encoder if encoder is not None else self.text
+        return torch.from_numpy(enc.encode(list(texts), batch_size=max(1, len(texts))))
 
 
 # ------------------------------------------------------------------------- query towers
@@ -219,15 +223,26 @@ class LocalEncoders:
         token ids), so the ItemEncoder does not hold a copy.
         """
         bundle = self.bundle(spec)
-        if text:
+        if text and bundle.text_encoder is None:
             _ = self.backbones.text
         if self.backbones.has_image(bundle.image_backbone):
             self.backbones.image(bundle.image_backbone)
 
     # ---- queries -----------------------------------------------------------------------------
     def text_batch(self, bundles: Sequence[ModelBundle], texts: Sequence[str]) -> list[np.ndarray]:
-        feats = self.backbones.text_feats(texts)
-        return _per_version(bundles, lambda b, rows: project(b, "search", feats[rows]))
+        # Versions sharing the frozen MiniLM share one forward; a fine-tuned one runs its own.
+        frozen = [i for i, b in enumerate(bundles) if b.text_encoder is None]
+        shared = self.backbones.text_feats([texts[i] for i in frozen]) if frozen else None
+        position = {i: j for j, i in enumerate(frozen)}
+
+        def run(b: ModelBundle, rows: list[int]) -> np.ndarray:
+            if b.text_encoder is None:
+                feats = shared[[position[i] for i in rows]]  # type: ignore[index]
+            else:
+                feats = self.backbones.text_feats([texts[i] for i in rows], b.text_encoder)
+            return project(b, "search", feats)
+
+        return _per_version(bundles, run)
 
     def image_pixels(self, bundle: ModelBundle, data: bytes) -> torch.Tensor:
         return self.backbones.pixels(data, bundle.image_backbone, self.cfg.max_image_pixels)

@@ -4,6 +4,9 @@ A bundle directory holds::
 
     model.safetensors   the ItemSageModel state_dict (item tower, query towers, loss temperature,
                         sketch): plain tensors, no pickled code
+    text_encoder.safetensors   only after SearchSage-style fine-tuning: the fine-tuned MiniLM
+                        layers (the frozen rest ships with the pip package); see
+                        :func:`load_text_encoder`
     config.yaml         the full resolved PipelineConfig (model/loss for the architecture,
                         preprocess.text for tokenizing new items the same way)
     vocab.json          the training vocab, unchanged (itemsage.data.text.Vocab)
@@ -26,6 +29,7 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
+from torch import nn
 
 from itemsage.config import TEXT_FIELDS, PipelineConfig, dump_config, load_config
 from itemsage.data.features_io import resolve
@@ -36,6 +40,7 @@ from itemsage.train.checkpoint import STATE_FILE, latest_checkpoint_dir, load_ch
 MANIFEST_FORMAT = "itemsage-model"
 MANIFEST_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
+TEXT_ENCODER_FILE = "text_encoder.safetensors"
 TEXT_BACKBONE = "all-MiniLM-L6-v2"
 REGISTERED_MODEL = "itemsage"
 
@@ -75,6 +80,9 @@ def model_manifest(
         "hash_seeds": list(m.hash_seeds),
         "text_fields": list(features_manifest.get("text_fields", TEXT_FIELDS)),
         "max_images": m.max_images,
+        # > 0: search queries must be encoded by the fine-tuned MiniLM of load_text_encoder(), not
+        # the packaged one (and not the features directory's precomputed text_emb).
+        "finetune_text_layers": m.finetune_text_layers,
         "surfaces": ["search", "closeup", "home"],
         "step": int(step),
         "metrics": dict(metrics or {}),
@@ -113,6 +121,11 @@ def write_bundle(checkpoint_dir: str | Path, out_dir: str | Path) -> Path:
     state = load_checkpoint(src)
     # safetensors refuses tensors that share storage; clones are independent and contiguous.
     save_file({k: v.detach().cpu().contiguous().clone() for k, v in state.model.items()}, str(out / WEIGHTS_FILE))
+    if state.text_encoder:
+        save_file(
+            {k: v.detach().cpu().contiguous().clone() for k, v in state.text_encoder.items()},
+            str(out / TEXT_ENCODER_FILE),
+        )
     for name in ("config.yaml", "vocab.json"):
         shutil.copyfile(src / name, out / name)
     manifest = json.loads((src / "manifest.json").read_text())
@@ -184,6 +197,33 @@ def load_trained_model(
         raise ModelNotFoundError(f"{d} has a manifest but no {WEIGHTS_FILE} or {STATE_FILE}")
     model.load_state_dict(state)
     return model.to(device).eval(), manifest, vocab
+
+
+def load_text_encoder(uri_or_dir: str | Path, device: str | torch.device = "cpu") -> nn.Module | None:
+    """The fine-tuned MiniLM search-query encoder of a model (eval mode), or None when the model was
+    trained with the encoder frozen (then the packaged ``TextEncoder()`` is the right one).
+
+    Accepts the same references as :func:`load_trained_model`.
+    """
+    d = resolve_model_dir(uri_or_dir)
+    manifest = json.loads((d / "manifest.json").read_text())
+    layers = int(manifest.get("finetune_text_layers", 0))
+    if layers <= 0:
+        return None
+    if (d / TEXT_ENCODER_FILE).is_file():
+        state = load_file(str(d / TEXT_ENCODER_FILE))
+    elif (d / STATE_FILE).is_file():
+        state = load_checkpoint(d).text_encoder
+    else:
+        raise ModelNotFoundError(f"{d}: fine-tuned with {layers} text layers but has no {TEXT_ENCODER_FILE}")
+    from itemsage.data.text_encoder import TextEncoder
+
+    encoder = TextEncoder(trainable_layers=layers)
+    unknown = set(state) - set(encoder.state_dict())
+    if unknown or not state:
+        raise ModelNotFoundError(f"{d}: text encoder weights do not match all-MiniLM-L6-v2 ({sorted(unknown)[:1]})")
+    encoder.load_state_dict(state, strict=False)
+    return encoder.to(device).eval()
 
 
 def register_bundle(tracking_uri: str, run_id: str, bundle_dir: str | Path, name: str = REGISTERED_MODEL) -> str:

@@ -1,7 +1,7 @@
 """Training checkpoints: everything a restarted worker group needs to continue exactly where it was.
 
-A checkpoint directory holds ``state.pt`` (model incl. the count-min sketch buffers, optimizer,
-scheduler, step, MLflow run id; plain tensors and dicts written with ``torch.save`` and read back
+A checkpoint directory holds ``state.pt`` (model incl. the count-min sketch buffers, fine-tuned
+text-encoder layers if any, optimizer, scheduler, step, MLflow run id; plain tensors and dicts written with ``torch.save`` and read back
 with ``weights_only=True``, so loading a checkpoint never runs pickled code) and ``meta.json`` (step,
 run id and metrics, readable without torch). It also carries the inference bundle files
 (``config.yaml``, ``vocab.json``, ``manifest.json``), so any checkpoint directory is itself loadable by
@@ -31,6 +31,8 @@ class TrainState:
     scheduler: dict[str, Any] = field(default_factory=dict)
     mlflow_run_id: str | None = None
     metrics: dict[str, float] = field(default_factory=dict)
+    # Fine-tuned MiniLM layers (model.finetune_text_layers > 0); empty when the encoder is frozen.
+    text_encoder: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def save_checkpoint(directory: str | Path, state: TrainState) -> None:
@@ -45,6 +47,7 @@ def save_checkpoint(directory: str | Path, state: TrainState) -> None:
         # weights_only loading accepts str but not None inside nested containers in every torch
         # version; "" means "no run".
         "mlflow_run_id": state.mlflow_run_id or "",
+        "text_encoder": {k: v.detach().cpu() for k, v in state.text_encoder.items()},
     }
     torch.save(payload, d / STATE_FILE)
     meta = {"step": int(state.step), "mlflow_run_id": state.mlflow_run_id, "metrics": state.metrics}
@@ -66,6 +69,7 @@ def load_checkpoint(directory: str | Path, map_location: str | torch.device = "c
         scheduler=payload.get("scheduler", {}),
         mlflow_run_id=payload.get("mlflow_run_id") or None,
         metrics=dict(meta.get("metrics", {})),
+        text_encoder=payload.get("text_encoder", {}),
     )
 
 

@@ -118,20 +118,31 @@ class QueryFeatures:
     search: ``queries.parquet`` ``text_emb`` by ``query_idx``; closeup: the viewed item's first image
     feature (``ItemFeatureStore.first_image_feat``) by ``item_idx``; home: ``users.parquet``
     ``user_feat`` by ``user_idx``. A surface whose file is absent has ``None`` and fails on use.
+    ``search_text`` (the raw query strings, by ``query_idx``) is only loaded for SearchSage-style
+    fine-tuning, where the text encoder runs inside the training step.
     """
 
     text_emb: torch.Tensor | None
     first_image: torch.Tensor
     user_feat: torch.Tensor | None
+    search_text: np.ndarray | None = None
 
     @classmethod
-    def load(cls, features: str, store: ItemFeatureStore) -> QueryFeatures:
+    def load(cls, features: str, store: ItemFeatureStore, with_text: bool = False) -> QueryFeatures:
         fs, root = features_location(features)
+        queries = _join(root, "queries.parquet")
         return cls(
-            text_emb=_dense_by_index(fs, _join(root, "queries.parquet"), "query_idx", "text_emb"),
+            text_emb=_dense_by_index(fs, queries, "query_idx", "text_emb"),
             first_image=store.first_image_feat,
             user_feat=_dense_by_index(fs, _join(root, "users.parquet"), "user_idx", "user_feat"),
+            search_text=_strings_by_index(fs, queries, "query_idx", "text") if with_text else None,
         )
+
+    def texts(self, keys: torch.Tensor | np.ndarray) -> list[str]:
+        """Raw search query strings for ``query_idx`` keys (fine-tuning only)."""
+        if self.search_text is None:
+            raise TrainInputError("search query texts were not loaded (QueryFeatures.load(with_text=True))")
+        return self.search_text[np.asarray(keys, dtype=np.int64)].tolist()
 
     def table(self, surface: str) -> torch.Tensor:
         tables = {"search": self.text_emb, "closeup": self.first_image, "home": self.user_feat}
@@ -172,6 +183,16 @@ def _dense_by_index(fs: pafs.FileSystem, path: str, index_col: str, value_col: s
     values = pc.list_flatten(col).to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, dim)
     out = torch.zeros(int(idx.max()) + 1, dim)
     out[torch.from_numpy(idx)] = torch.from_numpy(values)
+    return out
+
+
+def _strings_by_index(fs: pafs.FileSystem, path: str, index_col: str, value_col: str) -> np.ndarray | None:
+    if not _exists(fs, path):
+        return None
+    table = pq.read_table(path, filesystem=fs, columns=[index_col, value_col])
+    idx = table.column(index_col).to_numpy().astype(np.int64)
+    out = np.full(int(idx.max()) + 1 if len(idx) else 0, "", dtype=object)
+    out[idx] = np.asarray(table.column(value_col).to_pylist(), dtype=object)
     return out
 
 

@@ -111,23 +111,98 @@ def read_side_file(run_dir: str, name: str) -> dict[str, Any] | None:
 # ---------------------------------------------------------------------------- building blocks
 
 
-def make_optimizer(model: nn.Module, tc: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW or LAMB; no weight decay (and no LAMB trust ratio) on biases, norms, the temperature
-    and other 0/1-d tensors, which decay would only pull towards meaningless zeros."""
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
+# Pretrained MiniLM layers being fine-tuned take 10x smaller steps than the freshly initialised
+# towers: at the towers' learning rate they would quickly forget what makes them a good encoder.
+TEXT_ENCODER_LR_SCALE = 0.1
+
+
+def make_optimizer(module: nn.Module, tc: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW or LAMB over the trainable parameters of ``module`` (a :class:`TrainModule`).
+
+    No weight decay (and no LAMB trust ratio) on biases, norms, the temperature and other 0/1-d
+    tensors, which decay would only pull towards meaningless zeros; fine-tuned text-encoder layers
+    get their own group at ``TEXT_ENCODER_LR_SCALE`` x the learning rate.
+    """
+    decay, no_decay, encoder = [], [], []
+    for name, p in module.named_parameters():
+        if not p.requires_grad:
+            continue
+        if name.startswith(("text_encoder.", "module.text_encoder.")):
+            encoder.append(p)
+        else:
             (decay if p.ndim >= 2 else no_decay).append(p)
     groups: list[dict[str, Any]] = [
         {"params": decay, "weight_decay": tc.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
+    if encoder:
+        groups.append({"params": encoder, "weight_decay": tc.weight_decay, "lr": tc.lr * TEXT_ENCODER_LR_SCALE})
     if tc.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=tc.lr)
     if tc.optimizer == "lamb":
         groups[1]["trust_ratio"] = False
         return Lamb(groups, lr=tc.lr)
     raise ValueError(f"train.optimizer: unknown optimizer {tc.optimizer!r} (expected adamw or lamb)")
+
+
+class TrainModule(nn.Module):
+    """What DDP wraps: the ``ItemSageModel`` plus, for SearchSage-style fine-tuning
+    (``model.finetune_text_layers`` > 0), the MiniLM query encoder. The encoder must sit inside the
+    wrapped module: DDP only all-reduces gradients of work done in the wrapped ``forward``.
+    With the encoder frozen (the default) search queries use the precomputed ``text_emb`` and
+    ``text_encoder`` is None.
+    """
+
+    def __init__(self, model: ItemSageModel, text_encoder: nn.Module | None = None) -> None:
+        super().__init__()
+        self.model = model
+        self.text_encoder = text_encoder
+
+    def forward(
+        self,
+        queries: Mapping[str, tuple[torch.Tensor, torch.Tensor]],
+        items: Any,
+        item_ids: torch.Tensor,
+        item_logq: torch.Tensor | None = None,
+        rand_items: Any = None,
+        rand_ids: torch.Tensor | None = None,
+        search_tokens: Mapping[str, torch.Tensor] | None = None,
+    ) -> dict[str, torch.Tensor]:
+        if self.text_encoder is not None and search_tokens is not None and "search" in queries:
+            rows, _ = queries["search"]
+            feats = self.text_encoder(search_tokens["input_ids"], search_tokens["attention_mask"])
+            queries = {**queries, "search": (rows, feats)}
+        return self.model(queries, items, item_ids, item_logq, rand_items, rand_ids)
+
+    def text_encoder_state(self) -> dict[str, torch.Tensor]:
+        """The fine-tuned encoder layers' tensors (the frozen rest ships with the pip package)."""
+        return trainable_text_state(self.text_encoder) if self.text_encoder is not None else {}
+
+
+def trainable_text_state(encoder: nn.Module) -> dict[str, torch.Tensor]:
+    """State of the layers a ``TextEncoder`` fine-tunes, keyed as in its ``state_dict``."""
+    n = int(getattr(encoder, "trainable_layers", 0))
+    layers = len(encoder.model.encoder.layer)  # type: ignore[union-attr]
+    prefixes = tuple(f"model.encoder.layer.{i}." for i in range(layers - n, layers))
+    return {k: v for k, v in encoder.state_dict().items() if n and k.startswith(prefixes)}
+
+
+def build_train_module(
+    tc: TrainConfig, vocab_size: int, image_dim: int, num_text_fields: int, text_state: Mapping[str, torch.Tensor] | None = None
+) -> TrainModule:
+    """The model (and, when fine-tuning, the MiniLM encoder with ``text_state`` loaded)."""
+    model = build_model(tc.model, tc.loss, vocab_size=vocab_size, image_dim=image_dim, num_text_fields=num_text_fields)
+    encoder = None
+    if tc.model.finetune_text_layers > 0:
+        from itemsage.data.text_encoder import TextEncoder
+
+        encoder = TextEncoder(trainable_layers=tc.model.finetune_text_layers)
+        if text_state:
+            missing = set(text_state) - set(encoder.state_dict())
+            if missing:
+                raise ValueError(f"text encoder state has unknown keys, e.g. {sorted(missing)[0]}")
+            encoder.load_state_dict(dict(text_state), strict=False)
+    return TrainModule(model, encoder)
 
 
 def negative_pool(num_items: int, heldout: np.ndarray) -> torch.Tensor:
@@ -138,9 +213,9 @@ def negative_pool(num_items: int, heldout: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(pool if pool.size else np.arange(num_items))
 
 
-def unwrap(model: nn.Module) -> ItemSageModel:
-    """The ``ItemSageModel`` inside a DDP wrapper (or the model itself)."""
-    return getattr(model, "module", model)  # type: ignore[return-value]
+def unwrap(module: nn.Module) -> TrainModule:
+    """The :class:`TrainModule` inside a DDP wrapper (or the module itself)."""
+    return getattr(module, "module", module)  # type: ignore[return-value]
 
 
 @dataclass
@@ -157,7 +232,7 @@ class Stepper:
     """One optimisation step on a pair batch; shared by the Ray loop and the plain-PyTorch benchmark.
 
     Args:
-        model: the (possibly DDP-wrapped) ``ItemSageModel``; its ``forward`` computes the loss.
+        model: the (possibly DDP-wrapped) :class:`TrainModule`; its ``forward`` computes the loss.
         store: item features; ``qf``: frozen query features per surface.
         neg_pool: item indices random negatives are drawn from.
         generator: seeds the negative draws (per rank, so ranks see different negatives).
@@ -179,6 +254,7 @@ class Stepper:
         self.store, self.qf, self.neg_pool, self.tc = store, qf, neg_pool, tc
         self.device, self.generator = device, generator
         self.params = [p for p in model.parameters() if p.requires_grad]
+        self.text_encoder = unwrap(model).text_encoder
 
     def step(self, batch: Mapping[str, np.ndarray]) -> StepOutput:
         """Forward, backward, clip, update. A non-finite gradient (from a NaN/inf loss on any rank)
@@ -192,9 +268,14 @@ class Stepper:
             rand_ids = sample_negatives(self.neg_pool, self.tc.loss.num_random_negatives, self.generator)
             rand_items = self.store.gather(rand_ids).to(dev, non_blocking=True)
             rand_ids = rand_ids.to(dev)
+        search_tokens = None
+        if self.text_encoder is not None and "search" in queries:
+            keys = np.asarray(batch["query_key"])[np.asarray(batch["surface"]) == "search"]
+            tok = self.text_encoder.tokenize(self.qf.texts(keys))
+            search_tokens = {k: v.to(dev, non_blocking=True) for k, v in tok.items()}
         autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda")
         with autocast:
-            out = self.model(queries, items, ids.to(dev), None, rand_items, rand_ids)
+            out = self.model(queries, items, ids.to(dev), None, rand_items, rand_ids, search_tokens)
         loss = out["loss"]
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -261,28 +342,25 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     torch.manual_seed(tc.seed)  # identical initial weights on every rank (DDP also broadcasts them)
     store = ItemFeatureStore.load(tc.features, max_images=tc.model.max_images)
-    qf = QueryFeatures.load(tc.features, store)
-    model = build_model(
-        tc.model,
-        tc.loss,
-        vocab_size=spec.vocab_size,
-        image_dim=store.image_dim,
-        num_text_fields=store.num_text_fields,
-    )
+    qf = QueryFeatures.load(tc.features, store, with_text=tc.model.finetune_text_layers > 0)
 
     state: TrainState | None = None
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
             state = load_checkpoint(d)
-        model.load_state_dict(state.model)
+    module = build_train_module(
+        tc, spec.vocab_size, store.image_dim, store.num_text_fields, state.text_encoder if state else None
+    )
+    if state is not None:
+        module.model.load_state_dict(state.model)
     # Unused-parameter detection: a batch may lack a surface (its query tower gets no gradient).
     # Buffers are not broadcast: the sketch stays identical on every rank by construction
     # (all-gathered updates) and the hash bucket table never changes.
     ddp_model = ray.train.torch.prepare_model(
-        model, parallel_strategy_kwargs={"find_unused_parameters": True, "broadcast_buffers": False}
+        module, parallel_strategy_kwargs={"find_unused_parameters": True, "broadcast_buffers": False}
     )
-    optimizer = make_optimizer(ddp_model, tc)
+    optimizer = make_optimizer(module, tc)
     scheduler = build_scheduler(optimizer, tc.warmup_steps, tc.max_steps, spec.lr_decay)
     start_step = 0
     run_id = spec.mlflow_run_id
@@ -366,7 +444,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         is_ckpt = step % tc.checkpoint_every == 0 or step == tc.max_steps
         is_eval = is_ckpt or (tc.eval_every > 0 and step % tc.eval_every == 0)
         if is_eval and rank == 0 and val is not None:
-            table = model_recall(unwrap(ddp_model), store, qf, val, device)
+            table = model_recall(module.model, store, qf, val, device, text_encoder=module.text_encoder)
             last_val = recall_metrics(table, "itemsage", "val")
             tracker.log_metrics(last_val, step)
             tracker.flush()
@@ -385,7 +463,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                         d,
                         TrainState(
                             step=step,
-                            model=unwrap(ddp_model).state_dict(),
+                            model=module.model.state_dict(),
+                            text_encoder=module.text_encoder_state(),
                             optimizer=optimizer.state_dict(),
                             scheduler=scheduler.state_dict(),
                             mlflow_run_id=tracker.run_id or run_id,

@@ -17,10 +17,18 @@ import numpy as np
 import torch
 
 from itemsage.config import PipelineConfig
-from itemsage.model import ItemFeatureStore, ItemSageModel, build_model
+from itemsage.model import ItemFeatureStore, ItemSageModel
 from itemsage.train.artifacts import BundleFiles
 from itemsage.train.data import QueryFeatures, heldout_items, read_manifest, read_pairs, task_counts
-from itemsage.train.loop import Stepper, StepOutput, make_optimizer, negative_pool, pair_batches
+from itemsage.train.loop import (
+    Stepper,
+    StepOutput,
+    TrainModule,
+    build_train_module,
+    make_optimizer,
+    negative_pool,
+    pair_batches,
+)
 from itemsage.train.schedule import build_scheduler
 
 
@@ -29,7 +37,7 @@ class PlainRun:
     """Everything one process needs to train: model, optimizer, data, and the shared :class:`Stepper`."""
 
     cfg: PipelineConfig
-    model: ItemSageModel
+    module: TrainModule
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     store: ItemFeatureStore
@@ -38,6 +46,10 @@ class PlainRun:
     batches: Iterator[dict[str, np.ndarray]]
     bundle: BundleFiles
     step: int = 0
+
+    @property
+    def model(self) -> ItemSageModel:
+        return self.module.model
 
 
 def _chunks(pairs: dict[str, np.ndarray], rows: int) -> Iterator[dict[str, Any]]:
@@ -54,12 +66,9 @@ def setup_plain(cfg: PipelineConfig, lr_decay: str = "cosine", device: str | tor
     bundle = BundleFiles(cfg, manifest)
     torch.manual_seed(tc.seed)
     store = ItemFeatureStore.load(tc.features, max_images=tc.model.max_images)
-    qf = QueryFeatures.load(tc.features, store)
-    model = build_model(
-        tc.model, tc.loss, vocab_size=bundle.vocab.size, image_dim=store.image_dim,
-        num_text_fields=store.num_text_fields,
-    ).to(dev)
-    optimizer = make_optimizer(model, tc)
+    qf = QueryFeatures.load(tc.features, store, with_text=tc.model.finetune_text_layers > 0)
+    module = build_train_module(tc, bundle.vocab.size, store.image_dim, store.num_text_fields).to(dev)
+    optimizer = make_optimizer(module, tc)
     scheduler = build_scheduler(optimizer, tc.warmup_steps, tc.max_steps, lr_decay)
     pairs = read_pairs(tc.features, "train", tc.surfaces)
     tasks = sorted(task_counts(pairs))
@@ -69,10 +78,10 @@ def setup_plain(cfg: PipelineConfig, lr_decay: str = "cosine", device: str | tor
     batches = pair_batches(_chunks(pairs, max(tc.batch_size, 1024)), tasks, tc, tc.seed)
     generator = torch.Generator().manual_seed(tc.seed)
     stepper = Stepper(
-        model, optimizer, scheduler, store, qf, negative_pool(store.num_items, heldout_items(tc.features)),
+        module, optimizer, scheduler, store, qf, negative_pool(store.num_items, heldout_items(tc.features)),
         tc, dev, generator,
     )
-    return PlainRun(cfg, model, optimizer, scheduler, store, qf, stepper, batches, bundle)
+    return PlainRun(cfg, module, optimizer, scheduler, store, qf, stepper, batches, bundle)
 
 
 def run_steps(run: PlainRun, steps: int) -> tuple[list[StepOutput], float]:

@@ -99,6 +99,11 @@ def check_config(cfg: PipelineConfig) -> None:
     need(tc.keep_checkpoints >= 1, "keep_checkpoints", f"must be >= 1, got {tc.keep_checkpoints}")
     need(tc.max_failures >= -1, "max_failures", f"must be >= -1 (-1: retry forever), got {tc.max_failures}")
     need(bool(tc.name) and "/" not in tc.name, "name", f"must be a non-empty name without '/', got {tc.name!r}")
+    need(
+        0 <= tc.model.finetune_text_layers <= 6,
+        "model.finetune_text_layers",
+        f"must be in [0, 6] (all-MiniLM-L6-v2 has 6 layers), got {tc.model.finetune_text_layers}",
+    )
     bad = [s for s in tc.surfaces if s not in SURFACES]
     need(not bad, "surfaces", f"unknown surface {bad[0] if bad else ''!r}; expected some of {list(SURFACES)}")
     for task, q in tc.task_quotas.items():

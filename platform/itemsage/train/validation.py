@@ -96,16 +96,32 @@ def embed_items(
 
 @torch.no_grad()
 def embed_queries(
-    model: nn.Module, qf: QueryFeatures, val: ValSet, device: torch.device, batch_size: int = 4096
+    model: nn.Module,
+    qf: QueryFeatures,
+    val: ValSet,
+    device: torch.device,
+    batch_size: int = 4096,
+    text_encoder: nn.Module | None = None,
 ) -> torch.Tensor:
-    """``[P, d]`` float32 CPU query embeddings for the validation pairs, each by its surface's tower."""
+    """``[P, d]`` float32 CPU query embeddings for the validation pairs, each by its surface's tower.
+
+    With a fine-tuned ``text_encoder``, search queries are re-encoded from their text (the
+    precomputed ``text_emb`` came from the encoder before fine-tuning).
+    """
     out: torch.Tensor | None = None
     for s in SURFACES:
         rows = np.flatnonzero(val.surfaces == s)
-        for start in range(0, rows.size, batch_size):
-            r = rows[start : start + batch_size]
+        step = batch_size if not (s == "search" and text_encoder is not None) else 256
+        for start in range(0, rows.size, step):
+            r = rows[start : start + step]
+            keys = val.query_key[r]
             with _autocast(device):
-                emb = model.embed_queries(s, qf.for_surface(s, val.query_key[r]).to(device)).float().cpu()
+                if s == "search" and text_encoder is not None:
+                    tok = text_encoder.tokenize(qf.texts(keys))
+                    feats = text_encoder(tok["input_ids"].to(device), tok["attention_mask"].to(device))
+                else:
+                    feats = qf.for_surface(s, keys).to(device)
+                emb = model.embed_queries(s, feats).float().cpu()
             if out is None:
                 out = torch.zeros(len(val), emb.shape[1])
             out[torch.from_numpy(r)] = emb
@@ -122,16 +138,20 @@ def model_recall(
     device: torch.device,
     table: RecallTable | None = None,
     method: str = "itemsage",
+    text_encoder: nn.Module | None = None,
 ) -> RecallTable:
-    """Recall@k of ``model`` (an unwrapped ``ItemSageModel``) on ``val``; restores its train mode."""
+    """Recall@k of ``model`` (an unwrapped ``ItemSageModel``) on ``val``; restores train modes."""
     table = table if table is not None else RecallTable()
-    was_training = model.training
-    model.eval()
+    modules = [m for m in (model, text_encoder) if m is not None]
+    was_training = [m.training for m in modules]
+    for m in modules:
+        m.eval()
     try:
         items = embed_items(model, store, val.candidates, device)
-        queries = embed_queries(model, qf, val, device)
+        queries = embed_queries(model, qf, val, device, text_encoder=text_encoder)
     finally:
-        model.train(was_training)
+        for m, mode in zip(modules, was_training):
+            m.train(mode)
     table.add(method, val.tasks.tolist(), ranks_of_targets(queries, items, val.target, val.exclude))
     return table
 
