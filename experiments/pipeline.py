@@ -93,6 +93,10 @@ def main(argv: list[str] | None = None) -> int:
             sys.path.insert(0, str(REPO / "experiments"))
             from train import summary as train_summary
 
+            import ray.data
+
+            # The pairs are read once per worker; live progress bars would bury the training log.
+            ray.data.DataContext.get_current().enable_progress_bars = False
             result = run_training(cfg)
             print(train_summary(result))
             model_uri = result.model_uri
