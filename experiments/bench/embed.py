@@ -11,7 +11,7 @@ and the same torch thread count, and write the same Parquet output:
   transfer included; starting the Ray cluster itself is not, a cluster is already there in
   production).
 
-One run each, then items/s, the ratio Ray / plain and PASS when the ratio is >= 0.9 (Ray Data's
+Interleaved rounds (``--repeats``, medians), then items/s, the ratio Ray / plain and PASS when the ratio is >= 0.9 (Ray Data's
 orchestration may cost at most 10%). The embeddings of both sides are checked to be equal.
 
     python experiments/bench/embed.py                       # full fashion features if present
@@ -31,6 +31,7 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -155,6 +156,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1, help="torch threads, both sides (default 1)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--num-cpus", type=float, default=None, help="CPUs of the local Ray instance")
+    p.add_argument("--repeats", type=int, default=2, help="interleaved plain/Ray rounds; medians decide")
     p.add_argument("--json", default=None, help="write the result here")
     return p.parse_args(argv)
 
@@ -181,26 +183,34 @@ def main(argv: list[str] | None = None) -> int:
         print(f"features {features}; model {model_ref} (version {tm.version}); device {device}; "
               f"batch {batch}; torch threads {args.threads}", flush=True)
 
-        plain_s, plain_emb = plain_loop(tm, features, scratch, batch, device)
-        n = len(plain_emb)
-        print(f"plain loop: {n:,} items in {plain_s:.2f}s", flush=True)
-
+        # Interleaved rounds (plain, Ray, plain, Ray, ...), medians decide: on a shared machine the
+        # load drifts by the minute and would otherwise favour whichever side ran in a quiet spell.
         ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
         ray.data.DataContext.get_current().enable_progress_bars = False
+        plain_runs, ray_runs = [], []
         try:
-            summary = embed_features(tm, str(features), str(scratch / "ray"), batch_size=batch, concurrency=1,
-                                     num_threads=args.threads, use_gpu="true" if device == "cuda" else "false")
+            for r in range(args.repeats):
+                plain_s, plain_emb = plain_loop(tm, features, scratch, batch, device)
+                plain_runs.append(plain_s)
+                n = len(plain_emb)
+                shutil.rmtree(scratch / "ray", ignore_errors=True)
+                summary = embed_features(tm, str(features), str(scratch / "ray"), batch_size=batch, concurrency=1,
+                                         num_threads=args.threads, use_gpu="true" if device == "cuda" else "false")
+                ray_runs.append(summary.embed_seconds)
+                print(f"round {r + 1}/{args.repeats}: plain {n:,} items in {plain_s:.2f}s, "
+                      f"Ray {summary.embedded:,} items in {summary.embed_seconds:.2f}s", flush=True)
         finally:
+            got = read_embeddings(str(scratch / "ray"))
             ray.shutdown()
-        ray_s = summary.embed_seconds
-        got = read_embeddings(str(scratch / "ray"))
+        plain_s, ray_s = statistics.median(plain_runs), statistics.median(ray_runs)
         diff = max(float(np.abs(plain_emb[i] - v).max()) for i, v in zip(got.item_ids, got.vectors))
         plain_ips, ray_ips = n / plain_s, summary.embedded / ray_s
         ratio = ray_ips / plain_ips
         verdict = "PASS" if ratio >= TARGET_RATIO else "FAIL"
         cpu = platform.processor() or platform.machine()
         gpu = torch.cuda.get_device_name(0) if device == "cuda" else "-"
-        print("\n| path | items | seconds | items/s |\n|---|---:|---:|---:|")
+        print(f"\nmedians of {args.repeats} interleaved rounds")
+        print("| path | items | seconds | items/s |\n|---|---:|---:|---:|")
         print(f"| plain PyTorch loop | {n:,} | {plain_s:.2f} | {plain_ips:,.0f} |")
         print(f"| Ray Data actor pool | {summary.embedded:,} | {ray_s:.2f} | {ray_ips:,.0f} |")
         print(f"\nratio Ray/plain = {ratio:.2f} (target >= {TARGET_RATIO}): {verdict}; "
@@ -211,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
                 "batch_size": batch, "threads": args.threads, "items": n,
                 "plain_seconds": plain_s, "ray_seconds": ray_s, "plain_items_per_s": plain_ips,
                 "ray_items_per_s": ray_ips, "ratio": ratio, "target": TARGET_RATIO, "verdict": verdict,
-                "max_abs_diff": diff,
+                "max_abs_diff": diff, "plain_runs": plain_runs, "ray_runs": ray_runs,
             }, indent=2) + "\n")
         return 0 if verdict == "PASS" and diff < 1e-3 else 1
     finally:
