@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: install browser demo test test-e2e bench clean help
+.PHONY: install browser demo test test-e2e test-cluster bench clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -38,6 +38,10 @@ test: $(STAMP)  ## unit and integration tests (what CI runs)
 
 test-e2e: $(STAMP) browser  ## end-to-end suites: local Ray clusters, Ray Train fault injection, Serve, Chromium
 	$(PY) -m pytest -m slow
+
+# PostgreSQL comes from Debian's postgresql package (installed by the test when root and missing).
+test-cluster: $(STAMP)  ## 2-node `ray start` cluster + PostgreSQL-backed MLflow: Jobs API pipeline, serve deploy, HTTP query
+	$(PY) -m pytest -m cluster -s tests/cluster
 
 bench: $(STAMP)  ## benchmark scripts on ../shared/data (see experiments/bench/)
 	$(PY) experiments/bench/model.py

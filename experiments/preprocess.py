@@ -37,6 +37,7 @@ try:
 except ImportError:  # a plain checkout (e.g. a job's working dir) without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))
 
+from itemsage.cluster.address import RayAddressError, check_ray_address  # noqa: E402
 from itemsage.config import ConfigError, PipelineConfig, PreprocessConfig, load_config  # noqa: E402
 from itemsage.data.catalog import CatalogError  # noqa: E402
 from itemsage.data.engagement import EngagementError  # noqa: E402
@@ -93,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
         from itemsage.data.pipeline import PreprocessError, run_preprocess, validate_config
 
         validate_config(cfg)
-    except (ConfigError, ValueError) as e:
+        check_ray_address()  # seconds and one line, not minutes of GCS retries, for a dead address
+    except (ConfigError, ValueError, RayAddressError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     try:

@@ -22,6 +22,7 @@ try:
 except ImportError:  # a plain checkout (e.g. a job's working dir) without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))
 
+from itemsage.cluster.address import RayAddressError, check_ray_address  # noqa: E402
 from itemsage.config import ConfigError, PipelineConfig, load_config, to_dict  # noqa: E402
 from itemsage.train.data import TrainInputError  # noqa: E402
 from itemsage.train.schedule import DECAY_KINDS  # noqa: E402
@@ -70,6 +71,11 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(PipelineConfig, args.config, args.overrides)
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
+        return 2
+    try:
+        check_ray_address()  # seconds and one line, not minutes of GCS retries, for a dead address
+    except RayAddressError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
     print("resolved train config:\n" + yaml.safe_dump({"train": to_dict(cfg.train)}, sort_keys=False), flush=True)
     import ray

@@ -156,8 +156,14 @@ class TrainConfig:
     num_workers: int = 2
     # Keep CPU free for Ray Data's tasks: 2 workers x 0.5 CPU leaves a whole core on a 2-core box.
     cpus_per_worker: float = 0.5
-    # "auto" uses GPUs when the cluster has them.
+    # "auto": one GPU per worker when the cluster has (or its autoscaler can add) enough of them,
+    # else CPU. "true" on a cluster that has no GPU and cannot get one trains on CPU with a
+    # warning rather than waiting forever for a GPU.
     use_gpu: str = "auto"
+    # Ray placement group strategy for the workers (PACK | SPREAD | STRICT_PACK | STRICT_SPREAD).
+    # PACK fills one node first (cheapest communication); STRICT_SPREAD puts every worker on its
+    # own node (one GPU node per worker, or proving that DDP really crosses nodes).
+    placement_strategy: str = "PACK"
     batch_size: int = 256
     max_steps: int = 300
     optimizer: str = "adamw"  # adamw | lamb

@@ -337,8 +337,15 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
-    # The pid file is how an operator (or the fault-tolerance test) finds a worker to kill.
-    write_side_file(spec.run_dir, f"workers/rank{rank}.json", {"pid": os.getpid(), "rank": rank, "time": time.time()})
+    node_id = ray.get_runtime_context().get_node_id()
+    # The pid file is how an operator (or the fault-tolerance test) finds a worker to kill; the node
+    # id (also printed, so it reaches the job's log) shows where the placement strategy put it.
+    write_side_file(
+        spec.run_dir,
+        f"workers/rank{rank}.json",
+        {"pid": os.getpid(), "rank": rank, "node_id": node_id, "time": time.time()},
+    )
+    print(f"[itemsage] train worker rank {rank}/{world} on node {node_id} (pid {os.getpid()}, {device})", flush=True)
 
     torch.manual_seed(tc.seed)  # identical initial weights on every rank (DDP also broadcasts them)
     store = ItemFeatureStore.load(tc.features, max_images=tc.model.max_images)

@@ -46,6 +46,10 @@ from itemsage.train.schedule import DECAY_KINDS
 from itemsage.train.tracking import Tracker, resolve_tracking_uri
 
 
+# Ray placement group strategies (ScalingConfig.placement_strategy).
+PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
+
+
 class NonFiniteLossError(RuntimeError):
     """Training stopped because the loss (or gradient) became NaN/inf at ``step``."""
 
@@ -87,6 +91,11 @@ def check_config(cfg: PipelineConfig) -> None:
     need(tc.num_workers >= 1, "num_workers", f"must be >= 1, got {tc.num_workers}")
     need(tc.cpus_per_worker > 0, "cpus_per_worker", f"must be > 0, got {tc.cpus_per_worker}")
     need(tc.use_gpu in ("auto", "true", "false"), "use_gpu", f"must be auto, true or false, got {tc.use_gpu!r}")
+    need(
+        tc.placement_strategy in PLACEMENT_STRATEGIES,
+        "placement_strategy",
+        f"must be one of {', '.join(PLACEMENT_STRATEGIES)}, got {tc.placement_strategy!r}",
+    )
     need(tc.batch_size >= 2, "batch_size", f"must be >= 2 (in-batch negatives), got {tc.batch_size}")
     need(tc.max_steps >= 1, "max_steps", f"must be >= 1, got {tc.max_steps}")
     need(tc.optimizer in ("adamw", "lamb"), "optimizer", f"must be adamw or lamb, got {tc.optimizer!r}")
@@ -199,23 +208,101 @@ def fallback_path_of(run_dir: str, name: str) -> str:
 # ---------------------------------------------------------------------------- trainer
 
 
-def use_gpu_for(mode: str) -> bool:
-    """``train.use_gpu``: "auto" uses GPUs when the connected Ray cluster has any."""
+def cluster_gpus() -> tuple[float, float | None]:
+    """(GPUs in the connected Ray cluster now, GPUs its autoscaler can bring; None without one).
+
+    A KubeRay GPU worker group may sit at zero replicas until something asks for a GPU, so "no
+    GPU now" does not mean "no GPU ever"; the autoscaler's node groups say what can come.
+    """
+    import ray
+
+    now = float(ray.cluster_resources().get("GPU", 0))
+    try:
+        from ray._private.state import state as gcs_state
+
+        limits = gcs_state.get_max_resources_from_cluster_config()
+    except Exception:  # noqa: BLE001 - a private Ray API: without it, only what is there now counts
+        limits = None
+    return now, (float(limits.get("GPU", 0)) if limits else None)
+
+
+def use_gpu_for(mode: str, num_workers: int = 1) -> bool:
+    """``train.use_gpu`` decided on the connected cluster: does each worker get one GPU?
+
+    - "false": no.
+    - "auto": yes when the cluster has, or its autoscaler can add, one GPU per worker.
+    - "true": yes; but on a cluster with no GPU that cannot get one, CPU with a warning: a GPU
+      request there would wait forever, and the same config must run on a CPU-only cluster. Some
+      GPUs but fewer than workers is a ConfigError instead (that wait, and no good fallback).
+    """
+    if mode == "false":
+        return False
+    now, reachable = cluster_gpus()
+    most = max(now, reachable or 0.0)
     if mode == "auto":
-        import ray
+        if 0 < most < num_workers:
+            print(
+                f"note: train.use_gpu=auto: {num_workers} workers need {num_workers} GPUs, the Ray "
+                f"cluster has at most {most:g}; training on CPU",
+                file=sys.stderr,
+                flush=True,
+            )
+        return most >= num_workers
+    if most == 0:
+        print(
+            'WARNING: train.use_gpu is "true" but the Ray cluster has no GPU and no autoscaler that '
+            "could add one; training on CPU",
+            file=sys.stderr,
+            flush=True,
+        )
+        return False
+    if most < num_workers:
+        raise ConfigError(
+            f"train.use_gpu: {num_workers} workers need {num_workers} GPUs but the Ray cluster has at "
+            f"most {most:g}; lower train.num_workers or set train.use_gpu=false"
+        )
+    return True
 
-        return ray.cluster_resources().get("GPU", 0) > 0
-    return mode == "true"
+
+def check_placement(tc: Any) -> None:
+    """STRICT_SPREAD needs a node per worker; on a cluster that cannot grow, say so instead of
+    letting the placement group wait forever."""
+    if tc.placement_strategy != "STRICT_SPREAD":
+        return
+    import ray
+
+    try:
+        from ray._private.state import state as gcs_state
+
+        if gcs_state.get_max_resources_from_cluster_config():
+            return  # an autoscaler can add nodes
+    except Exception:  # noqa: BLE001 - private API; fall through to counting the nodes there
+        pass
+    fits = [
+        n for n in ray.nodes()
+        if n.get("Alive") and float(n.get("Resources", {}).get("CPU", 0)) >= tc.cpus_per_worker
+    ]
+    if len(fits) < tc.num_workers:
+        raise ConfigError(
+            f"train.placement_strategy: STRICT_SPREAD puts each of the {tc.num_workers} workers on its "
+            f"own node, but the Ray cluster has {len(fits)} node(s) with at least {tc.cpus_per_worker:g} "
+            f"CPU; add nodes, lower train.num_workers or use PACK/SPREAD"
+        )
 
 
-def build_trainer(cfg: PipelineConfig, spec: LoopSpec) -> Any:
-    """The ``TorchTrainer`` for ``spec``: train pairs as a Ray Data dataset, split across workers."""
+def build_trainer(cfg: PipelineConfig, spec: LoopSpec, gpu: bool | None = None) -> Any:
+    """The ``TorchTrainer`` for ``spec``: train pairs as a Ray Data dataset, split across workers.
+
+    ``gpu``: one GPU per worker; None decides it here (:func:`use_gpu_for`, :func:`check_placement`).
+    """
     import ray.data
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     tc = cfg.train
-    gpu = use_gpu_for(tc.use_gpu)
+    if gpu is None:
+        gpu = use_gpu_for(tc.use_gpu, tc.num_workers)
+        check_placement(tc)
     resources: dict[str, float] = {"CPU": tc.cpus_per_worker}
     if gpu:
         resources["GPU"] = 1
@@ -224,7 +311,12 @@ def build_trainer(cfg: PipelineConfig, spec: LoopSpec) -> Any:
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config=spec.to_dict(),
-        scaling_config=ScalingConfig(num_workers=tc.num_workers, use_gpu=gpu, resources_per_worker=resources),
+        scaling_config=ScalingConfig(
+            num_workers=tc.num_workers,
+            use_gpu=gpu,
+            resources_per_worker=resources,
+            placement_strategy=tc.placement_strategy,
+        ),
         run_config=RunConfig(
             name=tc.name,
             storage_path=storage,
@@ -335,6 +427,12 @@ def run_training(
 
     vocab_size = BundleFiles(cfg, manifest).vocab.size
     run_dir = run_dir_of(cfg)
+    if not ray.is_initialized():
+        ray.init()
+    # Decided on the connected cluster before an MLflow run exists: a refusal here (too few GPUs
+    # or nodes) must not leave a run behind that never ends.
+    gpu = use_gpu_for(tc.use_gpu, tc.num_workers)
+    check_placement(tc)
     uri = resolve_tracking_uri(tracking_uri) if tracking else None
     tracker, resumed = (
         _start_tracking(cfg, run_dir, uri) if uri else (Tracker("", "", "", enabled=False), False)
@@ -353,8 +451,6 @@ def run_training(
         lr_decay=lr_decay,
         tracking_offline=bool(uri) and not tracker.online,
     )
-    if not ray.is_initialized():
-        ray.init()
     print(
         f"[itemsage] {'resuming' if resumed else 'starting'} {run_dir} "
         f"(MLflow run {tracker.run_id or 'offline'}); tasks: {counts}",
@@ -362,7 +458,7 @@ def run_training(
     )
     # A status left by an earlier invocation must not be mistaken for this one's.
     write_side_file(run_dir, STATUS_FILE, {"state": "running"})
-    trainer = build_trainer(cfg, spec)
+    trainer = build_trainer(cfg, spec, gpu)
     try:
         result = trainer.fit()
     except Exception:
