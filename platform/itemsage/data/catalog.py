@@ -57,7 +57,8 @@ Bad input and the ``Reject.reason`` it produces (``stage`` is "catalog"):
 - ``empty_item``: neither text nor images -> skipped.
 
 A path that does not exist, or whose layout is unknown, raises one ``CatalogError`` that names the
-path and the supported layouts. Whether an image decodes is checked later, by the image stage.
+path and the supported layouts; so does a Parquet file that cannot be read at all (truncated,
+not Parquet). Whether an image decodes is checked later, by the image stage.
 """
 
 from __future__ import annotations
@@ -75,6 +76,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from itemsage.config import TEXT_FIELDS, TextConfig
@@ -92,6 +94,10 @@ GENDER_WORDS = frozenset(
 )
 # A quoted field may legitimately span lines; beyond this many we call the quote broken.
 MAX_CONTINUATION_LINES = 20
+# The csv module refuses fields over 128 KiB by default, which would lose an over-long row as
+# "malformed_row" instead of cutting it ("truncated_field"). The file is in memory already, so a
+# higher cap costs nothing; only raised, never lowered, for other users of the module.
+csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))
 
 _LAYOUT_HELP = (
     "supported layouts: fashion (a directory with styles.csv + images/<id>.jpg, or the styles.csv "
@@ -235,6 +241,23 @@ def fix_utf8(text: str) -> tuple[str, bool]:
         return text.encode("utf-8", errors="replace").decode("utf-8"), True
 
 
+def parse_json_object(line: str) -> tuple[dict[str, Any] | None, str]:
+    """One JSONL record as a dict, or ``None`` and why not.
+
+    Besides syntax errors, ``json`` raises ValueError for integers over 4300 digits and
+    RecursionError for deeply nested values; each of them must cost one line, not the file.
+    """
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as e:
+        return None, f"invalid JSON ({e.msg})"
+    except (ValueError, RecursionError) as e:
+        return None, f"invalid JSON ({type(e).__name__}: {str(e)[:120]})"
+    if not isinstance(record, dict):
+        return None, "not a JSON object"
+    return record, ""
+
+
 def _parse_csv_record(buf: str) -> list[str]:
     # strict=True turns a stray quote into an error instead of silently gluing fields together.
     return next(csv.reader(io.StringIO(buf), strict=True))
@@ -301,7 +324,8 @@ def read_csv_rows(
                 extra = len(fields) - n
                 fields = (fields[:free_idx] + [",".join(fields[free_idx : free_idx + extra + 1])]
                           + fields[free_idx + extra + 1 :])
-            item_id = fields[id_idx].strip() if id_idx is not None and id_idx < len(fields) else None
+            item_id = (fix_utf8(fields[id_idx].strip())[0] or None
+                       if id_idx is not None and id_idx < len(fields) else None)
             if repaired:
                 rejects.append(Reject(stage, item_id, "repaired_row",
                                       f"{where}: {n + extra} fields for {n} columns; the surplus "
@@ -434,6 +458,10 @@ def _as_text(value: Any) -> str:
         return ""
     if isinstance(value, str):
         return value
+    if isinstance(value, bytes):
+        # A Parquet binary column: text, not "b'...'"; broken bytes become surrogates, which
+        # the shared normalisation replaces and reports ("non_utf8_text").
+        return value.decode("utf-8", errors="surrogateescape")
     if isinstance(value, float):
         if math.isnan(value):
             return ""
@@ -441,7 +469,8 @@ def _as_text(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return ", ".join(t for v in value if (t := _as_text(v).strip()))
     if isinstance(value, dict):
-        return json.dumps(value, ensure_ascii=False, sort_keys=True)
+        # default: Parquet structs hold values JSON has no type for (timestamps, bytes).
+        return json.dumps(value, ensure_ascii=False, sort_keys=True, default=_as_text)
     if hasattr(value, "tolist"):  # numpy arrays / scalars from Parquet
         return _as_text(value.tolist())
     return str(value)
@@ -459,28 +488,33 @@ def _as_paths(value: Any) -> list[str]:
     return [_as_text(value)]
 
 
+def _parquet_records(file: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    parquet = pq.ParquetFile(file)
+    if "item_id" not in parquet.schema_arrow.names:
+        raise _layout_error(file, "a generic catalog needs an item_id column")
+    row = 0
+    for batch in parquet.iter_batches(batch_size=4096):
+        for record in batch.to_pylist():
+            row += 1
+            yield f"{file.name} row {row}", record
+
+
 def _generic_records(file: Path, rejects: list[Reject]) -> Iterator[tuple[str, dict[str, Any]]]:
     if file.suffix.lower() == ".parquet":
-        parquet = pq.ParquetFile(file)
-        if "item_id" not in parquet.schema_arrow.names:
-            raise _layout_error(file, "a generic catalog needs an item_id column")
-        row = 0
-        for batch in parquet.iter_batches(batch_size=4096):
-            for record in batch.to_pylist():
-                row += 1
-                yield f"{file.name} row {row}", record
+        # Parquet has no lines to skip: a file that is not Parquet, truncated, or with a broken
+        # page cannot be read past the damage, so it is refused as a whole, by name.
+        try:
+            yield from _parquet_records(file)
+        except (pa.ArrowException, OSError, UnicodeDecodeError) as e:
+            raise CatalogError(f"cannot read catalog {file}: not a readable Parquet file ({e})") from e
         return
     for n, line in enumerate(read_text(file).split("\n"), start=1):
         if not line.strip():
             continue
         where = f"{file.name} line {n}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            rejects.append(Reject(STAGE, None, "malformed_row", f"{where}: invalid JSON ({e.msg})"))
-            continue
-        if not isinstance(record, dict):
-            rejects.append(Reject(STAGE, None, "malformed_row", f"{where}: not a JSON object"))
+        record, error = parse_json_object(line)
+        if record is None:
+            rejects.append(Reject(STAGE, None, "malformed_row", f"{where}: {error}"))
             continue
         yield where, record
 

@@ -57,10 +57,18 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from itemsage.config import ACTIONS, SURFACES, EngagementConfig
-from itemsage.data.catalog import GENDER_WORDS, Reject, fix_utf8, read_csv_rows, read_text
+from itemsage.data.catalog import (
+    GENDER_WORDS,
+    Reject,
+    fix_utf8,
+    parse_json_object,
+    read_csv_rows,
+    read_text,
+)
 
 ENGAGEMENT_COLUMNS: list[str] = ["surface", "action", "query", "item_id", "user_id", "timestamp", "source"]
 STAGE = "engagement"
@@ -73,7 +81,8 @@ SYNTHETIC_DAYS = 30
 
 
 class EngagementError(ValueError):
-    """An engagement log as a whole cannot be read (missing path, unknown format, no columns)."""
+    """An engagement log as a whole cannot be read (missing path, unknown format, no columns,
+    a Parquet file that is not readable)."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -99,9 +108,14 @@ def _log_files(path: Path) -> list[Path]:
 def _log_records(file: Path, rejects: list[Reject]) -> Iterable[tuple[str, dict[str, Any]]]:
     suffix = file.suffix.lower()
     if suffix == ".parquet":
-        table = pq.read_table(file)
+        # A damaged Parquet file cannot be read past the damage: refused as a whole, by name.
+        try:
+            table = pq.read_table(file)
+            records = table.to_pylist()
+        except (pa.ArrowException, OSError, UnicodeDecodeError) as e:
+            raise EngagementError(f"engagement log {file} is not a readable Parquet file ({e})") from e
         _require_columns(file, table.column_names)
-        for n, rec in enumerate(table.to_pylist(), start=1):
+        for n, rec in enumerate(records, start=1):
             yield f"{file.name} row {n}", rec
     elif suffix == ".csv":
         header, rows = read_csv_rows(read_text(file), rejects, stage=STAGE, id_column="item_id",
@@ -112,13 +126,9 @@ def _log_records(file: Path, rejects: list[Reject]) -> Iterable[tuple[str, dict[
         for n, line in enumerate(read_text(file).split("\n"), start=1):
             if not line.strip():
                 continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                rejects.append(Reject(STAGE, None, "malformed_row", f"{file.name} line {n}: {e.msg}"))
-                continue
-            if not isinstance(rec, dict):
-                rejects.append(Reject(STAGE, None, "malformed_row", f"{file.name} line {n}: not an object"))
+            rec, error = parse_json_object(line)
+            if rec is None:
+                rejects.append(Reject(STAGE, None, "malformed_row", f"{file.name} line {n}: {error}"))
                 continue
             yield f"{file.name} line {n}", rec
 
@@ -132,6 +142,8 @@ def _require_columns(file: Path, columns: Iterable[str]) -> None:
 def _text(value: Any) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
+    if isinstance(value, bytes):  # a Parquet binary column; fix_utf8 reports broken bytes
+        value = value.decode("utf-8", errors="surrogateescape")
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     return str(value).strip()
@@ -141,6 +153,15 @@ def _timestamp(value: Any) -> float | None:
     """Seconds since the epoch; None when present but unparseable. Missing -> NaN."""
     if value is None or (isinstance(value, str) and not value.strip()):
         return math.nan
+    try:
+        ts = _parse_timestamp(value)
+    except (TypeError, ValueError, OverflowError):  # OverflowError: a 400-digit number
+        return None
+    # "inf" or 1e999 parse as floats but name no point in time; they would sort as the newest.
+    return None if math.isinf(ts) else ts
+
+
+def _parse_timestamp(value: Any) -> float:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     if isinstance(value, pd.Timestamp) or hasattr(value, "timestamp"):
@@ -148,11 +169,7 @@ def _timestamp(value: Any) -> float | None:
     try:
         return float(value)
     except (TypeError, ValueError):
-        pass
-    try:
         return float(pd.Timestamp(str(value)).timestamp())
-    except (TypeError, ValueError):
-        return None
 
 
 def read_engagements(path: str | Path, known_item_ids: Iterable[str]) -> tuple[pd.DataFrame, list[Reject]]:
@@ -168,9 +185,11 @@ def read_engagements(path: str | Path, known_item_ids: Iterable[str]) -> tuple[p
         for where, rec in _log_records(file, rejects):
             surface = _text(rec.get("surface")).lower()
             action = _text(rec.get("action")).lower()
-            query, bad_query = fix_utf8(_text(rec.get("query")))
-            item_id = _text(rec.get("item_id"))
-            user_id = _text(rec.get("user_id"))
+            # Every kept text is valid UTF-8 (it goes to Parquet and rejects.jsonl); broken bytes
+            # become U+FFFD, as in the catalog, so a fixed id still matches its catalog item.
+            texts = {name: fix_utf8(_text(rec.get(name))) for name in ("query", "item_id", "user_id", "source")}
+            query, item_id, user_id, source = (texts[n][0] for n in ("query", "item_id", "user_id", "source"))
+            non_utf8 = [n for n, (_, bad) in texts.items() if bad]
             reason, detail = "", ""
             if surface not in SURFACES:
                 reason, detail = "unknown_surface", f"surface {surface!r} is not one of {SURFACES}"
@@ -185,9 +204,10 @@ def read_engagements(path: str | Path, known_item_ids: Iterable[str]) -> tuple[p
             if reason:
                 rejects.append(Reject(STAGE, item_id or None, reason, f"{where}: {detail}"))
                 continue
-            if bad_query:
+            if non_utf8:
                 rejects.append(Reject(STAGE, item_id, "non_utf8_text",
-                                      f"{where}: bytes that are not UTF-8 in the query were replaced"))
+                                      f"{where}: bytes that are not UTF-8 in {', '.join(non_utf8)} "
+                                      "were replaced by U+FFFD"))
             ts = _timestamp(rec.get("timestamp"))
             if ts is None:
                 rejects.append(Reject(STAGE, item_id, "bad_timestamp",
@@ -197,7 +217,7 @@ def read_engagements(path: str | Path, known_item_ids: Iterable[str]) -> tuple[p
             if surface == "home" and not user_id:
                 user_id = query
             row = {"surface": surface, "action": action, "query": query, "item_id": item_id,
-                   "user_id": user_id, "timestamp": ts, "source": _text(rec.get("source")) or "log"}
+                   "user_id": user_id, "timestamp": ts, "source": source or "log"}
             for c in ENGAGEMENT_COLUMNS:
                 out[c].append(row[c])
     return _frame(out), rejects
