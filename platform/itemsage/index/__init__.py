@@ -13,7 +13,7 @@ from itemsage.index.base import (
 )
 from itemsage.index.faiss_index import FaissIndex, build_index, default_nlist, load_index, resolve_spec
 from itemsage.index.idmap import DuplicateIdError, IdMap, UnknownIdError
-from itemsage.index.storage import CorruptIndexError, read_metadata
+from itemsage.index.storage import CorruptIndexError, IndexWriteError, read_metadata
 from itemsage.index.sweep import SweepResult, SweepRow, recall_at_k, sweep
 from itemsage.index.torch_exact import TorchExactIndex
 from itemsage.index.versioning import download_index, log_index
@@ -24,6 +24,7 @@ __all__ = [
     "FaissIndex",
     "IdMap",
     "IndexMismatchError",
+    "IndexWriteError",
     "ItemIndex",
     "NonFiniteError",
     "SweepResult",

@@ -31,6 +31,7 @@ from itemsage.index.storage import (
     fsync_dir,
     fsync_file,
     swap_into_place,
+    write_error,
 )
 
 
@@ -269,13 +270,15 @@ class ItemIndex(ABC):
         """Write the index to ``directory`` atomically; returns the directory.
 
         An existing index there is replaced. A directory that holds something else is refused,
-        so a mistyped path cannot wipe unrelated files.
+        so a mistyped path cannot wipe unrelated files. A failed write raises ``IndexWriteError``
+        (an OSError naming ``directory``) and leaves an index already there untouched.
         """
         target = Path(directory).absolute()
         check_replaceable(target)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+        tmp: Path | None = None
         try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
             files = self._write_payload(tmp)
             (tmp / IDS_FILE).write_text(json.dumps(self.idmap.to_dict()))
             files.append(IDS_FILE)
@@ -286,8 +289,11 @@ class ItemIndex(ABC):
                 fsync_file(tmp / name)
             fsync_dir(tmp)
             swap_into_place(tmp, target)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
+        except BaseException as e:
+            if tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
+            if isinstance(e, OSError):
+                raise write_error(target, e) from e
             raise
         return target
 

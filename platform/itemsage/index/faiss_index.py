@@ -267,7 +267,10 @@ class FaissIndex(ItemIndex):
         return _serialized_size(self.cpu_index())
 
     def _write_payload(self, directory: Path) -> list[str]:
-        faiss.write_index(self.cpu_index(), str(directory / FAISS_FILE))
+        # Through a Python file, not a path: faiss drops the error of its final fclose (it only
+        # prints it), so a full disk would leave a truncated index.faiss that looks saved.
+        with open(directory / FAISS_FILE, "wb") as f:
+            faiss.write_index(self.cpu_index(), faiss.PyCallbackIOWriter(f.write))
         return [FAISS_FILE]
 
     def flat_vectors(self) -> tuple[np.ndarray, np.ndarray] | None:

@@ -3,7 +3,9 @@
 A saved index is a directory: the vector payload (``index.faiss`` or ``vectors.npy``),
 ``ids.json`` (the id map) and ``metadata.json`` (spec, dim, ntotal, search params, model
 name/version, timestamps, sweep result, and the size + SHA-256 of every file). It is written to
-a temp directory beside the target, fsynced, and renamed into place.
+a temp directory beside the target, fsynced, and renamed into place; a failed write (full disk,
+unwritable directory) raises ``IndexWriteError`` naming the target and leaves an index already
+there untouched.
 """
 
 from __future__ import annotations
@@ -23,6 +25,17 @@ IDS_FILE = "ids.json"
 
 class CorruptIndexError(ValueError):
     """A saved index's files are unreadable, truncated or inconsistent with its metadata."""
+
+
+class IndexWriteError(OSError):
+    """An index could not be saved (disk full, directory not writable, ...); the cause's errno is
+    kept, the message names the target directory."""
+
+
+def write_error(target: Path, e: OSError) -> IndexWriteError:
+    why = e.strerror or str(e)
+    message = f"cannot save index to {target}: {why}"
+    return IndexWriteError(e.errno, message) if e.errno is not None else IndexWriteError(message)
 
 
 def file_digest(path: Path) -> dict[str, Any]:

@@ -97,7 +97,9 @@ class TorchExactIndex(ItemIndex):
         return int(self._vectors.numel() * self._vectors.element_size() + self._labels.nbytes)
 
     def _write_payload(self, directory: Path) -> list[str]:
-        np.save(directory / VECTORS_FILE, self._vectors.cpu().numpy(), allow_pickle=False)
-        np.save(directory / LABELS_FILE, self._labels, allow_pickle=False)
+        # Python files, not paths: np.save(path) loses a full disk's write error (see faiss_index).
+        for name, array in ((VECTORS_FILE, self._vectors.cpu().numpy()), (LABELS_FILE, self._labels)):
+            with open(directory / name, "wb") as f:
+                np.save(f, array, allow_pickle=False)
         return [VECTORS_FILE, LABELS_FILE]
 

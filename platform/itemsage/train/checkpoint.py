@@ -6,19 +6,35 @@ with ``weights_only=True``, so loading a checkpoint never runs pickled code) and
 run id and metrics, readable without torch). It also carries the inference bundle files
 (``config.yaml``, ``vocab.json``, ``manifest.json``), so any checkpoint directory is itself loadable by
 :func:`itemsage.train.artifacts.load_trained_model`.
+
+Writes are atomic per file: each goes to a temp file in the same directory, is fsynced, and is
+renamed over the old one only once both files are complete. A full disk or an unwritable
+directory therefore raises :class:`CheckpointWriteError` naming the directory, and leaves a
+previous checkpoint there intact and loadable.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 
 STATE_FILE = "state.pt"
 META_FILE = "meta.json"
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (disk full, directory not writable, ...).
+
+    An ``OSError`` with the cause's errno (``ENOSPC``, ``EROFS``, ``EACCES``), so callers can tell
+    a full disk from a permission problem; the message names the checkpoint directory.
+    """
 
 
 @dataclass
@@ -36,9 +52,14 @@ class TrainState:
 
 
 def save_checkpoint(directory: str | Path, state: TrainState) -> None:
-    """Write ``state.pt`` and ``meta.json`` into ``directory`` (created if needed)."""
+    """Write ``state.pt`` and ``meta.json`` into ``directory`` (created if needed), atomically.
+
+    Raises :class:`CheckpointWriteError` when the files cannot be written (disk full, no
+    permission); what was in ``directory`` before is then unchanged and no temp file is left.
+    Only a failure between the two renames could pair a new ``state.pt`` with the old
+    ``meta.json``; loading takes the step from ``state.pt``.
+    """
     d = Path(directory)
-    d.mkdir(parents=True, exist_ok=True)
     payload = {
         "step": int(state.step),
         "model": {k: v.detach().cpu() for k, v in state.model.items()},
@@ -49,9 +70,80 @@ def save_checkpoint(directory: str | Path, state: TrainState) -> None:
         "mlflow_run_id": state.mlflow_run_id or "",
         "text_encoder": {k: v.detach().cpu() for k, v in state.text_encoder.items()},
     }
-    torch.save(payload, d / STATE_FILE)
     meta = {"step": int(state.step), "mlflow_run_id": state.mlflow_run_id, "metrics": state.metrics}
-    (d / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    meta_bytes = (json.dumps(meta, indent=2) + "\n").encode()
+    staged: list[tuple[Path, Path]] = []
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        staged.append((_write_temp(d, STATE_FILE, lambda f: _torch_save(payload, f)), d / STATE_FILE))
+        staged.append((_write_temp(d, META_FILE, lambda f: f.write(meta_bytes)), d / META_FILE))
+        # Both files are complete and on disk before either replaces its old version.
+        for tmp, final in staged:
+            os.replace(tmp, final)
+        _fsync_dir(d)
+    except BaseException as e:
+        for tmp, _ in staged:
+            tmp.unlink(missing_ok=True)
+        if not isinstance(e, OSError):
+            raise
+        message = f"cannot write checkpoint {d}: {e.strerror or e}"
+        raise (CheckpointWriteError(e.errno, message) if e.errno is not None
+               else CheckpointWriteError(message)) from e
+
+
+def _write_temp(directory: Path, name: str, write: Callable[[IO[bytes]], object]) -> Path:
+    """``write`` into a new temp file beside ``directory/name``, fsynced; removed on failure."""
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return Path(tmp)
+
+
+class _RecordingWriter:
+    """A file for ``torch.save`` that remembers the OSError of a failed write.
+
+    torch's zip writer does not pass a write error on: a full disk surfaces as a RuntimeError
+    about an "unexpected pos". The recorded OSError lets us report the real cause.
+    """
+
+    def __init__(self, f: IO[bytes]) -> None:
+        self._f = f
+        self.error: OSError | None = None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self._f.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self) -> None:
+        self._f.flush()
+
+
+def _torch_save(payload: dict[str, Any], f: IO[bytes]) -> None:
+    writer = _RecordingWriter(f)
+    try:
+        torch.save(payload, writer)
+    except RuntimeError as e:
+        if writer.error is not None:
+            raise writer.error from e
+        raise
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make the renames durable: a crash right after must not bring the old files back."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def load_checkpoint(directory: str | Path, map_location: str | torch.device = "cpu") -> TrainState:
