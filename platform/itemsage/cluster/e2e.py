@@ -135,7 +135,8 @@ def http_json(url: str, body: Any = None, timeout_s: float = 60.0) -> tuple[int,
     data = json.dumps(body).encode() if body is not None else None
     req = urllib.request.Request(url, data=data, headers={"content-type": "application/json"})
     try:
-        with urllib.request.urlopen(req, timeout=timeout_s) as r:
+        # url: an http:// address of the local cluster this run started (dashboard, Serve, MLflow).
+        with urllib.request.urlopen(req, timeout=timeout_s) as r:  # nosec B310
             return r.status, json.loads(r.read())
     except urllib.error.HTTPError as e:
         return e.code, {"error": e.read().decode(errors="replace")[:500]}
@@ -179,7 +180,9 @@ class _Run:
         self.cfg = cfg
         self.repo = repo
         self.say = say
-        self.root = Path(cfg.run_dir or tempfile.mkdtemp(prefix="isc-", dir="/tmp"))
+        # mkdtemp makes a fresh private (0700) directory, so a shared /tmp is safe; /tmp rather than
+        # $TMPDIR keeps Ray's unix socket paths under their length limit.
+        self.root = Path(cfg.run_dir or tempfile.mkdtemp(prefix="isc-", dir="/tmp"))  # nosec B108
         self.root.mkdir(parents=True, exist_ok=True)
         # PostgreSQL runs as another user when we are root: it must be able to traverse this.
         self.root.chmod(0o711)
@@ -327,7 +330,8 @@ class _Run:
             app = apps.get("itemsage") or {}
             if app.get("status") in ("DEPLOY_FAILED", "UNHEALTHY"):
                 raise StageFailed(f"Serve application {app.get('status')}: {str(app.get('message'))[-2000:]}")
-            with urllib.request.urlopen(f"{url}/healthz", timeout=5) as r:
+            # url: the http:// Serve address of the cluster this run started.
+            with urllib.request.urlopen(f"{url}/healthz", timeout=5) as r:  # nosec B310
                 return r.status == 200
 
         wait_for(healthy, self.cfg.serve_timeout_s, f"Serve application at {url}/healthz", interval_s=2.0)

@@ -145,7 +145,8 @@ class LocalRayCluster:
         if token:
             headers["authorization"] = f"Bearer {self.token}"
         req = urllib.request.Request(f"{self.dashboard_url}{path}", data=data, method=method, headers=headers)
-        with urllib.request.urlopen(req, timeout=15) as r:
+        # dashboard_url: http://<head>:<port> of the head node this object started.
+        with urllib.request.urlopen(req, timeout=15) as r:  # nosec B310
             return json.loads(r.read() or b"null")
 
     def status_without_token(self, path: str = "/api/jobs/") -> int:

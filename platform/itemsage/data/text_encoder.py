@@ -50,8 +50,10 @@ class TextEncoder(nn.Module):
     def __init__(self, trainable_layers: int = 0, model_path: str | Path | None = None) -> None:
         super().__init__()
         path = str(model_path or minilm_path())
-        self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        self.model = AutoModel.from_pretrained(path, local_files_only=True)
+        # A local directory (the pip-packaged weights, or model_path) with local_files_only: nothing
+        # is fetched from the Hub, so there is no revision to pin.
+        self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)  # nosec B615
+        self.model = AutoModel.from_pretrained(path, local_files_only=True)  # nosec B615
         # Drop the pooler: sentence-transformers does not use it, and it would otherwise sit in
         # every checkpoint. (Dropped after loading, because loading without it logs a report
         # about "unexpected" pooler weights in every Ray worker.)
