@@ -1,11 +1,12 @@
 """Batch-embedding throughput: the Ray Data actor pool vs a plain PyTorch loop, same model and data.
 
 Both sides embed every item of one features directory with one model, at the same batch size
-and the same torch thread count, and write the same Parquet output:
+and the same CPUs (the plain loop as torch threads, Ray as one-thread actors), and write the same
+Parquet output:
 
 * plain: read items.parquet into an ``ItemFeatureStore``, loop over batches, ``embed_items``,
   write one Parquet file; one process, no Ray.
-* Ray: ``itemsage.index.embed.embed_features`` with one tower actor (one GPU on a GPU box):
+* Ray: ``itemsage.index.embed.embed_features`` with one one-thread tower actor per CPU (one actor per GPU on a GPU box):
   Ray Data reads items.parquet, tags rows, runs the actor pool and writes Parquet. Timed from
   the start of the Dataset's execution to the last file written (actor start-up and model
   transfer included; starting the Ray cluster itself is not, a cluster is already there in
@@ -153,7 +154,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="benchmark N synthetic fashion-like items instead of a features directory")
     p.add_argument("--model", default=None, help="trained model URI or dir (default: random init)")
     p.add_argument("--batch-size", type=int, default=None, help="rows per forward (default 1024 GPU / 256 CPU)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads, both sides (default 1)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch threads of the plain loop = total over the Ray actors (default: all CPUs; 1 on GPU)")
+    p.add_argument("--actors", type=int, default=0,
+                   help="Ray tower actors, threads/actors torch threads each (default: one per thread; 1 on GPU)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--num-cpus", type=float, default=None, help="CPUs of the local Ray instance")
     p.add_argument("--repeats", type=int, default=2, help="interleaved plain/Ray rounds; medians decide")
@@ -171,7 +175,12 @@ def main(argv: list[str] | None = None) -> int:
     features = None if args.synthetic else args.features or default_features()
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     batch = args.batch_size or (GPU_BATCH_SIZE if device == "cuda" else CPU_BATCH_SIZE)
-    torch.set_num_threads(args.threads)
+    # Both sides get the same CPUs: the plain loop as intra-op threads, Ray as that many one-thread
+    # actors (how a CPU cluster runs it: one model replica per core).
+    threads = args.threads or (1 if device == "cuda" else (os.cpu_count() or 1))
+    actors = args.actors or (1 if device == "cuda" else threads)
+    actor_threads = max(1, threads // actors)
+    torch.set_num_threads(threads)
     scratch = Path(tempfile.mkdtemp(prefix="itemsage-bench-embed-"))
     try:
         if features is None:
@@ -181,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         model_ref = args.model or str(random_bundle(features, scratch / "model"))
         tm = load_model(model_ref)
         print(f"features {features}; model {model_ref} (version {tm.version}); device {device}; "
-              f"batch {batch}; torch threads {args.threads}", flush=True)
+              f"batch {batch}; plain: {threads} torch threads; Ray: {actors} actors x {actor_threads} threads", flush=True)
 
         # Interleaved rounds (plain, Ray, plain, Ray, ...), medians decide: on a shared machine the
         # load drifts by the minute and would otherwise favour whichever side ran in a quiet spell.
@@ -194,8 +203,8 @@ def main(argv: list[str] | None = None) -> int:
                 plain_runs.append(plain_s)
                 n = len(plain_emb)
                 shutil.rmtree(scratch / "ray", ignore_errors=True)
-                summary = embed_features(tm, str(features), str(scratch / "ray"), batch_size=batch, concurrency=1,
-                                         num_threads=args.threads, use_gpu="true" if device == "cuda" else "false")
+                summary = embed_features(tm, str(features), str(scratch / "ray"), batch_size=batch, concurrency=actors,
+                                         num_threads=actor_threads, use_gpu="true" if device == "cuda" else "false")
                 ray_runs.append(summary.embed_seconds)
                 print(f"round {r + 1}/{args.repeats}: plain {n:,} items in {plain_s:.2f}s, "
                       f"Ray {summary.embedded:,} items in {summary.embed_seconds:.2f}s", flush=True)
@@ -218,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             Path(args.json).write_text(json.dumps({
                 "features": str(features), "model": model_ref, "device": device, "gpu": gpu,
-                "batch_size": batch, "threads": args.threads, "items": n,
+                "batch_size": batch, "threads": threads, "actors": actors, "actor_threads": actor_threads, "items": n,
                 "plain_seconds": plain_s, "ray_seconds": ray_s, "plain_items_per_s": plain_ips,
                 "ray_items_per_s": ray_ips, "ratio": ratio, "target": TARGET_RATIO, "verdict": verdict,
                 "max_abs_diff": diff, "plain_runs": plain_runs, "ray_runs": ray_runs,

@@ -20,6 +20,9 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+# Rows per Parquet row group of the tables in a features directory.
+ROW_GROUP_ROWS = 2048
+
 
 def resolve(target: str) -> tuple[pafs.FileSystem, str]:
     """``(filesystem, path)`` for a local path or an ``s3://``/``gs://``/``file://`` style URI."""
@@ -58,7 +61,9 @@ class StagedDir:
     def write_parquet(self, name: str, table: pa.Table) -> None:
         full = self.path(name)
         self.fs.create_dir(posixpath.dirname(full), recursive=True)
-        pq.write_table(table, full, filesystem=self.fs)
+        # Row groups of a few thousand rows: Ray Data splits a file into blocks by row group, so a
+        # one-group items.parquet would reach only one actor of a batch-embedding pool.
+        pq.write_table(table, full, filesystem=self.fs, row_group_size=ROW_GROUP_ROWS)
 
     def write_text(self, name: str, text: str) -> None:
         with self.fs.open_output_stream(self.path(name)) as f:

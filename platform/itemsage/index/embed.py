@@ -90,6 +90,8 @@ TOWER_COLUMNS = ("item_idx", "item_id", "image_feats", *(f"tok_{f}" for f in TEX
 # forward) 127k items/s at 256, 248k at 1024, ~130k at 2048 and above, while the forward alone
 # gains only 6% past 1024: end to end, 1024 is the fastest.
 CPU_BATCH_SIZE = 256
+# Output block size of the stages before the tower actors (see embed_features).
+TOWER_BLOCK_BYTES = 8 * 1024 * 1024
 GPU_BATCH_SIZE = 1024
 # Above this many images, "auto" featurization uses Ray Data (decode tasks + backbone actors)
 # instead of one in-process loop: a few hundred images take seconds in-process, while starting
@@ -706,6 +708,11 @@ def embed_features(
     start = time.perf_counter()
     tm = model if isinstance(model, TrainedModel) else load_model(model)
     started = ensure_ray()
+    ctx = ray.data.DataContext.get_current()
+    block_bytes = ctx.target_max_block_size
+    # Small blocks: Ray Data reads a Parquet file as one block, and a block goes to one actor, so
+    # with the default 128 MiB an actor pool over one items.parquet would run on a single actor.
+    ctx.target_max_block_size = min(block_bytes or TOWER_BLOCK_BYTES, TOWER_BLOCK_BYTES)
     try:
         plan = _resource_plan(concurrency, num_threads, use_gpu)
         batch = batch_size or (GPU_BATCH_SIZE if plan.use_gpu else CPU_BATCH_SIZE)
@@ -744,6 +751,7 @@ def embed_features(
         summary.rejects = dict(sorted(Counter(f"{r.stage}/{r.reason}" for r in rejects).items()))
         return summary
     finally:
+        ctx.target_max_block_size = block_bytes
         if started:
             ray.shutdown()
 
