@@ -8,10 +8,10 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: install browser demo test test-e2e test-cluster bench clean help
+.PHONY: install browser demo test test-fast test-e2e test-cluster bench clean help
 
 help:  ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH (or: make PYTHON=python3 ...)"; exit 1; }
@@ -33,10 +33,14 @@ browser:  ## install Debian's chromium for the web-page test (needs root; skippe
 demo: $(STAMP)  ## run the whole pipeline on the bundled sample (data/sample)
 	$(PY) experiments/pipeline.py --config $(CONFIG)
 
-test: $(STAMP)  ## unit and integration tests (what CI runs)
+# CI runs `make test`: every suite, the end-to-end ones included (about 25 minutes on 2 cores).
+test: $(STAMP) browser  ## all tests: unit, integration, end-to-end, multi-node cluster (what CI runs)
+	$(PY) -m pytest
+
+test-fast: $(STAMP)  ## unit and integration tests only (a few minutes)
 	$(PY) -m pytest -m "not slow"
 
-test-e2e: $(STAMP) browser  ## end-to-end suites: local Ray clusters, Ray Train fault injection, Serve, Chromium
+test-e2e: $(STAMP) browser  ## only the end-to-end suites: Ray clusters, fault injection, Serve, Chromium
 	$(PY) -m pytest -m slow
 
 # PostgreSQL comes from Debian's postgresql package (installed by the test when root and missing).
