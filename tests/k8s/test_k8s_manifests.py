@@ -512,7 +512,7 @@ def test_mlflow_postgres_and_artifacts(docs: Docs) -> None:
     env = ml["containers"][0]["env"]
     names = [e["name"] for e in env]
     uri = next(e["value"] for e in env if e["name"] == "MLFLOW_BACKEND_STORE_URI")
-    assert uri == "postgresql://mlflow:$(POSTGRES_PASSWORD)@itemsage-postgres:5432/mlflow"
+    assert uri == "postgresql+psycopg2://mlflow:$(POSTGRES_PASSWORD)@itemsage-postgres:5432/mlflow"
     # $(VAR) expands only from variables defined before it.
     assert names.index("POSTGRES_PASSWORD") < names.index("MLFLOW_BACKEND_STORE_URI")
     pw = next(e for e in env if e["name"] == "POSTGRES_PASSWORD")["valueFrom"]["secretKeyRef"]
