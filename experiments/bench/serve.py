@@ -25,21 +25,25 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from loadgen import (  # noqa: E402  (shared with soak.py)
+    DEFAULT_QUERIES,  # noqa: F401  (kept importable from here)
+    REPO,
+    closed_loop,
+    load_queries,
+    process_cpu,
+    served_version,
+    wait_healthy,
+)
+from loadgen import start_serve as _start_serve  # noqa: E402
+
 LEVELS = (1, 8, 32, 64)
-# Used when the features directory has no queries.parquet: typical shopping queries.
-DEFAULT_QUERIES = [
-    "black leather shoes", "men casual shirt", "women handbag", "blue jeans", "analog watch for men",
-    "red dress", "sports shoes", "white t-shirt", "sunglasses", "silver watch", "kurta for women",
-    "running shoes", "wallet", "formal trousers", "backpack", "flip flops", "perfume", "belt",
-]
 THROUGHPUT_TARGET = 1.2  # Serve / baseline requests per second at concurrency 32
 P50_LIMIT = 1.5  # Serve / baseline median latency at concurrency 1
 
@@ -83,38 +87,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 async def drive(url: str, queries: list[str], concurrency: int, total: int, max_seconds: float, k: int) -> tuple[list[float], int, float]:
     """Closed-loop load: ``concurrency`` clients, ``total`` requests in all (or until the cap)."""
-    import aiohttp
-
-    latencies: list[float] = []
-    errors = 0
-    sent = 0
-    deadline = time.perf_counter() + max_seconds
-    connector = aiohttp.TCPConnector(limit=concurrency, force_close=False)
-    timeout = aiohttp.ClientTimeout(total=60)
-
-    async def client(session: aiohttp.ClientSession) -> None:
-        nonlocal sent, errors
-        while sent < total and time.perf_counter() < deadline:
-            i = sent
-            sent += 1
-            body = {"query": queries[i % len(queries)], "k": k}
-            t0 = time.perf_counter()
-            try:
-                async with session.post(f"{url}/search", json=body) as r:
-                    await r.read()
-                    ok = r.status == 200
-            except (aiohttp.ClientError, asyncio.TimeoutError):
-                ok = False
-            if ok:
-                latencies.append(time.perf_counter() - t0)
-            else:
-                errors += 1
-
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-        start = time.perf_counter()
-        await asyncio.gather(*(client(session) for _ in range(concurrency)))
-        elapsed = time.perf_counter() - start
-    return latencies, errors, elapsed
+    return await closed_loop(url, lambda i: ("/search", {"query": queries[i % len(queries)], "k": k}), concurrency, total, max_seconds)
 
 
 def measure(server: str, url: str, queries: list[str], concurrency: int, total: int, max_seconds: float, k: int) -> Result:
@@ -131,85 +104,11 @@ def measure(server: str, url: str, queries: list[str], concurrency: int, total: 
     )
 
 
-# ------------------------------------------------------------------------------- CPU accounting
-
-
-def _descendants(root: int) -> dict[int, str]:
-    """pid -> command line of every process below ``root`` (our Ray cluster, the baseline)."""
-    children: dict[int, list[int]] = {}
-    cmd: dict[int, str] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-            cmd[int(entry)] = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            children.setdefault(int(stat[1]), []).append(int(entry))
-        except OSError:
-            continue
-    out, todo = {}, list(children.get(root, []))
-    while todo:
-        pid = todo.pop()
-        out[pid] = cmd.get(pid, "")
-        todo.extend(children.get(pid, []))
-    return out
-
-
-def _label(cmdline: str) -> str:
-    if "baseline_server.py" in cmdline:
-        return "baseline server"
-    if cmdline.startswith("ray::ServeReplica:"):
-        return cmdline.split()[0].rsplit(":", 1)[1]
-    if cmdline.startswith("ray::ProxyActor"):
-        return "Serve proxy"
-    if cmdline.startswith("ray::ServeController"):
-        return "Serve controller"
-    return "Ray (gcs, raylet, other workers)"
-
-
-def process_cpu() -> dict[str, float]:
-    """CPU seconds (user + system) so far, per kind of process below this one, plus this one
-    (the load generator)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    out: dict[str, float] = {}
-    for pid, cmdline in _descendants(os.getpid()).items():
-        try:
-            f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        label = _label(cmdline)
-        out[label] = out.get(label, 0.0) + (int(f[11]) + int(f[12])) / tick
-    t = os.times()
-    out["load generator"] = t.user + t.system
-    return out
-
-
 # --------------------------------------------------------------------------------------- servers
 
 
-def wait_healthy(url: str, timeout_s: float, proc: subprocess.Popen | None = None) -> None:
-    import urllib.request
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"{url}: the server exited with code {proc.returncode}")
-        try:
-            # url: the http://127.0.0.1 server this benchmark started itself.
-            with urllib.request.urlopen(f"{url}/healthz", timeout=5) as r:  # nosec B310
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(f"{url} not healthy after {timeout_s:.0f}s")
-
-
 def version(args: argparse.Namespace) -> dict[str, str]:
-    v = {"model_uri": args.model_uri, "index_uri": args.index_uri, "mlflow_tracking_uri": args.mlflow_tracking_uri}
-    if args.features:
-        v["features"] = args.features
-    return v
+    return served_version(args.model_uri, args.index_uri, args.mlflow_tracking_uri, args.features)
 
 
 def start_baseline(args: argparse.Namespace) -> tuple[subprocess.Popen, str]:
@@ -231,34 +130,7 @@ def start_baseline(args: argparse.Namespace) -> tuple[subprocess.Popen, str]:
 
 
 def start_serve(args: argparse.Namespace) -> str:
-    sys.path.insert(0, str(REPO))
-    from deployments.app import run_local
-
-    return run_local(version(args), host="127.0.0.1", port=args.serve_port, num_cpus=args.num_cpus, timeout_s=600)
-
-
-def load_queries(url: str) -> list[str]:
-    """The features directory's search queries (what training saw), else DEFAULT_QUERIES."""
-    import urllib.request
-
-    try:
-        import pyarrow.parquet as pq
-
-        from itemsage.serve.bundle import features_dir
-
-        # url: the http://127.0.0.1 server this benchmark started itself.
-        with urllib.request.urlopen(f"{url}/version", timeout=10) as r:  # nosec B310
-            v = json.loads(r.read())
-        from itemsage.train.artifacts import resolve_model_dir
-
-        manifest = json.loads((resolve_model_dir(v["model"]["uri"]) / "manifest.json").read_text())
-        texts = pq.read_table(Path(features_dir(manifest, None, os.getcwd())) / "queries.parquet", columns=["text"]).column("text").to_pylist()
-        texts = [t for t in texts if t and t.strip()]
-        if texts:
-            return sorted(set(texts))[:500]
-    except Exception:  # noqa: BLE001 - any problem: fall back to the built-in list
-        pass
-    return list(DEFAULT_QUERIES)
+    return _start_serve(version(args), args.serve_port, args.num_cpus)
 
 
 def same_answers(a: str, b: str, queries: list[str], k: int) -> bool:

@@ -55,3 +55,42 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def start_serve_app(trained: object, version: str = "1", deployments: dict | None = None, num_cpus: int = 4) -> dict:
+    """Start a local Ray (no dashboard) and deploy deployments/serve_config.yaml on 127.0.0.1 at a
+    free port, serving ``models:/itemsage/<version>`` of ``trained`` (a ``TrainedServing``), the
+    way ``serve run`` deploys it. The caller stops it with :func:`stop_serve_app`."""
+    import os
+
+    import ray
+
+    repo = str(Path(__file__).resolve().parents[2])
+    if repo not in sys.path:
+        sys.path.insert(0, repo)
+    from deployments.app import run_local
+
+    if ray.is_initialized():
+        ray.shutdown()
+    # A busy shared machine can take longer than Ray's default to register the local node.
+    os.environ.setdefault("RAY_raylet_start_wait_time_s", "120")
+    # Logical CPUs: the config reserves ~2 CPUs of replicas, more than a 2-core CI box has.
+    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+    port = free_port()
+    uri = f"models:/itemsage/{version}"
+    spec = {"model_uri": uri, "index_uri": uri, "mlflow_tracking_uri": trained.tracking_uri}  # type: ignore[attr-defined]
+    try:
+        url = run_local(spec, host="127.0.0.1", port=port, deployments=deployments, timeout_s=600)
+    except BaseException:
+        stop_serve_app()
+        raise
+    return {"url": url, "port": port, "trained": trained}
+
+
+def stop_serve_app() -> None:
+    import ray
+    from ray import serve
+
+    if ray.is_initialized():
+        serve.shutdown()
+        ray.shutdown()
