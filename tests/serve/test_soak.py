@@ -43,6 +43,9 @@ def served_app(trained_serving: Any) -> Iterator[dict]:
         stop_serve_app()
 
 
+# The soak itself takes ~80 s plus the app's start; run alone, this test also pays for training the
+# demo model (the session fixture), which took over 15 minutes on a loaded 2-core box.
+@pytest.mark.timeout(1800)
 def test_sixty_second_soak_fails_nothing_and_does_not_grow(served_app: dict, soak: Any, tmp_path: Path) -> None:
     report = soak.run_soak(served_app["url"], concurrency=16, duration_s=60, window_s=10, warmup_s=10, root=os.getpid())
     print()
