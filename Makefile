@@ -33,7 +33,8 @@ browser:  ## install Debian's chromium for the web-page test (needs root; skippe
 demo: $(STAMP)  ## run the whole pipeline on the bundled sample (data/sample)
 	$(PY) experiments/pipeline.py --config $(CONFIG)
 
-# CI runs `make test`: every suite, the end-to-end ones included (about 25 minutes on 2 cores).
+# CI runs `make test`: every suite, the end-to-end ones included (25-45 minutes on 2 cores,
+# depending on what else runs there; 43 min measured on a busy 2-core box).
 test: $(STAMP) browser  ## all tests: unit, integration, end-to-end, multi-node cluster (what CI runs)
 	$(PY) -m pytest
 
