@@ -213,7 +213,7 @@ def run_ablations(
         max_steps = cfg.train.max_steps
         progress(f"[{i}/{len(variants)}] {v.name}: {v.description}")
         t0 = time.perf_counter()
-        trained = run_training(cfg, tracking=tracking, register=False)
+        trained = run_training(cfg, tracking=tracking)
         seconds = time.perf_counter() - t0
         ev = evaluate_model(trained.model_uri, features=cfg.train.features, split=split, device="auto")
         summary = surface_summary(ev)
