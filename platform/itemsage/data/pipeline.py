@@ -271,6 +271,11 @@ def featurize_images(items: pd.DataFrame, cfg: PreprocessConfig, plan: StagePlan
     if out is None or len(out["item_idx"]) != len(rows):
         got = 0 if out is None else len(out["item_idx"])
         raise RuntimeError(f"image stage returned {got} rows for {len(rows)} images")
+    return group_image_features(out, n, dim)
+
+
+def group_image_features(out: dict[str, np.ndarray], n_items: int, dim: int) -> ImageFeatures:
+    """Per-image featurizer output (one row per submitted image) -> features grouped by item."""
     order = np.lexsort((out["img_pos"], out["item_idx"]))
     item_idx, ok, feats = out["item_idx"][order], out["ok"][order].astype(bool), out["feat"][order]
     rejects = [
@@ -278,12 +283,12 @@ def featurize_images(items: pd.DataFrame, cfg: PreprocessConfig, plan: StagePlan
         for i in order[~ok]
     ]
     kept_idx, kept = item_idx[ok], feats[ok].astype(np.float32, copy=False)
-    n_images = np.bincount(kept_idx, minlength=n).astype(np.int32)
-    first = np.zeros((n, dim), dtype=np.float32)
+    n_images = np.bincount(kept_idx, minlength=n_items).astype(np.int32)
+    first = np.zeros((n_items, dim), dtype=np.float32)
     # Rows are sorted by (item, position), so the first kept row of each item is its first image.
     starts = np.flatnonzero(np.r_[True, kept_idx[1:] != kept_idx[:-1]]) if len(kept_idx) else np.zeros(0, int)
     first[kept_idx[starts]] = kept[starts]
-    return ImageFeatures(n_images, kept.reshape(-1), first, len(rows), rejects)
+    return ImageFeatures(n_images, kept.reshape(-1), first, len(out["item_idx"]), rejects)
 
 
 # ----------------------------------------------------------------------------------------- text

@@ -54,6 +54,7 @@ import pyarrow.parquet as pq
 import torch
 
 from itemsage.config import TEXT_FIELDS, PipelineConfig, PreprocessConfig, load_config
+from itemsage.manifest import ManifestFields
 from itemsage.data.catalog import Reject
 from itemsage.data.features_io import resolve, staged_output
 from itemsage.data.featurize import (
@@ -107,7 +108,7 @@ class EmbedError(ValueError):
 
 
 @dataclass(frozen=True)
-class TrainedModel:
+class TrainedModel(ManifestFields):
     """A trained model pinned to one version, with what feeding it needs.
 
     ``version`` is the registry's number for ``models:/`` URIs and a hash of the bundle files
@@ -124,26 +125,6 @@ class TrainedModel:
     version: str
     registered: bool
     model_dir: Path
-
-    @property
-    def image_dim(self) -> int:
-        return int(self.manifest["image_dim"])
-
-    @property
-    def embedding_dim(self) -> int:
-        return int(self.manifest["embedding_dim"])
-
-    @property
-    def text_fields(self) -> tuple[str, ...]:
-        return tuple(self.manifest.get("text_fields") or TEXT_FIELDS)
-
-    @property
-    def max_images(self) -> int:
-        return int(self.manifest.get("max_images", 20))
-
-    @property
-    def image_backbone(self) -> str:
-        return str(self.manifest.get("image_backbone", ""))
 
 
 def load_model(uri_or_dir: str | Path, device: str | torch.device = "cpu") -> TrainedModel:
@@ -257,31 +238,9 @@ def token_table(items: pd.DataFrame, vocab: Vocab, title_emb: np.ndarray | None)
     return pa.table(columns)
 
 
-def group_image_features(out: dict[str, np.ndarray], n_items: int, dim: int) -> Any:
-    """Per-image featurizer output -> ``itemsage.data.pipeline.ImageFeatures`` (grouped by item).
-
-    The same regrouping ``pipeline.featurize_images`` does after its Ray stage; that one is not
-    factored out of the function, so the in-process path needs its own copy of these few lines.
-    """
-    from itemsage.data.pipeline import ImageFeatures
-
-    order = np.lexsort((out["img_pos"], out["item_idx"]))
-    item_idx, ok, feats = out["item_idx"][order], out["ok"][order].astype(bool), out["feat"][order]
-    rejects = [
-        Reject("image", str(out["item_id"][i]), str(out["reason"][i]), f"{out['path'][i]}: {out['detail'][i]}")
-        for i in order[~ok]
-    ]
-    kept_idx, kept = item_idx[ok], feats[ok].astype(np.float32, copy=False)
-    n_images = np.bincount(kept_idx, minlength=n_items).astype(np.int32)
-    first = np.zeros((n_items, dim), dtype=np.float32)
-    starts = np.flatnonzero(np.r_[True, kept_idx[1:] != kept_idx[:-1]]) if len(kept_idx) else np.zeros(0, int)
-    first[kept_idx[starts]] = kept[starts]
-    return ImageFeatures(n_images, kept.reshape(-1), first, len(out["item_idx"]), rejects)
-
-
 def local_image_features(items: pd.DataFrame, pcfg: PreprocessConfig, dim: int, device: str) -> Any:
     """The preprocessing image UDFs (``decode_images`` -> ``ImageFeaturizer``) run in this process."""
-    from itemsage.data.pipeline import ImageFeatures
+    from itemsage.data.pipeline import ImageFeatures, group_image_features
 
     rows = image_rows(items)
     n = len(items)

@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 
 from itemsage.config import TEXT_FIELDS
 from itemsage.data.features_io import resolve
+from itemsage.manifest import ManifestFields
 from itemsage.serve.errors import ItemNotFoundError
 
 if TYPE_CHECKING:  # torch stays out of processes that only route requests (Ingress, Retriever)
@@ -179,7 +180,7 @@ class Catalog:
 
 
 @dataclass(frozen=True)
-class ModelBundle:
+class ModelBundle(ManifestFields):
     """A loaded model version and the features it reads catalog items from."""
 
     ref: ModelRef
@@ -193,26 +194,6 @@ class ModelBundle:
     # The version's own fine-tuned MiniLM (SearchSage-style training), or None: then search
     # queries go through the frozen packaged MiniLM shared by every version.
     text_encoder: Any = None
-
-    @property
-    def image_backbone(self) -> str:
-        return str(self.manifest.get("image_backbone", ""))
-
-    @property
-    def image_dim(self) -> int:
-        return int(self.manifest["image_dim"])
-
-    @property
-    def embedding_dim(self) -> int:
-        return int(self.manifest["embedding_dim"])
-
-    @property
-    def text_fields(self) -> tuple[str, ...]:
-        return tuple(self.manifest.get("text_fields") or TEXT_FIELDS)
-
-    @property
-    def max_images(self) -> int:
-        return int(self.manifest.get("max_images", 20))
 
     def rows(self, item_ids: Sequence[str]) -> list[int]:
         """Store rows of catalog items; unknown ids are all named in one 404."""

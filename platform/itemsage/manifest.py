@@ -1,0 +1,37 @@
+"""Typed reads of a model manifest (``manifest.json`` of a bundle or checkpoint).
+
+Shared by every loaded-model view (batch embedding's ``TrainedModel``, serving's
+``ModelBundle``), so the defaults for manifests written before a field existed live in one place.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from itemsage.config import TEXT_FIELDS
+
+
+class ManifestFields:
+    """Mixin for a class with a ``manifest`` dict attribute."""
+
+    manifest: dict[str, Any]
+
+    @property
+    def image_backbone(self) -> str:
+        return str(self.manifest.get("image_backbone", ""))
+
+    @property
+    def image_dim(self) -> int:
+        return int(self.manifest["image_dim"])
+
+    @property
+    def embedding_dim(self) -> int:
+        return int(self.manifest["embedding_dim"])
+
+    @property
+    def text_fields(self) -> tuple[str, ...]:
+        return tuple(self.manifest.get("text_fields") or TEXT_FIELDS)
+
+    @property
+    def max_images(self) -> int:
+        return int(self.manifest.get("max_images", 20))
