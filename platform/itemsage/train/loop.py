@@ -318,6 +318,13 @@ def pair_batches(
     return batcher(cached_cycle(usable(first_pass), seed=seed, min_rows=tc.batch_size))
 
 
+def step_seeds(seed: int, rank: int, step: int) -> tuple[int, int]:
+    """(negative sampling, dropout) seeds of one step on one rank: a function of the step, so that
+    a run resumed from a checkpoint continues the random streams an uninterrupted run would have."""
+    negatives, dropout = np.random.SeedSequence([seed % 2**63, rank, step]).generate_state(2)
+    return int(negatives), int(dropout)
+
+
 def build_validation(tc: TrainConfig, store: ItemFeatureStore, catalog: str) -> Any:
     pairs = read_pairs(tc.features, "val", tc.surfaces)
     return build_val_set(pairs, store.num_items, catalog)
@@ -402,13 +409,16 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             print(f"[itemsage] resumed from checkpoint at step {start_step}", flush=True)
             tracker.log_metrics({"train/resumed_from_step": start_step}, start_step)
 
-    generator = torch.Generator().manual_seed(tc.seed * 1_000_003 + rank * 7919 + start_step)
+    # Every random stream depends on (seed, rank, step), never on where this process started: a
+    # run resumed from the checkpoint at step S (worker restart or re-submitted driver) draws the
+    # very batches, negatives and dropout masks an uninterrupted run draws after step S.
+    generator = torch.Generator()
     stepper = Stepper(
         ddp_model, optimizer, scheduler, store, qf,
         negative_pool(store.num_items, heldout_items(tc.features)), tc, device, generator,
     )
     shard = ray.train.get_dataset_shard("train")
-    data_seed = tc.seed * 7919 + rank * 104_729 + start_step
+    data_seed = tc.seed * 7919 + rank * 104_729
     first_pass = shard.iter_batches(
         batch_size=max(tc.batch_size, 1024),
         batch_format="numpy",
@@ -416,6 +426,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         local_shuffle_seed=data_seed,
     )
     batches = pair_batches(first_pass, spec.tasks, tc, data_seed)
+    for _ in range(start_step):  # the batches steps 1..S used (index draws only: milliseconds)
+        next(batches)
 
     bundle = BundleFiles(cfg, spec.features_manifest) if rank == 0 else None
     last_val: dict[str, float] = {}
@@ -424,6 +436,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     for step in range(start_step + 1, tc.max_steps + 1):
         t0 = time.perf_counter()
         batch = next(batches)
+        negatives_seed, dropout_seed = step_seeds(tc.seed, rank, step)
+        generator.manual_seed(negatives_seed)
+        torch.manual_seed(dropout_seed)
         out = stepper.step(batch)
         dt = time.perf_counter() - t0
         if not out.finite:
