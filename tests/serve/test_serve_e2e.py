@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import signal
 import threading
 import time
 import urllib.error
@@ -27,8 +28,12 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-gpu", "--disable-component-update", "--disable-sync", "--no-first-run"]
-# Two Retriever replicas, so that killing one mid-request has somewhere to retry.
-DEPLOYMENTS = {"Retriever": {"num_replicas": 2}}
+# Two Retriever and two QueryEncoder replicas (a fixed two instead of the config's 1-2
+# autoscaling), so that killing one mid-request has somewhere to retry.
+DEPLOYMENTS = {
+    "Retriever": {"num_replicas": 2},
+    "QueryEncoder": {"num_replicas": 2, "autoscaling_config": None},
+}
 
 
 def version_of(trained: Any, v: str) -> dict[str, str]:
@@ -258,6 +263,15 @@ class Load:
                 self.records.append((started, status, body))
             n += 1
 
+    def wait_for(self, n: int, timeout: float) -> bool:
+        """Until ``n`` answers are in (True), or ``timeout`` seconds pass or the load ends (False)."""
+        deadline = time.monotonic() + timeout
+        while len(self.records) < n:
+            if time.monotonic() > deadline or not any(t.is_alive() for t in self.threads):
+                return False
+            time.sleep(0.05)
+        return True
+
     def __enter__(self) -> Load:
         for t in self.threads:
             t.start()
@@ -269,26 +283,76 @@ class Load:
             t.join(90)
 
 
-def test_replica_death_is_retried(served: Any) -> None:
-    """Kill one of the two Retriever replicas under load: the ingress retries, no request fails."""
-    import ray
+def replicas(deployment: str) -> dict[str, int]:
+    """Actor name -> pid of the ALIVE replicas of ``deployment`` in this test's cluster (from its GCS,
+    so another Serve app on the same machine is never touched)."""
+    from ray._private.state import actors
 
+    return {
+        a["Name"]: int(a["Pid"])
+        for a in actors(actor_state_name="ALIVE").values()
+        if a["Name"].startswith("SERVE_REPLICA::itemsage#") and f"#{deployment}#" in a["Name"]
+    }
+
+
+def running(deployment: str) -> int:
+    from ray import serve
+
+    states = serve.status().applications["itemsage"].deployments[deployment].replica_states
+    return int(states.get("RUNNING", 0))
+
+
+def kill_a_replica_under_load(served: Any, deployment: str) -> dict[str, Any]:
+    """``kill -9`` one of the two ``deployment`` replicas while 4 clients search, then wait (bounded)
+    for Serve to replace it. Returns what happened, for the asserts and the report."""
     url = served["url"]
-    names = [a for a in ray.util.list_named_actors(all_namespaces=True) if "Retriever" in a["name"] and "REPLICA" in a["name"].upper()]
-    assert len(names) == 2, names
-    with Load(url, clients=4, max_requests=200, max_seconds=60) as load:
-        time.sleep(2)
-        ray.kill(ray.get_actor(names[0]["name"], namespace=names[0]["namespace"]), no_restart=True)
-        time.sleep(6)
-    failed = [(s, b) for _, s, b in load.records if s != 200]
-    assert len(load.records) > 20 and not failed, failed[:3]
-    deadline = time.monotonic() + 120  # Serve replaces the replica
+    # /healthz answers once one replica of each deployment runs; the second may still be starting.
+    deadline = time.monotonic() + 180
+    while not (len(replicas(deployment)) == 2 and running(deployment) == 2) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    before = replicas(deployment)
+    assert len(before) == 2 and running(deployment) == 2, (before, running(deployment))
+    victim, pid = sorted(before.items())[0]
+    with Load(url, clients=4, max_requests=240, max_seconds=90) as load:
+        assert load.wait_for(12, timeout=60), "no traffic before the kill"
+        done_before_kill = len(load.records)
+        os.kill(pid, signal.SIGKILL)
+        killed = time.monotonic()
+        # Keep the load on until well after the kill: every request that was on the victim, or
+        # was routed to it before anyone knew it was dead, is in these.
+        assert load.wait_for(done_before_kill + 60, timeout=75), f"only {len(load.records)} answers"
+    replaced = None
+    deadline = killed + 180  # a new replica has to start and load its model on a busy box
     while time.monotonic() < deadline:
-        alive = [a for a in ray.util.list_named_actors(all_namespaces=True) if "Retriever" in a["name"] and "REPLICA" in a["name"].upper()]
-        if len(alive) == 2 and call(url, "/healthz")[0] == 200:
+        now = replicas(deployment)
+        if len(now) == 2 and victim not in now and running(deployment) == 2:
+            replaced = time.monotonic() - killed
             break
-        time.sleep(1)
+        time.sleep(0.5)
+    after = replicas(deployment)
+    failed = [(s, b) for _, s, b in load.records if s != 200]
+    report = {
+        "deployment": deployment, "victim": victim, "sent": len(load.records), "failed": len(failed),
+        "after_kill": sum(1 for t, _, _ in load.records if t >= killed), "replaced_after_s": replaced,
+    }
+    print(f"[replica kill] {report}")
+    assert report["after_kill"] >= 40 and not failed, (report, failed[:3])
+    assert replaced is not None, f"{deployment} not back to 2 RUNNING replicas within 180 s: {after}"
+    assert victim not in after and len(set(after) - set(before)) == 1, (before, after)
     assert call(url, "/healthz")[0] == 200
+    return report
+
+
+def test_replica_death_is_retried(served: Any) -> None:
+    """kill -9 one of the two Retriever replicas under load: the ingress retries the read on the
+    other one, no request fails, Serve starts a replacement and /healthz answers 200."""
+    kill_a_replica_under_load(served, "Retriever")
+
+
+def test_query_encoder_replica_death_is_retried(served: Any) -> None:
+    """kill -9 one of the two QueryEncoder replicas under load: the Retriever retries the encoding
+    on the other one, no request fails, Serve starts a replacement and /healthz answers 200."""
+    kill_a_replica_under_load(served, "QueryEncoder")
 
 
 def test_swap_version_in_place_under_load(served: Any) -> None:

@@ -74,6 +74,24 @@ def _raise_if_error(result: Any) -> Any:
     return result
 
 
+async def _read_with_retries(call: Callable[[], Awaitable[Any]], what: str, retries: int) -> Any:
+    """``await call()``, a read through a deployment handle, tried again up to ``retries`` times
+    when it fails for any reason but the client's input (a replica died mid-request).
+
+    Every call between deployments is a read, so repeating one is safe, and Serve's router no
+    longer picks a replica it saw die: the retry goes to another replica. Client errors
+    (:class:`ServeError`) are raised at once; the last failure is raised when retries run out.
+    """
+    for attempt in range(retries + 1):
+        try:
+            return _raise_if_error(await call())
+        except Exception as exc:  # noqa: BLE001 - classified below
+            if as_serve_error(exc) is not None or attempt >= retries:
+                raise
+            log.warning("%s failed (%s); retrying once", what, type(exc).__name__)
+    raise AssertionError("unreachable")
+
+
 def serve_config(data: Mapping[str, Any] | None) -> ServeConfig:
     """A :class:`ServeConfig` from a plain dict (deployment args must be plain data), keys checked."""
     return _build(ServeConfig, dict(data or {}), "serve.")
@@ -253,29 +271,41 @@ class ItemEncoder(_EncoderBase):
 
 
 class HandleEncoding:
-    """The :class:`~itemsage.serve.service.Encoding` protocol over the encoder deployments."""
+    """The :class:`~itemsage.serve.service.Encoding` protocol over the encoder deployments.
 
-    def __init__(self, queries: DeploymentHandle, items: DeploymentHandle) -> None:
+    An encoding that fails because an encoder replica died is retried once, on another replica,
+    right here: otherwise the failure would fail the Retriever's whole batch and use up the
+    ingress's one retry, which may land on the other Retriever replica before its router has
+    seen the encoder die.
+    """
+
+    def __init__(self, queries: DeploymentHandle, items: DeploymentHandle, retries: int = 1) -> None:
         self.queries = queries
         self.items = items
+        self.retries = retries
+
+    async def _query(self, method: str, *args: Any) -> Any:
+        call = getattr(self.queries, method)
+        return await _read_with_retries(lambda: call.remote(*args), f"QueryEncoder.{method}", self.retries)
 
     async def text(self, spec: ModelSpec, query: str) -> np.ndarray:
-        return _raise_if_error(await self.queries.text.remote(spec, query))
+        return await self._query("text", spec, query)
 
     async def texts(self, spec: ModelSpec, queries: list[str]) -> list[np.ndarray]:
-        return _raise_if_error(await self.queries.texts.remote(spec, queries))
+        return await self._query("texts", spec, queries)
 
     async def image(self, spec: ModelSpec, data: bytes) -> np.ndarray:
-        return _raise_if_error(await self.queries.image.remote(spec, data))
+        return await self._query("image", spec, data)
 
     async def similar_query(self, spec: ModelSpec, item_id: str) -> tuple[str, np.ndarray]:
-        return _raise_if_error(await self.queries.similar_query.remote(spec, item_id))
+        return await self._query("similar_query", spec, item_id)
 
     async def history(self, spec: ModelSpec, item_ids: list[str]) -> np.ndarray:
-        return _raise_if_error(await self.queries.history.remote(spec, item_ids))
+        return await self._query("history", spec, item_ids)
 
     async def item(self, spec: ModelSpec, payload: dict[str, Any]) -> np.ndarray:
-        return _raise_if_error(await self.items.item.remote(spec, payload))
+        call = self.items.item
+        return await _read_with_retries(lambda: call.remote(spec, payload), "ItemEncoder.item", self.retries)
 
     async def warm(self, spec: ModelSpec) -> None:
         # Reaches one replica of each encoder; the others load the version on their first request
@@ -299,8 +329,9 @@ class RetrieverDeployment:
         from itemsage.serve.service import Retriever
 
         use_gpu: str | bool = "auto" if ray.get_gpu_ids() else False
+        cfg = serve_config(serve_cfg)
         self.core = Retriever(
-            serve_config(serve_cfg), HandleEncoding(query_encoder, item_encoder), use_gpu=use_gpu, base_dir=base_dir
+            cfg, HandleEncoding(query_encoder, item_encoder, cfg.read_retries), use_gpu=use_gpu, base_dir=base_dir
         )
         self._search_gate = BatchGate()
 
@@ -372,19 +403,15 @@ class HandleBackend:
         self.retries = retries
 
     async def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        for attempt in range(self.retries + 1):
-            try:
-                return _raise_if_error(await getattr(self.retriever, method).remote(*args, **kwargs))
-            except Exception as exc:  # noqa: BLE001 - classified below
-                err = as_serve_error(exc)
-                if err is not None:
-                    raise err from None
-                if attempt < self.retries:
-                    log.warning("%s failed (%s); retrying once", method, type(exc).__name__)
-                    continue
-                log.error("%s failed after %d attempts: %r", method, attempt + 1, exc)
-                raise ServiceUnavailableError(f"{method} failed: the backend is unavailable, try again") from None
-        raise AssertionError("unreachable")
+        call = getattr(self.retriever, method)
+        try:
+            return await _read_with_retries(lambda: call.remote(*args, **kwargs), method, self.retries)
+        except Exception as exc:  # noqa: BLE001 - classified below
+            err = as_serve_error(exc)
+            if err is not None:
+                raise err from None
+            log.error("%s failed after %d attempts: %r", method, self.retries + 1, exc)
+            raise ServiceUnavailableError(f"{method} failed: the backend is unavailable, try again") from None
 
     async def search(self, query: str, k: int) -> dict[str, Any]:
         return await self._call("search", query, k)
