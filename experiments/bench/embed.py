@@ -83,7 +83,7 @@ def synthetic_features(out: Path, n: int, image_dim: int = 1280, vocab_size: int
         "item_id": pa.array(ids, pa.string()),
         "n_images": pa.array(np.ones(n, np.int32)),
         "image_feats": fixed_list_array(rng.random((n, image_dim), dtype=np.float32), pa.float32()),
-        "title_emb": fixed_list_array(np.zeros((n, 384), np.float32), pa.float32()),
+        "title_emb": fixed_list_array(rng.standard_normal((n, 384), dtype=np.float32), pa.float32()),
     }
     lengths = {"title": 30, "category_path": 12, "colors": 3, "size_type": 2}
     for name in TEXT_FIELDS:

@@ -67,6 +67,7 @@ def synthetic_batch(
     return ItemBatch(
         torch.from_numpy(feats), torch.from_numpy(mask), torch.from_numpy(ids),
         torch.from_numpy(offsets), torch.from_numpy(lens > 0),
+        torch.from_numpy(rng.standard_normal((batch_size, 384), dtype=np.float32)),  # MiniLM title
     )
 
 

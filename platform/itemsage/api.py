@@ -112,7 +112,8 @@ class ItemSage:
             store = ItemFeatureStore.load(str(path), max_images=self.trained.max_images,
                                           text_fields=self.trained.text_fields)
         else:
-            feats = self.featurize_catalog(path, layout, title_embeddings=False, engine=engine)
+            feats = self.featurize_catalog(path, layout, title_embeddings=self.trained.uses_title_embedding,
+                                           engine=engine)
             store = feats.store(self.trained.max_images, self.trained.text_fields)
         return list(store.item_ids or []), self._embed_store(store, batch_size)
 

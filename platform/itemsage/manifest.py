@@ -12,9 +12,15 @@ from itemsage.config import TEXT_FIELDS
 
 
 class ManifestFields:
-    """Mixin for a class with a ``manifest`` dict attribute."""
+    """Mixin for a class with a ``manifest`` dict and a ``model`` attribute."""
 
     manifest: dict[str, Any]
+    model: Any  # the loaded ItemSageModel
+
+    @property
+    def uses_title_embedding(self) -> bool:
+        """Whether the item tower reads MiniLM title embeddings (``model.use_title_embedding``)."""
+        return bool(self.model.model_cfg.use_title_embedding)
 
     @property
     def image_backbone(self) -> str:

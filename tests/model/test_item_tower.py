@@ -16,6 +16,7 @@ D, V, F = 12, 200, len(TEXT_FIELDS)
 SMALL = ModelConfig(
     hidden_dim=32, num_heads=8, ffn_dim=64, head_hidden_dim=48, embedding_dim=16,
     hash_buckets=101, hash_dim=24, dropout=0.0,
+    use_title_embedding=False, title_skip=False,  # the paper's tower; the title tests switch it on
 )
 
 
@@ -112,7 +113,9 @@ def test_default_config_structure() -> None:
     assert len(tower.encoder.layers) == 1 and tower.encoder.layers[0].self_attn.num_heads == 8
     assert tower.head.fc1.weight.shape == (1024, 512) and tower.head.fc2.weight.shape == (256, 1024)
     assert tower.text_embedding.importance.shape == (V, 2)
-    out = tower.eval()(_batch_dim([3, 0], 1280))
+    assert tower.title_proj.weight.shape == (512, 384) and tower.title_skip is not None
+    batch = dataclasses.replace(_batch_dim([3, 0], 1280), title_emb=torch.randn(2, 384))
+    out = tower.eval()(batch)
     assert out.shape == (2, 256)
 
 
@@ -150,3 +153,57 @@ def test_bf16_autocast_forward_stays_bf16_and_unit_norm() -> None:
         out = tower(_batch([0, 2, 5], _lens(3)))
     assert out.dtype == torch.bfloat16
     torch.testing.assert_close(out.float().norm(dim=1), torch.ones(3), atol=1e-2, rtol=0)
+
+
+def _with_titles(batch: ItemBatch, titles: torch.Tensor) -> ItemBatch:
+    return dataclasses.replace(batch, title_emb=titles)
+
+
+@pytest.mark.parametrize(("cls", "skip"), [(ItemSageTower, False), (ItemSageTower, True), (ConcatMLPTower, False)])
+def test_title_embedding_is_an_input_and_a_zero_title_is_no_title(cls: type, skip: bool) -> None:
+    tower = _tower(cls, use_title_embedding=True, title_skip=skip)
+    base = _batch([1, 0, 2], _lens(3))
+    g = torch.Generator().manual_seed(5)
+    titles = torch.randn(3, 384, generator=g)
+    out = tower(_with_titles(base, titles))
+    other = titles.clone()
+    other[1] = torch.randn(384, generator=g)
+    moved = tower(_with_titles(base, other))
+    assert not torch.allclose(out[1], moved[1], atol=1e-3), "the title must change its item's embedding"
+    torch.testing.assert_close(out[[0, 2]], moved[[0, 2]], atol=1e-6, rtol=1e-5)
+    # The image-only ablation drops the title like the rest of the text.
+    image_only = _tower(cls, use_title_embedding=True, title_skip=skip, use_text=False)
+    torch.testing.assert_close(image_only(_with_titles(base, titles)), image_only(_with_titles(base, other)))
+    if cls is ItemSageTower:
+        # An all-zero title is masked out of attention (and out of the skip path).
+        zero = titles.clone()
+        zero[1] = 0
+        a = tower(_with_titles(base, zero))
+        b = tower(_with_titles(base, zero * 0))
+        torch.testing.assert_close(a[1], b[1], atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("cls", [ItemSageTower, ConcatMLPTower])
+def test_a_title_tower_without_titles_is_a_clear_error(cls: type) -> None:
+    tower = _tower(cls, use_title_embedding=True)
+    with pytest.raises(ValueError, match="title embeddings"):
+        tower(_batch([1], _lens(1)))
+
+
+def test_title_skip_starts_as_the_search_query_projection() -> None:
+    from itemsage.config import LossConfig
+    from itemsage.model import build_model
+
+    model = build_model(dataclasses.replace(SMALL, use_title_embedding=True, title_skip=True), LossConfig(), V, D)
+    titles = torch.randn(4, 384)
+    torch.testing.assert_close(model.item_tower.title_skip(titles), model.query_towers("search", titles))
+
+
+def test_gather_carries_title_embeddings() -> None:
+    from itemsage.model import ItemFeatureStore
+
+    rows = [{"item_id": "a", "title_emb": [1.0] * 384}, {"item_id": "b"}]
+    batch = ItemFeatureStore.from_rows(rows, image_dim=D).gather(torch.tensor([1, 0]))
+    assert batch.title_emb is not None
+    torch.testing.assert_close(batch.title_emb, torch.stack([torch.zeros(384), torch.ones(384)]))
+    assert batch.to("cpu").title_emb is not None

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
@@ -111,3 +112,10 @@ def staged_output(target: str) -> Iterator[StagedDir]:
         out.discard()
         raise
     out.commit()
+
+
+def fixed_list_array(matrix: np.ndarray, dtype: pa.DataType) -> pa.ListArray:
+    """[N, D] -> ``list<dtype>`` with D values per row (the feature format's list columns)."""
+    n, d = matrix.shape
+    offsets = pa.array((np.arange(n + 1, dtype=np.int64) * d).astype(np.int32))
+    return pa.ListArray.from_arrays(offsets, pa.array(matrix.reshape(-1), type=dtype))

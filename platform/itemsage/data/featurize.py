@@ -33,6 +33,7 @@ from torch import nn
 from itemsage.config import TEXT_FIELDS
 from itemsage.data.images import BACKBONES, ImageBackbone, ImageDecodeError, get_backbone, load_image
 from itemsage.data.text import Vocab
+from itemsage.data.features_io import fixed_list_array
 
 MINILM_DIM = 384
 # MiniLM batch inside one Ray batch: titles and queries are short, so 64 keeps padding small.
@@ -266,13 +267,6 @@ def list_array(arrays: list[np.ndarray], dtype: pa.DataType) -> pa.ListArray:
     np_type = dtype.to_pandas_dtype()
     values = np.concatenate(arrays).astype(np_type, copy=False) if arrays else np.zeros(0, np_type)
     return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(values, type=dtype))
-
-
-def fixed_list_array(matrix: np.ndarray, dtype: pa.DataType) -> pa.ListArray:
-    """[N, D] -> ``list<dtype>`` with D values per row (the feature format's list columns)."""
-    n, d = matrix.shape
-    offsets = pa.array((np.arange(n + 1, dtype=np.int64) * d).astype(np.int32))
-    return pa.ListArray.from_arrays(offsets, pa.array(matrix.reshape(-1), type=dtype))
 
 
 def text_rows(items: pd.DataFrame, queries: pd.DataFrame | None = None) -> pd.DataFrame:

@@ -53,7 +53,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import torch
 
-from itemsage.config import TEXT_FIELDS, PipelineConfig, PreprocessConfig, load_config
+from itemsage.config import TEXT_FIELDS, PipelineConfig, PreprocessConfig
 from itemsage.manifest import ManifestFields
 from itemsage.data.catalog import Reject
 from itemsage.data.features_io import resolve, staged_output
@@ -67,6 +67,7 @@ from itemsage.data.featurize import (
 )
 from itemsage.data.images import BACKBONES
 from itemsage.data.text import Vocab
+from itemsage.index.tower_udf import EMBEDDINGS_SCHEMA, EmbedError, ItemTowerActor, embed_rows, tag_rows
 from itemsage.model import ItemFeatureStore, ItemSageModel
 
 log = logging.getLogger(__name__)
@@ -74,17 +75,10 @@ log = logging.getLogger(__name__)
 EMBEDDINGS_FORMAT = "itemsage-embeddings"
 EMBEDDINGS_VERSION = 1
 MANIFEST_FILE = "_manifest.json"
-EMBEDDINGS_SCHEMA = pa.schema(
-    [
-        ("item_id", pa.string()),
-        ("embedding", pa.list_(pa.float32())),
-        ("model_version", pa.string()),
-        ("content_hash", pa.string()),
-    ]
-)
-# Columns of items.parquet the item tower reads; title_emb (MiniLM of the title) only feeds
-# home-feed user features, so batch embedding never moves it.
+# Columns of items.parquet the item tower reads. title_emb (MiniLM of the title, 1.5 KB a row) is
+# read only by towers with model.use_title_embedding; otherwise it only feeds home-feed user features.
 TOWER_COLUMNS = ("item_idx", "item_id", "image_feats", *(f"tok_{f}" for f in TEXT_FIELDS))
+
 # Rows per tower call, measured on the default item tower (1 image + ~47 tokens per item, one
 # torch thread, as in an actor). CPU (Xeon core): flat, 1.02k-1.11k items/s from 64 to 2048 rows,
 # so 256 keeps a batch of 20-image items near 26 MB. GPU (H200): end to end (gather, copy,
@@ -100,8 +94,9 @@ GPU_BATCH_SIZE = 1024
 LOCAL_MAX_IMAGES = 2000
 
 
-class EmbedError(ValueError):
-    """The inputs cannot be embedded as asked (missing files, incompatible vocab or model)."""
+def tower_columns(tm: TrainedModel) -> list[str]:
+    """The items.parquet columns ``tm``'s item tower reads."""
+    return [*TOWER_COLUMNS, "title_emb"] if tm.uses_title_embedding else list(TOWER_COLUMNS)
 
 
 # ------------------------------------------------------------------------------------- models
@@ -134,7 +129,12 @@ def load_model(uri_or_dir: str | Path, device: str | torch.device = "cpu") -> Tr
     loadable is there.
     """
     from itemsage.serve.bundle import resolve_model_ref
-    from itemsage.train.artifacts import ModelNotFoundError, load_trained_model, resolve_model_dir
+    from itemsage.train.artifacts import (
+        ModelNotFoundError,
+        load_bundle_config,
+        load_trained_model,
+        resolve_model_dir,
+    )
 
     ref_text = str(uri_or_dir)
     try:
@@ -147,7 +147,7 @@ def load_model(uri_or_dir: str | Path, device: str | torch.device = "cpu") -> Tr
     model_dir = resolve_model_dir(ref.uri)
     model, manifest, vocab = load_trained_model(model_dir, device=device)
     model.requires_grad_(False)
-    config = load_config(PipelineConfig, model_dir / "config.yaml")
+    config = load_bundle_config(model_dir)
     return TrainedModel(model, manifest, vocab, config, ref.uri, ref.name, ref.version, ref.registered, model_dir)
 
 
@@ -364,83 +364,6 @@ def content_hashes(items: pd.DataFrame) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- Ray Data stages
-
-
-def _zeros_title(n: int) -> pa.Array:
-    return fixed_list_array(np.zeros((n, MINILM_DIM), np.float32), pa.float32())
-
-
-class ItemTowerActor:
-    """Ray Data class UDF: items.parquet rows (+ ``content_hash``) -> embedding rows.
-
-    One instance per actor: the item tower is fetched from the object store and moved to the
-    actor's device once, then every batch is one vectorised gather and one forward pass.
-    """
-
-    def __init__(
-        self,
-        tower_ref: list[Any],
-        image_dim: int,
-        text_fields: Sequence[str],
-        max_images: int,
-        model_version: str,
-        use_gpu: bool,
-        torch_threads: int,
-    ) -> None:
-        import ray
-
-        if torch_threads > 0:
-            torch.set_num_threads(torch_threads)
-        self.device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
-        # The ref travels inside a list so Ray hands it over unresolved; fetched once per actor.
-        self.tower = ray.get(tower_ref[0]).to(self.device).eval()
-        self.image_dim = image_dim
-        self.text_fields = tuple(text_fields)
-        self.max_images = max_images
-        self.model_version = model_version
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        return embed_rows(self.tower, batch, self.image_dim, self.text_fields, self.max_images,
-                          self.model_version, self.device)
-
-
-@torch.inference_mode()
-def embed_rows(
-    tower: torch.nn.Module,
-    batch: pa.Table,
-    image_dim: int,
-    text_fields: Sequence[str],
-    max_images: int,
-    model_version: str,
-    device: str | torch.device = "cpu",
-) -> pa.Table:
-    """Embed one Arrow batch of item rows (items.parquet columns + ``content_hash``)."""
-    n = batch.num_rows
-    feats = batch.drop_columns([c for c in ("item_idx", "content_hash") if c in batch.column_names])
-    if "title_emb" not in feats.column_names:
-        feats = feats.append_column("title_emb", _zeros_title(n))
-    store = ItemFeatureStore.from_table(feats, image_dim, tuple(text_fields), max_images)
-    emb = tower(store.gather(torch.arange(n)).to(device)).float().cpu().numpy()
-    hashes = batch.column("content_hash") if "content_hash" in batch.column_names else pa.array([""] * n)
-    return pa.table(
-        {
-            "item_id": batch.column("item_id"),
-            "embedding": fixed_list_array(emb, pa.float32()),
-            "model_version": pa.array([model_version] * n, pa.string()),
-            "content_hash": hashes,
-        },
-        schema=EMBEDDINGS_SCHEMA,
-    )
-
-
-def tag_rows(batch: pa.Table, hashes: np.ndarray, keep: np.ndarray | None) -> pa.Table:
-    """Ray Data task UDF: keep the rows to embed and attach their content hash, by ``item_idx``."""
-    idx = batch.column("item_idx").to_numpy()
-    if keep is not None:
-        mask = keep[idx]
-        batch = batch.filter(pa.array(mask))
-        idx = idx[mask]
-    return batch.append_column("content_hash", pa.array(hashes[idx].tolist(), pa.string()))
 
 
 # ---------------------------------------------------------------------------- reading output
@@ -684,7 +607,7 @@ def embed_features(
             fs, _ = resolve(source)
             ds = None
             if inc.embed.any():
-                ds = ray.data.read_parquet(items_path, filesystem=fs, columns=list(TOWER_COLUMNS))
+                ds = ray.data.read_parquet(items_path, filesystem=fs, columns=tower_columns(tm))
                 keep = None if inc.embed.all() else inc.embed
                 ds = ds.map_batches(tag_rows, fn_kwargs={"hashes": hashes, "keep": keep},
                                     batch_format="pyarrow", batch_size=batch)
@@ -700,10 +623,10 @@ def embed_features(
             ds = None
             if inc.embed.any():
                 # Only new and changed items pay for image decoding and the backbone.
-                table, image_rejects = featurize_items(items[inc.embed], tm, pcfg, title_embeddings=False,
-                                                       engine="ray")
+                table, image_rejects = featurize_items(items[inc.embed], tm, pcfg,
+                                                       title_embeddings=tm.uses_title_embedding, engine="ray")
                 rejects += image_rejects
-                table = table.select(list(TOWER_COLUMNS)).append_column(
+                table = table.select(tower_columns(tm)).append_column(
                     "content_hash", pa.array(hashes[inc.embed].tolist(), pa.string()))
                 ds = ray.data.from_arrow([table.slice(i, batch) for i in range(0, table.num_rows, batch)])
         summary = _write(ds, inc, tm, out, source, plan, batch, start)

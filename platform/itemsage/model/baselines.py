@@ -12,9 +12,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from itemsage.config import TEXT_FIELDS, ModelConfig
-from itemsage.model.batch import ItemBatch
+from itemsage.model.batch import TEXT_QUERY_DIM, ItemBatch
 from itemsage.model.hash_embedding import HashEmbeddingBag
-from itemsage.model.item_tower import ItemSageTower
+from itemsage.model.item_tower import ItemSageTower, title_input
 
 ARCHS = ("itemsage", "mlp")
 
@@ -42,6 +42,7 @@ class ConcatMLPTower(nn.Module):
         self.num_text_fields = int(num_text_fields)
         self.text_embedding = HashEmbeddingBag(vocab_size, cfg.hash_buckets, cfg.hash_dim, cfg.hash_seeds)
         in_dim = self.image_dim + self.num_text_fields * cfg.hash_dim
+        in_dim += TEXT_QUERY_DIM if cfg.use_title_embedding else 0
         self.mlp = nn.Sequential(
             nn.LayerNorm(in_dim),
             nn.Linear(in_dim, cfg.head_hidden_dim),
@@ -67,7 +68,10 @@ class ConcatMLPTower(nn.Module):
         # gradient), so DDP does not see unused parameters in the ablations.
         image = image * float(self.cfg.use_image)
         text = text * float(self.cfg.use_text)
-        x = torch.cat([image, text.reshape(b, -1).to(dtype)], dim=1)
+        parts = [image, text.reshape(b, -1).to(dtype)]
+        if self.cfg.use_title_embedding:
+            parts.append(title_input(batch).to(dtype) * float(self.cfg.use_text))
+        x = torch.cat(parts, dim=1)
         return F.normalize(self.mlp(x), dim=-1)
 
 

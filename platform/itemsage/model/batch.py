@@ -10,7 +10,7 @@ items or tokens in Python.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -36,6 +36,8 @@ class ItemBatch:
         text_ids: ``[T]`` int64 token ids of every (item, field) bag, back to back.
         text_offsets: ``[B * F]`` int64 start of bag ``b * F + f`` (item b, field f) in ``text_ids``.
         text_mask: ``[B, F]`` bool, True where the field has at least one token.
+        title_emb: ``[B, 384]`` frozen MiniLM title embeddings, zeros where an item has no title;
+            ``None`` when the caller has none (only towers with ``model.use_title_embedding`` need it).
     """
 
     image_feats: torch.Tensor
@@ -43,6 +45,7 @@ class ItemBatch:
     text_ids: torch.Tensor
     text_offsets: torch.Tensor
     text_mask: torch.Tensor
+    title_emb: torch.Tensor | None = None
 
     @property
     def batch_size(self) -> int:
@@ -52,13 +55,14 @@ class ItemBatch:
     def num_text_fields(self) -> int:
         return int(self.text_mask.shape[1])
 
+    def _map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> ItemBatch:
+        return ItemBatch(**{f.name: None if (t := getattr(self, f.name)) is None else fn(t) for f in fields(self)})
+
     def to(self, device: torch.device | str, non_blocking: bool = False) -> ItemBatch:
-        return ItemBatch(
-            **{f.name: getattr(self, f.name).to(device, non_blocking=non_blocking) for f in fields(self)}
-        )
+        return self._map(lambda t: t.to(device, non_blocking=non_blocking))
 
     def pin_memory(self) -> ItemBatch:
-        return ItemBatch(**{f.name: getattr(self, f.name).pin_memory() for f in fields(self)})
+        return self._map(lambda t: t.pin_memory())
 
 
 def _exclusive_cumsum(lengths: torch.Tensor) -> torch.Tensor:
@@ -101,7 +105,8 @@ class ItemFeatureStore:
         image_offsets: ``[N + 1]`` int64, item ``i``'s images are rows ``image_offsets[i]:[i+1]``.
         token_ids: ``[T]`` int64, every (item, field) bag back to back, item-major.
         token_offsets: ``[N * F + 1]`` int64, bag ``(i, f)`` is ``token_ids[o[i*F+f]:o[i*F+f+1]]``.
-        title_emb: ``[N, 384]`` float32 frozen MiniLM title embeddings (home-feed user features).
+        title_emb: ``[N, 384]`` float32 frozen MiniLM title embeddings (home-feed user features, and
+            an item-tower input with ``model.use_title_embedding``).
         num_text_fields: ``F``.
         max_images: images per item the model sees (``ModelConfig.max_images``); extra images are
             kept in the store but cut at gather time.
@@ -269,7 +274,9 @@ class ItemFeatureStore:
             image_feats = torch.zeros(b, 0, self.image_dim)
         bags = (idx.unsqueeze(1) * f + torch.arange(f)).reshape(-1)
         text_ids, text_offsets, lengths = _segment_gather(self.token_ids, self.token_offsets, bags)
-        return ItemBatch(image_feats, image_mask, text_ids, text_offsets, (lengths > 0).reshape(b, f))
+        return ItemBatch(
+            image_feats, image_mask, text_ids, text_offsets, (lengths > 0).reshape(b, f), self.title_emb[idx]
+        )
 
     def user_feats(self, histories: Sequence[Sequence[int]]) -> torch.Tensor:
         """Home-feed query features ``[U, D + 384]`` from users' item histories (feature-format.md).

@@ -104,9 +104,15 @@ def build_model(
     text_dim: int = 384,
 ) -> ItemSageModel:
     """Build the model named by ``cfg.arch`` with the loss and sketch sized by ``loss_cfg``."""
+    item_tower = build_item_tower(cfg, vocab_size, image_dim, num_text_fields)
+    query_towers = QueryTowers(image_dim, text_dim, cfg.embedding_dim, cfg.hidden_dim)
+    if getattr(item_tower, "title_skip", None) is not None:
+        # Tied: an item's title and a search query go through the very same projection (a siamese
+        # pair over MiniLM), so training refines MiniLM's title similarity instead of relearning it.
+        item_tower.title_skip = query_towers.projection("search")
     return ItemSageModel(
-        item_tower=build_item_tower(cfg, vocab_size, image_dim, num_text_fields),
-        query_towers=QueryTowers(image_dim, text_dim, cfg.embedding_dim, cfg.hidden_dim),
+        item_tower=item_tower,
+        query_towers=query_towers,
         loss=SampledSoftmaxLoss(loss_cfg),
         sketch=CountMinSketch(loss_cfg.cms_width, loss_cfg.cms_depth),
         model_cfg=cfg,

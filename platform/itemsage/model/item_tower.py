@@ -1,7 +1,8 @@
 """The ItemSage item tower: a transformer over an item's image and text feature embeddings.
 
 Sequence per item: ``[CLS] + image_1..image_M + text_field_1..text_field_F`` (paper: up to 20 images
-and 12 text features). Each group has its own projection to ``hidden_dim``, so the transformer can
+and 12 text features), plus a ``[TITLE]`` token from the frozen MiniLM title embedding when
+``model.use_title_embedding`` is on. Each group has its own projection to ``hidden_dim``, so the transformer can
 tell a brand from a title without position embeddings, and images (an unordered set) share one
 projection. One encoder layer attends across all of them; the CLS output becomes the 256-d,
 L2-normalised product embedding shared by every surface.
@@ -16,8 +17,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from itemsage.config import TEXT_FIELDS, ModelConfig
-from itemsage.model.batch import ItemBatch
+from itemsage.model.batch import TEXT_QUERY_DIM, ItemBatch
 from itemsage.model.hash_embedding import HashEmbeddingBag
+from itemsage.model.query_towers import QueryProjection
 
 
 class GroupedLinear(nn.Module):
@@ -53,6 +55,16 @@ class EmbeddingHead(nn.Module):
         return F.normalize(self.fc2(F.gelu(self.fc1(self.norm(x)))), dim=-1)
 
 
+def title_input(batch: ItemBatch) -> torch.Tensor:
+    """The batch's ``[B, 384]`` title embeddings, or a clear error for a tower that needs them."""
+    if batch.title_emb is None:
+        raise ValueError(
+            "this model uses title embeddings (model.use_title_embedding) but the item batch has none; "
+            "featurize items with title embeddings"
+        )
+    return batch.title_emb
+
+
 class ItemSageTower(nn.Module):
     """ItemSage item encoder: ``forward(ItemBatch) -> [B, cfg.embedding_dim]`` unit vectors.
 
@@ -82,6 +94,7 @@ class ItemSageTower(nn.Module):
         self.cls_proj = nn.Linear(cfg.hash_dim, h)
         self.image_proj = nn.Linear(self.image_dim, h)
         self.text_proj = GroupedLinear(self.num_text_fields, cfg.hash_dim, h)
+        self.title_proj = nn.Linear(TEXT_QUERY_DIM, h) if cfg.use_title_embedding else None
         layer = nn.TransformerEncoderLayer(
             d_model=h,
             nhead=cfg.num_heads,
@@ -95,6 +108,10 @@ class ItemSageTower(nn.Module):
         )
         self.encoder = nn.TransformerEncoder(layer, cfg.num_layers, enable_nested_tensor=False)
         self.head = EmbeddingHead(h, cfg.head_hidden_dim, cfg.embedding_dim)
+        self.title_skip: QueryProjection | None = None
+        if cfg.use_title_embedding and cfg.title_skip:
+            self.title_skip = QueryProjection(TEXT_QUERY_DIM, cfg.embedding_dim, cfg.hidden_dim)
+            self.title_gate = nn.Parameter(torch.ones(()))
 
     def forward(self, batch: ItemBatch) -> torch.Tensor:
         b, f = batch.batch_size, self.num_text_fields
@@ -108,21 +125,35 @@ class ItemSageTower(nn.Module):
         images = self.image_proj(image_feats.to(dtype))
         bags = self.text_embedding(batch.text_ids, batch.text_offsets).view(b, f, -1)
         texts = self.text_proj(bags)
-        tokens = torch.cat([cls, images, texts], dim=1)
+        parts = [cls, images, texts]
 
         if not self.cfg.use_image:
             image_mask = torch.zeros_like(image_mask)
         text_mask = batch.text_mask if self.cfg.use_text else torch.zeros_like(batch.text_mask)
-        present = torch.cat([torch.ones_like(text_mask[:, :1]), image_mask, text_mask], dim=1)
+        masks = [torch.ones_like(text_mask[:, :1]), image_mask, text_mask]
+        if self.title_proj is not None:
+            title = title_input(batch)
+            parts.append(self.title_proj(title.to(dtype)).unsqueeze(1))
+            # An all-zero row is an item without a title; text-only ablations drop the title too.
+            has_title = (title.abs().sum(1, keepdim=True) > 0) & self.cfg.use_text
+            masks.append(has_title)
+        tokens = torch.cat(parts, dim=1)
+        present = torch.cat(masks, dim=1)
         hidden = self.encoder(tokens, src_key_padding_mask=~present)
-        return self.head(hidden[:, 0])
+        out = self.head(hidden[:, 0])
+        if self.title_skip is not None:
+            skip = self.title_skip(title) * has_title.to(out.dtype)
+            out = F.normalize(out + self.title_gate.to(out.dtype) * skip.to(out.dtype), dim=-1)
+        return out
 
     def flops_per_item(self, num_images: float, num_tokens: float) -> float:
         """Analytic forward FLOPs (2 per multiply-add) for one item; the benchmark's MFU numerator."""
         cfg, h, f = self.cfg, self.cfg.hidden_dim, self.num_text_fields
-        length = 1 + num_images + f
+        length = 1 + num_images + f + int(self.title_proj is not None)
         fl = 2 * num_tokens * self.text_embedding.num_hashes * cfg.hash_dim  # weighted bag sums
         fl += 2 * (num_images * self.image_dim + (f + 1) * cfg.hash_dim) * h  # group projections
+        if self.title_proj is not None:
+            fl += 2 * TEXT_QUERY_DIM * h
         per_layer = 2 * length * 4 * h * h  # q, k, v, out projections
         per_layer += 2 * 2 * length * length * h  # scores and weighted values
         per_layer += 2 * 2 * length * h * cfg.ffn_dim  # feed-forward

@@ -134,10 +134,12 @@ def catalog_item_embeddings(bundle: ModelBundle, item_ids: Sequence[str]) -> np.
 
 @dataclass
 class PreparedItem:
-    """A validated item payload: token ids per text field and preprocessed image pixels."""
+    """A validated item payload: token ids per text field, preprocessed image pixels, and the title
+    (MiniLM-encoded in the batch, for towers with ``model.use_title_embedding``)."""
 
     tokens: dict[str, list[int]]
     pixels: list[torch.Tensor]
+    title: str = ""
 
 
 def image_payloads(payload: Mapping[str, Any], cfg: ServeConfig) -> list[bytes]:
@@ -158,7 +160,7 @@ def prepare_item(payload: Mapping[str, Any], bundle: ModelBundle, backbones: Bac
         )
     pixels = [backbones.pixels(b, bundle.image_backbone, cfg.max_image_pixels) for b in images[: bundle.max_images]]
     tokens = {f: bundle.vocab.encode(str(payload.get(f) or "")).tolist() for f in bundle.text_fields}
-    return PreparedItem(tokens, pixels)
+    return PreparedItem(tokens, pixels, str(payload.get("title") or ""))
 
 
 @torch.inference_mode()
@@ -166,12 +168,17 @@ def embed_prepared_items(bundle: ModelBundle, backbones: Backbones, items: Seque
     """[N, D] item embeddings: one backbone forward over every image of the batch, one tower forward."""
     all_pixels = [p for it in items for p in it.pixels]
     feats = backbones.image_feats(all_pixels, bundle.image_backbone).numpy() if all_pixels else None
+    # The frozen encoder, as in preprocessing (items.parquet title_emb), even for a version whose
+    # search queries use a fine-tuned one.
+    titles = backbones.text_feats([it.title for it in items]).numpy() if bundle.uses_title_embedding else None
     rows, start = [], 0
     for it in items:
         n = len(it.pixels)
         row: dict[str, Any] = {f"tok_{f}": ids for f, ids in it.tokens.items()}
         if n:
             row["image_feats"] = feats[start : start + n].reshape(-1).tolist()  # type: ignore[index]
+        if titles is not None:
+            row["title_emb"] = titles[len(rows)]
         start += n
         rows.append(row)
     store = ItemFeatureStore.from_rows(rows, bundle.image_dim, bundle.text_fields, bundle.max_images)

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -167,6 +168,20 @@ def resolve_model_dir(uri_or_dir: str | Path) -> Path:
     return local
 
 
+# Architecture switches added after bundles were first written, with the value that rebuilds what
+# a bundle written without them holds.
+_LEGACY_MODEL_KEYS = {"use_title_embedding": "false", "title_skip": "false"}
+
+
+def load_bundle_config(model_dir: str | Path) -> PipelineConfig:
+    """The resolved config a bundle or checkpoint was trained with (``config.yaml``)."""
+    path = Path(model_dir) / "config.yaml"
+    written = yaml.safe_load(path.read_text()) if path.is_file() else None
+    model_keys = ((written or {}).get("train") or {}).get("model") or {}
+    legacy = [f"train.model.{k}={v}" for k, v in _LEGACY_MODEL_KEYS.items() if k not in model_keys]
+    return load_config(PipelineConfig, path, legacy)
+
+
 def load_trained_model(
     uri_or_dir: str | Path, device: str | torch.device = "cpu"
 ) -> tuple[ItemSageModel, dict[str, Any], Vocab]:
@@ -179,7 +194,7 @@ def load_trained_model(
     manifest = json.loads((d / "manifest.json").read_text())
     if manifest.get("format") != MANIFEST_FORMAT:
         raise ModelNotFoundError(f"{d}/manifest.json is not an {MANIFEST_FORMAT} manifest")
-    cfg = load_config(PipelineConfig, d / "config.yaml")
+    cfg = load_bundle_config(d)
     vocab = Vocab.load(d / "vocab.json")
     model = build_model(
         cfg.train.model,
