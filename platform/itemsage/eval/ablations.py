@@ -43,6 +43,12 @@ class Variant:
 VARIANTS: tuple[Variant, ...] = (
     Variant(REFERENCE, "reference", (), "ItemSage tower, image+text, in-batch+random negatives, logQ, multi-task", "-"),
     Variant("concat_mlp", "architecture", ("train.model.arch=mlp",), "concat-MLP item tower instead of the transformer"),
+    Variant(
+        "no_title_embedding",
+        "features",
+        ("train.model.use_title_embedding=false", "train.model.title_skip=false"),
+        "the paper's tower: text as hashed tokens only, no MiniLM title embedding (our addition; not in the paper)",
+    ),
     Variant("image_only", "features", ("train.model.use_text=false",), "image features only"),
     Variant("text_only", "features", ("train.model.use_image=false",), "text features only"),
     Variant("in_batch_logq", "negatives", ("train.loss.random_negatives=false",), "in-batch negatives only (with logQ)"),
