@@ -117,7 +117,7 @@ def random_bundle(features: Path, out: Path) -> Path:
     model = build_model(cfg.train.model, cfg.train.loss, files.vocab.size, int(manifest["image_dim"]),
                         len(manifest.get("text_fields") or []) or 12)
     files.write(out, step=0)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / WEIGHTS_FILE))
+    save_file({k: v.contiguous().clone() for k, v in model.state_dict().items()}, str(out / WEIGHTS_FILE))
     return out
 
 
