@@ -134,7 +134,7 @@ class ModelConfig:
     # Feed the frozen MiniLM title embedding (items.parquet title_emb) to the item tower as one more
     # feature group, next to the hashed tokens. The paper's tower sees only hashed text; a pretrained
     # sentence embedding gives it word meaning it cannot learn from a small catalog's engagement
-    # (fashion val Recall@10, search: 0.38-0.51 without, 0.59-0.60 with it and title_skip).
+    # (fashion val Recall@10, search: 0.51 without, 0.60 with it and title_skip; docs/quality.md).
     use_title_embedding: bool = True
     # With use_title_embedding: also add the title embedding to the output through the search
     # query projection itself (shared weights), weighted by a learned gate. Title and query then
