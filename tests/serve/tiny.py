@@ -20,6 +20,7 @@ from safetensors.torch import save_file
 from itemsage.config import TEXT_FIELDS, PipelineConfig, load_config
 from itemsage.data.catalog import read_catalog
 from itemsage.data.text import Vocab
+from itemsage.data.text_encoder import TextEncoder
 from itemsage.index import build_index
 from itemsage.model import ItemFeatureStore, build_model
 from itemsage.train.artifacts import WEIGHTS_FILE, BundleFiles
@@ -57,7 +58,10 @@ def write_features(sample_dir: Path, out: Path, n_items: int = 60, seed: int = 0
         "image_feats": pa.array(
             [rng.random(IMAGE_DIM * int(n), dtype=np.float32).tolist() for n in n_images], pa.list_(pa.float32())
         ),
-        "title_emb": pa.array([rng.normal(size=384).astype(np.float32).tolist() for _ in range(len(items))], pa.list_(pa.float32())),
+        # The real frozen MiniLM of each title, as preprocessing writes it: the item tower reads it,
+        # so /embed/item (which encodes the payload's title) must see the same vector.
+        "title_emb": pa.array(TextEncoder().encode([str(t or "") for t in items["title"]]).tolist(),
+                              pa.list_(pa.float32())),
     }
     for f in TEXT_FIELDS:
         cols[f"tok_{f}"] = pa.array([vocab.encode(str(t)).tolist() for t in items[f]], pa.list_(pa.int32()))
