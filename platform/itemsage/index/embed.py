@@ -67,7 +67,7 @@ from itemsage.data.featurize import (
 )
 from itemsage.data.images import BACKBONES
 from itemsage.data.text import Vocab
-from itemsage.index.tower_udf import EMBEDDINGS_SCHEMA, EmbedError, ItemTowerActor, embed_rows, tag_rows
+from itemsage.index.tower_udf import EMBEDDINGS_SCHEMA, EmbedError, ItemTowerActor, tag_rows
 from itemsage.model import ItemFeatureStore, ItemSageModel
 
 log = logging.getLogger(__name__)
