@@ -207,3 +207,16 @@ def test_gather_carries_title_embeddings() -> None:
     assert batch.title_emb is not None
     torch.testing.assert_close(batch.title_emb, torch.stack([torch.zeros(384), torch.ones(384)]))
     assert batch.to("cpu").title_emb is not None
+
+
+def test_batch_embedding_refuses_rows_without_titles_for_a_title_tower() -> None:
+    import pyarrow as pa
+
+    from itemsage.index.tower_udf import EmbedError, embed_rows
+
+    rows = pa.table({"item_id": ["a"], "image_feats": pa.array([[]], pa.list_(pa.float32())),
+                     **{f"tok_{f}": pa.array([[1, 2]], pa.list_(pa.int32())) for f in TEXT_FIELDS}})
+    with pytest.raises(EmbedError, match="title_emb"):
+        embed_rows(_tower(use_title_embedding=True), rows, D, TEXT_FIELDS, 4, "v1")
+    out = embed_rows(_tower(), rows, D, TEXT_FIELDS, 4, "v1")  # the paper's tower needs no title
+    assert out.num_rows == 1 and len(out.column("embedding")[0]) == 16
