@@ -172,13 +172,13 @@ def embed_prepared_items(bundle: ModelBundle, backbones: Backbones, items: Seque
     # search queries use a fine-tuned one.
     titles = backbones.text_feats([it.title for it in items]).numpy() if bundle.uses_title_embedding else None
     rows, start = [], 0
-    for it in items:
+    for i, it in enumerate(items):
         n = len(it.pixels)
         row: dict[str, Any] = {f"tok_{f}": ids for f, ids in it.tokens.items()}
         if n:
             row["image_feats"] = feats[start : start + n].reshape(-1).tolist()  # type: ignore[index]
         if titles is not None:
-            row["title_emb"] = titles[len(rows)]
+            row["title_emb"] = titles[i]
         start += n
         rows.append(row)
     store = ItemFeatureStore.from_rows(rows, bundle.image_dim, bundle.text_fields, bundle.max_images)
