@@ -140,6 +140,9 @@ class ModelConfig:
     # query projection itself (shared weights), weighted by a learned gate. Title and query then
     # start in one space, so training refines MiniLM's similarity instead of relearning it.
     title_skip: bool = True
+    # Start every query projection (and so the tied title skip) as a similarity-preserving linear
+    # map plus a zero-initialised MLP, so step 0 already ranks like the frozen features.
+    query_residual: bool = True
 
 
 @dataclass

@@ -51,6 +51,27 @@ def test_each_surface_has_its_own_projection() -> None:
     assert sum(isinstance(m, nn.Linear) for m in linear.projection("search").modules()) == 1
 
 
+def test_residual_projection_starts_ranking_like_its_input_and_trains() -> None:
+    torch.manual_seed(0)
+    proj = QueryTowers(image_dim=20, text_dim=384, out_dim=256, hidden_dim=64, residual=True).projection("search")
+    # Clustered unit vectors, like sentence embeddings of near-duplicate titles.
+    centers = torch.randn(8, 384)
+    x = nn.functional.normalize(centers.repeat_interleave(6, 0) + 0.8 * torch.randn(48, 384), dim=1)
+    ln = nn.functional.layer_norm(x, (384,))
+    before = nn.functional.normalize(ln, dim=1) @ nn.functional.normalize(ln, dim=1).T
+    after = proj(x) @ proj(x).T
+    off = ~torch.eye(48, dtype=torch.bool)
+    # A 384 -> 256 orthogonal map keeps cosines up to Johnson-Lindenstrauss noise.
+    assert (after[off] - before[off]).abs().max() < 0.15
+    assert torch.corrcoef(torch.stack([after[off], before[off]]))[0, 1] > 0.98
+    # The MLP starts at zero but is not frozen: both paths get gradients.
+    (proj(x)[:, 0]).sum().backward()
+    assert proj.skip is not None and proj.skip.weight.grad.abs().sum() > 0
+    assert proj.net[-1].weight.grad.abs().sum() > 0
+    plain = QueryTowers(image_dim=20, out_dim=16, hidden_dim=32).projection("search")
+    assert plain.skip is None
+
+
 def test_frozen_encoder_gets_no_gradient_and_stays_in_eval() -> None:
     torch.manual_seed(0)
     towers = QueryTowers(image_dim=20, out_dim=16, hidden_dim=32)

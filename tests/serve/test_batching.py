@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -29,19 +30,26 @@ def make_model(gated: bool) -> object:
         def __init__(self) -> None:
             self.gate = BatchGate()
             self.batches: list[int] = []
+            self.queued = 0  # requests that went through @serve.batch's queue
+            self.started = threading.Event()  # set when the first forward starts
 
         def forward(self, xs: list[int]) -> list[int]:
             self.batches.append(len(xs))
+            self.started.set()
             time.sleep(0.03)
             return [x * 2 for x in xs]
 
         async def __call__(self, x: int) -> int:
-            if gated:
-                await self.gate.wait()
-            return await self.batch(x)
+            if not gated:
+                return await self.batch(x)
+            return await self.gate.enter(lambda: self.alone(x), lambda: self.batch(x))
+
+        async def alone(self, x: int) -> int:
+            return (await asyncio.to_thread(self.forward, [x]))[0]
 
         @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
         async def batch(self, xs: list[int]) -> list[int]:
+            self.queued += len(xs)
             return await self.gate.run(self.forward, xs)
 
     return Model()
@@ -83,6 +91,37 @@ def test_gate_turns_eager_batches_into_full_ones(monkeypatch: pytest.MonkeyPatch
     assert sum(ungated) == sum(gated) == 96
     assert np.mean(gated) >= 8, gated
     assert len(gated) * 2 <= len(ungated), (gated, ungated)
+
+
+def test_a_lone_request_skips_the_batch_queue(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One request at a time: nothing to batch with, so none waits in @serve.batch's queue."""
+    config = SimpleNamespace(_deployment_config=SimpleNamespace(max_ongoing_requests=64))
+    monkeypatch.setattr(serve, "get_replica_context", lambda: config)
+    model = make_model(gated=True)
+
+    async def one_at_a_time() -> list[int]:
+        return [await model(x) for x in range(5)]
+
+    assert asyncio.run(one_at_a_time()) == [0, 2, 4, 6, 8]
+    assert model.batches == [1] * 5
+    assert model.queued == 0
+
+
+def test_requests_arriving_during_a_lone_forward_are_batched(monkeypatch: pytest.MonkeyPatch) -> None:
+    config = SimpleNamespace(_deployment_config=SimpleNamespace(max_ongoing_requests=64))
+    monkeypatch.setattr(serve, "get_replica_context", lambda: config)
+    model = make_model(gated=True)
+
+    async def burst() -> list[int]:
+        first = asyncio.ensure_future(model(0))
+        await asyncio.to_thread(model.started.wait)  # the first now runs alone, its gate closed
+        rest = [asyncio.ensure_future(model(x)) for x in range(1, 9)]
+        return [await first] + [await r for r in rest]
+
+    assert asyncio.run(burst()) == [2 * x for x in range(9)]
+    # The lone first request, then the eight that waited at the gate as one batch.
+    assert model.batches == [1, 8]
+    assert model.queued == 8
 
 
 def test_batched_search_equals_single_searches(tiny_serving: dict[str, Path]) -> None:

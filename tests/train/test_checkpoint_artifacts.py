@@ -92,3 +92,15 @@ def test_registered_versions_load_from_mlflow_uris(trained_checkpoint: Path, tmp
     assert manifest["step"] == 20 and vocab.size == manifest["vocab_size"]
     _, manifest_run, _ = load_trained_model(f"runs:/{run_id}/model")
     assert json.dumps(manifest_run, sort_keys=True) == json.dumps(manifest, sort_keys=True)
+
+
+def test_bundles_written_before_an_architecture_switch_rebuild_as_written(tmp_path: Path) -> None:
+    """A bundle whose config.yaml predates title embeddings and residual query projections loads
+    with them off (the weights it holds have no such layers); a newer one keeps what it says."""
+    from itemsage.train.artifacts import load_bundle_config
+
+    (tmp_path / "config.yaml").write_text("train:\n  model:\n    hidden_dim: 32\n")
+    old = load_bundle_config(tmp_path).train.model
+    assert (old.use_title_embedding, old.title_skip, old.query_residual) == (False, False, False)
+    (tmp_path / "config.yaml").write_text("train:\n  model:\n    hidden_dim: 32\n    query_residual: true\n")
+    assert load_bundle_config(tmp_path).train.model.query_residual is True

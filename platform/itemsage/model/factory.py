@@ -105,7 +105,7 @@ def build_model(
 ) -> ItemSageModel:
     """Build the model named by ``cfg.arch`` with the loss and sketch sized by ``loss_cfg``."""
     item_tower = build_item_tower(cfg, vocab_size, image_dim, num_text_fields)
-    query_towers = QueryTowers(image_dim, text_dim, cfg.embedding_dim, cfg.hidden_dim)
+    query_towers = QueryTowers(image_dim, text_dim, cfg.embedding_dim, cfg.hidden_dim, cfg.query_residual)
     if getattr(item_tower, "title_skip", None) is not None:
         # Tied: an item's title and a search query go through the very same projection (a siamese
         # pair over MiniLM), so training refines MiniLM's title similarity instead of relearning it.

@@ -34,9 +34,15 @@ class QueryProjection(nn.Module):
     The input LayerNorm matters because the frozen features come on very different scales (unit
     MiniLM vectors vs. non-negative pooled CNN activations); the hidden layer gives the frozen query
     side a little non-linear capacity to meet the item tower.
+
+    ``residual``: add a linear map initialised as a scaled random orthogonal projection, with the
+    MLP's output layer starting at zero. An orthogonal projection to 256 dimensions keeps inner
+    products (Johnson-Lindenstrauss), so at step 0 two inputs are as similar as their frozen
+    features are, and training refines that similarity instead of having to find it again from a
+    random start (Shopee val Recall@10 of held-out products: see docs/quality.md).
     """
 
-    def __init__(self, in_dim: int, out_dim: int = 256, hidden_dim: int = 512) -> None:
+    def __init__(self, in_dim: int, out_dim: int = 256, hidden_dim: int = 512, residual: bool = False) -> None:
         super().__init__()
         self.in_dim = int(in_dim)
         layers: list[nn.Module] = [nn.LayerNorm(in_dim)]
@@ -45,11 +51,25 @@ class QueryProjection(nn.Module):
         else:
             layers += [nn.Linear(in_dim, out_dim)]
         self.net = nn.Sequential(*layers)
+        self.skip: nn.Linear | None = None
+        if residual:
+            self.skip = nn.Linear(in_dim, out_dim, bias=False)
+            nn.init.orthogonal_(self.skip.weight)
+            # Orthonormal rows keep out/in of a vector's squared norm; rescale to keep all of it.
+            with torch.no_grad():
+                self.skip.weight.mul_((in_dim / out_dim) ** 0.5 if out_dim < in_dim else 1.0)
+            last = self.net[-1]
+            nn.init.zeros_(last.weight)
+            nn.init.zeros_(last.bias)
 
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
         if feats.shape[-1] != self.in_dim:
             raise ValueError(f"expected {self.in_dim}-d query features, got {feats.shape[-1]}")
-        return F.normalize(self.net(feats.to(self.net[0].weight.dtype)), dim=-1)
+        x = feats.to(self.net[0].weight.dtype)
+        out = self.net(x)
+        if self.skip is not None:
+            out = out + self.skip(self.net[0](x))
+        return F.normalize(out, dim=-1)
 
 
 def surface_input_dims(image_dim: int, text_dim: int = TEXT_QUERY_DIM) -> dict[str, int]:
@@ -65,15 +85,21 @@ class QueryTowers(nn.Module):
         text_dim: MiniLM sentence-embedding width (search queries; the second part of home features).
         out_dim: the shared embedding width (``ModelConfig.embedding_dim``).
         hidden_dim: projection MLP width; 0 gives a single linear map.
+        residual: start each projection as a similarity-preserving linear map (QueryProjection).
     """
 
     def __init__(
-        self, image_dim: int, text_dim: int = TEXT_QUERY_DIM, out_dim: int = 256, hidden_dim: int = 512
+        self,
+        image_dim: int,
+        text_dim: int = TEXT_QUERY_DIM,
+        out_dim: int = 256,
+        hidden_dim: int = 512,
+        residual: bool = False,
     ) -> None:
         super().__init__()
         dims = surface_input_dims(image_dim, text_dim)
         self.projections = nn.ModuleDict(
-            {s: QueryProjection(dims[s], out_dim, hidden_dim) for s in SURFACES}
+            {s: QueryProjection(dims[s], out_dim, hidden_dim, residual) for s in SURFACES}
         )
 
     def projection(self, surface: str) -> QueryProjection:

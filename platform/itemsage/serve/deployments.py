@@ -17,7 +17,7 @@ import functools
 import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ray import serve
 from ray.serve.handle import DeploymentHandle
@@ -66,6 +66,14 @@ def client_errors_as_values(method: Callable[..., Awaitable[Any]]) -> Callable[.
             return err
 
     return wrapper
+
+
+T = TypeVar("T")
+
+
+async def _first(batch: Awaitable[list[T]]) -> T:
+    """The one answer of a batch of one."""
+    return (await batch)[0]
 
 
 def _raise_if_error(result: Any) -> Any:
@@ -122,16 +130,32 @@ class BatchGate:
     while the previous batch is still running; with a short timeout, busy replicas thus queue many
     batches of one or two requests, and batching buys nothing. Waiting at this gate until the
     running forward finishes makes everything that arrived meanwhile enter the batch queue in the
-    same instant, so it becomes one batch; an idle replica's gate is open, so a lone request
-    waits no longer than the batch timeout.
+    same instant, so it becomes one batch.
+
+    A request that finds nothing else in flight has no one to share a forward with: :meth:`enter`
+    runs it at once instead of sending it through the batch queue, which would cost it the batch
+    timeout plus a hand-off to ``@serve.batch``'s queue task for nothing.
     """
 
     def __init__(self) -> None:
         self._idle = asyncio.Event()
         self._idle.set()
+        self._in_flight = 0
 
     async def wait(self) -> None:
         await self._idle.wait()
+
+    async def enter(self, alone: Callable[[], Awaitable[T]], batched: Callable[[], Awaitable[T]]) -> T:
+        """``alone()`` (gate closed) when this is the only request here, else ``batched()`` after the gate."""
+        lone = self._in_flight == 0
+        self._in_flight += 1
+        try:
+            if lone:
+                return await self.run_async(alone())
+            await self._idle.wait()
+            return await batched()
+        finally:
+            self._in_flight -= 1
 
     async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
         """``fn(*args)`` in a worker thread with the gate closed."""
@@ -208,8 +232,10 @@ class QueryEncoder(_EncoderBase):
     @client_errors_as_values
     async def text(self, spec: ModelSpec, query: str) -> np.ndarray:
         bundle = await self._bundle(spec)
-        await self._text_gate.wait()
-        return await self._text_batch(bundle, query)
+        return await self._text_gate.enter(
+            lambda: _first(asyncio.to_thread(self.enc.text_batch, [bundle], [query])),
+            lambda: self._text_batch(bundle, query),
+        )
 
     @serve.batch(max_batch_size=DEFAULT_MAX_BATCH, batch_wait_timeout_s=DEFAULT_BATCH_WAIT_S)
     async def _text_batch(self, bundles: list[ModelBundle], queries: list[str]) -> list[np.ndarray]:
@@ -228,8 +254,10 @@ class QueryEncoder(_EncoderBase):
         bundle = await self._bundle(spec)
         # Decoding runs per request: a bad upload fails alone, never the batch it would join.
         pixels = await asyncio.to_thread(self.enc.image_pixels, bundle, data)
-        await self._image_gate.wait()
-        return await self._image_batch(bundle, pixels)
+        return await self._image_gate.enter(
+            lambda: _first(asyncio.to_thread(self.enc.image_batch, [bundle], [pixels])),
+            lambda: self._image_batch(bundle, pixels),
+        )
 
     @serve.batch(max_batch_size=DEFAULT_MAX_BATCH, batch_wait_timeout_s=DEFAULT_BATCH_WAIT_S)
     async def _image_batch(self, bundles: list[ModelBundle], pixels: list[torch.Tensor]) -> list[np.ndarray]:
@@ -262,8 +290,10 @@ class ItemEncoder(_EncoderBase):
     async def item(self, spec: ModelSpec, payload: dict[str, Any]) -> np.ndarray:
         bundle = await self._bundle(spec)
         prepared = await asyncio.to_thread(self.enc.prepare_item, bundle, payload)
-        await self._item_gate.wait()
-        return await self._item_batch(bundle, prepared)
+        return await self._item_gate.enter(
+            lambda: _first(asyncio.to_thread(self.enc.item_batch, [bundle], [prepared])),
+            lambda: self._item_batch(bundle, prepared),
+        )
 
     @serve.batch(max_batch_size=DEFAULT_MAX_BATCH, batch_wait_timeout_s=DEFAULT_BATCH_WAIT_S)
     async def _item_batch(self, bundles: list[ModelBundle], items: list[PreparedItem]) -> list[np.ndarray]:
@@ -349,8 +379,10 @@ class RetrieverDeployment:
     async def search(self, query: str, k: int) -> dict[str, Any]:
         # Concurrent searches are batched here, at the hub: a batch makes one QueryEncoder call
         # and one FAISS call, so the per-request cost of the encoder hop shrinks with load.
-        await self._search_gate.wait()
-        return await self._search_batch(query, k)
+        return await self._search_gate.enter(
+            lambda: _first(self.core.search_many([query], [k])),
+            lambda: self._search_batch(query, k),
+        )
 
     @serve.batch(max_batch_size=DEFAULT_MAX_BATCH, batch_wait_timeout_s=DEFAULT_BATCH_WAIT_S)
     async def _search_batch(self, queries: list[str], ks: list[int]) -> list[dict[str, Any]]:

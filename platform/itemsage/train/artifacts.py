@@ -170,7 +170,7 @@ def resolve_model_dir(uri_or_dir: str | Path) -> Path:
 
 # Architecture switches added after bundles were first written, with the value that rebuilds what
 # a bundle written without them holds.
-_LEGACY_MODEL_KEYS = {"use_title_embedding": "false", "title_skip": "false"}
+_LEGACY_MODEL_KEYS = {"use_title_embedding": "false", "title_skip": "false", "query_residual": "false"}
 
 
 def load_bundle_config(model_dir: str | Path) -> PipelineConfig:
