@@ -10,8 +10,8 @@ is FastAPI + torch + FAISS in one process encoding each request on its own.
 
 For each concurrency (1, 8, 32, 64) it sends a bounded number of ``POST /search`` requests (closed
 loop: each client sends its next request when the previous answer arrives) to 127.0.0.1 only, to
-the baseline and then to Serve, interleaved level by level so that load from other processes on a
-shared machine hits both alike. It prints throughput and p50/p99 latency, the ratios, and
+both servers in alternating rounds (baseline then Serve, Serve then baseline, ...) so that load
+from other processes on a shared machine hits both alike. It prints throughput and p50/p99 latency, the ratios, and
 PASS/FAIL for: Serve >= 1.2x baseline throughput at concurrency 32, and Serve p50 at concurrency 1
 within 1.5x of the baseline's.
 """
@@ -70,9 +70,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--features", default=None)
     p.add_argument("--mlflow-tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"))
     p.add_argument("--levels", type=int, nargs="+", default=list(LEVELS))
-    p.add_argument("--requests", type=int, default=160, help="requests per run at concurrency 1")
-    p.add_argument("--per-client", type=int, default=8, help="requests per client at higher concurrency")
+    p.add_argument("--requests", type=int, default=240, help="requests per server at concurrency 1")
+    p.add_argument("--per-client", type=int, default=16, help="requests per client at higher concurrency")
     p.add_argument("--max-seconds", type=float, default=90.0, help="time cap of one run")
+    p.add_argument("--rounds", type=int, default=4, help="alternating rounds per concurrency (requests split across them)")
     p.add_argument("--warmup", type=int, default=32)
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--serve-port", type=int, default=8000)
@@ -90,18 +91,55 @@ async def drive(url: str, queries: list[str], concurrency: int, total: int, max_
     return await closed_loop(url, lambda i: ("/search", {"query": queries[i % len(queries)], "k": k}), concurrency, total, max_seconds)
 
 
-def measure(server: str, url: str, queries: list[str], concurrency: int, total: int, max_seconds: float, k: int) -> Result:
+@dataclass
+class Run:
+    """One closed-loop run against one server: raw latencies, errors, seconds, CPU seconds by process."""
+
+    latencies: list[float]
+    errors: int
+    seconds: float
+    cpu: dict[str, float]
+
+
+def run_once(url: str, queries: list[str], concurrency: int, total: int, max_seconds: float, k: int) -> Run:
     before = process_cpu()
     lat, errors, elapsed = asyncio.run(drive(url, queries, concurrency, total, max_seconds, k))
     after = process_cpu()
+    return Run(lat, errors, elapsed, {label: after[label] - before.get(label, 0.0) for label in after})
+
+
+def summarize(server: str, concurrency: int, runs: list[Run]) -> Result:
+    """One row from the rounds of one server at one concurrency (latencies pooled, times summed)."""
+    lat = [x for r in runs for x in r.latencies]
+    errors = sum(r.errors for r in runs)
+    elapsed = sum(r.seconds for r in runs)
     ms = np.asarray(lat) * 1e3 if lat else np.asarray([np.nan])
     n = max(len(lat) + errors, 1)
-    cpu = {label: round((after[label] - before.get(label, 0.0)) * 1e3 / n, 2) for label in after}
+    labels = {label for r in runs for label in r.cpu}
+    cpu = {label: round(sum(r.cpu.get(label, 0.0) for r in runs) * 1e3 / n, 2) for label in labels}
     return Result(
         server, concurrency, len(lat) + errors, errors, round(elapsed, 2), round(len(lat) / elapsed, 1),
         round(float(np.percentile(ms, 50)), 1), round(float(np.percentile(ms, 99)), 1),
-        {k: v for k, v in cpu.items() if v >= 0.05},
+        {k: v for k, v in sorted(cpu.items(), key=lambda kv: -kv[1]) if v >= 0.05},
     )
+
+
+def measure_level(
+    servers: dict[str, str], queries: list[str], concurrency: int, total: int, rounds: int, max_seconds: float, k: int
+) -> list[Result]:
+    """Both servers at one concurrency, in ``rounds`` alternating rounds (A B, B A, A B, ...).
+
+    Load from other processes on a shared machine drifts over seconds; alternating the order
+    round by round makes both servers see the same drift, so the ratio is not decided by which
+    one happened to run during a busy spell.
+    """
+    runs: dict[str, list[Run]] = {name: [] for name in servers}
+    per_round = max(concurrency, -(-total // rounds))
+    for r in range(rounds):
+        order = list(servers) if r % 2 == 0 else list(reversed(servers))
+        for name in order:
+            runs[name].append(run_once(servers[name], queries, concurrency, per_round, max_seconds / rounds, k))
+    return [summarize(name, concurrency, runs[name]) for name in servers]
 
 
 # --------------------------------------------------------------------------------------- servers
@@ -211,13 +249,13 @@ def main(argv: list[str] | None = None) -> int:
             print("FAIL: the two servers do not serve the same version/answers; not comparable")
             return 1
         for url in (base_url, serve_url):  # warm-up: lazy init, connection pools, allocator
-            measure("warmup", url, queries, 8, args.warmup, args.max_seconds, args.k)
+            run_once(url, queries, 8, args.warmup, args.max_seconds, args.k)
         results = []
+        servers = {"baseline": base_url, "serve": serve_url}
         for c in args.levels:
             total = max(args.requests, c * args.per_client)
-            for name, url in (("baseline", base_url), ("serve", serve_url)):
-                r = measure(name, url, queries, c, total, args.max_seconds, args.k)
-                print(f"  {name:8s} c={c:<3d} {r.rps:7.1f} req/s  p50 {r.p50_ms:7.1f} ms  p99 {r.p99_ms:7.1f} ms  ({r.requests} requests, {r.errors} errors)", flush=True)
+            for r in measure_level(servers, queries, c, total, args.rounds, args.max_seconds, args.k):
+                print(f"  {r.server:8s} c={c:<3d} {r.rps:7.1f} req/s  p50 {r.p50_ms:7.1f} ms  p99 {r.p99_ms:7.1f} ms  ({r.requests} requests, {r.errors} errors)", flush=True)
                 results.append(r)
         table, ok = report(results)
         print()
