@@ -11,9 +11,9 @@ is FastAPI + torch + FAISS in one process encoding each request on its own.
 For each concurrency (1, 8, 32, 64) it sends a bounded number of ``POST /search`` requests (closed
 loop: each client sends its next request when the previous answer arrives) to 127.0.0.1 only, to
 both servers in alternating rounds (baseline then Serve, Serve then baseline, ...) so that load
-from other processes on a shared machine hits both alike. It prints throughput and p50/p99 latency, the ratios, and
-PASS/FAIL for: Serve >= 1.2x baseline throughput at concurrency 32, and Serve p50 at concurrency 1
-within 1.5x of the baseline's.
+from other processes on a shared machine hits both alike. It prints throughput and p50/p99
+latency, the ratios, and PASS/FAIL for: Serve >= 1.2x baseline throughput at concurrency 32, and
+Serve p50 at concurrency 1 within 1.5x of the baseline's.
 """
 
 from __future__ import annotations

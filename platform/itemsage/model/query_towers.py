@@ -65,10 +65,10 @@ class QueryProjection(nn.Module):
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
         if feats.shape[-1] != self.in_dim:
             raise ValueError(f"expected {self.in_dim}-d query features, got {feats.shape[-1]}")
-        x = feats.to(self.net[0].weight.dtype)
-        out = self.net(x)
+        normed = self.net[0](feats.to(self.net[0].weight.dtype))
+        out = self.net[1:](normed)
         if self.skip is not None:
-            out = out + self.skip(self.net[0](x))
+            out = out + self.skip(normed)
         return F.normalize(out, dim=-1)
 
 
