@@ -149,7 +149,10 @@ def run_local(
     """
     import ray
 
+    from itemsage.serve.fast_ingress import use_fast_serving
+
     if not ray.is_initialized():
+        use_fast_serving()  # HAProxy ingress + throughput-optimised Serve for the Ray started here
         ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
     cfg = serve_config_dict(version, host=host, port=port, serve_cfg=serve_cfg, deployments=deployments)
     return deploy(cfg, timeout_s)

@@ -66,7 +66,10 @@ def main(argv: list[str] | None = None) -> int:
 
     import ray
 
+    from itemsage.serve.fast_ingress import use_fast_serving
+
     if not ray.is_initialized() and not os.environ.get("RAY_ADDRESS"):
+        use_fast_serving()  # the serve stage runs on this Ray: start it in Serve's fast mode
         ray.init(num_cpus=args.num_cpus, include_dashboard=False)
 
     out_root = Path(cfg.train.storage_path).parent

@@ -112,8 +112,10 @@ def label(cmdline: str) -> str:
         return "baseline server"
     if cmdline.startswith("ray::ServeReplica:"):
         return cmdline.split()[0].rsplit(":", 1)[1]
-    if cmdline.startswith("ray::ProxyActor"):
+    if cmdline.startswith(("ray::ProxyActor", "ray::HAProxyManager")):
         return "Serve proxy"
+    if cmdline.split(" ", 1)[0].endswith("/haproxy"):
+        return "HAProxy"  # Serve's ingress in its high-throughput mode (itemsage.serve.fast_ingress)
     if cmdline.startswith("ray::ServeController"):
         return "Serve controller"
     return "Ray (gcs, raylet, other workers)"

@@ -14,6 +14,10 @@ both servers in alternating rounds (baseline then Serve, Serve then baseline, ..
 from other processes on a shared machine hits both alike. It prints throughput and p50/p99
 latency, the ratios, and PASS/FAIL for: Serve >= 1.2x baseline throughput at concurrency 32, and
 Serve p50 at concurrency 1 within 1.5x of the baseline's.
+
+Serve runs in Ray's high-throughput mode (HAProxy ingress; itemsage.serve.fast_ingress) unless
+the environment says otherwise: ``RAY_SERVE_ENABLE_HA_PROXY=0 RAY_SERVE_THROUGHPUT_OPTIMIZED=0``
+measures it on Serve's Python proxy.
 """
 
 from __future__ import annotations

@@ -69,11 +69,13 @@ def start_serve_app(trained: object, version: str = "1", deployments: dict | Non
     if repo not in sys.path:
         sys.path.insert(0, repo)
     from deployments.app import run_local
+    from itemsage.serve.fast_ingress import use_fast_serving
 
     if ray.is_initialized():
         ray.shutdown()
     # A busy shared machine can take longer than Ray's default to register the local node.
     os.environ.setdefault("RAY_raylet_start_wait_time_s", "120")
+    use_fast_serving()  # the Ray started here must run Serve the way run_local starts it
     # Logical CPUs: the config reserves ~2 CPUs of replicas, more than a 2-core CI box has.
     ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
     port = free_port()

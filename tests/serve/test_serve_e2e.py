@@ -64,11 +64,13 @@ def served(trained_serving: Any) -> Any:
 
     sys.path.insert(0, str(REPO))
     from deployments.app import run_local
+    from itemsage.serve.fast_ingress import use_fast_serving
 
     if ray.is_initialized():
         ray.shutdown()
     # A busy shared machine can take longer than Ray's default to register the local node.
     os.environ.setdefault("RAY_raylet_start_wait_time_s", "120")
+    use_fast_serving()  # the Ray started here must run Serve the way run_local starts it
     # Logical CPUs: the config reserves ~2 CPUs of replicas, more than a 2-core CI box has.
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
     port = free_port()
@@ -124,6 +126,45 @@ def test_every_endpoint(served: Any) -> None:
     status, spec = call(url, "/openapi.json")
     assert status == 200 and "/search" in spec["paths"]
     assert call(url, "/docs")[0] == 200
+
+
+def listeners() -> set[tuple[str, int]]:
+    """(address, port) of every listening TCP socket on this machine (/proc/net/tcp and tcp6)."""
+    out = set()
+    for name in ("tcp", "tcp6"):
+        path = Path(f"/proc/net/{name}")
+        for line in path.read_text().splitlines()[1:] if path.exists() else []:
+            local, state = line.split()[1], line.split()[3]
+            if state != "0A":  # LISTEN
+                continue
+            addr, port = local.split(":")
+            raw = bytes.fromhex(addr)
+            if len(raw) == 4:
+                ip = ".".join(str(b) for b in raw[::-1])
+            else:  # four little-endian 32-bit words; only the loopback and any-address forms matter here
+                ip = "::1" if raw == bytes(12) + bytes([1, 0, 0, 0]) else ("::" if not any(raw) else raw.hex())
+            out.add((ip, int(port, 16)))
+    return out
+
+
+def test_haproxy_serves_the_api_on_loopback_only(served: Any) -> None:
+    """Serve runs in its high-throughput mode (itemsage.serve.fast_ingress): HAProxy holds the API
+    port and forwards to the Ingress replica's own HTTP server (Ray's 30000-31000 range); both bind
+    the configured host, 127.0.0.1, nothing else."""
+    procs = [p for p in Path("/proc").iterdir() if p.name.isdigit()]
+    cmds = []
+    for p in procs:
+        try:
+            cmds.append((p / "cmdline").read_bytes().split(b"\0")[0].decode(errors="replace"))
+        except OSError:
+            continue
+    assert any(c.endswith("/haproxy") for c in cmds), "no HAProxy process: Serve is on its Python proxy"
+    socks = listeners()
+    api = {ip for ip, port in socks if port == served["port"]}
+    ingress = {ip for ip, port in socks if 30000 <= port <= 31000}
+    assert api == {"127.0.0.1"}, api
+    assert ingress == {"127.0.0.1"}, ingress
+    assert call(served["url"], "/healthz")[0] == 200
 
 
 def test_bad_input_over_serve_is_4xx(served: Any) -> None:

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from itemsage.cluster.procs import MARKER_ENV, free_ports, marked_pids, run, terminate, wait_for
+from itemsage.serve.fast_ingress import use_fast_serving
 
 # Per-node ports `ray start` would otherwise take from fixed defaults (two nodes on one machine,
 # and other Ray instances, would collide on them).
@@ -100,6 +101,7 @@ class LocalRayCluster:
                 "RAY_USAGE_STATS_ENABLED": "0",
             }
         )
+        use_fast_serving(env)  # Serve on this cluster gets HAProxy ingress unless base_env says 0
         if self.gcs_port:
             env["RAY_ADDRESS"] = self.address
         return env
