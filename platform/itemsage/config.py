@@ -90,7 +90,11 @@ class EngagementConfig:
     )
     # User history length for home-feed queries.
     history_length: int = 8
-    # Item-disjoint split: fractions of items whose pairs go to validation / test.
+    # How pairs are held out for validation / test. "item": item-disjoint, the fractions are of
+    # items, and held-out items are never seen in training (cold-start items: the strict protocol,
+    # where a model's knowledge of seen items' popularity cannot help). "time": the fractions are
+    # of pairs, the latest by timestamp (future engagement: the paper's offline protocol).
+    split: str = "item"
     val_fraction: float = 0.1
     test_fraction: float = 0.1
 

@@ -20,6 +20,7 @@ from itemsage.data.engagement import (
     read_engagements,
     shopee_pairs,
     split_by_item,
+    split_by_time,
     stable_unit,
     synthesize_engagements,
 )
@@ -217,6 +218,30 @@ def test_split_keeps_shopee_groups_whole(shopee: pd.DataFrame) -> None:
     assert sum(len(s) for s in splits.values()) == len(pairs)
 
 
+def test_time_split_holds_out_the_latest_engagements(synthetic: pd.DataFrame) -> None:
+    splits = split_by_time(synthetic, 0.2, 0.1)
+    assert sum(len(s) for s in splits.values()) == len(synthetic)  # nothing dropped
+    ts = {name: s["timestamp"] for name, s in splits.items()}
+    assert ts["train"].max() < ts["val"].min() and ts["val"].max() < ts["test"].min()
+    assert len(splits["test"]) == pytest.approx(0.1 * len(synthetic), abs=2)
+    assert len(splits["val"]) == pytest.approx(0.2 * len(synthetic), abs=2)
+    # Not item-disjoint: popular items are engaged before and after the cut.
+    assert set(splits["train"]["item_id"]) & set(splits["test"]["item_id"])
+
+
+def test_time_split_keeps_ties_together_and_undated_pairs_in_train() -> None:
+    pairs = pd.DataFrame({"surface": "search", "action": "click", "query": "q", "item_id": list("abcdefgh"),
+                          "timestamp": [math.nan, 1.0, 2.0, 3.0, 3.0, 3.0, 4.0, 5.0]})
+    splits = split_by_time(pairs, 0.25, 0.25)
+    assert list(splits["test"]["item_id"]) == ["g", "h"]
+    assert list(splits["val"]["item_id"]) == ["d", "e", "f"]  # the tie at t=3 stays whole
+    assert list(splits["train"]["item_id"]) == ["a", "b", "c"]
+    with pytest.raises(ValueError, match="timestamps"):
+        split_by_time(pairs.assign(timestamp=math.nan), 0.1, 0.1)
+    with pytest.raises(ValueError, match="fraction"):
+        split_by_time(pairs, 0.5, 0.5)
+
+
 def test_split_hash_is_stable_across_processes() -> None:
     # Fixed values: a change here means every existing split would silently move.
     assert stable_unit("item:15970", 0) == pytest.approx(0.7378820556914099, abs=1e-15)
@@ -301,3 +326,26 @@ def test_read_engagements_missing_path_or_columns(tmp_path: Path) -> None:
     (tmp_path / "log.csv").write_text("surface,query\nsearch,x\n")
     with pytest.raises(EngagementError, match="action"):
         read_engagements(tmp_path / "log.csv", set())
+
+
+def test_time_split_preprocessing_keeps_held_out_engagements_out_of_home_queries() -> None:
+    from itemsage.config import PreprocessConfig
+    from itemsage.data import pipeline as P
+
+    cfg = PreprocessConfig(catalog=str(SAMPLE / "fashion"), engagement=dataclasses.replace(SMALL, split="time"))
+    catalog, items = P.load_catalog(cfg)
+    eng = P.prepare_engagements(cfg, catalog.layout, items)
+    cut = eng.splits["val"]["timestamp"].min()
+    train = eng.splits["train"]
+    for user, history in eng.histories.items():
+        engaged = train[(train["user_id"] == user)]
+        assert set(history) <= set(engaged["item_id"])  # histories come from train-period pairs only
+    assert train["timestamp"].max() < cut
+    for name in ("val", "test"):
+        home = eng.splits[name][eng.splits[name]["surface"] == "home"]
+        assert len(home) > 0
+        assert not any(item in eng.histories.get(user, []) for user, item in zip(home["query"], home["item_id"]))
+    repeats = [r for r in eng.rejects if r.reason == "home_item_in_history"]
+    assert repeats  # popular items come back: some held-out home pairs repeat a history item
+    with pytest.raises(P.PreprocessError, match="engagement.split"):
+        P.validate_config(dataclasses.replace(cfg, engagement=dataclasses.replace(SMALL, split="random")))

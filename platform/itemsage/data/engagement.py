@@ -40,8 +40,10 @@ ItemSage learns from (query, engaged item) pairs of every surface x action. Thre
   8. Timestamps are uniform over 30 days from 2023-11-14 (seconds since the epoch), so user
      histories have an order.
 
-Splits are item-disjoint (``split_by_item``) and user histories only hold train items
-(``build_user_histories``), so held-out items never leak into training inputs.
+Splits are item-disjoint by default (``split_by_item``: held-out items are cold, never seen in
+training) or temporal (``split_by_time``: held-out pairs are the latest engagements). Either way
+user histories only hold what training may see (``build_user_histories``), so held-out
+engagements never leak into training inputs.
 """
 
 from __future__ import annotations
@@ -758,6 +760,35 @@ def split_by_item(
             mask &= ~leaks
         out[name] = pairs[mask].reset_index(drop=True)
     return out
+
+
+def split_by_time(pairs: pd.DataFrame, val_fraction: float, test_fraction: float) -> dict[str, pd.DataFrame]:
+    """Temporal train/val/test: the latest ``test_fraction`` of pairs by timestamp are test, the
+    ``val_fraction`` before them val, the rest train (the paper's protocol: future engagement).
+
+    Unlike :func:`split_by_item`, an item can be engaged on both sides, so evaluation measures what a
+    model learned about the items it has seen as well as its reach to new ones. Pairs without a
+    timestamp count as oldest (train). A cut falls between distinct timestamps: pairs sharing one
+    never straddle two splits.
+    """
+    if val_fraction < 0 or test_fraction < 0 or val_fraction + test_fraction >= 1:
+        raise ValueError("val_fraction and test_fraction must be >= 0 and sum to less than 1")
+    ts = pairs["timestamp"].astype("float64") if "timestamp" in pairs.columns else pd.Series(np.nan, index=pairs.index)
+    if ts.notna().sum() == 0:
+        raise ValueError("a time split needs engagement timestamps and these pairs have none; "
+                         "use engagement.split: item")
+    ordered = np.sort(ts.fillna(-np.inf).to_numpy())
+    n = len(ordered)
+
+    def cut(fraction_after: float) -> float:
+        """The timestamp from which about ``fraction_after`` of the pairs are at or after it."""
+        k = min(n - 1, max(0, n - int(round(fraction_after * n))))
+        return ordered[k] if fraction_after > 0 else np.inf
+
+    t_test, t_val = cut(test_fraction), cut(test_fraction + val_fraction)
+    t = ts.fillna(-np.inf)
+    masks = {"train": t < t_val, "val": (t >= t_val) & (t < t_test), "test": t >= t_test}
+    return {name: pairs[masks[name]].reset_index(drop=True) for name in SPLITS}
 
 
 def build_user_histories(

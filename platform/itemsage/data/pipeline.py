@@ -38,6 +38,7 @@ from itemsage.data.engagement import (
     read_engagements,
     shopee_pairs,
     split_by_item,
+    split_by_time,
     synthesize_engagements,
 )
 from itemsage.data.featurize import (
@@ -188,6 +189,8 @@ def validate_config(cfg: PreprocessConfig) -> None:
         raise PreprocessError(f"image.num_threads must be >= 0, got {image.num_threads}")
     if not cfg.output:
         raise PreprocessError("output must name a directory or URI")
+    if cfg.engagement.split not in ("item", "time"):
+        raise PreprocessError(f"engagement.split must be 'item' or 'time', got {cfg.engagement.split!r}")
 
 
 # ------------------------------------------------------------------------------- catalog + pairs
@@ -518,7 +521,7 @@ class FeatureSet:
 
 @dataclass
 class Engagements:
-    """Pairs split item-disjointly, plus the home users' train-only histories."""
+    """Pairs split (``engagement.split``), plus the home users' train-only histories."""
 
     splits: dict[str, pd.DataFrame]
     histories: dict[str, list[str]]
@@ -529,11 +532,34 @@ class Engagements:
 def prepare_engagements(cfg: PreprocessConfig, layout: str, items: pd.DataFrame) -> Engagements:
     pairs, source, rejects = load_engagements(cfg, layout, items)
     ec = cfg.engagement
+    if ec.split == "time":
+        try:
+            splits = split_by_time(pairs, ec.val_fraction, ec.test_fraction)
+        except ValueError as e:
+            raise PreprocessError(f"engagement.split=time: {e}") from e
+        # Histories from the train period only: a home query never carries a held-out engagement.
+        histories = build_user_histories(splits["train"], set(items["item_id"].astype(str)), ec.history_length)
+        for name in ("val", "test"):
+            splits[name], seen = drop_home_repeats(splits[name], histories)
+            rejects += seen
+        return Engagements(splits, histories, source, rejects)
     splits = split_by_item(pairs, items, ec.val_fraction, ec.test_fraction, ec.seed)
     item_split = item_splits(items, ec.val_fraction, ec.test_fraction, ec.seed)
     train_items = {item for item, split in item_split.items() if split == "train"}
     histories = build_user_histories(pairs, train_items, ec.history_length)
     return Engagements(splits, histories, source, rejects)
+
+
+def drop_home_repeats(pairs: pd.DataFrame, histories: dict[str, list[str]]) -> tuple[pd.DataFrame, list[Reject]]:
+    """Held-out home pairs whose item is already in the user's history are not evaluated: the home
+    feed (``/recommend``) never shows a user what their history holds."""
+    seen = {user: set(items) for user, items in histories.items()}
+    users, items = pairs["query"].astype(str).tolist(), pairs["item_id"].astype(str).tolist()
+    repeat = (pairs["surface"] == "home").to_numpy() & np.array(
+        [item in seen.get(user, ()) for user, item in zip(users, items)], dtype=bool)
+    rejects = [Reject("pairs", items[i], "home_item_in_history", f"user {users[i]!r} engaged it in the train period")
+               for i in np.flatnonzero(repeat)]
+    return pairs[~repeat].reset_index(drop=True), rejects
 
 
 def run_preprocess(cfg: PreprocessConfig) -> PreprocessSummary:

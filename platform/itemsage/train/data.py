@@ -100,15 +100,22 @@ def task_counts(pairs: Mapping[str, np.ndarray]) -> dict[str, int]:
 
 
 def heldout_items(features: str) -> np.ndarray:
-    """Items engaged in the val/test splits: kept out of random negatives, so held-out items are never
-    trained on, not even as negatives (the splits are item-disjoint on purpose)."""
+    """Items engaged in the val/test splits and never in train: kept out of random negatives, so a
+    held-out item is never trained on, not even as a negative. (With the default item-disjoint split
+    that is every held-out item; with a time split, items engaged in training stay in the pool.)"""
     out = []
     for split in ("val", "test"):
         try:
             out.append(read_pairs(features, split)["item_idx"])
         except TrainInputError:
             continue
-    return np.unique(np.concatenate(out)) if out else np.zeros(0, np.int64)
+    if not out:
+        return np.zeros(0, np.int64)
+    held = np.unique(np.concatenate(out))
+    try:
+        return np.setdiff1d(held, read_pairs(features, "train")["item_idx"])
+    except TrainInputError:
+        return held
 
 
 @dataclass
