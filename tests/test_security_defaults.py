@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from itemsage.serve.fast_ingress import FAST_SERVE_ENV
+from itemsage.serve.fast_ingress import FAST_SERVE_ENV, HAPROXY_PORT_KEYS
 
 REPO = Path(__file__).resolve().parents[1]
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
@@ -120,7 +120,7 @@ def _capture_ray_init(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
     monkeypatch.setattr(ray, "init", fake_init)
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    for key in FAST_SERVE_ENV:  # what run_local / pipeline.py put in os.environ is undone afterwards
+    for key in (*FAST_SERVE_ENV, *HAPROXY_PORT_KEYS):  # what run_local / pipeline.py put in os.environ is undone afterwards
         monkeypatch.setenv(key, "x")
         monkeypatch.delenv(key)
     return seen

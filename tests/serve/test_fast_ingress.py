@@ -4,6 +4,7 @@ the user's environment opts out; the end-to-end Serve suites run on it."""
 from __future__ import annotations
 
 import os
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -11,15 +12,31 @@ from typing import Any
 import pytest
 
 from itemsage.cluster.ray_nodes import LocalRayCluster
-from itemsage.serve.fast_ingress import FAST_SERVE_ENV, use_fast_serving
+from itemsage.serve.fast_ingress import FAST_SERVE_ENV, HAPROXY_PORT_KEYS, use_fast_serving
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def test_fills_in_what_is_unset_and_keeps_an_opt_out() -> None:
     env: dict[str, str] = {"RAY_SERVE_ENABLE_HA_PROXY": "0"}
-    assert use_fast_serving(env) == {"RAY_SERVE_ENABLE_HA_PROXY": "0", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
-    assert env == {"RAY_SERVE_ENABLE_HA_PROXY": "0", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+    assert use_fast_serving(env) == {**FAST_SERVE_ENV, "RAY_SERVE_ENABLE_HA_PROXY": "0"}
+    assert not set(HAPROXY_PORT_KEYS) & set(env)  # no HAProxy, no ports to choose
+
+
+def test_each_start_gets_free_haproxy_ports_and_a_users_port_stays() -> None:
+    """A HAProxy left by an earlier Serve on this machine (or a second one running) must not stop
+    this one from starting: its stats and metrics listeners get ports nobody holds."""
+    env: dict[str, str] = {}
+    first = use_fast_serving(env)
+    ports = [int(first[k]) for k in HAPROXY_PORT_KEYS]
+    assert len(set(ports)) == 2 and all(p > 0 for p in ports)
+    with socket.socket() as held:  # someone now holds the first stats port
+        held.bind(("127.0.0.1", ports[0]))
+        held.listen()
+        second = use_fast_serving(env)
+        assert int(second[HAPROXY_PORT_KEYS[0]]) != ports[0]
+    mine = {"RAY_SERVE_HAPROXY_STATS_PORT": "18404"}
+    assert use_fast_serving(mine)["RAY_SERVE_HAPROXY_STATS_PORT"] == "18404"
 
 
 class _Stop(Exception):
@@ -29,7 +46,7 @@ class _Stop(Exception):
 def test_run_local_starts_ray_in_fast_mode(monkeypatch: pytest.MonkeyPatch) -> None:
     import ray
 
-    for key in FAST_SERVE_ENV:
+    for key in (*FAST_SERVE_ENV, *HAPROXY_PORT_KEYS):
         # setenv then delenv: unset now, and unset again after the test (whatever run_local sets).
         monkeypatch.setenv(key, "x")
         monkeypatch.delenv(key)
@@ -37,6 +54,7 @@ def test_run_local_starts_ray_in_fast_mode(monkeypatch: pytest.MonkeyPatch) -> N
 
     def fake_init(*args: Any, **kwargs: Any) -> None:
         seen.append({k: os.environ.get(k) for k in FAST_SERVE_ENV})
+        assert all(os.environ.get(k, "").isdigit() for k in HAPROXY_PORT_KEYS)
         raise _Stop
 
     monkeypatch.setattr(ray, "init", fake_init)

@@ -19,6 +19,8 @@ import yaml
 
 from conftest import free_port
 
+from itemsage.serve.fast_ingress import use_fast_serving
+
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
@@ -36,6 +38,7 @@ def test_serve_run_config_file(trained_serving: Any, tmp_path: Path) -> None:
     # A fresh local Ray of its own, whatever this process is connected to.
     env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "RAY_USAGE_STATS_ENABLED": "0"}
     env.setdefault("RAY_raylet_start_wait_time_s", "120")  # a busy machine registers nodes slowly
+    use_fast_serving(env)  # as documented for `serve run`; fresh HAProxy ports for this Ray
     log = tmp_path / "serve.log"
     with open(log, "w") as out:
         proc = subprocess.Popen([str(serve_bin), "run", str(config)], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)

@@ -16,9 +16,18 @@ Ray reads them when its processes start, so they must be in the environment of w
 the cluster: a local ``ray.init()``, ``ray start``, the KubeRay pod spec. A driver that joins a
 running cluster gets that cluster's setting. Set either to ``0`` to opt out.
 
-Bindings stay as configured: HAProxy's frontend and the Ingress replica's server bind
-``http_options.host`` (127.0.0.1 by default). HAProxy's read-only stats page (port 8404) and
-Prometheus metrics (port 9101) bind every interface, as Ray's own agents do (RELIABILITY.md).
+Two more settings make the mode safe to start and stop repeatedly on one machine (tests, demos):
+
+- HAProxy is a child process of a Serve actor. An actor killed without its shutdown (a Serve
+  shutdown that times out, a crash) leaves it running, holding its ports, for good.
+  ``RAY_process_group_cleanup_enabled=1`` gives each Ray worker its own process group and kills
+  that group when the worker exits (Ray docs, "Lifetimes of a User-Spawn Process").
+- HAProxy's read-only stats page and Prometheus metrics listen on every interface, on fixed ports
+  (8404, 9101) unless told otherwise, so a second Serve on the machine could not start. Each Ray
+  started here gets free ones instead; a port the user set stays.
+
+HAProxy's frontend and the Ingress replica's server bind ``http_options.host`` (127.0.0.1 by
+default).
 """
 
 from __future__ import annotations
@@ -26,13 +35,27 @@ from __future__ import annotations
 import os
 from collections.abc import MutableMapping
 
-FAST_SERVE_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+from itemsage.cluster.procs import free_ports
+
+FAST_SERVE_ENV = {
+    "RAY_SERVE_ENABLE_HA_PROXY": "1",
+    "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+    "RAY_process_group_cleanup_enabled": "1",
+}
+HAPROXY_PORT_KEYS = ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT")
+# The port values this process chose (a value found in the environment that is not one of these
+# was set by the user and is kept).
+_chosen: dict[str, str] = {}
 
 
 def use_fast_serving(environ: MutableMapping[str, str] | None = None) -> dict[str, str]:
     """Put :data:`FAST_SERVE_ENV` into ``environ`` (default ``os.environ``) where it is not set
-    already, before Ray starts; returns the values now in effect."""
+    already, and fresh HAProxy stats/metrics ports, before a Ray starts; returns what is in effect."""
     env = os.environ if environ is None else environ
     for key, value in FAST_SERVE_ENV.items():
         env.setdefault(key, value)
-    return {key: env[key] for key in FAST_SERVE_ENV}
+    if env["RAY_SERVE_ENABLE_HA_PROXY"] == "1":
+        for key, port in zip(HAPROXY_PORT_KEYS, free_ports(len(HAPROXY_PORT_KEYS))):
+            if key not in env or env[key] == _chosen.get(key):
+                env[key] = _chosen[key] = str(port)
+    return {key: env[key] for key in (*FAST_SERVE_ENV, *HAPROXY_PORT_KEYS) if key in env}
