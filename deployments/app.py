@@ -177,10 +177,16 @@ def wait_healthy(url: str, timeout_s: float = 180.0) -> dict[str, Any]:
 
 
 def shutdown_local() -> None:
-    """Tear down the app and Serve (leaves Ray running for the caller to stop)."""
+    """Tear down the app and Serve (leaves Ray running for the caller to stop), and any HAProxy
+    process Serve's shutdown left behind on this machine (itemsage.serve.fast_ingress)."""
+    import ray
     from ray import serve
 
+    from itemsage.serve.fast_ingress import stop_leftover_haproxy
+
+    nodes = [n["NodeID"] for n in ray.nodes()] if ray.is_initialized() else []
     serve.shutdown()
+    stop_leftover_haproxy(nodes)
 
 
 if __name__ == "__main__":  # python deployments/app.py MODEL_URI INDEX_URI [--port N]

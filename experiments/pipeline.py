@@ -153,9 +153,9 @@ def main(argv: list[str] | None = None) -> int:
         try:
             signal.pause()
         except KeyboardInterrupt:
-            from ray import serve
+            from deployments.app import shutdown_local
 
-            serve.shutdown()
+            shutdown_local()
     return 0
 
 

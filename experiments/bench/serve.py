@@ -240,7 +240,6 @@ def report(results: list[Result]) -> tuple[str, bool]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     import ray
-    from ray import serve
 
     baseline = None
     try:
@@ -276,7 +275,9 @@ def main(argv: list[str] | None = None) -> int:
             except subprocess.TimeoutExpired:
                 baseline.kill()
         if ray.is_initialized():
-            serve.shutdown()
+            from deployments.app import shutdown_local  # on sys.path once start_serve has run
+
+            shutdown_local()
             ray.shutdown()
 
 

@@ -371,10 +371,11 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if started:
             import ray
-            from ray import serve
+
+            from deployments.app import shutdown_local
 
             if ray.is_initialized():
-                serve.shutdown()
+                shutdown_local()
                 ray.shutdown()
     if args.plot:
         plot(report, args.plot)

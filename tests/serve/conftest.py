@@ -91,8 +91,9 @@ def start_serve_app(trained: object, version: str = "1", deployments: dict | Non
 
 def stop_serve_app() -> None:
     import ray
-    from ray import serve
+
+    from deployments.app import shutdown_local
 
     if ray.is_initialized():
-        serve.shutdown()
+        shutdown_local()
         ray.shutdown()

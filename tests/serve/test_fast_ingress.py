@@ -4,7 +4,9 @@ the user's environment opts out; the end-to-end Serve suites run on it."""
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -12,7 +14,8 @@ from typing import Any
 import pytest
 
 from itemsage.cluster.ray_nodes import LocalRayCluster
-from itemsage.serve.fast_ingress import FAST_SERVE_ENV, HAPROXY_PORT_KEYS, use_fast_serving
+from itemsage.cluster.procs import wait_for
+from itemsage.serve.fast_ingress import FAST_SERVE_ENV, HAPROXY_PORT_KEYS, haproxy_pids, stop_leftover_haproxy, use_fast_serving
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -72,3 +75,25 @@ def test_ray_start_clusters_get_it_and_respect_an_opt_out(tmp_path: Path) -> Non
     assert {k: default.env[k] for k in FAST_SERVE_ENV} == FAST_SERVE_ENV
     opted_out = LocalRayCluster(tmp_path, base_env={"RAY_SERVE_ENABLE_HA_PROXY": "0"}, marker="m")
     assert opted_out.env["RAY_SERVE_ENABLE_HA_PROXY"] == "0"
+
+
+def test_leftover_haproxy_of_our_nodes_is_stopped_and_no_other(tmp_path: Path) -> None:
+    """A HAProxy that outlived Serve's shutdown is found by its node's config directory and killed;
+    one of another Ray node is left alone. Stand-ins: processes named .../haproxy with such args."""
+
+    def fake_haproxy(node: str) -> subprocess.Popen:
+        cfg = f"/tmp/haproxy-serve/{node}/haproxy.cfg"
+        script = "import time; time.sleep(120)"
+        return subprocess.Popen(["bash", "-c", f'exec -a {tmp_path}/haproxy {sys.executable} -c "{script}" -db -f {cfg}'])
+
+    ours, theirs = fake_haproxy("node-ours"), fake_haproxy("node-theirs")
+    try:
+        wait_for(lambda: haproxy_pids(["node-ours"]) == [ours.pid] or None, 10, "stand-in HAProxy to start")
+        assert stop_leftover_haproxy(["node-ours"]) == 1
+        assert ours.wait(10) == -signal.SIGKILL
+        assert theirs.poll() is None and haproxy_pids(["node-theirs"]) == [theirs.pid]
+        assert stop_leftover_haproxy([]) == 0
+    finally:
+        for proc in (ours, theirs):
+            proc.kill()
+            proc.wait(10)

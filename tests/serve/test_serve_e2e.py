@@ -60,10 +60,9 @@ def served(trained_serving: Any) -> Any:
     import sys
 
     import ray
-    from ray import serve
 
     sys.path.insert(0, str(REPO))
-    from deployments.app import run_local
+    from deployments.app import run_local, shutdown_local
     from itemsage.serve.fast_ingress import use_fast_serving
 
     if ray.is_initialized():
@@ -76,7 +75,7 @@ def served(trained_serving: Any) -> Any:
     port = free_port()
     url = run_local(version_of(trained_serving, "1"), host="127.0.0.1", port=port, deployments=DEPLOYMENTS, timeout_s=600)
     yield {"url": url, "port": port, "trained": trained_serving}
-    serve.shutdown()
+    shutdown_local()
     ray.shutdown()
 
 

@@ -28,12 +28,19 @@ Two more settings make the mode safe to start and stop repeatedly on one machine
 
 HAProxy's frontend and the Ingress replica's server bind ``http_options.host`` (127.0.0.1 by
 default).
+
+One leak remains in Ray 2.60: a HAProxy that Serve starts for a reload while it is shutting down is
+not stopped with the others and outlives Ray (seen in CI, re-parented to init, holding the API
+port). :func:`stop_leftover_haproxy` ends those after ``serve.shutdown()``; Serve keeps each
+node's HAProxy files under ``/tmp/haproxy-serve/<node id>/``, which is how they are told apart.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import MutableMapping
+import signal
+from collections.abc import Iterable, MutableMapping
+from pathlib import Path
 
 from itemsage.cluster.procs import free_ports
 
@@ -59,3 +66,30 @@ def use_fast_serving(environ: MutableMapping[str, str] | None = None) -> dict[st
             if key not in env or env[key] == _chosen.get(key):
                 env[key] = _chosen[key] = str(port)
     return {key: env[key] for key in (*FAST_SERVE_ENV, *HAPROXY_PORT_KEYS) if key in env}
+
+
+def haproxy_pids(node_ids: Iterable[str]) -> list[int]:
+    """Running HAProxy processes that Serve started for any of ``node_ids`` on this machine."""
+    markers = [f"/{node_id}/".encode() for node_id in node_ids if node_id]
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv[0].endswith(b"/haproxy") and any(m in arg for arg in argv[1:] for m in markers):
+            pids.append(int(proc.name))
+    return pids
+
+
+def stop_leftover_haproxy(node_ids: Iterable[str]) -> int:
+    """SIGKILL what :func:`haproxy_pids` finds (call it once Serve is shut down); returns how many."""
+    pids = haproxy_pids(node_ids)
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return len(pids)
