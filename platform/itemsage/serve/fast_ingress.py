@@ -8,9 +8,9 @@ Ray (2.55+) documents two switches for it ("Enable High Throughput on Ray Serve 
 - ``RAY_SERVE_THROUGHPUT_OPTIMIZED=1``: gRPC between replicas by default, user code on the
   replica's event loop, fewer per-request log writes.
 
-On a 2-CPU box they take ``/search`` p50 at concurrency 1 from 1.66x to 1.27x the single-process
-baseline's and throughput at concurrency 32 from 1.47x to 2.59x (``experiments/bench/serve.py``,
-``docs/serving.md``).
+On a 2-CPU box they take ``/search`` p50 at concurrency 1 from 1.66x the single-process
+baseline's to 1.15-1.29x, and throughput at concurrency 32 from 1.47x to 2.33-2.76x (four runs;
+``experiments/bench/serve.py``, ``docs/serving.md``).
 
 Ray reads them when its processes start, so they must be in the environment of whatever starts
 the cluster: a local ``ray.init()``, ``ray start``, the KubeRay pod spec. A driver that joins a
