@@ -1,5 +1,6 @@
 """Every Ray this project starts runs Serve in Ray's high-throughput mode (HAProxy ingress), unless
-the user's environment opts out; the end-to-end Serve suites run on it."""
+the user's environment opts out, and stopping Serve leaves no HAProxy behind; the end-to-end Serve
+suites run on it."""
 
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from itemsage.cluster.ray_nodes import LocalRayCluster
 from itemsage.cluster.procs import wait_for
+from itemsage.cluster.ray_nodes import LocalRayCluster
 from itemsage.serve.fast_ingress import FAST_SERVE_ENV, HAPROXY_PORT_KEYS, haproxy_pids, stop_leftover_haproxy, use_fast_serving
 
 REPO = Path(__file__).resolve().parents[2]
