@@ -150,14 +150,12 @@ def test_haproxy_serves_the_api_on_loopback_only(served: Any) -> None:
     """Serve runs in its high-throughput mode (itemsage.serve.fast_ingress): HAProxy holds the API
     port and forwards to the Ingress replica's own HTTP server (Ray's 30000-31000 range); both bind
     the configured host, 127.0.0.1, nothing else."""
-    procs = [p for p in Path("/proc").iterdir() if p.name.isdigit()]
-    cmds = []
-    for p in procs:
-        try:
-            cmds.append((p / "cmdline").read_bytes().split(b"\0")[0].decode(errors="replace"))
-        except OSError:
-            continue
-    assert any(c.endswith("/haproxy") for c in cmds), "no HAProxy process: Serve is on its Python proxy"
+    import ray
+
+    from itemsage.serve.fast_ingress import haproxy_pids
+
+    nodes = [n["NodeID"] for n in ray.nodes()]
+    assert haproxy_pids(nodes), "no HAProxy process of this cluster: Serve is on its Python proxy"
     socks = listeners()
     api = {ip for ip, port in socks if port == served["port"]}
     ingress = {ip for ip, port in socks if 30000 <= port <= 31000}

@@ -14,7 +14,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, TypeVar
@@ -83,20 +83,23 @@ def run(
     return proc
 
 
-def marked_pids(marker: str) -> list[int]:
-    """Pids of live processes whose environment has ``MARKER_ENV=marker`` (Linux /proc)."""
-    needle = f"{MARKER_ENV}={marker}".encode()
-    out = []
+def proc_fields(name: str) -> Iterator[tuple[int, list[bytes]]]:
+    """``(pid, fields)`` of every other live process: ``/proc/<pid>/<name>`` (``environ``,
+    ``cmdline``) split at its NUL separators; processes gone or not ours to read are skipped."""
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         try:
-            env = (entry / "environ").read_bytes()
-        except OSError:  # gone, or not ours to read
+            data = (entry / name).read_bytes()
+        except OSError:
             continue
-        if needle in env.split(b"\0"):
-            out.append(int(entry.name))
-    return out
+        yield int(entry.name), data.split(b"\0")
+
+
+def marked_pids(marker: str) -> list[int]:
+    """Pids of live processes whose environment has ``MARKER_ENV=marker`` (Linux /proc)."""
+    needle = f"{MARKER_ENV}={marker}".encode()
+    return [pid for pid, env in proc_fields("environ") if needle in env]
 
 
 def _alive(pid: int) -> bool:

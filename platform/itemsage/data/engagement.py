@@ -774,10 +774,11 @@ def split_by_time(pairs: pd.DataFrame, val_fraction: float, test_fraction: float
     if val_fraction < 0 or test_fraction < 0 or val_fraction + test_fraction >= 1:
         raise ValueError("val_fraction and test_fraction must be >= 0 and sum to less than 1")
     ts = pairs["timestamp"].astype("float64") if "timestamp" in pairs.columns else pd.Series(np.nan, index=pairs.index)
-    if ts.notna().sum() == 0:
+    if not ts.notna().any():
         raise ValueError("a time split needs engagement timestamps and these pairs have none; "
                          "use engagement.split: item")
-    ordered = np.sort(ts.fillna(-np.inf).to_numpy())
+    t = ts.fillna(-np.inf)
+    ordered = np.sort(t.to_numpy())
     n = len(ordered)
 
     def cut(fraction_after: float) -> float:
@@ -786,7 +787,6 @@ def split_by_time(pairs: pd.DataFrame, val_fraction: float, test_fraction: float
         return ordered[k] if fraction_after > 0 else np.inf
 
     t_test, t_val = cut(test_fraction), cut(test_fraction + val_fraction)
-    t = ts.fillna(-np.inf)
     masks = {"train": t < t_val, "val": (t >= t_val) & (t < t_test), "test": t >= t_test}
     return {name: pairs[masks[name]].reset_index(drop=True) for name in SPLITS}
 

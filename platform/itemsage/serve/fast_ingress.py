@@ -37,12 +37,12 @@ node's HAProxy files under ``/tmp/haproxy-serve/<node id>/``, which is how they 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 from collections.abc import Iterable, MutableMapping
-from pathlib import Path
 
-from itemsage.cluster.procs import free_ports
+from itemsage.cluster.procs import free_ports, proc_fields
 
 FAST_SERVE_ENV = {
     "RAY_SERVE_ENABLE_HA_PROXY": "1",
@@ -71,25 +71,14 @@ def use_fast_serving(environ: MutableMapping[str, str] | None = None) -> dict[st
 def haproxy_pids(node_ids: Iterable[str]) -> list[int]:
     """Running HAProxy processes that Serve started for any of ``node_ids`` on this machine."""
     markers = [f"/{node_id}/".encode() for node_id in node_ids if node_id]
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            argv = (proc / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if argv[0].endswith(b"/haproxy") and any(m in arg for arg in argv[1:] for m in markers):
-            pids.append(int(proc.name))
-    return pids
+    return [pid for pid, argv in proc_fields("cmdline")
+            if argv[0].endswith(b"/haproxy") and any(m in arg for arg in argv[1:] for m in markers)]
 
 
 def stop_leftover_haproxy(node_ids: Iterable[str]) -> int:
     """SIGKILL what :func:`haproxy_pids` finds (call it once Serve is shut down); returns how many."""
     pids = haproxy_pids(node_ids)
     for pid in pids:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
     return len(pids)
