@@ -9,7 +9,9 @@ exact search. --features: a features directory made with the model's vocabulary 
 features). --catalog: any catalog in a supported layout, also one the model never saw; it is
 preprocessed with the model's preprocessing config and vocabulary (Ray Data), with engagements
 from --engagements, Shopee label groups, or the synthetic generator (the model's seed, default 0).
-Neither: the features directory the model was trained on.
+Neither: the features directory the model was trained on. On the model's own training features,
+a split that holds out both items trained on and new ones (a time split) also gets
+<surface>/seen and <surface>/unseen rows: new items cannot have the popularity a model learns.
 
 Prints the markdown table and, with --out, writes the JSON. Exit status 2 with a one-line
 `error: ...` when the model, catalog or features cannot be used.

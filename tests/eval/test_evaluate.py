@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -83,6 +84,39 @@ def test_json_holds_every_row(result) -> None:
     assert {("search/all", "itemsage"), ("closeup/all", "frozen"), ("home/all", "random")} <= set(rows)
     assert rows[("closeup/all", "frozen")]["label"] == "frozen: image-feature cosine"
     assert rows[("search/all", "itemsage")]["recall@10"] == res.recall("itemsage", "search/all", 10)
+
+
+def test_item_disjoint_split_is_all_unseen_items(result) -> None:
+    res, _ = result
+    assert res.num_unseen_pairs == res.num_pairs and "search/unseen" not in res.table.tasks()
+
+
+def test_held_out_pairs_of_training_items_are_reported_apart(sample_model: SampleModel, tmp_path: Path) -> None:
+    """A time split holds out later engagement with items trained on as well as new items: the
+    report gives each its own rows (the popularity a model learns helps only the first)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from itemsage.index.embed import load_model
+
+    features = tmp_path / "features"
+    shutil.copytree(sample_model.features, features)
+    train = pq.read_table(features / "pairs" / "train.parquet")
+    val = pq.read_table(features / "pairs" / "val.parquet")
+    pq.write_table(pa.concat_tables([val, train.slice(0, 40)]), features / "pairs" / "val.parquet")
+    tm = load_model(str(sample_model.bundle), device="cpu")
+    tm.manifest["features"] = str(features)  # as if trained on this directory
+    res = evaluate_model(tm, features=str(features), split="val", device="cpu")
+
+    assert res.num_pairs == val.num_rows + 40 and res.num_unseen_pairs == val.num_rows
+    assert f"{val.num_rows:,} of the pairs engage an item with no training engagement" in res.markdown()
+    for surface in SURFACES:
+        n = {c: res.table.rows.get(("itemsage", f"{surface}/{c}"), {}).get("n", 0) for c in ("all", "seen", "unseen")}
+        assert n["seen"] + n["unseen"] == n["all"], surface
+    assert sum(res.table.rows.get(("itemsage", f"{s}/seen"), {}).get("n", 0) for s in SURFACES) == 40
+    # Not the model's training features (a copy it was not trained on): seen-ness is unknown.
+    other = evaluate_model(str(sample_model.bundle), features=str(features), split="val", device="cpu")
+    assert other.num_unseen_pairs is None and "search/seen" not in other.table.tasks()
 
 
 def test_cli_prints_the_table_and_writes_json(sample_model: SampleModel, tmp_path: Path, capsys) -> None:

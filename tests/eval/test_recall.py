@@ -1,3 +1,4 @@
+import numpy as np
 import torch
 
 from itemsage.eval.recall import RecallTable, ranks_of_targets
@@ -38,3 +39,14 @@ def test_table_groups_by_task_and_surface():
     assert table.rows[("m", "home/all")]["n"] == 1
     md = table.to_markdown(k=1)
     assert "| search/all | 3 | 0.333 |" in md
+
+
+def test_cohort_rows_score_only_their_pairs():
+    table = RecallTable(ks=(1,))
+    tasks = ["search/click", "search/click", "search/save", "home/click"]
+    seen = np.array([True, False, True, False])
+    table.add("m", tasks, torch.tensor([0, 5, 3, 0]), cohorts={"seen": seen, "unseen": ~seen})
+    assert table.get("m", "search/seen", 1) == 0.5 and table.rows[("m", "search/seen")]["n"] == 2
+    assert table.get("m", "search/unseen", 1) == 0.0 and table.rows[("m", "search/unseen")]["n"] == 1
+    assert table.get("m", "home/unseen", 1) == 1.0
+    assert ("m", "home/seen") not in table.rows  # no seen home pair: no empty row

@@ -7,6 +7,11 @@ that validates during training (``itemsage.train.validation``: ``model_recall`` 
 report are directly comparable. Frozen baselines per surface: raw MiniLM text cosine (search),
 raw image-feature cosine (closeup), raw user-feature cosine (home).
 
+On the model's own training features, held-out pairs whose item was a training positive ("seen")
+and those whose item was not ("unseen": new items, the cold start) also get rows of their own,
+"<surface>/seen" and "<surface>/unseen", when a split has both (a time split does; an
+item-disjoint split holds out unseen items only).
+
 Inputs, in order of preference:
 
 * ``features``: a preprocessed features directory tokenized with the model's vocabulary (e.g. the
@@ -32,6 +37,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import torch
@@ -74,6 +80,7 @@ class EvalResult:
     split: str
     num_items: int
     num_pairs: int
+    num_unseen_pairs: int | None
     seconds: float
     created_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
@@ -86,6 +93,11 @@ class EvalResult:
             f"{self.num_pairs:,} {self.split} pairs ({self.engagement_source}), each item ranked "
             f"against all {self.num_items:,} items (exact search)."
         )
+        if self.num_unseen_pairs is not None:
+            head += f" {self.num_unseen_pairs:,} of the pairs engage an item with no training engagement"
+            if 0 < self.num_unseen_pairs < self.num_pairs:
+                head += f" (rows <surface>/{UNSEEN}; the others are rows <surface>/{SEEN})"
+            head += "."
         return f"{head}\n\n{recall_markdown(self.table)}"
 
     def to_dict(self) -> dict[str, Any]:
@@ -98,6 +110,7 @@ class EvalResult:
             "split": self.split,
             "num_items": self.num_items,
             "num_pairs": self.num_pairs,
+            "num_unseen_pairs": self.num_unseen_pairs,
             "ks": list(self.table.ks),
             "seconds": self.seconds,
             "created_at": self.created_at,
@@ -161,6 +174,21 @@ def featurize_for_model(
 
 # --------------------------------------------------------------------------------- evaluate
 
+SEEN, UNSEEN = "seen", "unseen"
+
+
+def trained_on(features: str, tm: TrainedModel) -> bool:
+    """Is ``features`` the directory ``tm`` was trained on? Only then are its train pairs the
+    model's, so that a held-out item can be called seen or unseen. The two are reported apart
+    because a model learns the popularity of the items it was trained on and a new item cannot
+    have it."""
+    mine = str(tm.manifest.get("features") or "")
+    if not mine:
+        return False
+    if "://" in features or "://" in mine:
+        return features.rstrip("/") == mine.rstrip("/")
+    return Path(features).resolve() == Path(mine).resolve()
+
 
 def _features_for(
     tm: TrainedModel, catalog: str | None, features: str | None, layout: str, engagements: str | None,
@@ -214,6 +242,12 @@ def evaluate_model(
         pairs = read_pairs(feats, split)
         # "all": the engaged item competes with every item of the catalog, not only held-out ones.
         val = build_val_set(pairs, store.num_items, catalog="all")
+        unseen: int | None = None  # unknown unless these are the model's own training features
+        if trained_on(feats, tm):
+            seen = np.isin(pairs["item_idx"], read_pairs(feats, "train")["item_idx"])
+            unseen = int((~seen).sum())
+            if 0 < unseen < len(val):
+                val.cohorts = {SEEN: seen, UNSEEN: ~seen}
         table = RecallTable(ks=tuple(ks))
         model_recall(tm.model, store, qf, val, torch.device(dev), table, method="itemsage")
         baseline_recall(store, qf, val, table, seed=seed)
@@ -230,6 +264,7 @@ def evaluate_model(
         split=split,
         num_items=store.num_items,
         num_pairs=len(val),
+        num_unseen_pairs=unseen,
         seconds=round(time.perf_counter() - start, 3),
     )
     if out:
@@ -259,6 +294,7 @@ __all__ = [
     "EvalResult",
     "evaluate_model",
     "featurize_for_model",
+    "trained_on",
     "retokenize_features",
     "surface_summary",
     "write_result",

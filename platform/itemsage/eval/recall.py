@@ -6,7 +6,7 @@ model's error otherwise. ANN only matters in serving, where the index sweep meas
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -47,19 +47,28 @@ def ranks_of_targets(
 
 @dataclass
 class RecallTable:
-    """Recall@k per (method, task); tasks are "surface/action" plus one "surface/all" row each."""
+    """Recall@k per (method, task); tasks are "surface/action" plus one "surface/all" row each, and
+    "surface/<cohort>" rows for the cohorts passed to ``add`` (e.g. pairs of unseen items)."""
 
     ks: tuple[int, ...] = (10, 50)
     rows: dict[tuple[str, str], dict[str, float]] = field(default_factory=dict)
 
-    def add(self, method: str, tasks: Sequence[str], ranks: torch.Tensor) -> None:
+    def add(
+        self, method: str, tasks: Sequence[str], ranks: torch.Tensor,
+        cohorts: Mapping[str, np.ndarray] | None = None,
+    ) -> None:
+        """Rows of ``method`` from each pair's 0-based ``ranks``; ``cohorts`` maps a name to a
+        boolean mask over the pairs, giving one extra "surface/<name>" row per surface."""
         tasks_arr = np.asarray(tasks)
         r = ranks.cpu().numpy()
         groups: dict[str, np.ndarray] = {}
         for task in sorted(set(tasks_arr.tolist())):
             groups[task] = tasks_arr == task
         for surface in sorted({t.split("/")[0] for t in groups}):
-            groups[f"{surface}/all"] = np.char.startswith(tasks_arr.astype(str), surface + "/")
+            on_surface = np.char.startswith(tasks_arr.astype(str), surface + "/")
+            groups[f"{surface}/all"] = on_surface
+            for name, mask in (cohorts or {}).items():
+                groups[f"{surface}/{name}"] = on_surface & np.asarray(mask, dtype=bool)
         for task, mask in groups.items():
             n = int(mask.sum())
             if n == 0:

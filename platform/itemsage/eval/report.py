@@ -31,7 +31,8 @@ def method_label(method: str, task: str) -> str:
 def _task_key(task: str) -> tuple[int, int, str]:
     surface, _, action = task.partition("/")
     s = SURFACES.index(surface) if surface in SURFACES else len(SURFACES)
-    a = -1 if action == "all" else (ACTIONS.index(action) if action in ACTIONS else len(ACTIONS))
+    # "all" first, then cohort rows (seen / unseen items), then the actions in funnel order.
+    a = -2 if action == "all" else (ACTIONS.index(action) if action in ACTIONS else -1)
     return s, a, task
 
 

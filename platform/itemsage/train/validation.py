@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -36,6 +36,7 @@ class ValSet:
         target: ``[P]`` position of each pair's engaged item in ``candidates``.
         exclude: ``[P]`` position of a closeup pair's query item in ``candidates`` (-1 if none): an
             item is always its own nearest neighbour, which would make closeup recall meaningless.
+        cohorts: named ``[P]`` boolean masks reported as extra "surface/<name>" rows.
     """
 
     surfaces: np.ndarray
@@ -44,6 +45,7 @@ class ValSet:
     candidates: torch.Tensor
     target: torch.Tensor
     exclude: torch.Tensor
+    cohorts: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.tasks)
@@ -152,7 +154,7 @@ def model_recall(
     finally:
         for m, mode in zip(modules, was_training):
             m.train(mode)
-    table.add(method, val.tasks.tolist(), ranks_of_targets(queries, items, val.target, val.exclude))
+    table.add(method, val.tasks.tolist(), ranks_of_targets(queries, items, val.target, val.exclude), val.cohorts)
     return table
 
 
@@ -186,12 +188,12 @@ def baseline_recall(
             q = _unit(q)
         r = torch.from_numpy(rows)
         ranks[r] = ranks_of_targets(q, item_sides[s], val.target[r], val.exclude[r])
-    table.add("frozen", val.tasks.tolist(), ranks)
+    table.add("frozen", val.tasks.tolist(), ranks, val.cohorts)
     # A uniformly random ranking: the target's rank is uniform over the candidates left after the
     # excluded query item.
     gen = torch.Generator().manual_seed(seed)
     pool = cand.numel() - (val.exclude >= 0).long()
-    table.add("random", val.tasks.tolist(), (torch.rand(len(val), generator=gen) * pool).long())
+    table.add("random", val.tasks.tolist(), (torch.rand(len(val), generator=gen) * pool).long(), val.cohorts)
     return table
 
 
