@@ -63,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
 
     ray.data.DataContext.get_current().enable_progress_bars = False
     if not ray.is_initialized() and not os.environ.get("RAY_ADDRESS"):
-        ray.init(num_cpus=args.num_cpus, include_dashboard=False)
+        # Dashboard on loopback: Ray Train needs its State API (see experiments/train.py).
+        ray.init(num_cpus=args.num_cpus, include_dashboard=True, dashboard_host="127.0.0.1")
     run_ablations(
         args.config, args.overrides, variants, args.out, split=args.split, prefix=args.prefix,
         tracking=not args.no_tracking,

@@ -85,7 +85,10 @@ def main(argv: list[str] | None = None) -> int:
     # training log in carriage returns.
     ray.data.DataContext.get_current().enable_progress_bars = False
     if args.num_cpus is not None and not os.environ.get("RAY_ADDRESS"):
-        ray.init(num_cpus=args.num_cpus, include_dashboard=False)
+        # The dashboard (loopback, token auth) serves the State API that Ray Train's placement
+        # group cleaner polls for its controller; without it the cleaner logs a warning a second
+        # and cannot free a dead controller's placement group.
+        ray.init(num_cpus=args.num_cpus, include_dashboard=True, dashboard_host="127.0.0.1")
     try:
         result = run_training(
             cfg, val_catalog=args.val_catalog, lr_decay=args.lr_decay, tracking=not args.no_tracking

@@ -126,8 +126,9 @@ def _capture_ray_init(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
     return seen
 
 
-def test_make_demo_pipeline_starts_ray_without_a_dashboard(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """`make demo` runs experiments/pipeline.py; its local Ray has no dashboard at all."""
+def test_make_demo_pipeline_binds_its_dashboard_to_loopback(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """`make demo` runs experiments/pipeline.py; its local Ray serves the dashboard (whose State
+    API Ray Train's placement group cleaner needs) on loopback only, named explicitly."""
     assert "experiments/pipeline.py" in (REPO / "Makefile").read_text()
     seen = _capture_ray_init(monkeypatch)
     monkeypatch.chdir(tmp_path)  # main() chdirs to the repo; monkeypatch puts the cwd back
@@ -136,7 +137,7 @@ def test_make_demo_pipeline_starts_ray_without_a_dashboard(monkeypatch: pytest.M
     spec.loader.exec_module(pipeline)
     with pytest.raises(_Stop):
         pipeline.main(["--config", "experiments/configs/demo.yaml"])
-    assert len(seen) == 1 and seen[0].get("include_dashboard") is False, seen
+    assert len(seen) == 1 and seen[0].get("dashboard_host") in LOOPBACK, seen
 
 
 def test_run_local_starts_ray_without_a_dashboard(monkeypatch: pytest.MonkeyPatch) -> None:

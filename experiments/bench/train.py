@@ -91,7 +91,8 @@ def ray_steps_per_s(cfg: PipelineConfig, num_cpus: float | None) -> float:
     from itemsage.train.trainer import run_training
 
     if not ray.is_initialized():
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+        # Dashboard on loopback: Ray Train needs its State API (see experiments/train.py).
+        ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False)
     try:
         return run_training(cfg, tracking=False, register=False).steps_per_s
     finally:

@@ -232,6 +232,8 @@ def test_killed_worker_resumes_from_the_latest_checkpoint(clean_run, synthetic_f
         _stop(proc)
 
     assert json.loads(pid_file.read_text())["pid"] != victim  # a new worker group took over
+    # Ray Train's placement group cleaner could watch its controller (the State API was up).
+    assert "Failed to query Ray Train Controller" not in t.log.read_text()
     assert _registered_step(t.run_dir) == MAX_STEPS
     run_id, client = t.run()
     resumed = [v for _, v in _history(client, run_id, "train/resumed_from_step")]
