@@ -2,6 +2,7 @@
 registration, resume, NaN stop."""
 
 import shutil
+import signal
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -28,7 +29,16 @@ def test_run_tracks_checkpoints_and_registers(ray_cluster, synthetic_features, t
         ["train.max_steps=12", "train.checkpoint_every=6", "train.eval_every=3", "train.keep_checkpoints=1",
          "train.mlflow_experiment=full"],
     )
-    result = run_training(cfg)
+    def callers_handler(signum, frame):  # e.g. make demo's serve stage, which stops Serve on Ctrl-C
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, callers_handler)
+    try:
+        result = run_training(cfg)
+        # Ray Train's fit() leaves its own Ctrl-C handler installed; run_training gives ours back.
+        assert signal.getsignal(signal.SIGINT) is callers_handler
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert result.step == 12 and result.model_version is not None
     assert result.model_uri == f"models:/itemsage/{result.model_version}"
     for surface in ("search", "closeup", "home"):

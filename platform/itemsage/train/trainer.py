@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -459,12 +461,18 @@ def run_training(
     # A status left by an earlier invocation must not be mistaken for this one's.
     write_side_file(run_dir, STATUS_FILE, {"state": "running"})
     trainer = build_trainer(cfg, spec, gpu)
+    # fit() installs a Ctrl-C handler that aborts its controller and leaves it installed; a
+    # caller that goes on (make demo's serve stage) must get its own Ctrl-C behaviour back.
+    caller_sigint = signal.getsignal(signal.SIGINT) if threading.current_thread() is threading.main_thread() else None
     try:
         result = trainer.fit()
     except Exception:
         tracker.set_tags({"itemsage.stop_reason": "training failed"})
         tracker.end("FAILED")
         raise
+    finally:
+        if caller_sigint is not None:
+            signal.signal(signal.SIGINT, caller_sigint)
     if result.error is not None:  # fit() normally raises; be explicit if a version returns it
         tracker.end("FAILED")
         raise result.error
