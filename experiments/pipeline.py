@@ -156,7 +156,14 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt:
             from deployments.app import shutdown_local
 
-            shutdown_local()
+            # Serve's fast mode keeps the API replica draining for 30 s before it stops, so that
+            # a load balancer in front can let go of it (RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S).
+            print("\nstopping Serve (its API replica drains for up to 30 s; Ctrl-C again to kill)", flush=True)
+            try:
+                shutdown_local()
+                print("stopped", flush=True)
+            except KeyboardInterrupt:  # Ray stops Serve's processes with this driver
+                print("stopped without draining", flush=True)
     return 0
 
 
