@@ -294,8 +294,8 @@ __all__ = [
     "EvalResult",
     "evaluate_model",
     "featurize_for_model",
-    "trained_on",
     "retokenize_features",
     "surface_summary",
+    "trained_on",
     "write_result",
 ]
