@@ -29,7 +29,7 @@ except ImportError:  # a plain checkout (e.g. a job's working dir) without `pip 
 from itemsage.config import ConfigError  # noqa: E402
 from itemsage.eval.ablations import VARIANTS, run_ablations, select, variant_config  # noqa: E402
 from itemsage.train.data import TrainInputError  # noqa: E402
-from itemsage.train.trainer import check_config, check_inputs  # noqa: E402
+from itemsage.train.trainer import check_config, check_inputs, start_local_ray  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -63,8 +63,7 @@ def main(argv: list[str] | None = None) -> int:
 
     ray.data.DataContext.get_current().enable_progress_bars = False
     if not ray.is_initialized() and not os.environ.get("RAY_ADDRESS"):
-        # Dashboard on loopback: Ray Train needs its State API (see experiments/train.py).
-        ray.init(num_cpus=args.num_cpus, include_dashboard=True, dashboard_host="127.0.0.1")
+        start_local_ray(args.num_cpus)
     run_ablations(
         args.config, args.overrides, variants, args.out, split=args.split, prefix=args.prefix,
         tracking=not args.no_tracking,

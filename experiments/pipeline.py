@@ -67,11 +67,11 @@ def main(argv: list[str] | None = None) -> int:
     import ray
 
     from itemsage.serve.fast_ingress import use_fast_serving
+    from itemsage.train.trainer import start_local_ray
 
     if not ray.is_initialized() and not os.environ.get("RAY_ADDRESS"):
         use_fast_serving()  # the serve stage runs on this Ray: start it in Serve's fast mode
-        # Dashboard on loopback: Ray Train needs its State API (see experiments/train.py).
-        ray.init(num_cpus=args.num_cpus, include_dashboard=True, dashboard_host="127.0.0.1")
+        start_local_ray(args.num_cpus)
 
     out_root = Path(cfg.train.storage_path).parent
     model_uri = None

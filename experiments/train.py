@@ -26,7 +26,7 @@ from itemsage.cluster.address import RayAddressError, check_ray_address  # noqa:
 from itemsage.config import ConfigError, PipelineConfig, load_config, to_dict  # noqa: E402
 from itemsage.train.data import TrainInputError  # noqa: E402
 from itemsage.train.schedule import DECAY_KINDS  # noqa: E402
-from itemsage.train.trainer import NonFiniteLossError, TrainResult, run_training  # noqa: E402
+from itemsage.train.trainer import NonFiniteLossError, TrainResult, run_training, start_local_ray  # noqa: E402
 from itemsage.train.validation import CATALOGS  # noqa: E402
 
 
@@ -85,10 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     # training log in carriage returns.
     ray.data.DataContext.get_current().enable_progress_bars = False
     if args.num_cpus is not None and not os.environ.get("RAY_ADDRESS"):
-        # The dashboard (loopback, token auth) serves the State API that Ray Train's placement
-        # group cleaner polls for its controller; without it the cleaner logs a warning a second
-        # and cannot free a dead controller's placement group.
-        ray.init(num_cpus=args.num_cpus, include_dashboard=True, dashboard_host="127.0.0.1")
+        start_local_ray(args.num_cpus)
     try:
         result = run_training(
             cfg, val_catalog=args.val_catalog, lr_decay=args.lr_decay, tracking=not args.no_tracking

@@ -88,11 +88,10 @@ def plain_steps_per_s_isolated(args: argparse.Namespace, storage: str) -> float:
 def ray_steps_per_s(cfg: PipelineConfig, num_cpus: float | None) -> float:
     import ray
 
-    from itemsage.train.trainer import run_training
+    from itemsage.train.trainer import run_training, start_local_ray
 
     if not ray.is_initialized():
-        # Dashboard on loopback: Ray Train needs its State API (see experiments/train.py).
-        ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False)
+        start_local_ray(num_cpus, log_to_driver=False)
     try:
         return run_training(cfg, tracking=False, register=False).steps_per_s
     finally:

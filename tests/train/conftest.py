@@ -207,8 +207,9 @@ def ray_cluster():
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if ray.is_initialized():
         ray.shutdown()
-    # As experiments/train.py starts it: Ray Train's placement group cleaner needs the State API.
-    ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=True)
+    from itemsage.train.trainer import start_local_ray
+
+    start_local_ray(2, log_to_driver=True)  # as experiments/train.py starts it
     yield
     ray.shutdown()
 

@@ -402,6 +402,16 @@ def _local_dir(checkpoint: Any, stack: list[Any]) -> str:
     return ctx.__enter__()
 
 
+def start_local_ray(num_cpus: float | None = None, **kwargs: Any) -> None:
+    """Start a local Ray for a process that trains, with its dashboard on loopback only (token
+    auth is on): Ray Train's placement group cleaner asks the State API, which the dashboard
+    serves, whether its controller lives. Without it the cleaner logs a warning a second and
+    cannot free a dead controller's placement group."""
+    import ray
+
+    ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", **kwargs)
+
+
 def run_training(
     cfg: PipelineConfig,
     tracking_uri: str | None = None,
