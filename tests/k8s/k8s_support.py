@@ -28,8 +28,16 @@ REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "k8s"
 OVERLAYS = ("cpu", "gpu")
 RAY_KINDS = ("RayCluster", "RayJob", "RayService")
-# The oldest Kubernetes minor k8s/README.md claims, and the newest kubernetes-validate 1.37 ships.
-K8S_VERSIONS = ("1.30.0", "1.37.0")
+
+def _newest_kubernetes() -> str:
+    from kubernetes_validate.utils import latest_version
+
+    return str(latest_version())
+
+
+# The oldest Kubernetes minor k8s/README.md claims, and the newest the installed kubernetes-validate
+# ships schemas for (1.37.0 with kubernetes-validate 1.37).
+K8S_VERSIONS = ("1.30.0", _newest_kubernetes())
 KUBERAY_SCHEMA = K8S / "schemas" / "kuberay-v1.6.2.schema.yaml"
 
 

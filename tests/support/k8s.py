@@ -186,7 +186,9 @@ def kustomize(directory: str | Path) -> list[dict[str, Any]]:
     why = kubectl_missing()
     if why:
         raise RuntimeError(why)
-    proc = subprocess.run(["kubectl", "kustomize", str(directory)], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        ["kubectl", "kustomize", str(directory)], capture_output=True, text=True, timeout=120, check=False
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"kubectl kustomize {directory} failed ({proc.returncode}):\n{proc.stderr.strip()}")
     return [d for d in yaml.safe_load_all(proc.stdout) if d is not None]
