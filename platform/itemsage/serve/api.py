@@ -20,10 +20,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from itemsage.config import ServeConfig
-from itemsage.serve.uploads import decode_base64
-from itemsage.serve.errors import ServeError, as_serve_error
 from itemsage.serve.endpoints import ENDPOINTS
+from itemsage.serve.errors import ServeError, as_serve_error
 from itemsage.serve.schemas import ErrorResponse, RequestModels, build_request_models
+from itemsage.serve.uploads import decode_base64
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +181,7 @@ def add_endpoints(app: FastAPI, handlers: Mapping[str, Callable[..., Awaitable[A
         handler = handlers[ep.name]
         if ep.request is not None:
             _set_body_model(handler, getattr(requests, ep.request))
-        responses = {c: ERRORS[c] for c in ep.errors}
+        responses: dict[int | str, dict[str, Any]] = {c: ERRORS[c] for c in ep.errors}
         extra_args: dict[str, Any] = {"response_model": ep.response}
         if ep.media_type is not None:  # a raw file, not a JSON body
             responses = {200: {"content": {ep.media_type: {}}}, **responses}
