@@ -121,7 +121,7 @@ def test_request_models_and_backend_methods_match_the_table() -> None:
     from itemsage.serve.deployments import HandleBackend, RetrieverDeployment
     from itemsage.serve.service import Retriever
 
-    assert {e.request for e in ENDPOINTS if e.request} == {f for f in RequestModels.__dataclass_fields__}
+    assert {e.request for e in ENDPOINTS if e.request} == set(RequestModels.__dataclass_fields__)
     protocol = {n for n, v in vars(Backend).items() if inspect.iscoroutinefunction(v)}
     assert protocol == set(BACKEND_METHODS)
     for name in BACKEND_METHODS:
