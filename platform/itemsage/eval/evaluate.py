@@ -2,7 +2,7 @@
 
 Every held-out (query, engaged item) pair of the test split ranks its engaged item against the
 *whole* evaluation catalog with exact inner-product search; the numbers come from the same code
-that validates during training (``itemsage.train.validation``: ``model_recall`` for the model,
+that validates during training (``itemsage.eval.validation``: ``model_recall`` for the model,
 ``baseline_recall`` for the frozen features and a random ranking), so training curves and this
 report are directly comparable. Frozen baselines per surface: raw MiniLM text cosine (search),
 raw image-feature cosine (closeup), raw user-feature cosine (home).
@@ -44,8 +44,10 @@ import torch
 
 from itemsage.config import TEXT_FIELDS
 from itemsage.data.features_io import StagedDir, resolve
+from itemsage.data.features_read import QueryFeatures, read_manifest, read_pairs
 from itemsage.eval.recall import RecallTable
 from itemsage.eval.report import recall_markdown, recall_rows
+from itemsage.eval.validation import baseline_recall, build_val_set, model_recall
 from itemsage.index.embed import (
     TrainedModel,
     check_features_compatible,
@@ -55,8 +57,6 @@ from itemsage.index.embed import (
     token_table,
 )
 from itemsage.model import ItemFeatureStore
-from itemsage.train.data import QueryFeatures, read_manifest, read_pairs
-from itemsage.train.validation import baseline_recall, build_val_set, model_recall
 
 log = logging.getLogger(__name__)
 
@@ -238,7 +238,7 @@ def evaluate_model(
         feats = _features_for(tm, catalog, features, layout, engagements, features_out, scratch)
         fmanifest = check_features_compatible(feats, tm)
         store = ItemFeatureStore.load(feats, max_images=tm.max_images, text_fields=tm.text_fields)
-        qf = QueryFeatures.load(feats, store)
+        qf = QueryFeatures.load(feats, store.first_image_feat)
         pairs = read_pairs(feats, split)
         # "all": the engaged item competes with every item of the catalog, not only held-out ones.
         val = build_val_set(pairs, store.num_items, catalog="all")
