@@ -64,7 +64,7 @@ def test_cached_cycle_refuses_a_shard_smaller_than_a_batch() -> None:
 
 def test_query_features_follow_the_feature_format(synthetic_features: Path) -> None:
     store = ItemFeatureStore.load(str(synthetic_features))
-    qf = QueryFeatures.load(str(synthetic_features), store.first_image_feat)
+    qf = QueryFeatures.load(str(synthetic_features), store)
     surfaces = np.array(["home", "search", "closeup", "search"])
     keys = np.array([2, 5, 7, 0])
     groups = qf.groups(surfaces, keys)

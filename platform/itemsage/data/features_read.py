@@ -12,7 +12,7 @@ import json
 import posixpath
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -26,6 +26,14 @@ from itemsage.data.engagement import SPLITS
 from itemsage.data.features_io import resolve
 
 PAIR_COLUMNS = ["surface", "task", "query_key", "item_idx"]
+
+
+class ItemImages(Protocol):
+    """What :meth:`QueryFeatures.load` reads of an ``itemsage.model.ItemFeatureStore`` (a layer
+    above this one, so it is named by shape, not imported)."""
+
+    @property
+    def first_image_feat(self) -> torch.Tensor: ...
 
 
 class FeaturesError(ValueError):
@@ -110,14 +118,14 @@ class QueryFeatures:
     search_text: np.ndarray | None = None
 
     @classmethod
-    def load(cls, features: str, first_image: torch.Tensor, with_text: bool = False) -> QueryFeatures:
-        """``first_image``: the closeup query table, ``ItemFeatureStore.first_image_feat`` of the
-        same features directory (the viewed item's first image, already in memory there)."""
+    def load(cls, features: str, store: ItemImages, with_text: bool = False) -> QueryFeatures:
+        """``store``: the ``ItemFeatureStore`` of the same features directory, whose first image
+        per item is the closeup query table (already in memory there)."""
         fs, root = features_location(features)
         queries = _join(root, "queries.parquet")
         return cls(
             text_emb=_dense_by_index(fs, queries, "query_idx", "text_emb"),
-            first_image=first_image,
+            first_image=store.first_image_feat,
             user_feat=_dense_by_index(fs, _join(root, "users.parquet"), "user_idx", "user_feat"),
             search_text=_strings_by_index(fs, queries, "query_idx", "text") if with_text else None,
         )

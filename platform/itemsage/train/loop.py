@@ -357,7 +357,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     torch.manual_seed(tc.seed)  # identical initial weights on every rank (DDP also broadcasts them)
     store = ItemFeatureStore.load(tc.features, max_images=tc.model.max_images)
-    qf = QueryFeatures.load(tc.features, store.first_image_feat, with_text=tc.model.finetune_text_layers > 0)
+    qf = QueryFeatures.load(tc.features, store, with_text=tc.model.finetune_text_layers > 0)
 
     state: TrainState | None = None
     checkpoint = ray.train.get_checkpoint()

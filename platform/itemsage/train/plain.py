@@ -67,7 +67,7 @@ def setup_plain(cfg: PipelineConfig, lr_decay: str = "cosine", device: str | tor
     bundle = BundleFiles(cfg, manifest)
     torch.manual_seed(tc.seed)
     store = ItemFeatureStore.load(tc.features, max_images=tc.model.max_images)
-    qf = QueryFeatures.load(tc.features, store.first_image_feat, with_text=tc.model.finetune_text_layers > 0)
+    qf = QueryFeatures.load(tc.features, store, with_text=tc.model.finetune_text_layers > 0)
     module = build_train_module(tc, bundle.vocab.size, store.image_dim, store.num_text_fields).to(dev)
     optimizer = make_optimizer(module, tc)
     scheduler = build_scheduler(optimizer, tc.warmup_steps, tc.max_steps, lr_decay)
