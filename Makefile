@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: install browser demo test test-fast test-e2e test-cluster bench clean help
+.PHONY: install browser demo test test-fast lint-imports test-e2e test-cluster bench clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -35,11 +35,16 @@ demo: $(STAMP)  ## run the whole pipeline on the bundled sample (data/sample)
 
 # CI runs `make test`: every suite, the end-to-end ones included (25-45 minutes on 2 cores,
 # depending on what else runs there; 43 min measured on a busy 2-core box).
-test: $(STAMP) browser  ## all tests: unit, integration, end-to-end, multi-node cluster (what CI runs)
+test: $(STAMP) browser lint-imports  ## all tests: import contracts, unit, integration, end-to-end, multi-node cluster (what CI runs)
 	$(PY) -m pytest
 
-test-fast: $(STAMP)  ## unit and integration tests only (a few minutes)
+test-fast: $(STAMP) lint-imports  ## import contracts, unit and integration tests only (a few minutes)
 	$(PY) -m pytest -m "not slow"
+
+# The import contracts in .importlinter (docs/architecture.md): a few seconds, so `test` and
+# `test-fast` check them before any suite starts.
+lint-imports: $(STAMP)  ## check that the stages import in one direction only (import-linter)
+	$(VENV)/bin/lint-imports
 
 test-e2e: $(STAMP) browser  ## only the end-to-end suites: Ray clusters, fault injection, Serve, Chromium
 	$(PY) -m pytest -m slow

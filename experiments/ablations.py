@@ -27,8 +27,8 @@ except ImportError:  # a plain checkout (e.g. a job's working dir) without `pip 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))
 
 from itemsage.config import ConfigError  # noqa: E402
-from itemsage.eval.ablations import VARIANTS, run_ablations, select, variant_config  # noqa: E402
-from itemsage.train.data import TrainInputError  # noqa: E402
+from itemsage.data.features_read import FeaturesError  # noqa: E402
+from itemsage.studies.ablations import VARIANTS, run_ablations, select, variant_config  # noqa: E402
 from itemsage.train.trainer import check_config, check_inputs, start_local_ray  # noqa: E402
 
 
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
             cfg = variant_config(args.config, args.overrides, v, args.prefix)
             check_config(cfg)
         check_inputs(cfg)
-    except (ConfigError, TrainInputError, ValueError) as e:
+    except (ConfigError, FeaturesError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     import ray

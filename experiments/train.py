@@ -24,10 +24,10 @@ except ImportError:  # a plain checkout (e.g. a job's working dir) without `pip 
 
 from itemsage.cluster.address import RayAddressError, check_ray_address  # noqa: E402
 from itemsage.config import ConfigError, PipelineConfig, load_config, to_dict  # noqa: E402
-from itemsage.train.data import TrainInputError  # noqa: E402
+from itemsage.data.features_read import FeaturesError  # noqa: E402
+from itemsage.eval.validation import CATALOGS  # noqa: E402
 from itemsage.train.schedule import DECAY_KINDS  # noqa: E402
 from itemsage.train.trainer import NonFiniteLossError, TrainResult, run_training, start_local_ray  # noqa: E402
-from itemsage.train.validation import CATALOGS  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         result = run_training(
             cfg, val_catalog=args.val_catalog, lr_decay=args.lr_decay, tracking=not args.no_tracking
         )
-    except (ConfigError, TrainInputError) as e:
+    except (ConfigError, FeaturesError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except NonFiniteLossError as e:

@@ -108,7 +108,7 @@ def random_bundle(features: Path, out: Path) -> Path:
     from itemsage.config import PipelineConfig, load_config
     from itemsage.model import build_model
     from itemsage.train.artifacts import WEIGHTS_FILE, BundleFiles
-    from itemsage.train.data import read_manifest
+    from itemsage.data.features_read import read_manifest
 
     cfg = load_config(PipelineConfig, None, [f"train.features={features}"])
     manifest = read_manifest(str(features))

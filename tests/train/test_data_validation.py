@@ -8,32 +8,26 @@ import pytest
 import torch
 
 from itemsage.eval.recall import RecallTable
+from itemsage.data.features_read import FeaturesError, QueryFeatures, read_pairs
+from itemsage.eval.validation import baseline_recall, build_val_set, recall_metrics
 from itemsage.model import ItemFeatureStore
-from itemsage.train.data import (
-    QueryFeatures,
-    TrainInputError,
-    cached_cycle,
-    heldout_items,
-    read_pairs,
-    sample_negatives,
-)
+from itemsage.train.data import TrainInputError, cached_cycle, heldout_items, sample_negatives
 from itemsage.train.loop import negative_pool
-from itemsage.train.validation import baseline_recall, build_val_set, recall_metrics
 
 
 def test_missing_features_and_empty_splits_fail_with_the_path(tmp_path: Path, synthetic_features: Path) -> None:
-    with pytest.raises(TrainInputError, match="does not exist; run experiments/preprocess.py"):
+    with pytest.raises(FeaturesError, match="does not exist; run experiments/preprocess.py"):
         read_pairs(str(tmp_path / "nowhere"), "train")
     broken = tmp_path / "f"
     shutil.copytree(synthetic_features, broken)
     (broken / "pairs" / "val.parquet").unlink()
-    with pytest.raises(TrainInputError, match="no pairs/val.parquet"):
+    with pytest.raises(FeaturesError, match="no pairs/val.parquet"):
         read_pairs(str(broken), "val")
     table = pq.read_table(broken / "pairs" / "test.parquet")
     pq.write_table(table.slice(0, 0), broken / "pairs" / "test.parquet")
-    with pytest.raises(TrainInputError, match="split 'test' .* has no pairs"):
+    with pytest.raises(FeaturesError, match="split 'test' .* has no pairs"):
         read_pairs(str(broken), "test")
-    with pytest.raises(TrainInputError, match="for surfaces \\['nothing'\\]"):
+    with pytest.raises(FeaturesError, match="for surfaces \\['nothing'\\]"):
         read_pairs(str(synthetic_features), "train", ["nothing"])
 
 

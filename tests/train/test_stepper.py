@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from itemsage.data.features_read import read_pairs
+from itemsage.eval.validation import build_val_set, model_recall, recall_metrics
 from itemsage.train.plain import run_steps, setup_plain
-from itemsage.train.validation import build_val_set, model_recall, recall_metrics
-from itemsage.train.data import read_pairs
 
 
 @pytest.fixture(autouse=True)

@@ -2,7 +2,7 @@
 
 Every held-out (query, engaged item) pair of the test split ranks its engaged item against the
 *whole* evaluation catalog with exact inner-product search; the numbers come from the same code
-that validates during training (``itemsage.train.validation``: ``model_recall`` for the model,
+that validates during training (``itemsage.eval.validation``: ``model_recall`` for the model,
 ``baseline_recall`` for the frozen features and a random ranking), so training curves and this
 report are directly comparable. Frozen baselines per surface: raw MiniLM text cosine (search),
 raw image-feature cosine (closeup), raw user-feature cosine (home).
@@ -44,8 +44,10 @@ import torch
 
 from itemsage.config import TEXT_FIELDS
 from itemsage.data.features_io import StagedDir, resolve
+from itemsage.data.features_read import QueryFeatures, read_manifest, read_pairs
 from itemsage.eval.recall import RecallTable
 from itemsage.eval.report import recall_markdown, recall_rows
+from itemsage.eval.validation import baseline_recall, build_val_set, model_recall
 from itemsage.index.embed import (
     TrainedModel,
     check_features_compatible,
@@ -55,8 +57,6 @@ from itemsage.index.embed import (
     token_table,
 )
 from itemsage.model import ItemFeatureStore
-from itemsage.train.data import QueryFeatures, read_manifest, read_pairs
-from itemsage.train.validation import baseline_recall, build_val_set, model_recall
 
 log = logging.getLogger(__name__)
 

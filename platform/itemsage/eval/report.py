@@ -12,7 +12,7 @@ from typing import Any
 from itemsage.config import ACTIONS, SURFACES
 from itemsage.eval.recall import RecallTable
 
-# What the "frozen" method of train.validation.baseline_recall is on each surface.
+# What the "frozen" method of eval.validation.baseline_recall is on each surface.
 BASELINE_LABELS: dict[str, str] = {
     "search": "frozen: MiniLM text cosine",
     "closeup": "frozen: image-feature cosine",

@@ -7,6 +7,7 @@ search-query encoder of a ``model.finetune_text_layers`` run (None for the defau
 """
 
 from itemsage.train.artifacts import ModelNotFoundError, load_text_encoder, load_trained_model
+from itemsage.data.features_read import FeaturesError
 from itemsage.train.data import TrainInputError
 
-__all__ = ["ModelNotFoundError", "TrainInputError", "load_text_encoder", "load_trained_model"]
+__all__ = ["FeaturesError", "ModelNotFoundError", "TrainInputError", "load_text_encoder", "load_trained_model"]

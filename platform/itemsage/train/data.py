@@ -2,96 +2,22 @@
 
 Three things feed a training step: the pairs (a Ray Data dataset, sharded across workers), the item
 features (an in-memory :class:`ItemFeatureStore` per worker) and the frozen query features per
-surface (:class:`QueryFeatures`). Bad inputs fail here, before any worker starts, with one message
-that names the path or split at fault.
+surface (:class:`itemsage.data.features_read.QueryFeatures`, shared with evaluation). Bad inputs
+fail before any worker starts, with one message that names the path or split at fault.
 """
 
 from __future__ import annotations
 
-import json
-import posixpath
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Iterable, Iterator, Mapping
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 import torch
 
-from itemsage.config import SURFACES
-from itemsage.data.features_io import resolve
-from itemsage.model.batch import ItemFeatureStore
-
-PAIR_COLUMNS = ["surface", "task", "query_key", "item_idx"]
-SPLITS = ("train", "val", "test")
+from itemsage.data.features_read import FeaturesError, read_pairs
 
 
-class TrainInputError(ValueError):
-    """The features directory, a split or a model reference cannot be used for training."""
-
-
-def _join(root: str, *parts: str) -> str:
-    return posixpath.join(root, *parts)
-
-
-def _exists(fs: pafs.FileSystem, path: str) -> bool:
-    return fs.get_file_info(path).type != pafs.FileType.NotFound
-
-
-def features_location(features: str) -> tuple[pafs.FileSystem, str]:
-    """``(filesystem, root)`` of a features directory, or :class:`TrainInputError` if it is missing."""
-    fs, root = resolve(features)
-    if not _exists(fs, root):
-        raise TrainInputError(
-            f"features directory {features!r} does not exist; run experiments/preprocess.py first "
-            f"(or set train.features=<dir>)"
-        )
-    for name in ("manifest.json", "items.parquet"):
-        if not _exists(fs, _join(root, name)):
-            raise TrainInputError(f"features directory {features!r} has no {name}; is it a preprocess output?")
-    return fs, root
-
-
-def read_manifest(features: str) -> dict[str, Any]:
-    fs, root = features_location(features)
-    with fs.open_input_stream(_join(root, "manifest.json")) as f:
-        return json.loads(f.read().decode())
-
-
-def pairs_path(features: str, split: str) -> str:
-    """Path (or URI) of ``pairs/<split>.parquet``, checked to exist."""
-    if split not in SPLITS:
-        raise TrainInputError(f"unknown split {split!r}; expected one of {SPLITS}")
-    fs, root = features_location(features)
-    path = _join(root, "pairs", f"{split}.parquet")
-    if not _exists(fs, path):
-        raise TrainInputError(f"features directory {features!r} has no pairs/{split}.parquet")
-    return path if "://" not in features else features.rstrip("/") + f"/pairs/{split}.parquet"
-
-
-def read_pairs(features: str, split: str, surfaces: Sequence[str] = ()) -> dict[str, np.ndarray]:
-    """One split's pairs as numpy columns (``PAIR_COLUMNS``), restricted to ``surfaces`` if given.
-
-    Raises :class:`TrainInputError` when the split is empty (after the surface filter): a run that
-    cannot train or validate should say so up front, not after the workers have started.
-    """
-    pairs_path(features, split)
-    fs, root = features_location(features)
-    table = pq.read_table(_join(root, "pairs", f"{split}.parquet"), filesystem=fs, columns=PAIR_COLUMNS)
-    if surfaces:
-        table = table.filter(pc.is_in(table.column("surface"), value_set=pa.array(list(surfaces), pa.string())))
-    if table.num_rows == 0:
-        where = f" for surfaces {list(surfaces)}" if surfaces else ""
-        raise TrainInputError(f"split {split!r} of {features!r} has no pairs{where}")
-    return {
-        "surface": table.column("surface").to_numpy(zero_copy_only=False).astype(str),
-        "task": table.column("task").to_numpy(zero_copy_only=False).astype(str),
-        "query_key": table.column("query_key").to_numpy().astype(np.int64),
-        "item_idx": table.column("item_idx").to_numpy().astype(np.int64),
-    }
+class TrainInputError(FeaturesError):
+    """The training inputs cannot be used: fewer usable train pairs than one batch needs."""
 
 
 def task_counts(pairs: Mapping[str, np.ndarray]) -> dict[str, int]:
@@ -107,100 +33,15 @@ def heldout_items(features: str) -> np.ndarray:
     for split in ("val", "test"):
         try:
             out.append(read_pairs(features, split)["item_idx"])
-        except TrainInputError:
+        except FeaturesError:
             continue
     if not out:
         return np.zeros(0, np.int64)
     held = np.unique(np.concatenate(out))
     try:
         return np.setdiff1d(held, read_pairs(features, "train")["item_idx"])
-    except TrainInputError:
+    except FeaturesError:
         return held
-
-
-@dataclass
-class QueryFeatures:
-    """Frozen query features per surface, indexed by ``query_key`` (feature-format.md).
-
-    search: ``queries.parquet`` ``text_emb`` by ``query_idx``; closeup: the viewed item's first image
-    feature (``ItemFeatureStore.first_image_feat``) by ``item_idx``; home: ``users.parquet``
-    ``user_feat`` by ``user_idx``. A surface whose file is absent has ``None`` and fails on use.
-    ``search_text`` (the raw query strings, by ``query_idx``) is only loaded for SearchSage-style
-    fine-tuning, where the text encoder runs inside the training step.
-    """
-
-    text_emb: torch.Tensor | None
-    first_image: torch.Tensor
-    user_feat: torch.Tensor | None
-    search_text: np.ndarray | None = None
-
-    @classmethod
-    def load(cls, features: str, store: ItemFeatureStore, with_text: bool = False) -> QueryFeatures:
-        fs, root = features_location(features)
-        queries = _join(root, "queries.parquet")
-        return cls(
-            text_emb=_dense_by_index(fs, queries, "query_idx", "text_emb"),
-            first_image=store.first_image_feat,
-            user_feat=_dense_by_index(fs, _join(root, "users.parquet"), "user_idx", "user_feat"),
-            search_text=_strings_by_index(fs, queries, "query_idx", "text") if with_text else None,
-        )
-
-    def texts(self, keys: torch.Tensor | np.ndarray) -> list[str]:
-        """Raw search query strings for ``query_idx`` keys (fine-tuning only)."""
-        if self.search_text is None:
-            raise TrainInputError("search query texts were not loaded (QueryFeatures.load(with_text=True))")
-        return self.search_text[np.asarray(keys, dtype=np.int64)].tolist()
-
-    def table(self, surface: str) -> torch.Tensor:
-        tables = {"search": self.text_emb, "closeup": self.first_image, "home": self.user_feat}
-        if surface not in tables:
-            raise KeyError(f"unknown surface {surface!r}; expected one of {SURFACES}")
-        t = tables[surface]
-        if t is None:
-            missing = "queries.parquet" if surface == "search" else "users.parquet"
-            raise TrainInputError(f"{surface} pairs need {missing} in the features directory")
-        return t
-
-    def for_surface(self, surface: str, keys: torch.Tensor | np.ndarray) -> torch.Tensor:
-        return self.table(surface)[torch.as_tensor(keys, dtype=torch.int64)]
-
-    def groups(
-        self, surfaces: np.ndarray, keys: np.ndarray, device: torch.device | str = "cpu"
-    ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """``{surface: (row positions, features)}`` for a mixed batch (``ItemSageModel.forward``)."""
-        out = {}
-        for s in SURFACES:
-            rows = np.flatnonzero(surfaces == s)
-            if rows.size:
-                feats = self.for_surface(s, keys[rows]).to(device, non_blocking=True)
-                out[s] = (torch.from_numpy(rows).to(device), feats)
-        return out
-
-
-def _dense_by_index(fs: pafs.FileSystem, path: str, index_col: str, value_col: str) -> torch.Tensor | None:
-    """A ``list<float>`` column as a dense ``[max index + 1, d]`` tensor, rows placed by index."""
-    if not _exists(fs, path):
-        return None
-    table = pq.read_table(path, filesystem=fs, columns=[index_col, value_col])
-    if table.num_rows == 0:
-        return None
-    idx = table.column(index_col).to_numpy().astype(np.int64)
-    col = table.column(value_col).combine_chunks()
-    dim = int(pc.list_value_length(col)[0].as_py())
-    values = pc.list_flatten(col).to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, dim)
-    out = torch.zeros(int(idx.max()) + 1, dim)
-    out[torch.from_numpy(idx)] = torch.from_numpy(values)
-    return out
-
-
-def _strings_by_index(fs: pafs.FileSystem, path: str, index_col: str, value_col: str) -> np.ndarray | None:
-    if not _exists(fs, path):
-        return None
-    table = pq.read_table(path, filesystem=fs, columns=[index_col, value_col])
-    idx = table.column(index_col).to_numpy().astype(np.int64)
-    out = np.full(int(idx.max()) + 1 if len(idx) else 0, "", dtype=object)
-    out[idx] = np.asarray(table.column(value_col).to_pylist(), dtype=object)
-    return out
 
 
 def cached_cycle(

@@ -29,14 +29,15 @@ from torch import nn
 
 from itemsage.config import PipelineConfig, TrainConfig, _build
 from itemsage.data.features_io import resolve
+from itemsage.data.features_read import QueryFeatures, read_pairs
+from itemsage.eval.validation import baseline_recall, build_val_set, model_recall, recall_metrics
 from itemsage.model import ItemFeatureStore, ItemSageModel, MultiTaskBatcher, build_model
 from itemsage.train.artifacts import BundleFiles
 from itemsage.train.checkpoint import TrainState, load_checkpoint, save_checkpoint
-from itemsage.train.data import QueryFeatures, cached_cycle, heldout_items, read_pairs, sample_negatives
+from itemsage.train.data import cached_cycle, heldout_items, sample_negatives
 from itemsage.train.lamb import Lamb
 from itemsage.train.schedule import build_scheduler
 from itemsage.train.tracking import Tracker
-from itemsage.train.validation import baseline_recall, build_val_set, model_recall, recall_metrics
 
 SCORE_KEY = "val_recall_at_10"  # no "/": Ray Train looks checkpoint scores up by plain key
 SIDE_DIR = "itemsage"  # our files beside Ray Train's inside <storage_path>/<name>/

@@ -17,9 +17,10 @@ import numpy as np
 import torch
 
 from itemsage.config import PipelineConfig
+from itemsage.data.features_read import QueryFeatures, read_manifest, read_pairs
 from itemsage.model import ItemFeatureStore, ItemSageModel
 from itemsage.train.artifacts import BundleFiles
-from itemsage.train.data import QueryFeatures, heldout_items, read_manifest, read_pairs, task_counts
+from itemsage.train.data import heldout_items, task_counts
 from itemsage.train.loop import (
     Stepper,
     StepOutput,

@@ -24,16 +24,10 @@ import pyarrow.fs as pafs
 
 from itemsage.config import SURFACES, ConfigError, PipelineConfig, flatten, to_dict
 from itemsage.data.features_io import resolve
+from itemsage.data.features_read import PAIR_COLUMNS, pairs_path, read_manifest, read_pairs
 from itemsage.train.artifacts import REGISTERED_MODEL, register_bundle, write_bundle
 from itemsage.train.checkpoint import META_FILE
-from itemsage.train.data import (
-    PAIR_COLUMNS,
-    TrainInputError,
-    pairs_path,
-    read_manifest,
-    read_pairs,
-    task_counts,
-)
+from itemsage.train.data import TrainInputError, task_counts
 from itemsage.train.loop import (
     RUN_FILE,
     SCORE_KEY,

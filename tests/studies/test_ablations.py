@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from itemsage.config import flatten
-from itemsage.eval.ablations import (
+from itemsage.studies.ablations import (
     REFERENCE,
     VARIANTS,
     AblationResult,

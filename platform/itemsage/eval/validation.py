@@ -19,9 +19,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from itemsage.config import SURFACES
+from itemsage.data.features_read import QueryFeatures
 from itemsage.eval.recall import RecallTable, ranks_of_targets
 from itemsage.model.batch import TEXT_QUERY_DIM, ItemFeatureStore
-from itemsage.train.data import QueryFeatures
 
 CATALOGS = ("split", "all")
 
