@@ -22,7 +22,7 @@ def _run(script: str, *args: str, tmp_path: Path) -> subprocess.CompletedProcess
     env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path}/mlflow.db"
     return subprocess.run(
         [sys.executable, str(REPO / "experiments" / script), *args],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False,
     )
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import difflib
 import typing
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, Self, TypeVar
 
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
@@ -67,12 +67,9 @@ class Section(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
-    def replace(self: S, **changes: Any) -> S:
+    def replace(self, **changes: Any) -> Self:
         """A copy with ``changes`` applied and checked like a loaded config (``dataclasses.replace``)."""
         return from_dict(type(self), {**dict(self), **changes})
-
-
-S = TypeVar("S", bound=Section)
 
 
 class TextConfig(Section):
@@ -381,7 +378,8 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
         try:
             value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError as e:
-            raise ConfigError(f"override {key.strip()}: value {raw!r} is not valid YAML ({e.problem})") from None
+            why = getattr(e, "problem", None) or e
+            raise ConfigError(f"override {key.strip()}: value {raw!r} is not valid YAML ({why})") from None
         _set_dotted(data, key.strip(), value)
     return data
 
