@@ -221,3 +221,11 @@ def test_flatten_has_every_knob():
     expected |= {f"preprocess.engagement.action_shares.{a}" for a in cfg.preprocess.engagement.action_shares}
     assert set(flat) == expected
     assert flat["train.lr_decay"] == "cosine" and flat["train.val_catalog"] == "split"
+
+
+def test_use_gpu_takes_yaml_booleans_and_refuses_anything_else():
+    cfg = load_config(PipelineConfig, None, ["train.use_gpu=true", "index.use_gpu=false"])
+    assert (cfg.train.use_gpu, cfg.index.use_gpu) == ("true", "false")
+    assert load_config(PipelineConfig, None, ["train.use_gpu=auto"]).train.use_gpu == "auto"
+    with pytest.raises(ConfigError, match="train.use_gpu: must be one of 'auto', 'true' or 'false', got 'gpu'"):
+        load_config(PipelineConfig, None, ["train.use_gpu=gpu"])

@@ -51,12 +51,16 @@ class ConfigError(ValueError):
 LrDecay = Literal["cosine", "linear", "constant"]
 ValCatalog = Literal["split", "all"]
 Optimizer = Literal["adamw", "lamb"]
-GpuChoice = Literal["auto", "true", "false"]
 PlacementStrategy = Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"]
 LR_DECAYS: tuple[str, ...] = typing.get_args(LrDecay)
 VAL_CATALOGS: tuple[str, ...] = typing.get_args(ValCatalog)
 PLACEMENT_STRATEGIES: tuple[str, ...] = typing.get_args(PlacementStrategy)
 
+# "auto" | "true" | "false"; YAML's unquoted true/false (or an override train.use_gpu=true) is
+# accepted for the last two rather than refused as a non-string.
+GpuChoice = Annotated[
+    Literal["auto", "true", "false"], BeforeValidator(lambda v: str(v).lower() if isinstance(v, bool) else v)
+]
 # YAML has no tuples: a two-element list is accepted for a pair (strict mode alone refuses it).
 Pair = Annotated[tuple[int, int], BeforeValidator(lambda v: tuple(v) if isinstance(v, list) else v)]
 
@@ -235,7 +239,7 @@ class IndexConfig(Section):
     candidates: list[str] = ["Flat", "HNSW32", "IVF{nlist},Flat"]
     recall_target: float = 0.95
     k: int = 10
-    use_gpu: str = "auto"
+    use_gpu: GpuChoice = "auto"
 
 
 class ServeConfig(Section):
