@@ -25,21 +25,17 @@ except ImportError:  # a plain checkout (e.g. a job's working dir) without `pip 
 from itemsage.cluster.address import RayAddressError, check_ray_address  # noqa: E402
 from itemsage.config import ConfigError, PipelineConfig, load_config, to_dict  # noqa: E402
 from itemsage.data.features_read import FeaturesError  # noqa: E402
-from itemsage.eval.validation import CATALOGS  # noqa: E402
-from itemsage.train.schedule import DECAY_KINDS  # noqa: E402
 from itemsage.train.trainer import NonFiniteLossError, TrainResult, run_training, start_local_ray  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True, help="pipeline YAML (the train: section is used)")
-    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=1e-3 train.max_steps=50")
-    p.add_argument("--num-cpus", type=float, default=None, help="CPUs of a locally started Ray cluster")
-    p.add_argument("--lr-decay", choices=DECAY_KINDS, default="cosine", help="decay after warm-up")
     p.add_argument(
-        "--val-catalog", choices=CATALOGS, default="split",
-        help="rank validation items against the val split's items (split) or the whole catalog (all)",
+        "overrides", nargs="*",
+        help="dotted overrides, e.g. train.lr=1e-3 train.max_steps=50 train.lr_decay=linear train.val_catalog=all",
     )
+    p.add_argument("--num-cpus", type=float, default=None, help="CPUs of a locally started Ray cluster")
     p.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
     return p.parse_args(argv)
 
@@ -87,9 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.num_cpus is not None and not os.environ.get("RAY_ADDRESS"):
         start_local_ray(args.num_cpus)
     try:
-        result = run_training(
-            cfg, val_catalog=args.val_catalog, lr_decay=args.lr_decay, tracking=not args.no_tracking
-        )
+        result = run_training(cfg, tracking=not args.no_tracking)
     except (ConfigError, FeaturesError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -1,20 +1,26 @@
 """Typed configuration for every stage, with every default in this one file.
 
-Configs are plain dataclasses. ``load_config(PipelineConfig, "x.yaml", ["train.lr=1e-3"])`` reads
-a YAML file, applies dotted command-line overrides and checks every key and type, so a typo fails
-fast with the key's full dotted name instead of being silently ignored.
+Each YAML section is a frozen pydantic model that forbids unknown keys.
+``load_config(PipelineConfig, "x.yaml", ["train.lr=1e-3"])`` reads a YAML file, applies dotted
+command-line overrides and checks every key and type, so a typo fails fast, before any Ray or
+MLflow work, with the key's full dotted name and the keys allowed next to it instead of being
+silently ignored. Checks that need more than one key or the data (batch size vs. pairs, GPUs vs.
+the cluster) live with the stage that owns them (``train.trainer.check_config``,
+``data.pipeline.validate_config``).
+
+Configs are immutable: ``cfg.replace(lr=0.01)`` returns a checked copy (the counterpart of
+``dataclasses.replace``).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import types
+import difflib
 import typing
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, Literal, Self, TypeVar
 
 import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
 
 # The 12 ItemSage text features (paper, section 3). Order matters: it is the order of the text
 # groups in the item tower's input sequence and of the ``tok_<field>`` feature columns.
@@ -41,8 +47,36 @@ class ConfigError(ValueError):
     """A config key is unknown, has the wrong type, or a value is out of range."""
 
 
-@dataclass
-class TextConfig:
+# Closed sets of choices: a wrong value fails at load time with the allowed ones in the message.
+LrDecay = Literal["cosine", "linear", "constant"]
+ValCatalog = Literal["split", "all"]
+Optimizer = Literal["adamw", "lamb"]
+PlacementStrategy = Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"]
+LR_DECAYS: tuple[str, ...] = typing.get_args(LrDecay)
+VAL_CATALOGS: tuple[str, ...] = typing.get_args(ValCatalog)
+PLACEMENT_STRATEGIES: tuple[str, ...] = typing.get_args(PlacementStrategy)
+
+# "auto" | "true" | "false"; YAML's unquoted true/false (or an override train.use_gpu=true) is
+# accepted for the last two rather than refused as a non-string.
+GpuChoice = Annotated[
+    Literal["auto", "true", "false"], BeforeValidator(lambda v: str(v).lower() if isinstance(v, bool) else v)
+]
+# YAML has no tuples: a two-element list is accepted for a pair (strict mode alone refuses it).
+Pair = Annotated[tuple[int, int], BeforeValidator(lambda v: tuple(v) if isinstance(v, list) else v)]
+
+
+class Section(BaseModel):
+    """One YAML section: unknown keys refused, no silent type conversion (strict: ``"3"`` is not
+    an int and ``1`` is not ``true``; an int is still a valid float), immutable once built."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    def replace(self, **changes: Any) -> Self:
+        """A copy with ``changes`` applied and checked like a loaded config (``dataclasses.replace``)."""
+        return from_dict(type(self), {**dict(self), **changes})
+
+
+class TextConfig(Section):
     # Paper sizes (200k unigrams, 1M bigrams, 64k char-trigrams). Catalogs smaller than that simply
     # produce smaller vocabularies; the cap only bites on large catalogs.
     unigram_vocab_size: int = 200_000
@@ -57,8 +91,7 @@ class TextConfig:
     max_chars_per_field: int = 10_000
 
 
-@dataclass
-class ImageConfig:
+class ImageConfig(Section):
     # "efficientnet-lite0" (packaged ImageNet weights, 1280-d) or "resnet50" (2048-d, needs weights_path).
     backbone: str = "efficientnet-lite0"
     weights_path: str | None = None
@@ -72,8 +105,7 @@ class ImageConfig:
     num_threads: int = 0
 
 
-@dataclass
-class EngagementConfig:
+class EngagementConfig(Section):
     """Synthetic engagement generator (used when a catalog has no engagement log)."""
 
     seed: int = 0
@@ -85,9 +117,7 @@ class EngagementConfig:
     # Zipf-like exponent of item popularity: a few items get most engagement, as in real logs.
     popularity_exponent: float = 1.0
     # The funnel: of all engagements, this share is each action (dense clicks, sparse checkouts).
-    action_shares: dict[str, float] = field(
-        default_factory=lambda: {"click": 0.70, "save": 0.15, "add_to_cart": 0.10, "checkout": 0.05}
-    )
+    action_shares: dict[str, float] = {"click": 0.70, "save": 0.15, "add_to_cart": 0.10, "checkout": 0.05}
     # User history length for home-feed queries.
     history_length: int = 8
     # How pairs are held out for validation / test. "item": item-disjoint, the fractions are of
@@ -99,8 +129,7 @@ class EngagementConfig:
     test_fraction: float = 0.1
 
 
-@dataclass
-class PreprocessConfig:
+class PreprocessConfig(Section):
     catalog: str = "data/sample/fashion"
     # "auto" detects fashion / shopee / generic from the files present.
     layout: str = "auto"
@@ -108,15 +137,14 @@ class PreprocessConfig:
     # pairs; other catalogs get synthetic engagements.
     engagements: str = ""
     output: str = "artifacts/features"
-    text: TextConfig = field(default_factory=TextConfig)
-    image: ImageConfig = field(default_factory=ImageConfig)
-    engagement: EngagementConfig = field(default_factory=EngagementConfig)
+    text: TextConfig = TextConfig()
+    image: ImageConfig = ImageConfig()
+    engagement: EngagementConfig = EngagementConfig()
     # Rows per Ray Data block for the text/image stages.
     rows_per_block: int = 256
 
 
-@dataclass
-class ModelConfig:
+class ModelConfig(Section):
     # "itemsage" (transformer over feature groups) or "mlp" (the paper's concat-MLP baseline).
     arch: str = "itemsage"
     use_image: bool = True
@@ -132,7 +160,7 @@ class ModelConfig:
     # Shared hash embedding table E (paper: 100,000 x 256).
     hash_buckets: int = 100_000
     hash_dim: int = 256
-    hash_seeds: tuple[int, int] = (17, 31)
+    hash_seeds: Pair = (17, 31)
     # Fine-tune the top N layers of the MiniLM query encoder (SearchSage-style); 0 = frozen.
     finetune_text_layers: int = 0
     # Feed the frozen MiniLM title embedding (items.parquet title_emb) to the item tower as one more
@@ -149,8 +177,7 @@ class ModelConfig:
     query_residual: bool = True
 
 
-@dataclass
-class LossConfig:
+class LossConfig(Section):
     in_batch_negatives: bool = True
     random_negatives: bool = True
     num_random_negatives: int = 1024
@@ -164,8 +191,7 @@ class LossConfig:
     cms_depth: int = 4
 
 
-@dataclass
-class TrainConfig:
+class TrainConfig(Section):
     features: str = "artifacts/features"
     storage_path: str = "artifacts/ray_results"
     name: str = "itemsage"
@@ -175,15 +201,17 @@ class TrainConfig:
     # "auto": one GPU per worker when the cluster has (or its autoscaler can add) enough of them,
     # else CPU. "true" on a cluster that has no GPU and cannot get one trains on CPU with a
     # warning rather than waiting forever for a GPU.
-    use_gpu: str = "auto"
+    use_gpu: GpuChoice = "auto"
     # Ray placement group strategy for the workers (PACK | SPREAD | STRICT_PACK | STRICT_SPREAD).
     # PACK fills one node first (cheapest communication); STRICT_SPREAD puts every worker on its
     # own node (one GPU node per worker, or proving that DDP really crosses nodes).
-    placement_strategy: str = "PACK"
+    placement_strategy: PlacementStrategy = "PACK"
     batch_size: int = 256
     max_steps: int = 300
-    optimizer: str = "adamw"  # adamw | lamb
+    optimizer: Optimizer = "adamw"
     lr: float = 1e-3
+    # Learning-rate decay after warm-up (train/schedule.py).
+    lr_decay: LrDecay = "cosine"
     weight_decay: float = 0.01
     warmup_steps: int = 30
     grad_clip: float = 1.0
@@ -192,28 +220,29 @@ class TrainConfig:
     keep_checkpoints: int = 2
     max_failures: int = 2
     seed: int = 0
+    # Validation ranks each held-out pair's item among the val split's own items ("split": the
+    # held-out catalog of an item-disjoint split) or among every item of the features ("all").
+    val_catalog: ValCatalog = "split"
     # Relative share of each "surface/action" task in every batch; missing tasks get weight 1.
-    task_quotas: dict[str, float] = field(default_factory=dict)
+    task_quotas: dict[str, float] = {}
     # Train on only these surfaces (empty = all); the single-task ablation uses this.
-    surfaces: list[str] = field(default_factory=list)
+    surfaces: list[str] = []
     mlflow_experiment: str = "itemsage"
     register_model: bool = True
-    model: ModelConfig = field(default_factory=ModelConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
+    model: ModelConfig = ModelConfig()
+    loss: LossConfig = LossConfig()
 
 
-@dataclass
-class IndexConfig:
+class IndexConfig(Section):
     # FAISS index-factory spec, or "auto" to pick by a recall/QPS sweep.
     spec: str = "auto"
-    candidates: list[str] = field(default_factory=lambda: ["Flat", "HNSW32", "IVF{nlist},Flat"])
+    candidates: list[str] = ["Flat", "HNSW32", "IVF{nlist},Flat"]
     recall_target: float = 0.95
     k: int = 10
-    use_gpu: str = "auto"
+    use_gpu: GpuChoice = "auto"
 
 
-@dataclass
-class ServeConfig:
+class ServeConfig(Section):
     # Loopback by default: the demo must not expose an unauthenticated API to the network.
     host: str = "127.0.0.1"
     port: int = 8000
@@ -234,110 +263,96 @@ class ServeConfig:
     max_item_images: int = 20
     # POST /embed/item may name local image files only under these directories (none by default),
     # so the API cannot be used to read arbitrary files of the server.
-    allowed_image_roots: list[str] = field(default_factory=list)
+    allowed_image_roots: list[str] = []
     # Idempotent reads are retried this many times when a replica dies mid-request.
     read_retries: int = 1
 
 
-@dataclass
-class PipelineConfig:
-    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    index: IndexConfig = field(default_factory=IndexConfig)
-    serve: ServeConfig = field(default_factory=ServeConfig)
+class PipelineConfig(Section):
+    preprocess: PreprocessConfig = PreprocessConfig()
+    train: TrainConfig = TrainConfig()
+    index: IndexConfig = IndexConfig()
+    serve: ServeConfig = ServeConfig()
 
 
-T = TypeVar("T")
+T = TypeVar("T", bound=BaseModel)
 
 
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Check ``value`` against the annotation ``tp``; return it converted where that is lossless."""
-    origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__}")
-        return _build(tp, value, key + ".")
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
+def _section_at(cls: Any, loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The section model found by walking ``loc`` down from ``cls`` (None past a leaf)."""
+    for part in loc:
+        fields = getattr(cls, "model_fields", None)
+        if not isinstance(part, str) or fields is None or part not in fields:
             return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, key)
-            except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(errors[0] if errors else f"{key}: bad value {value!r}")
-    if origin is list:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list, got {type(value).__name__}")
-        (arg,) = typing.get_args(tp)
-        return [_coerce(v, arg, f"{key}[{i}]") for i, v in enumerate(value)]
-    if origin is tuple:
-        args = typing.get_args(tp)
-        if not isinstance(value, (list, tuple)) or len(value) != len(args):
-            raise ConfigError(f"{key}: expected a list of {len(args)} values, got {value!r}")
-        return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__}")
-        kt, vt = typing.get_args(tp)
-        return {_coerce(k, kt, key): _coerce(v, vt, f"{key}.{k}") for k, v in value.items()}
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
-        return float(value)
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
-        return value
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key}: expected true/false, got {value!r}")
-        return value
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected a string, got {value!r}")
-        return value
-    if tp is Any:
-        return value
-    raise ConfigError(f"{key}: unsupported config type {tp!r}")
+        cls = fields[part].annotation
+    return cls if isinstance(cls, type) and issubclass(cls, BaseModel) else None
 
 
-def _build(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ConfigError(
-            f"unknown config key {prefix}{unknown[0]!s} (known keys under "
-            f"{prefix.rstrip('.') or 'the top level'}: {', '.join(sorted(names))})"
-        )
-    kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in data.items()}
-    return cls(**kwargs)
+def _dotted(prefix: str, loc: tuple[Any, ...]) -> str:
+    out = prefix.rstrip(".")
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
 
 
-def to_dict(cfg: Any) -> dict[str, Any]:
+_EXPECTED = {
+    "int_type": "an integer",
+    "int_parsing": "an integer",
+    "int_from_float": "an integer",
+    "float_type": "a number",
+    "float_parsing": "a number",
+    "bool_type": "true/false",
+    "bool_parsing": "true/false",
+    "string_type": "a string",
+    "list_type": "a list",
+    "tuple_type": "a list",
+    "dict_type": "a mapping",
+    "model_type": "a mapping",
+    "model_attributes_type": "a mapping",
+}
+
+
+def _message(cls: type[BaseModel], prefix: str, err: Any) -> str:
+    """One pydantic error as a line that names the dotted key (and, for a typo, the valid keys)."""
+    loc = tuple(err["loc"])
+    key = _dotted(prefix, loc)
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        parent = _section_at(cls, loc[:-1])
+        known = sorted(parent.model_fields) if parent else []
+        where = _dotted(prefix, loc[:-1]) or "the top level"
+        hint = difflib.get_close_matches(str(loc[-1]), known, n=1)
+        maybe = f"; did you mean {_dotted(prefix, (*loc[:-1], hint[0]))}?" if hint else ""
+        return f"unknown config key {key} (known keys under {where}: {', '.join(known)}){maybe}"
+    got = err.get("input")
+    if kind in _EXPECTED:
+        return f"{key}: expected {_EXPECTED[kind]}, got {got!r}"
+    if kind == "literal_error":
+        return f"{key}: must be one of {err['ctx']['expected']}, got {got!r}"
+    return f"{key}: {err['msg']}, got {got!r}"
+
+
+def from_dict(cls: type[T], data: Any, prefix: str = "") -> T:
+    """Build the section ``cls`` from plain data, every key and type checked.
+
+    ``prefix`` is the section's dotted place in the pipeline config (``"serve."``), so errors name
+    the key as it is written in a YAML file.
+    """
+    try:
+        return cls.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError("\n".join(_message(cls, prefix, err) for err in e.errors())) from None
+
+
+def to_dict(cfg: BaseModel) -> dict[str, Any]:
     """The config as plain YAML-able data (tuples become lists)."""
-
-    def plain(v: Any) -> Any:
-        if isinstance(v, tuple):
-            return [plain(x) for x in v]
-        if isinstance(v, list):
-            return [plain(x) for x in v]
-        if isinstance(v, dict):
-            return {k: plain(x) for k, x in v.items()}
-        return v
-
-    return plain(dataclasses.asdict(cfg))
+    return cfg.model_dump(mode="json")
 
 
-def flatten(cfg: Any, prefix: str = "") -> dict[str, Any]:
+def flatten(cfg: BaseModel | dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """Dotted ``{"train.lr": 0.001, ...}`` view, for MLflow params."""
     out: dict[str, Any] = {}
-    for k, v in (to_dict(cfg) if dataclasses.is_dataclass(cfg) else cfg).items():
+    for k, v in (to_dict(cfg) if isinstance(cfg, BaseModel) else cfg).items():
         if isinstance(v, dict) and v and all(isinstance(x, str) for x in v):
             out.update(flatten(v, f"{prefix}{k}."))
         else:
@@ -347,6 +362,8 @@ def flatten(cfg: Any, prefix: str = "") -> dict[str, Any]:
 
 def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
     parts = dotted.split(".")
+    if not all(parts):
+        raise ConfigError(f"override {dotted!r}: empty key in the dotted path")
     node = data
     for p in parts[:-1]:
         node = node.setdefault(p, {})
@@ -362,7 +379,12 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like section.key=value")
         key, raw = item.split("=", 1)
-        _set_dotted(data, key.strip(), yaml.safe_load(raw) if raw.strip() else "")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as e:
+            why = getattr(e, "problem", None) or e
+            raise ConfigError(f"override {key.strip()}: value {raw!r} is not valid YAML ({why})") from None
+        _set_dotted(data, key.strip(), value)
     return data
 
 
@@ -380,13 +402,16 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"config file not found: {p}")
-        loaded = yaml.safe_load(p.read_text()) or {}
+        try:
+            loaded = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p}: not valid YAML: {e}") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"{p}: the top level must be a mapping")
         data = loaded
     data = _merge(data, parse_overrides(overrides or []))
-    return _build(cls, data)
+    return from_dict(cls, data)
 
 
-def dump_config(cfg: Any, path: str | Path) -> None:
+def dump_config(cfg: BaseModel, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 from pathlib import Path
@@ -58,7 +57,7 @@ def test_synthetic_is_deterministic_and_independent_of_row_order(fashion: pd.Dat
                                                                  synthetic: pd.DataFrame) -> None:
     again = synthesize_engagements(fashion.sample(frac=1.0, random_state=7), SMALL)
     pd.testing.assert_frame_equal(synthetic, again)
-    other_seed = synthesize_engagements(fashion, dataclasses.replace(SMALL, seed=1))
+    other_seed = synthesize_engagements(fashion, SMALL.replace(seed=1))
     assert not synthetic.equals(other_seed)
 
 
@@ -80,7 +79,7 @@ def test_funnel_is_dense_clicks_sparse_checkouts(synthetic: pd.DataFrame) -> Non
 
 
 def test_checkouts_go_to_better_matches(fashion: pd.DataFrame) -> None:
-    cfg = dataclasses.replace(SMALL, search_pairs=0, home_pairs=0, closeup_pairs=3000)
+    cfg = SMALL.replace(search_pairs=0, home_pairs=0, closeup_pairs=3000)
     closeup = synthesize_engagements(fashion, cfg)
     colours = fashion.set_index("item_id")["colors"]
     same_colour = colours.loc[closeup["query"]].to_numpy() == colours.loc[closeup["item_id"]].to_numpy()
@@ -89,7 +88,7 @@ def test_checkouts_go_to_better_matches(fashion: pd.DataFrame) -> None:
 
 
 def test_popularity_is_skewed_by_the_exponent(fashion: pd.DataFrame, synthetic: pd.DataFrame) -> None:
-    flat = synthesize_engagements(fashion, dataclasses.replace(SMALL, popularity_exponent=0.0))
+    flat = synthesize_engagements(fashion, SMALL.replace(popularity_exponent=0.0))
     skewed = top_share(synthetic, 0.1, len(fashion))
     assert skewed > 0.4  # the top 10% of items get far more than 10% of engagement
     assert skewed > top_share(flat, 0.1, len(fashion)) + 0.2
@@ -138,7 +137,7 @@ def test_catalog_without_images_gets_no_closeup_pairs(fashion: pd.DataFrame) -> 
 
 
 def test_title_only_catalog_builds_queries_from_title_words(shopee: pd.DataFrame) -> None:
-    pairs = synthesize_engagements(shopee, dataclasses.replace(TINY, search_pairs=300))
+    pairs = synthesize_engagements(shopee, TINY.replace(search_pairs=300))
     search = pairs[pairs["surface"] == "search"]
     assert len(search) == 300
     titles = shopee.set_index("item_id")["title"].str.lower()
@@ -164,7 +163,7 @@ def test_empty_catalog_gives_empty_pairs(fashion: pd.DataFrame) -> None:
 
 def test_unknown_action_share_is_refused(fashion: pd.DataFrame) -> None:
     with pytest.raises(ValueError, match="like"):
-        synthesize_engagements(fashion, dataclasses.replace(TINY, action_shares={"like": 1.0}))
+        synthesize_engagements(fashion, TINY.replace(action_shares={"like": 1.0}))
 
 
 # ------------------------------------------------------------------ real Shopee pairs
@@ -332,7 +331,7 @@ def test_time_split_preprocessing_keeps_held_out_engagements_out_of_home_queries
     from itemsage.config import PreprocessConfig
     from itemsage.data import pipeline as P
 
-    cfg = PreprocessConfig(catalog=str(SAMPLE / "fashion"), engagement=dataclasses.replace(SMALL, split="time"))
+    cfg = PreprocessConfig(catalog=str(SAMPLE / "fashion"), engagement=SMALL.replace(split="time"))
     catalog, items = P.load_catalog(cfg)
     eng = P.prepare_engagements(cfg, catalog.layout, items)
     cut = eng.splits["val"]["timestamp"].min()
@@ -348,4 +347,4 @@ def test_time_split_preprocessing_keeps_held_out_engagements_out_of_home_queries
     repeats = [r for r in eng.rejects if r.reason == "home_item_in_history"]
     assert repeats  # popular items come back: some held-out home pairs repeat a history item
     with pytest.raises(P.PreprocessError, match="engagement.split"):
-        P.validate_config(dataclasses.replace(cfg, engagement=dataclasses.replace(SMALL, split="random")))
+        P.validate_config(cfg.replace(engagement=SMALL.replace(split="random")))

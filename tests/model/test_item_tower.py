@@ -38,7 +38,7 @@ def _lens(rows: int, seed: int = 0, empty: bool = False) -> list[list[int]]:
 
 def _tower(cls: type = ItemSageTower, **overrides: object) -> torch.nn.Module:
     torch.manual_seed(0)
-    return cls(dataclasses.replace(SMALL, **overrides), V, D).eval()
+    return cls(SMALL.replace(**overrides), V, D).eval()
 
 
 @pytest.mark.parametrize("cls", [ItemSageTower, ConcatMLPTower])
@@ -128,15 +128,15 @@ def _batch_dim(n_images: list[int], dim: int) -> ItemBatch:
 
 
 def test_concat_mlp_shapes_and_factory() -> None:
-    mlp = build_item_tower(dataclasses.replace(SMALL, arch="mlp"), V, D)
+    mlp = build_item_tower(SMALL.replace(arch="mlp"), V, D)
     assert isinstance(mlp, ConcatMLPTower)
     assert mlp.mlp[1].in_features == D + F * SMALL.hash_dim
     assert mlp(_batch([0, 4], _lens(2))).shape == (2, 16)
     assert isinstance(build_item_tower(SMALL, V, D), ItemSageTower)
     with pytest.raises(ValueError, match="arch"):
-        build_item_tower(dataclasses.replace(SMALL, arch="rnn"), V, D)
+        build_item_tower(SMALL.replace(arch="rnn"), V, D)
     with pytest.raises(ValueError):
-        ItemSageTower(dataclasses.replace(SMALL, use_image=False, use_text=False), V, D)
+        ItemSageTower(SMALL.replace(use_image=False, use_text=False), V, D)
 
 
 def test_grouped_linear_is_one_linear_per_group() -> None:
@@ -194,7 +194,7 @@ def test_title_skip_starts_as_the_search_query_projection() -> None:
     from itemsage.config import LossConfig
     from itemsage.model import build_model
 
-    model = build_model(dataclasses.replace(SMALL, use_title_embedding=True, title_skip=True), LossConfig(), V, D)
+    model = build_model(SMALL.replace(use_title_embedding=True, title_skip=True), LossConfig(), V, D)
     titles = torch.randn(4, 384)
     torch.testing.assert_close(model.item_tower.title_skip(titles), model.query_towers("search", titles))
 

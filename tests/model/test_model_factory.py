@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 
 import pytest
 import torch
@@ -76,7 +75,7 @@ def test_query_batch_rows_follow_their_surfaces() -> None:
 
 
 def test_mlp_arch_and_explicit_logq() -> None:
-    model = build_model(dataclasses.replace(CFG, arch="mlp"), dataclasses.replace(LOSS, random_negatives=False),
+    model = build_model(CFG.replace(arch="mlp"), LOSS.replace(random_negatives=False),
                         vocab_size=V, image_dim=D)
     assert isinstance(model.item_tower, ConcatMLPTower)
     store = _store()

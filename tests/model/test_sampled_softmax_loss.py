@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import numpy as np
@@ -60,7 +59,7 @@ def _inputs(seed: int = 0):
 @pytest.mark.parametrize("use_logq", [False, True])
 def test_matches_brute_force_reference(in_batch: bool, random: bool, use_logq: bool) -> None:
     q, p, ids, logq, r, rids = _inputs()
-    cfg = dataclasses.replace(BASE, in_batch_negatives=in_batch, random_negatives=random, logq_correction=use_logq)
+    cfg = BASE.replace(in_batch_negatives=in_batch, random_negatives=random, logq_correction=use_logq)
     loss = SampledSoftmaxLoss(cfg)
     t = lambda a, dt=torch.float64: torch.tensor(a, dtype=dt)  # noqa: E731
     out = loss.double()(
@@ -76,7 +75,7 @@ def test_matches_brute_force_reference(in_batch: bool, random: bool, use_logq: b
 
 
 def test_hand_computed_two_by_two() -> None:
-    cfg = dataclasses.replace(BASE, temperature_init=1.0, random_negatives=False, logq_correction=True)
+    cfg = BASE.replace(temperature_init=1.0, random_negatives=False, logq_correction=True)
     eye = torch.eye(2, dtype=torch.float64)
     logq = torch.log(torch.tensor([0.5, 0.25], dtype=torch.float64))
     out = SampledSoftmaxLoss(cfg).double()(eye, eye, torch.tensor([0, 1]), logq)
@@ -85,7 +84,7 @@ def test_hand_computed_two_by_two() -> None:
     l1 = [math.log(2), 1 + math.log(4)]
     want = 0.5 * ((-l0[0] + math.log(sum(map(math.exp, l0)))) + (-l1[1] + math.log(sum(map(math.exp, l1)))))
     assert out["loss"].item() == pytest.approx(want, abs=1e-12)
-    without = SampledSoftmaxLoss(dataclasses.replace(cfg, logq_correction=False)).double()
+    without = SampledSoftmaxLoss(cfg.replace(logq_correction=False)).double()
     assert without(eye, eye, torch.tensor([0, 1]))["loss"].item() == pytest.approx(math.log(1 + math.exp(-1)))
 
 
@@ -98,7 +97,7 @@ def test_logit_processors_compose() -> None:
 
 def test_temperature_is_learned_and_clamped() -> None:
     q, p, ids, _, r, rids = _inputs()
-    cfg = dataclasses.replace(BASE, logq_correction=False)
+    cfg = BASE.replace(logq_correction=False)
     loss = SampledSoftmaxLoss(cfg)
     out = loss(torch.tensor(q).float(), torch.tensor(p).float(), torch.tensor(ids), None, torch.tensor(r).float(),
                torch.tensor(rids))
@@ -109,7 +108,7 @@ def test_temperature_is_learned_and_clamped() -> None:
     assert loss.scale.item() == pytest.approx(100.0)
     assert loss(torch.tensor(q).float(), torch.tensor(p).float(), torch.tensor(ids), None, torch.tensor(r).float(),
                 torch.tensor(rids))["temperature"].item() == pytest.approx(0.01)
-    fixed = SampledSoftmaxLoss(dataclasses.replace(cfg, learn_temperature=False))
+    fixed = SampledSoftmaxLoss(cfg.replace(learn_temperature=False))
     assert not fixed.log_temperature.requires_grad
 
 
@@ -125,12 +124,12 @@ def test_gradients_are_finite_with_masked_columns() -> None:
 
 def test_configuration_errors() -> None:
     with pytest.raises(ValueError, match="at least one"):
-        SampledSoftmaxLoss(dataclasses.replace(BASE, in_batch_negatives=False, random_negatives=False))
+        SampledSoftmaxLoss(BASE.replace(in_batch_negatives=False, random_negatives=False))
     x, ids = torch.randn(3, 4), torch.arange(3)
     with pytest.raises(ValueError, match="logQ"):
-        SampledSoftmaxLoss(dataclasses.replace(BASE, random_negatives=False))(x, x, ids, None)
+        SampledSoftmaxLoss(BASE.replace(random_negatives=False))(x, x, ids, None)
     with pytest.raises(ValueError, match="rand_items"):
-        SampledSoftmaxLoss(dataclasses.replace(BASE, in_batch_negatives=False))(x, x, ids, None)
+        SampledSoftmaxLoss(BASE.replace(in_batch_negatives=False))(x, x, ids, None)
 
 
 def test_bf16_inputs_under_autocast_are_scored_in_float32() -> None:

@@ -128,7 +128,7 @@ class Training:
         cfg.write_text(yaml.safe_dump({"train": {"max_steps": MAX_STEPS}}))
         self.cmd = [
             sys.executable, str(REPO / "experiments" / "train.py"), "--config", str(cfg), "--num-cpus", "2",
-            "--val-catalog", "all",  # rank against all 240 items: a sharper quality measure than 24
+            "train.val_catalog=all",  # rank against all 240 items: a sharper quality measure than 24
             f"train.features={features}",
             f"train.storage_path={root / 'runs'}",
             f"train.name={name}",

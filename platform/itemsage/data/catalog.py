@@ -84,7 +84,7 @@ from itemsage.config import TEXT_FIELDS, TextConfig
 LAYOUTS: tuple[str, ...] = ("fashion", "shopee", "generic")
 STAGE = "catalog"
 # One default, in config.py: the tokenizer truncates with the same limit.
-MAX_FIELD_CHARS: int = TextConfig.max_chars_per_field
+MAX_FIELD_CHARS: int = TextConfig().max_chars_per_field
 GENERIC_SUFFIXES: tuple[str, ...] = (".parquet", ".jsonl", ".ndjson")
 FASHION_REQUIRED: tuple[str, ...] = ("id", "productDisplayName")
 SHOPEE_REQUIRED: tuple[str, ...] = ("posting_id", "title", "label_group")

@@ -12,7 +12,6 @@ built on one Ray worker encodes identically on every other one.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import re
@@ -26,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from itemsage.config import TextConfig
+from itemsage.config import TextConfig, to_dict
 
 # A word is a run of letters/digits; internal apostrophes, hyphens and periods stay inside it so
 # "t-shirt", "men's" and "7.5" survive as single words while trailing punctuation ("blue,") is
@@ -157,7 +156,7 @@ class Vocab:
         trigrams: list[str],
         cfg: TextConfig,
     ) -> None:
-        self.cfg = dataclasses.replace(cfg)
+        self.cfg = cfg  # immutable, so shared rather than copied
         self._tokens: dict[str, list[str]] = {
             "unigram": list(unigrams),
             "bigram": list(bigrams),
@@ -243,7 +242,7 @@ class Vocab:
         return {
             "format": _FORMAT,
             "version": _VERSION,
-            "config": dataclasses.asdict(self.cfg),
+            "config": to_dict(self.cfg),
             "sizes": self.sizes,
             "unigrams": self._tokens["unigram"],
             "bigrams": self._tokens["bigram"],

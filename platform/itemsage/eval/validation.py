@@ -18,12 +18,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from itemsage.config import SURFACES
+from itemsage.config import SURFACES, VAL_CATALOGS
 from itemsage.data.features_read import QueryFeatures
 from itemsage.eval.recall import RecallTable, ranks_of_targets
 from itemsage.model.batch import TEXT_QUERY_DIM, ItemFeatureStore
 
-CATALOGS = ("split", "all")
+CATALOGS = VAL_CATALOGS  # the choices of train.val_catalog
 
 
 @dataclass

@@ -203,8 +203,8 @@ def model_preprocess_config(tm: TrainedModel, catalog: str, layout: str = "auto"
             f"compute them for a new catalog (supported: {', '.join(sorted(BACKBONES))})"
         )
     pcfg = tm.config.preprocess
-    image = dataclasses.replace(pcfg.image, backbone=backbone, max_images_per_item=tm.max_images)
-    return dataclasses.replace(pcfg, catalog=str(catalog), layout=layout, image=image, **changes)
+    image = pcfg.image.replace(backbone=backbone, max_images_per_item=tm.max_images)
+    return pcfg.replace(catalog=str(catalog), layout=layout, image=image, **changes)
 
 
 @dataclass

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from itemsage.config import ServeConfig, _build
+from itemsage.config import ServeConfig, from_dict
 from itemsage.serve.api import Backend, ServiceUnavailableError, create_api
 from itemsage.serve.bundle import ModelBundle, features_dir, resolve_model_ref
 from itemsage.serve.core import ModelSpec, ServingSpec
@@ -114,7 +114,7 @@ def direct(handle: DeploymentHandle) -> DeploymentHandle:
 
 def serve_config(data: Mapping[str, Any] | None) -> ServeConfig:
     """A :class:`ServeConfig` from a plain dict (deployment args must be plain data), keys checked."""
-    return _build(ServeConfig, dict(data or {}), "serve.")
+    return from_dict(ServeConfig, dict(data or {}), "serve.")
 
 
 def _device() -> str:

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from itemsage.config import PipelineConfig, TrainConfig, _build
+from itemsage.config import PipelineConfig, TrainConfig, from_dict
 from itemsage.data.features_io import resolve
 from itemsage.data.features_read import QueryFeatures, read_pairs
 from itemsage.eval.validation import baseline_recall, build_val_set, model_recall, recall_metrics
@@ -47,7 +47,7 @@ RUN_FILE = "mlflow_run.json"
 
 def config_from_dict(data: Mapping[str, Any]) -> PipelineConfig:
     """Rebuild (and re-check) the resolved config shipped to the workers as plain data."""
-    return _build(PipelineConfig, dict(data))
+    return from_dict(PipelineConfig, dict(data))
 
 
 @dataclass
@@ -63,8 +63,6 @@ class LoopSpec:
         tracking_uri: resolved MLflow URI; None disables tracking (benchmarks).
         fallback_path: local JSONL that receives tracking calls while MLflow is unreachable.
         mlflow_run_id: the run the driver created or resumed (a checkpoint's run id wins).
-        val_catalog: "split" (rank against the validation split's items) or "all".
-        lr_decay: "cosine" | "linear" | "constant" after warm-up.
         tracking_offline: the driver already found MLflow unreachable (and warned about it).
     """
 
@@ -76,8 +74,6 @@ class LoopSpec:
     tracking_uri: str | None = None
     fallback_path: str = ""
     mlflow_run_id: str | None = None
-    val_catalog: str = "split"
-    lr_decay: str = "cosine"
     tracking_offline: bool = False
 
     def to_dict(self) -> dict[str, Any]:
@@ -376,7 +372,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         module, parallel_strategy_kwargs={"find_unused_parameters": True, "broadcast_buffers": False}
     )
     optimizer = make_optimizer(module, tc)
-    scheduler = build_scheduler(optimizer, tc.warmup_steps, tc.max_steps, spec.lr_decay)
+    scheduler = build_scheduler(optimizer, tc.warmup_steps, tc.max_steps, tc.lr_decay)
     start_step = 0
     run_id = spec.mlflow_run_id
     if state is not None:
@@ -399,7 +395,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             write_side_file(spec.run_dir, RUN_FILE, {"run_id": new_id})
         run_id = new_id or run_id
 
-    val = build_validation(tc, store, spec.val_catalog) if rank == 0 else None
+    val = build_validation(tc, store, tc.val_catalog) if rank == 0 else None
     baselines: dict[str, float] = {}
     if rank == 0 and val is not None:
         base = baseline_recall(store, qf, val, seed=tc.seed)

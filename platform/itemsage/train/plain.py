@@ -59,7 +59,7 @@ def _chunks(pairs: dict[str, np.ndarray], rows: int) -> Iterator[dict[str, Any]]
         yield {k: v[start : start + rows] for k, v in pairs.items()}
 
 
-def setup_plain(cfg: PipelineConfig, lr_decay: str = "cosine", device: str | torch.device = "cpu") -> PlainRun:
+def setup_plain(cfg: PipelineConfig, device: str | torch.device = "cpu") -> PlainRun:
     """Build the model, optimizer, schedule and batch stream the Ray loop would build on rank 0."""
     tc = cfg.train
     dev = torch.device(device)
@@ -70,7 +70,7 @@ def setup_plain(cfg: PipelineConfig, lr_decay: str = "cosine", device: str | tor
     qf = QueryFeatures.load(tc.features, store, with_text=tc.model.finetune_text_layers > 0)
     module = build_train_module(tc, bundle.vocab.size, store.image_dim, store.num_text_fields).to(dev)
     optimizer = make_optimizer(module, tc)
-    scheduler = build_scheduler(optimizer, tc.warmup_steps, tc.max_steps, lr_decay)
+    scheduler = build_scheduler(optimizer, tc.warmup_steps, tc.max_steps, tc.lr_decay)
     pairs = read_pairs(tc.features, "train", tc.surfaces)
     tasks = sorted(task_counts(pairs))
     rng = np.random.default_rng(tc.seed)

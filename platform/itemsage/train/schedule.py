@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import torch
 
-DECAY_KINDS = ("cosine", "linear", "constant")
+from itemsage.config import LR_DECAYS as DECAY_KINDS  # the choices of train.lr_decay
 
 
 def lr_factor(

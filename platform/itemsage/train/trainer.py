@@ -16,7 +16,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,12 +38,7 @@ from itemsage.train.loop import (
     train_loop_per_worker,
     write_side_file,
 )
-from itemsage.train.schedule import DECAY_KINDS
 from itemsage.train.tracking import Tracker, resolve_tracking_uri
-
-
-# Ray placement group strategies (ScalingConfig.placement_strategy).
-PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -86,15 +81,8 @@ def check_config(cfg: PipelineConfig) -> None:
 
     need(tc.num_workers >= 1, "num_workers", f"must be >= 1, got {tc.num_workers}")
     need(tc.cpus_per_worker > 0, "cpus_per_worker", f"must be > 0, got {tc.cpus_per_worker}")
-    need(tc.use_gpu in ("auto", "true", "false"), "use_gpu", f"must be auto, true or false, got {tc.use_gpu!r}")
-    need(
-        tc.placement_strategy in PLACEMENT_STRATEGIES,
-        "placement_strategy",
-        f"must be one of {', '.join(PLACEMENT_STRATEGIES)}, got {tc.placement_strategy!r}",
-    )
     need(tc.batch_size >= 2, "batch_size", f"must be >= 2 (in-batch negatives), got {tc.batch_size}")
     need(tc.max_steps >= 1, "max_steps", f"must be >= 1, got {tc.max_steps}")
-    need(tc.optimizer in ("adamw", "lamb"), "optimizer", f"must be adamw or lamb, got {tc.optimizer!r}")
     need(tc.lr > 0 and math.isfinite(tc.lr), "lr", f"must be a positive number, got {tc.lr}")
     need(tc.weight_decay >= 0, "weight_decay", f"must be >= 0, got {tc.weight_decay}")
     need(tc.warmup_steps >= 0, "warmup_steps", f"must be >= 0, got {tc.warmup_steps}")
@@ -156,8 +144,8 @@ def with_absolute_paths(cfg: PipelineConfig) -> PipelineConfig:
     Ray Train workers run in their own working directory, so a path relative to where the command
     was typed would point nowhere once shipped to them.
     """
-    tc = replace(cfg.train, features=_absolute(cfg.train.features), storage_path=_absolute(cfg.train.storage_path))
-    return replace(cfg, train=tc)
+    tc = cfg.train.replace(features=_absolute(cfg.train.features), storage_path=_absolute(cfg.train.storage_path))
+    return cfg.replace(train=tc)
 
 
 def run_dir_of(cfg: PipelineConfig) -> str:
@@ -409,8 +397,6 @@ def start_local_ray(num_cpus: float | None = None, **kwargs: Any) -> None:
 def run_training(
     cfg: PipelineConfig,
     tracking_uri: str | None = None,
-    val_catalog: str = "split",
-    lr_decay: str = "cosine",
     tracking: bool = True,
     register: bool | None = None,
 ) -> TrainResult:
@@ -425,8 +411,6 @@ def run_training(
 
     check_config(cfg)
     cfg = with_absolute_paths(cfg)
-    if lr_decay not in DECAY_KINDS:
-        raise ConfigError(f"lr decay must be one of {DECAY_KINDS}, got {lr_decay!r}")
     manifest, counts = check_inputs(cfg)
     tc = cfg.train
     from itemsage.train.artifacts import BundleFiles
@@ -453,8 +437,6 @@ def run_training(
         tracking_uri=uri,
         fallback_path=fallback_path_of(run_dir, tc.name),
         mlflow_run_id=tracker.run_id,
-        val_catalog=val_catalog,
-        lr_decay=lr_decay,
         tracking_offline=bool(uri) and not tracker.online,
     )
     print(
