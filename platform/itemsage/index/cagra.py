@@ -118,6 +118,7 @@ class CagraIndex(ItemIndex):
     def cpu_index(self) -> Any:
         """The graph as a CPU ``IndexHNSWCagra`` inside ``IndexIDMap2`` (the saved form)."""
         hnsw = faiss.IndexHNSWCagra()
+        hnsw.base_level_only = True  # the CAGRA graph as is: no upper HNSW levels to build
         self._index.copyTo(hnsw)
         wrapped = faiss.IndexIDMap2(hnsw)
         faiss.copy_array_to_vector(self._labels, wrapped.id_map)
