@@ -153,10 +153,9 @@ def train_steps(loop_config: dict[str, Any]) -> dict[str, float]:
     out = {"steps": loop_config["steps"], "seconds": sec, "steps_per_s": loop_config["steps"] / sec,
            "flops_per_step": flops, "world_size": world, "final_loss": final_loss,
            "device_name": torch.cuda.get_device_name(device) if bf16 else platform.processor() or "cpu"}
-    if loop_config["ray"]:
-        import ray.train
-
-        ray.train.report(out)
+    if loop_config["ray"] and rank == 0:
+        # A file, not ray.train.report: Ray Train 2.60 keeps reported metrics only with a checkpoint.
+        Path(loop_config["metrics_path"]).write_text(json.dumps(out))
     return out
 
 
@@ -167,7 +166,8 @@ def run_train(sizes: Sizes, out_dir: Path, use_ray: bool) -> dict[str, Any]:
     n_gpus = 0 if sizes.cpu else torch.cuda.device_count()
     loop_config = {"model_cfg": cfg, "vocab_size": 300_000, "image_dim": 1280, "batch": sizes.train_batch,
                    "steps": sizes.train_steps, "warmup": sizes.train_warmup, "ray": use_ray,
-                   "device": "cpu" if sizes.cpu else "cuda"}
+                   "device": "cpu" if sizes.cpu else "cuda",
+                   "metrics_path": str((out_dir / "train_metrics.json").resolve())}
     if use_ray:
         try:
             import ray
@@ -185,7 +185,8 @@ def run_train(sizes: Sizes, out_dir: Path, use_ray: bool) -> dict[str, Any]:
                                          resources_per_worker={"CPU": 1, **({"GPU": 1} if n_gpus else {})}),
             run_config=RunConfig(name="gpu_check", storage_path=str((out_dir / "ray_results").resolve())),
         )
-        m = dict(trainer.fit().metrics)
+        trainer.fit()
+        m = json.loads(Path(loop_config["metrics_path"]).read_text())
         backend = f"ray train, {workers} worker(s)" + (", DDP" if workers > 1 else "")
     else:
         m = train_steps(loop_config)
