@@ -7,8 +7,9 @@
 #   CPU: docker build -t itemsage-ray:2.60.0-py311 .
 #   GPU: docker build --build-arg RAY_IMAGE_VARIANT=-gpu -t itemsage-ray-gpu:2.60.0-py311-gpu .
 #
-# The GPU variant starts from the Ray image's `-gpu` tag (CUDA runtime) and installs the `gpu` extra
-# (faiss-gpu-cu12) on top of the project.
+# The CPU variant installs the `cpu` extra (faiss-cpu). The GPU variant starts from the Ray image's
+# `-gpu` tag (CUDA runtime) and installs the `gpu` extra (cuVS libraries) and then the CUDA 13 FAISS
+# build with --no-deps (requirements/faiss-gpu.txt says why), never faiss-cpu beside it.
 ARG RAY_VERSION=2.60.0
 ARG RAY_PYTHON=py311
 # "" for the CPU image, "-gpu" for the CUDA one.
@@ -25,9 +26,12 @@ WORKDIR ${APP_DIR}
 
 # Dependencies first (the slow layer), keyed on the package metadata and the library only.
 COPY --chown=ray:users pyproject.toml README.md ./
+COPY --chown=ray:users requirements/ requirements/
 COPY --chown=ray:users platform/ platform/
-RUN if [ "${RAY_IMAGE_VARIANT}" = "-gpu" ]; then target=".[gpu]"; else target="."; fi \
+RUN if [ "${RAY_IMAGE_VARIANT}" = "-gpu" ]; then target=".[gpu]"; else target=".[cpu]"; fi \
     && python -m pip install --no-cache-dir "${target}" \
+    && if [ "${RAY_IMAGE_VARIANT}" = "-gpu" ]; then \
+        python -m pip install --no-cache-dir --no-deps -r requirements/faiss-gpu.txt; fi \
     && rm -rf build platform/*.egg-info \
     && python -c "import ray, itemsage; assert ray.__version__.startswith('2.60.'), ray.__version__"
 

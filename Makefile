@@ -2,7 +2,9 @@
 PYTHON ?= python3.11
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-STAMP  := $(VENV)/.installed-dev
+# FAISS build: cpu (faiss-cpu) or gpu (CUDA 13 faiss-gpu-cuvs with cuVS; docs/gpu.md).
+FAISS  ?= cpu
+STAMP  := $(VENV)/.installed-dev-$(FAISS)
 CONFIG ?= experiments/configs/demo.yaml
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
@@ -13,14 +15,19 @@ export RAY_USAGE_STATS_ENABLED := 0
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml requirements/faiss-gpu.txt
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH (or: make PYTHON=python3 ...)"; exit 1; }
+	@case "$(FAISS)" in cpu|gpu) ;; *) echo "FAISS must be cpu or gpu, not '$(FAISS)'"; exit 1;; esac
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	@# One FAISS build only: both provide the `faiss` module, so switching removes the other first.
+	@if [ "$(FAISS)" = gpu ]; then $(PY) -m pip uninstall -q -y faiss-cpu; else $(PY) -m pip uninstall -q -y faiss-gpu-cuvs; fi
+	$(PY) -m pip install -q -e '.[$(FAISS),dev]'
+	@# faiss-gpu-cuvs wants CUDA 13.2 runtime wheels, torch pins 13.0: see requirements/faiss-gpu.txt.
+	if [ "$(FAISS)" = gpu ]; then $(PY) -m pip install -q --no-deps -r requirements/faiss-gpu.txt; fi
 	touch $(STAMP)
 
-install: $(STAMP)  ## create .venv and install the platform with its dev tools
+install: $(STAMP)  ## create .venv and install the platform with its dev tools (FAISS=gpu: CUDA FAISS)
 
 # The web-page test drives Debian's Chromium (Playwright's own browser download is not used).
 browser:  ## install Debian's chromium for the web-page test (needs root; skipped otherwise)

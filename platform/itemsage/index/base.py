@@ -18,8 +18,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import faiss
 import numpy as np
+
+try:
+    import faiss
+except ImportError as e:  # FAISS is an extra: exactly one of two builds (pyproject.toml says why)
+    raise ImportError(
+        "FAISS is not installed: install the project with `make install` (CPU) or `make install "
+        "FAISS=gpu` (CUDA), or pip install -e '.[cpu]' (docs/gpu.md for the GPU build)"
+    ) from e
 
 from itemsage.index.idmap import IdMap, check_id_batch
 from itemsage.index.storage import (

@@ -21,7 +21,9 @@ Design choices, and why:
   those items unretrievable without anyone noticing; the caller decides whether to filter them.
 * **GPU.** ``use_gpu="auto"`` puts Flat/IVF indexes on GPU 0 with faiss-gpu when it is installed.
   Without faiss-gpu but with CUDA torch, exact search runs as ``TorchExactIndex`` on the GPU.
-  HNSW has no FAISS GPU implementation and stays on the CPU. Saving always writes a CPU index.
+  HNSW has no FAISS GPU implementation and stays on the CPU; "CAGRA<degree>" (cuVS) is GPU only
+  (``itemsage.index.cagra``; ``itemsage.index.devices`` decides what runs where). Saving always
+  writes a CPU index.
 * **Saving is atomic.** Files go to a temp directory next to the target, are fsynced, and the
   directory is renamed into place; a failed save leaves the old index (or nothing) behind.
   ``metadata.json`` records sizes and SHA-256 of every file, so a truncated or corrupt file is
@@ -50,6 +52,7 @@ from itemsage.index.base import (
     parse_use_gpu,
     torch_cuda_available,
 )
+from itemsage.index.cagra import CagraIndex, cagra_degree, cuvs_available
 from itemsage.index.idmap import IdMap, check_id_batch
 from itemsage.index.storage import IDS_FILE, CorruptIndexError, read_metadata, verify_files
 from itemsage.index.torch_exact import LABELS_FILE, TORCH_EXACT, VECTORS_FILE, TorchExactIndex
@@ -338,6 +341,10 @@ def build_index(
 
     if spec.strip() == TORCH_EXACT:
         out: ItemIndex = TorchExactIndex(x, labels, idmap, device=None if want_gpu is not False else "cpu")
+    elif cagra_degree(spec) is not None:
+        if want_gpu is False:
+            raise ValueError(f"{spec.strip()} is a GPU-only index (cuVS CAGRA); it cannot be built with use_gpu=False")
+        out = CagraIndex.build(x, labels, spec.strip(), idmap)
     else:
         resolved = resolve_spec(spec, len(ids))
         try:
@@ -357,10 +364,26 @@ def build_index(
     return out
 
 
+def _saved_cagra(index: FaissIndex) -> CagraIndex | None:
+    """A saved CAGRA graph (``IDMap2`` over ``IndexHNSWCagra``) back on the GPU, where cuVS is."""
+    if cagra_degree(index.spec) is None or not cuvs_available():
+        return None
+    chain = _unwrap(index.cpu_index())
+    if len(chain) != 2 or not isinstance(chain[1], faiss.IndexHNSWCagra):
+        return None
+    labels = faiss.vector_to_array(chain[0].id_map).astype(np.int64)
+    gpu = CagraIndex.from_hnsw_cagra(chain[1], index.spec, index.dim, index.idmap, labels)
+    gpu.created_at = index.created_at
+    return gpu
+
+
 def _place(index: FaissIndex, want_gpu: bool | None) -> ItemIndex:
     """Move to the GPU where asked and possible (faiss-gpu, else torch for exact Flat)."""
     if want_gpu is False:
         return index
+    cagra = _saved_cagra(index)
+    if cagra is not None:
+        return cagra
     if index.to_gpu():
         return index
     flat = index.flat_vectors() if not faiss_gpu_available() and torch_cuda_available() else None
@@ -430,9 +453,14 @@ def load_index(
                 f"dim={meta['dim']}, ntotal={meta['ntotal']}"
             )
         faiss_index = FaissIndex(cpu, meta["spec"], int(meta["dim"]), idmap)
-        if meta.get("search_params"):
-            faiss_index.set_search_params(**meta["search_params"])
+        params = meta.get("search_params") or {}
+        # A saved CAGRA graph keeps CAGRA's knob (itopk_size), which applies once it is back on a GPU.
+        is_cagra = cagra_degree(meta["spec"]) is not None
+        if params and not is_cagra:
+            faiss_index.set_search_params(**params)
         index = _place(faiss_index, parse_use_gpu(use_gpu))
+        if is_cagra and isinstance(index, CagraIndex) and params:
+            index.set_search_params(**params)
     else:
         raise CorruptIndexError(f"{directory}: unknown index kind {meta['kind']!r}")
     index.model_name = meta.get("model_name")

@@ -2,9 +2,16 @@
 
 Which ANN index is "good enough" depends on the catalog's geometry, so ``IndexConfig.spec="auto"``
 is answered by building each candidate on the real embeddings, turning its recall knobs
-(``efSearch`` for HNSW, ``nprobe`` for IVF, then ``k_factor`` for Refine) up until recall@k
-reaches the target, and keeping the fastest setting that does. Exact search ("Flat") is always
-measured: it is the speed baseline, and the answer when no candidate reaches the target.
+(``efSearch`` for HNSW, ``nprobe`` for IVF, ``itopk_size`` for CAGRA, then ``k_factor`` for
+Refine) up until recall@k reaches the target, and keeping the fastest setting that does. Exact
+search ("Flat") is always measured: it is the speed baseline, and the answer when no candidate
+reaches the target.
+
+The sweep measures indexes on the device they will serve from (``itemsage.index.devices``): on a
+GPU server it adds GPU IVF-Flat, IVF-PQ and CAGRA to the candidates and skips specs the GPU cannot
+run (HNSW, fast-scan PQ, Refine); on a CPU server it skips CAGRA. A candidate that ends up on
+another device than the serving one is measured but never chosen. Each skip is logged and kept in
+``SweepResult.skipped``.
 """
 
 from __future__ import annotations
@@ -18,7 +25,8 @@ from typing import Any, NamedTuple
 import faiss
 import numpy as np
 
-from itemsage.index.base import ItemIndex, as_vectors
+from itemsage.index.base import ItemIndex, as_vectors, parse_use_gpu
+from itemsage.index.devices import CPU, DeviceCaps, serving_device, sweep_candidates
 from itemsage.index.faiss_index import FaissIndex, build_index
 from itemsage.index.idmap import check_id_batch
 
@@ -26,6 +34,7 @@ log = logging.getLogger(__name__)
 
 EXACT_SPEC = "Flat"
 EF_SEARCH_GRID: tuple[int, ...] = (16, 32, 64, 128, 256, 512)
+ITOPK_GRID: tuple[int, ...] = (32, 64, 128, 256, 512)
 NPROBE_GRID: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 K_FACTOR_GRID: tuple[float, ...] = (4.0, 8.0, 16.0, 32.0, 64.0)
 # A knob step that gains less recall than this is on a plateau (0.002 = 1 neighbour in 500).
@@ -63,6 +72,8 @@ class SweepResult:
     n: int
     n_queries: int
     max_memory_bytes: int | None = None
+    device: str = CPU  # where the chosen index serves from
+    skipped: dict[str, str] = field(default_factory=dict)  # spec -> why it was not a candidate
     index: ItemIndex | None = field(default=None, repr=False, compare=False)
 
     def speedup(self, row: SweepRow, batch: int = 256) -> float:
@@ -79,6 +90,8 @@ class SweepResult:
             "n_queries": self.n_queries,
             "max_memory_bytes": self.max_memory_bytes,
             "rank_by": RANK_BY,
+            "device": self.device,
+            "skipped": dict(self.skipped),
             "rows": [asdict(r) for r in self.rows],
             "chosen": asdict(self.chosen),
             "exact": asdict(self.exact),
@@ -104,6 +117,7 @@ class SweepResult:
             f"recall@{self.k} >= {self.recall_target}{budget} -> {self.chosen.spec} "
             f"{self.chosen.params or ''}"
         )
+        lines += [f"\nnot a candidate on {self.device}: {spec} ({why})" for spec, why in self.skipped.items()]
         return "\n".join(lines)
 
     def __str__(self) -> str:
@@ -192,6 +206,8 @@ def knob_axes(index: ItemIndex, k: int) -> list[tuple[str, list[float]]]:
         axes.append(("nprobe", sorted({p for p in NPROBE_GRID if p < nlist} | {nlist})))
     if "efSearch" in params:
         axes.append(("efSearch", [ef for ef in EF_SEARCH_GRID if ef >= k] or [k]))
+    if "itopk_size" in params:
+        axes.append(("itopk_size", [t for t in ITOPK_GRID if t >= k] or [k]))
     if "k_factor" in params:
         start = params["k_factor"]
         axes.append(("k_factor", [start] + [f for f in K_FACTOR_GRID if f > start]))
@@ -246,6 +262,7 @@ def sweep(
     time_budget_s: float = 2.0,
     train_size: int | None = None,
     keep_index: bool = True,
+    caps: DeviceCaps | None = None,
 ) -> SweepResult:
     """Build every candidate, measure recall@k and QPS per knob setting, choose the fastest.
 
@@ -255,7 +272,8 @@ def sweep(
     given); exact "Flat" otherwise. Batch-256 QPS is timed over the query pass that also gives
     recall (bounded by 5x ``time_budget_s``, which only exhaustive search on a large catalog
     reaches); batch-1 QPS over ``time_budget_s``. With ``keep_index`` the chosen index is returned
-    built, its knobs set, in ``result.index``.
+    built, its knobs set, in ``result.index``. ``caps`` (default: detected) says what this process
+    can run; only specs that can serve from the serving device are built (module docstring).
     """
     ids = check_id_batch(ids)
     x = as_vectors(embeddings, None, "embeddings", ids)
@@ -269,7 +287,10 @@ def sweep(
     k = min(int(k), x.shape[0])
     truth_rows = exact_neighbours(x, q, k)
     truth = [[ids[r] for r in row if r >= 0] for row in truth_rows.tolist()]
-    specs = list(dict.fromkeys([EXACT_SPEC, *candidates]))  # exact first, no repeats
+    caps = caps or DeviceCaps.detect()
+    device = serving_device(parse_use_gpu(use_gpu), caps)
+    runnable, skipped = sweep_candidates(candidates, device, caps)
+    specs = list(dict.fromkeys([EXACT_SPEC, *runnable]))  # exact first, no repeats
 
     rows: list[SweepRow] = []
     best: tuple[SweepRow, ItemIndex | None] | None = None
@@ -308,7 +329,11 @@ def sweep(
             continue
         last = spec_rows[-1]  # the walk stops at the first setting that meets the target
         fits = max_memory_bytes is None or memory <= max_memory_bytes
-        if last.recall >= recall_target and fits and (best is None or last.qps_b256 > best[0].qps_b256):
+        on_device = (last.device == CPU) == (device == CPU)
+        if not on_device:  # e.g. an IVF-PQ layout FAISS could not clone to the GPU
+            skipped[index.spec] = f"built on {last.device}, but the index serves from {device}"
+            log.warning("%s is not chosen: %s", index.spec, skipped[index.spec])
+        if on_device and last.recall >= recall_target and fits and (best is None or last.qps_b256 > best[0].qps_b256):
             best = (last, kept)
         del index, kept  # only the exact and the best index stay alive
 
@@ -323,6 +348,8 @@ def sweep(
         n=x.shape[0],
         n_queries=q.shape[0],
         max_memory_bytes=max_memory_bytes,
+        device=device,
+        skipped=skipped,
     )
     if chosen_index is not None:
         chosen_index.set_search_params(**chosen_row.params)
