@@ -28,9 +28,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-
 from itemsage.cluster.ports import free_port
 from itemsage.config import PipelineConfig, load_config
+
 from tests.support.jobs import JobResult, submit
 from tests.support.mlflow_server import MlflowServer
 from tests.support.postgres import PostgresServer, find_bin_dir, install
@@ -360,7 +360,7 @@ class _Run:
         for what, step in steps:
             try:
                 step()
-            except Exception as e:  # noqa: BLE001 - the next steps must still run
+            except Exception as e:
                 self.say(f"teardown of {what} failed: {type(e).__name__}: {e}")
         # Whatever survived (a daemon that ignored its stop) carries one of our markers.
         leftovers = [p for part in ("ray", "mlflow", "postgres") for p in marked_pids(f"{self.id}-{part}")]

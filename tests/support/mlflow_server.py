@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from itemsage.cluster.ports import free_port
+
 from tests.support.procs import Service, wait_for
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from itemsage.cluster.ports import free_port
+
 from tests.support.procs import run, wait_for
 
 SERVER_TOOLS = ("initdb", "pg_ctl", "postgres")
