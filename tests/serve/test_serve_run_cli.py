@@ -9,13 +9,13 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 import yaml
 
@@ -111,5 +111,6 @@ def test_sigterm_drains_like_ctrl_c(trained_serving: Any, tmp_path: Path) -> Non
     assert "stopping Serve (its API replica drains for up to 30 s; Ctrl-C again to kill)" in lines, text[-3000:]
     assert "stopped" in lines and "stopped without draining" not in lines, text[-3000:]
     assert "Aborted" not in text and "SIGTERM received" not in text, text[-3000:]
-    with socket.socket() as s:  # the API port is free again: Serve (and its HAProxy) stopped
-        s.bind(("127.0.0.1", port))
+    # Serve (and its HAProxy) stopped: nothing listens on the API port any more.
+    listening = [c for c in psutil.net_connections(kind="tcp") if c.status == psutil.CONN_LISTEN and c.laddr.port == port]
+    assert not listening, listening
