@@ -123,6 +123,8 @@ def write_atomic(path: str | os.PathLike[str], data: bytes | str) -> None:
     raw = data.encode("utf-8") if isinstance(data, str) else data
     if is_uri(path):
         fs, inner = pafs.FileSystem.from_uri(str(path))
+        if "/" in inner:
+            fs.create_dir(inner.rsplit("/", 1)[0], recursive=True)
         with fs.open_output_stream(inner) as out:
             out.write(raw)
         return
