@@ -18,7 +18,7 @@ the app is started from (``base_dir``, default: the current directory).
 from __future__ import annotations
 
 import os
-import sys
+import signal
 import time
 import urllib.error
 import urllib.request
@@ -189,10 +189,36 @@ def shutdown_local() -> None:
     stop_leftover_haproxy(nodes)
 
 
+def serve_until_stopped() -> None:
+    """Block until Ctrl-C or SIGTERM, then :func:`shutdown_local`, draining; a second one stops
+    without waiting for the drain. Call it after :func:`run_local` (``make demo``'s serve stage,
+    ``python deployments/app.py``).
+
+    SIGTERM (``kill``, ``docker stop``, ``make`` passing on the SIGTERM it got) takes the Ctrl-C
+    path: ``ray.init`` leaves the driver with SIGTERM handlers of Ray's own (a Python one that
+    exits at once, and the C++ core worker's failure handler, which prints "*** SIGTERM received"
+    with a stack trace and aborts), and neither lets Serve drain.
+    """
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # raises KeyboardInterrupt, as SIGINT does
+    try:
+        while True:
+            signal.pause()
+    except KeyboardInterrupt:
+        pass
+    # Serve's fast mode keeps the API replica draining for 30 s before it stops, so that a load
+    # balancer in front can let go of it (RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S).
+    print("\nstopping Serve (its API replica drains for up to 30 s; Ctrl-C again to kill)", flush=True)
+    try:
+        shutdown_local()
+        print("stopped", flush=True)
+    except KeyboardInterrupt:  # Ray stops Serve's processes with this driver
+        print("stopped without draining", flush=True)
+
+
 if __name__ == "__main__":  # python deployments/app.py MODEL_URI INDEX_URI [--port N]
     import argparse
 
-    p = argparse.ArgumentParser(description="Serve ItemSage locally until Ctrl-C.")
+    p = argparse.ArgumentParser(description="Serve ItemSage locally until Ctrl-C or SIGTERM.")
     p.add_argument("model_uri")
     p.add_argument("index_uri")
     p.add_argument("--features", default=None)
@@ -204,9 +230,4 @@ if __name__ == "__main__":  # python deployments/app.py MODEL_URI INDEX_URI [--p
         version["features"] = a.features
     base = run_local(version, host=a.host, port=a.port)
     print(f"ItemSage is serving at {base}  (API docs: {base}/docs)", flush=True)
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        shutdown_local()
-        sys.exit(0)
+    serve_until_stopped()

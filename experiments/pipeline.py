@@ -8,14 +8,13 @@ Each stage is the same function its own entry point (preprocess.py, train.py, ev
 embed.py, build_index.py, deployments/app.py) calls; this script only chains them, so a failure
 names the stage and every earlier output stays usable. Training resumes when re-run with the same
 config (same storage_path/name). The serve stage keeps the HTTP API and web page running on
-127.0.0.1 until Ctrl-C.
+127.0.0.1 until Ctrl-C (or SIGTERM, which drains the same way).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
 import time
 from pathlib import Path
@@ -146,24 +145,12 @@ def main(argv: list[str] | None = None) -> int:
 
     if "serve" in stages:
         _banner("serve (Ray Serve)")
-        from deployments.app import run_local
+        from deployments.app import run_local, serve_until_stopped
 
         url = run_local({"model_uri": model_uri, "index_uri": index_dir, "features": cfg.train.features})
         print(f"\nItemSage is serving at {url}  (web page: {url}/ , API docs: {url}/docs)")
         print("Ctrl-C to stop.", flush=True)
-        try:
-            signal.pause()
-        except KeyboardInterrupt:
-            from deployments.app import shutdown_local
-
-            # Serve's fast mode keeps the API replica draining for 30 s before it stops, so that
-            # a load balancer in front can let go of it (RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S).
-            print("\nstopping Serve (its API replica drains for up to 30 s; Ctrl-C again to kill)", flush=True)
-            try:
-                shutdown_local()
-                print("stopped", flush=True)
-            except KeyboardInterrupt:  # Ray stops Serve's processes with this driver
-                print("stopped without draining", flush=True)
+        serve_until_stopped()  # SIGTERM drains like Ctrl-C
     return 0
 
 

@@ -48,7 +48,7 @@ def test_serve_config_yaml_binds_http_to_loopback() -> None:
 
 
 def test_ray_start_head_binds_the_dashboard_to_loopback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from itemsage.cluster import ray_nodes
+    from tests.support import ray_nodes
 
     commands: list[list[str]] = []
     monkeypatch.setattr(ray_nodes, "run", lambda args, env, log, timeout_s: commands.append(list(args)))

@@ -39,7 +39,7 @@ from typing import Any
 
 import faiss
 import numpy as np
-
+import psutil
 from itemsage.index import build_index
 from itemsage.index.base import faiss_gpu_available, torch_cuda_available
 from itemsage.index.sweep import (
@@ -68,12 +68,8 @@ EXACT_SPECS = ["Flat", "TorchExact"]
 
 
 def rss_bytes() -> int:
-    """Current resident set size (Linux /proc; 0 elsewhere)."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError):
-        return 0
+    """Current resident set size of this process."""
+    return int(psutil.Process().memory_info().rss)
 
 
 def load_parquet(path: str) -> tuple[np.ndarray, list[str]]:
@@ -198,7 +194,7 @@ def check_targets(rows: list[dict[str, Any]], n: int, args: argparse.Namespace) 
 
 
 def report_targets(t: dict[str, Any], n: int) -> str:
-    ok = lambda b: "PASS" if b else "FAIL"  # noqa: E731
+    ok = lambda b: "PASS" if b else "FAIL"
     head = (f"Targets at N={n:,}: recall@k >= {t['recall_target']}, QPS >= {t['speedup_target']:g}x exact "
             f"({t['clock']} clock), index memory <= {t['memory_target_gb']:g} GB")
     c = t["chosen"]

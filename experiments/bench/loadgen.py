@@ -17,6 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 REPO = Path(__file__).resolve().parents[2]
 # Used when the features directory has no queries.parquet: typical shopping queries.
 DEFAULT_QUERIES = [
@@ -86,24 +88,19 @@ async def closed_loop(
 def descendants(root: int | None) -> dict[int, str]:
     """pid -> command line of every process below ``root`` (our Ray cluster, the baseline);
     ``root=None``: every process of the machine."""
-    children: dict[int, list[int]] = {}
-    cmd: dict[int, str] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-            cmd[int(entry)] = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            children.setdefault(int(stat[1]), []).append(int(entry))
-        except OSError:
-            continue
     if root is None:
-        return cmd
-    out, todo = {}, list(children.get(root, []))
-    while todo:
-        pid = todo.pop()
-        out[pid] = cmd.get(pid, "")
-        todo.extend(children.get(pid, []))
+        procs = list(psutil.process_iter())
+    else:
+        try:
+            procs = psutil.Process(root).children(recursive=True)
+        except psutil.NoSuchProcess:
+            return {}
+    out = {}
+    for proc in procs:
+        try:
+            out[proc.pid] = " ".join(proc.cmdline())
+        except psutil.Error:
+            continue  # exited meanwhile, or not ours to read
     return out
 
 
@@ -124,15 +121,14 @@ def label(cmdline: str) -> str:
 def process_cpu() -> dict[str, float]:
     """CPU seconds (user + system) so far, per kind of process below this one, plus this one
     (the load generator)."""
-    tick = os.sysconf("SC_CLK_TCK")
     out: dict[str, float] = {}
     for pid, cmdline in descendants(os.getpid()).items():
         try:
-            f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
+            t = psutil.Process(pid).cpu_times()
+        except psutil.Error:
             continue
         kind = label(cmdline)
-        out[kind] = out.get(kind, 0.0) + (int(f[11]) + int(f[12])) / tick
+        out[kind] = out.get(kind, 0.0) + t.user + t.system
     t = os.times()
     out["load generator"] = t.user + t.system
     return out
@@ -152,12 +148,9 @@ def replica_pids(app: str, root: int | None) -> dict[int, str]:
 def rss_bytes(pid: int) -> int | None:
     """Resident set size of ``pid`` (None once it has exited)."""
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
+        return int(psutil.Process(pid).memory_info().rss)
+    except psutil.Error:
         return None
-    return None
 
 
 # ---------------------------------------------------------------------------------------- Serve

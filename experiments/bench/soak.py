@@ -201,7 +201,7 @@ async def _soak(url: str, traffic: Traffic, concurrency: int, duration_s: float,
     done = asyncio.Event()
 
     async def sampler() -> None:
-        # One sample at each window boundary; reading /proc takes milliseconds, so it can share
+        # One sample at each window boundary; reading process stats takes milliseconds, so it can share
         # the load generator's event loop without delaying answers noticeably.
         n = 0
         while True:

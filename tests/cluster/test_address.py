@@ -10,7 +10,7 @@ import pytest
 
 from itemsage.cluster import address
 from itemsage.cluster.address import RayAddressError, check_ray_address, host_port
-from itemsage.cluster.procs import free_port
+from itemsage.cluster.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 

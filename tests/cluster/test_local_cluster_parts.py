@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from itemsage.cluster.e2e import ClusterE2EReport, first_error_line, worker_nodes_from_log, worker_nodes_from_run_dir
-from itemsage.cluster.jobs import WORKING_DIR_EXCLUDES, git_ignored, runtime_env
-from itemsage.cluster.procs import MARKER_ENV, free_ports, marked_pids, terminate, wait_for
+from tests.support.e2e import ClusterE2EReport, first_error_line, worker_nodes_from_log, worker_nodes_from_run_dir
+from tests.support.jobs import WORKING_DIR_EXCLUDES, git_ignored, runtime_env
+from itemsage.cluster.ports import free_ports
+from tests.support.procs import MARKER_ENV, marked_pids, terminate, wait_for
 
 HEAD = "012581c551c91854e0a4481e331ee3176559dbb8b59a352159389fe4"
 WORKER = "eb46ea695bcbf8b2098915fb210b97c9aada43077639d83dd1584a2f"
@@ -121,8 +122,8 @@ def test_excerpt_names_what_the_issue_asks_to_quote() -> None:
 def test_cli_refuses_a_missing_config(capsys) -> None:
     repo = Path(__file__).resolve().parents[2]
     proc = subprocess.run(
-        [sys.executable, str(repo / "experiments" / "cluster_e2e.py"), "--config", "experiments/configs/nope.yaml"],
-        capture_output=True, text=True, timeout=120,
+        [sys.executable, "-m", "tests.support.cluster_e2e", "--config", "experiments/configs/nope.yaml"],
+        cwd=repo, capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 2
     assert proc.stderr.strip() == "error: config file not found: experiments/configs/nope.yaml"

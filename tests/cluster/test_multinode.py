@@ -3,7 +3,7 @@
 PostgreSQL, ``mlflow server`` on it, ``ray start`` head + worker with token authentication, then
 ``ray job submit`` preprocess / train (one worker per node) / embed / index, a job with a missing
 config, ``serve deploy`` and ``POST /search``; everything is stopped afterwards. See
-itemsage.cluster.e2e. Skipped only when PostgreSQL can neither be found nor installed here.
+tests.support.e2e. Skipped only when PostgreSQL can neither be found nor installed here.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from itemsage.cluster.e2e import ClusterE2EConfig, run_cluster_e2e
-from itemsage.cluster.postgres import PostgresUnavailable
+from tests.support.e2e import ClusterE2EConfig, run_cluster_e2e
+from tests.support.postgres import PostgresUnavailable
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster, pytest.mark.timeout(2400)]
 

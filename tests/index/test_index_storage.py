@@ -111,7 +111,7 @@ def test_failed_save_leaves_nothing_behind(where: str, catalog, tmp_path: Path, 
     elif where == "fsync":
         monkeypatch.setattr(base, "fsync_dir", boom)
     else:
-        monkeypatch.setattr(base, "swap_into_place", boom)
+        monkeypatch.setattr(base, "publish_dir", boom)
     with pytest.raises(OSError, match="simulated"):
         index.save(tmp_path / "idx")
     assert list(tmp_path.iterdir()) == []

@@ -18,6 +18,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from tiny import build_tiny_serving  # noqa: E402
 
+from itemsage.cluster.ports import free_port  # noqa: E402  (the test modules import it from here)
+
 
 @pytest.fixture(scope="session")
 def tiny_serving(sample_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
@@ -47,14 +49,6 @@ def trained_serving(sample_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
     from trained import build_trained_serving
 
     return build_trained_serving(sample_dir, tmp_path_factory.mktemp("trained_serving"))
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def start_serve_app(trained: object, version: str = "1", deployments: dict | None = None, num_cpus: int = 4) -> dict:

@@ -19,6 +19,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from conftest import free_port
@@ -128,22 +129,8 @@ def test_every_endpoint(served: Any) -> None:
 
 
 def listeners() -> set[tuple[str, int]]:
-    """(address, port) of every listening TCP socket on this machine (/proc/net/tcp and tcp6)."""
-    out = set()
-    for name in ("tcp", "tcp6"):
-        path = Path(f"/proc/net/{name}")
-        for line in path.read_text().splitlines()[1:] if path.exists() else []:
-            local, state = line.split()[1], line.split()[3]
-            if state != "0A":  # LISTEN
-                continue
-            addr, port = local.split(":")
-            raw = bytes.fromhex(addr)
-            if len(raw) == 4:
-                ip = ".".join(str(b) for b in raw[::-1])
-            else:  # four little-endian 32-bit words; only the loopback and any-address forms matter here
-                ip = "::1" if raw == bytes(12) + bytes([1, 0, 0, 0]) else ("::" if not any(raw) else raw.hex())
-            out.add((ip, int(port, 16)))
-    return out
+    """(address, port) of every listening TCP socket on this machine (IPv4 and IPv6)."""
+    return {(c.laddr.ip, c.laddr.port) for c in psutil.net_connections(kind="tcp") if c.status == psutil.CONN_LISTEN}
 
 
 def test_haproxy_serves_the_api_on_loopback_only(served: Any) -> None:

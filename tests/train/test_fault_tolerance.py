@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
@@ -73,22 +74,21 @@ def _session_processes(sid: int) -> list[int]:
     """Live (non-zombie) processes of session ``sid``: a driver started with start_new_session and
     the local Ray cluster it started (GCS, raylet, workers), whatever process group they are in."""
     pids = []
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
+    for proc in psutil.process_iter(["status"]):
+        if proc.info["status"] in (None, psutil.STATUS_ZOMBIE):
+            continue  # exited meanwhile, or a zombie
         try:
-            fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
+            if os.getsid(proc.pid) == sid:
+                pids.append(proc.pid)
+        except OSError:
             continue  # exited meanwhile
-        if fields[0] != "Z" and int(fields[3]) == sid:
-            pids.append(int(d.name))
     return pids
 
 
 def _name(pid: int) -> str:
     try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace").rsplit("/", 1)[-1]
-    except OSError:
+        return psutil.Process(pid).name()
+    except psutil.Error:
         return "?"
 
 

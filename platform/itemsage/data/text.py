@@ -13,9 +13,7 @@ built on one Ray worker encodes identically on every other one.
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -26,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from itemsage.config import TextConfig, to_dict
+from itemsage.files import is_uri, write_atomic
 
 # A word is a run of letters/digits; internal apostrophes, hyphens and periods stay inside it so
 # "t-shirt", "men's" and "7.5" survive as single words while trailing punctuation ("blue,") is
@@ -100,39 +99,8 @@ def _check_config(cfg: TextConfig) -> None:
         raise ValueError("text.max_tokens_per_field and text.max_chars_per_field must be >= 0")
 
 
-def _is_uri(path: str | Path) -> bool:
-    return "://" in str(path)
-
-
-def _write_text_atomic(path: str | Path, text: str) -> None:
-    """Write ``text`` so readers never see a half-written file.
-
-    Local paths: temp file in the same directory + ``os.replace`` (atomic on POSIX). URIs go through
-    pyarrow filesystems, whose object stores publish an object only when the stream is closed.
-    """
-    if _is_uri(path):
-        from pyarrow import fs as pafs
-
-        filesystem, inner = pafs.FileSystem.from_uri(str(path))
-        with filesystem.open_output_stream(inner) as out:
-            out.write(text.encode("utf-8"))
-        return
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _read_text(path: str | Path) -> str:
-    if _is_uri(path):
+    if is_uri(path):
         from pyarrow import fs as pafs
 
         filesystem, inner = pafs.FileSystem.from_uri(str(path))
@@ -270,7 +238,7 @@ class Vocab:
 
     def save(self, path: str | Path) -> None:
         """Write the vocab (and the TextConfig that built it) as JSON, atomically."""
-        _write_text_atomic(path, json.dumps(self.to_dict(), ensure_ascii=False))
+        write_atomic(path, json.dumps(self.to_dict(), ensure_ascii=False))
 
     @classmethod
     def load(cls, path: str | Path) -> Vocab:

@@ -31,23 +31,22 @@ import posixpath
 import shutil
 import tempfile
 import time
-import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import torch
 
 from itemsage.config import TEXT_FIELDS
-from itemsage.data.features_io import StagedDir, resolve
+from itemsage.data.features_io import resolve
 from itemsage.data.features_read import QueryFeatures, read_manifest, read_pairs
 from itemsage.eval.recall import RecallTable
 from itemsage.eval.report import recall_markdown, recall_rows
 from itemsage.eval.validation import baseline_recall, build_val_set, model_recall
+from itemsage.files import staging_dir
 from itemsage.index.embed import (
     TrainedModel,
     check_features_compatible,
@@ -157,18 +156,9 @@ def featurize_for_model(
     """
     from itemsage.data.pipeline import run_preprocess
 
-    staging_uri = output.rstrip("/") + f".tmp-eval-{uuid.uuid4().hex[:8]}"
-    fs, final = resolve(output)
-    _, staging = resolve(staging_uri)
-    pcfg = model_preprocess_config(tm, catalog, layout, engagements=engagements or "", output=staging_uri)
-    try:
-        run_preprocess(pcfg)
-        retokenize_features(staging_uri, tm)
-        StagedDir(fs, final, staging).commit()
-    except BaseException:
-        if fs.get_file_info(staging).type != pafs.FileType.NotFound:
-            fs.delete_dir(staging)
-        raise
+    with staging_dir(output) as stage:
+        run_preprocess(model_preprocess_config(tm, catalog, layout, engagements=engagements or "", output=stage.uri))
+        retokenize_features(stage.uri, tm)
     return output
 
 

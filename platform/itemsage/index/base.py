@@ -10,15 +10,15 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
-import shutil
 import sys
-import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from itemsage.files import StagingDir, fsync_dir, fsync_file, publish_dir
 
 try:
     import faiss
@@ -35,9 +35,6 @@ from itemsage.index.storage import (
     METADATA_FILE,
     check_replaceable,
     file_digest,
-    fsync_dir,
-    fsync_file,
-    swap_into_place,
     write_error,
 )
 
@@ -282,10 +279,10 @@ class ItemIndex(ABC):
         """
         target = Path(directory).absolute()
         check_replaceable(target)
-        tmp: Path | None = None
+        stage: StagingDir | None = None
         try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+            stage = StagingDir.beside(target)
+            tmp = Path(stage.staging)
             files = self._write_payload(tmp)
             (tmp / IDS_FILE).write_text(json.dumps(self.idmap.to_dict()))
             files.append(IDS_FILE)
@@ -295,10 +292,10 @@ class ItemIndex(ABC):
             for name in [*files, METADATA_FILE]:
                 fsync_file(tmp / name)
             fsync_dir(tmp)
-            swap_into_place(tmp, target)
+            publish_dir(tmp, target)
         except BaseException as e:
-            if tmp is not None:
-                shutil.rmtree(tmp, ignore_errors=True)
+            if stage is not None:
+                stage.discard()
             if isinstance(e, OSError):
                 raise write_error(target, e) from e
             raise

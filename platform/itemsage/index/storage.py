@@ -3,9 +3,9 @@
 A saved index is a directory: the vector payload (``index.faiss`` or ``vectors.npy``),
 ``ids.json`` (the id map) and ``metadata.json`` (spec, dim, ntotal, search params, model
 name/version, timestamps, sweep result, and the size + SHA-256 of every file). It is written to
-a temp directory beside the target, fsynced, and renamed into place; a failed write (full disk,
-unwritable directory) raises ``IndexWriteError`` naming the target and leaves an index already
-there untouched.
+a staging directory beside the target, fsynced, and renamed into place (``itemsage.files``); a failed
+write (full disk, unwritable directory) raises ``IndexWriteError`` naming the target and leaves an
+index already there untouched.
 """
 
 from __future__ import annotations
@@ -13,8 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -47,21 +45,6 @@ def file_digest(path: Path) -> dict[str, Any]:
     return {"bytes": path.stat().st_size, "sha256": h.hexdigest()}
 
 
-def fsync_file(path: Path) -> None:
-    """Flush a written file to disk, so a crash after the rename cannot leave it empty."""
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
-
-
-def fsync_dir(path: Path) -> None:
-    """Flush a directory's entries (new names, renames) to disk."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def check_replaceable(target: Path) -> None:
     """Refuse to save over anything but nothing, an empty directory, or a saved index."""
     if not target.exists():
@@ -73,27 +56,6 @@ def check_replaceable(target: Path) -> None:
             f"refusing to replace {target}: it is a non-empty directory without {METADATA_FILE}, "
             "so it is not an index saved by ItemIndex.save"
         )
-
-
-def swap_into_place(tmp: Path, target: Path) -> None:
-    """Rename ``tmp`` to ``target``; an existing ``target`` is moved aside first, then deleted.
-
-    POSIX cannot atomically exchange two directories, so a reader may briefly see no index
-    between the two renames, but never a half-written one.
-    """
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
-        os.rename(target, old)
-    try:
-        os.rename(tmp, target)
-    except BaseException:
-        if old is not None:
-            os.rename(old, target)
-        raise
-    fsync_dir(target.parent)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def read_metadata(directory: str | os.PathLike[str]) -> dict[str, Any]:

@@ -39,10 +39,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 from collections.abc import Iterable, MutableMapping
 
-from itemsage.cluster.procs import free_ports, proc_fields
+import psutil
+
+from itemsage.cluster.ports import free_ports
 
 FAST_SERVE_ENV = {
     "RAY_SERVE_ENABLE_HA_PROXY": "1",
@@ -70,15 +71,19 @@ def use_fast_serving(environ: MutableMapping[str, str] | None = None) -> dict[st
 
 def haproxy_pids(node_ids: Iterable[str]) -> list[int]:
     """Running HAProxy processes that Serve started for any of ``node_ids`` on this machine."""
-    markers = [f"/{node_id}/".encode() for node_id in node_ids if node_id]
-    return [pid for pid, argv in proc_fields("cmdline")
-            if argv[0].endswith(b"/haproxy") and any(m in arg for arg in argv[1:] for m in markers)]
+    markers = [f"/{node_id}/" for node_id in node_ids if node_id]
+    pids = []
+    for proc in psutil.process_iter(["cmdline"]):
+        argv = proc.info["cmdline"] or []  # [] or None: a kernel thread, or not ours to read
+        if argv and argv[0].endswith("/haproxy") and any(m in arg for arg in argv[1:] for m in markers):
+            pids.append(proc.pid)
+    return pids
 
 
 def stop_leftover_haproxy(node_ids: Iterable[str]) -> int:
     """SIGKILL what :func:`haproxy_pids` finds (call it once Serve is shut down); returns how many."""
     pids = haproxy_pids(node_ids)
     for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(psutil.NoSuchProcess):
+            psutil.Process(pid).kill()
     return len(pids)

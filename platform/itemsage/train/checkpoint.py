@@ -7,8 +7,8 @@ run id and metrics, readable without torch). It also carries the inference bundl
 (``config.yaml``, ``vocab.json``, ``manifest.json``), so any checkpoint directory is itself loadable by
 :func:`itemsage.train.artifacts.load_trained_model`.
 
-Writes are atomic per file: each goes to a temp file in the same directory, is fsynced, and is
-renamed over the old one only once both files are complete. A full disk or an unwritable
+Writes are atomic per file (``itemsage.files.staged_files``): each goes to a temp file in the same
+directory, is fsynced, and is renamed over the old one only once both files are complete. A full disk or an unwritable
 directory therefore raises :class:`CheckpointWriteError` naming the directory, and leaves a
 previous checkpoint there intact and loadable.
 """
@@ -16,14 +16,13 @@ previous checkpoint there intact and loadable.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 import torch
+
+from itemsage.files import staged_files
 
 STATE_FILE = "state.pt"
 META_FILE = "meta.json"
@@ -72,37 +71,15 @@ def save_checkpoint(directory: str | Path, state: TrainState) -> None:
     }
     meta = {"step": int(state.step), "mlflow_run_id": state.mlflow_run_id, "metrics": state.metrics}
     meta_bytes = (json.dumps(meta, indent=2) + "\n").encode()
-    staged: list[tuple[Path, Path]] = []
     try:
-        d.mkdir(parents=True, exist_ok=True)
-        staged.append((_write_temp(d, STATE_FILE, lambda f: _torch_save(payload, f)), d / STATE_FILE))
-        staged.append((_write_temp(d, META_FILE, lambda f: f.write(meta_bytes)), d / META_FILE))
         # Both files are complete and on disk before either replaces its old version.
-        for tmp, final in staged:
-            os.replace(tmp, final)
-        _fsync_dir(d)
-    except BaseException as e:
-        for tmp, _ in staged:
-            tmp.unlink(missing_ok=True)
-        if not isinstance(e, OSError):
-            raise
+        with staged_files(d) as stage:
+            stage.write(STATE_FILE, lambda f: _torch_save(payload, f))
+            stage.write(META_FILE, lambda f: f.write(meta_bytes))
+    except OSError as e:
         message = f"cannot write checkpoint {d}: {e.strerror or e}"
         raise (CheckpointWriteError(e.errno, message) if e.errno is not None
                else CheckpointWriteError(message)) from e
-
-
-def _write_temp(directory: Path, name: str, write: Callable[[IO[bytes]], object]) -> Path:
-    """``write`` into a new temp file beside ``directory/name``, fsynced; removed on failure."""
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return Path(tmp)
 
 
 class _RecordingWriter:
@@ -135,15 +112,6 @@ def _torch_save(payload: dict[str, Any], f: IO[bytes]) -> None:
         if writer.error is not None:
             raise writer.error from e
         raise
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make the renames durable: a crash right after must not bring the old files back."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def load_checkpoint(directory: str | Path, map_location: str | torch.device = "cpu") -> TrainState:

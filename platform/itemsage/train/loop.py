@@ -31,6 +31,7 @@ from itemsage.config import PipelineConfig, TrainConfig, from_dict
 from itemsage.data.features_io import resolve
 from itemsage.data.features_read import QueryFeatures, read_pairs
 from itemsage.eval.validation import baseline_recall, build_val_set, model_recall, recall_metrics
+from itemsage.files import write_atomic
 from itemsage.model import ItemFeatureStore, ItemSageModel, MultiTaskBatcher, build_model
 from itemsage.train.artifacts import BundleFiles
 from itemsage.train.checkpoint import TrainState, load_checkpoint, save_checkpoint
@@ -88,11 +89,9 @@ def side_path(run_dir: str, name: str) -> str:
 
 
 def write_side_file(run_dir: str, name: str, obj: Mapping[str, Any]) -> None:
-    """Write ``<run_dir>/itemsage/<name>`` (JSON) on a local path or a storage URI."""
-    fs, path = resolve(side_path(run_dir, name))
-    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-    with fs.open_output_stream(path) as f:
-        f.write((json.dumps(obj, indent=2) + "\n").encode())
+    """Write ``<run_dir>/itemsage/<name>`` (JSON) on a local path or a storage URI, atomically: a
+    resumed run reads it back."""
+    write_atomic(side_path(run_dir, name), json.dumps(obj, indent=2) + "\n")
 
 
 def read_side_file(run_dir: str, name: str) -> dict[str, Any] | None:

@@ -1,6 +1,6 @@
 """The pipeline on a 2-node Ray cluster on this machine, through the Jobs API, end to end.
 
-    python experiments/cluster_e2e.py [--config experiments/configs/cluster.yaml] [--keep] [--report out.json]
+    python -m tests.support.cluster_e2e [--config experiments/configs/cluster.yaml] [--keep] [--report out.json]
 
 Starts PostgreSQL (initdb in a temp dir, a free port; as root it runs as the `postgres` user and
 `apt-get install postgresql` provides it when missing), `mlflow server` on it with a local artifact
@@ -16,24 +16,26 @@ free-picked, nothing shared with other Ray instances). Then, as a user would:
 and a job with a missing config file, which must fail with one line. Everything started is stopped
 again, also on failure or Ctrl-C. Prints a quotable excerpt (node ids, job statuses, HTTP answer).
 Exit status: 0 on success, 1 when a stage failed, 3 when PostgreSQL cannot be had here.
-`make test-cluster` runs the same through tests/cluster/test_multinode.py.
+`make test-cluster` runs the same through tests/cluster/test_multinode.py. Run it from the repo root.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 from pathlib import Path
 
-try:
-    import itemsage  # noqa: F401
-except ImportError:  # a plain checkout without `pip install -e .`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))
+REPO = Path(__file__).resolve().parents[2]
+# Also runnable as `python tests/support/cluster_e2e.py`: the repo root (for `tests.support`) and,
+# in a plain checkout without `pip install -e .`, platform/ go on the path.
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+if importlib.util.find_spec("itemsage") is None:
+    sys.path.insert(0, str(REPO / "platform"))
 
-from itemsage.cluster.e2e import ClusterE2EConfig, StageFailed, run_cluster_e2e  # noqa: E402
-from itemsage.cluster.postgres import PostgresUnavailable  # noqa: E402
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.support.e2e import ClusterE2EConfig, StageFailed, run_cluster_e2e  # noqa: E402
+from tests.support.postgres import PostgresUnavailable  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

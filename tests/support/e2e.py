@@ -6,7 +6,7 @@ and one worker node (``ray start``, token authentication on); then, through the 
 (``train.placement_strategy: STRICT_SPREAD``) logging to the PostgreSQL-backed MLflow, embeds the
 catalog and builds the index; deploys the Serve application with ``serve deploy`` serving the
 registered version from that MLflow, and sends one ``POST /search``. Everything it started is
-stopped again, on success or failure. ``experiments/cluster_e2e.py`` is the command line;
+stopped again, on success or failure. ``python -m tests.support.cluster_e2e`` is the command line;
 ``tests/cluster/test_multinode.py`` asserts on the returned :class:`ClusterE2EReport`.
 """
 
@@ -28,13 +28,14 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-
-from itemsage.cluster.jobs import JobResult, submit
-from itemsage.cluster.mlflow_server import MlflowServer
-from itemsage.cluster.postgres import PostgresServer, find_bin_dir, install
-from itemsage.cluster.procs import MARKER_ENV, free_port, marked_pids, run, terminate, wait_for
-from itemsage.cluster.ray_nodes import LocalRayCluster, NodeSpec, run_env
+from itemsage.cluster.ports import free_port
 from itemsage.config import PipelineConfig, load_config
+
+from tests.support.jobs import JobResult, submit
+from tests.support.mlflow_server import MlflowServer
+from tests.support.postgres import PostgresServer, find_bin_dir, install
+from tests.support.procs import MARKER_ENV, marked_pids, run, terminate, wait_for
+from tests.support.ray_nodes import LocalRayCluster, NodeSpec, run_env
 
 REGISTERED_MODEL = "itemsage"
 # What the training workers print (itemsage.train.loop); the job log carries it to the driver.
@@ -294,8 +295,8 @@ class _Run:
 
     def serve_config(self) -> Path:
         """``deployments/serve_config.yaml`` made cluster-ready by the same function that generates
-        the RayService's ``serveConfigV2`` (itemsage.k8s_manifests), with this run's values."""
-        from itemsage.k8s_manifests import cluster_serve_config
+        the RayService's ``serveConfigV2`` (tests/support/k8s.py), with this run's values."""
+        from tests.support.k8s import cluster_serve_config
 
         assert self.mlflow is not None
         self.serve_port = free_port()
@@ -359,7 +360,7 @@ class _Run:
         for what, step in steps:
             try:
                 step()
-            except Exception as e:  # noqa: BLE001 - the next steps must still run
+            except Exception as e:
                 self.say(f"teardown of {what} failed: {type(e).__name__}: {e}")
         # Whatever survived (a daemon that ignored its stop) carries one of our markers.
         leftovers = [p for part in ("ray", "mlflow", "postgres") for p in marked_pids(f"{self.id}-{part}")]
@@ -377,7 +378,7 @@ def run_cluster_e2e(cfg: ClusterE2EConfig | None = None, repo: Path | None = Non
     :class:`StageFailed` / ``TimeoutError`` when a stage fails (after tearing everything down).
     """
     cfg = cfg or ClusterE2EConfig()
-    repo = (repo or Path(__file__).resolve().parents[3]).resolve()
+    repo = (repo or Path(__file__).resolve().parents[2]).resolve()
     t0 = time.monotonic()
     r = _Run(cfg, repo, say)
     ok = False

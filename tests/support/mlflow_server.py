@@ -13,7 +13,9 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from itemsage.cluster.procs import Service, free_port, wait_for
+from itemsage.cluster.ports import free_port
+
+from tests.support.procs import Service, wait_for
 
 
 @dataclass

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from itemsage.cluster.ray_nodes import LocalRayCluster
+from tests.support.ray_nodes import LocalRayCluster
 
 # Never uploaded with --working-dir: environments, wheel caches, run outputs and local tracking
 # stores, which are large or machine-specific. Ray honours .gitignore files too, but this list

@@ -1,4 +1,5 @@
-"""Processes of a throwaway local cluster: free ports, polling with deadlines, targeted stops.
+"""Processes of a throwaway local cluster: polling with deadlines, targeted stops (free ports come
+from ``itemsage.cluster.ports``).
 
 Everything here stops only what it started. A background service runs in its own session, and every
 process of it (daemons that re-parent themselves included) carries a marker environment variable,
@@ -11,36 +12,19 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, TypeVar
+
+import psutil
 
 T = TypeVar("T")
 
 # Every process started through this module (and all its descendants) carries this variable.
 MARKER_ENV = "ITEMSAGE_LOCAL_CLUSTER"
-
-
-def free_ports(n: int) -> list[int]:
-    """``n`` distinct ports free on 127.0.0.1 right now (all sockets held open while choosing)."""
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [int(s.getsockname()[1]) for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-def free_port() -> int:
-    return free_ports(1)[0]
 
 
 def wait_for(check: Callable[[], T | None], timeout_s: float, what: str, interval_s: float = 0.5) -> T:
@@ -83,37 +67,22 @@ def run(
     return proc
 
 
-def proc_fields(name: str) -> Iterator[tuple[int, list[bytes]]]:
-    """``(pid, fields)`` of every other live process: ``/proc/<pid>/<name>`` (``environ``,
-    ``cmdline``) split at its NUL separators; processes gone or not ours to read are skipped."""
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            data = (entry / name).read_bytes()
-        except OSError:
-            continue
-        yield int(entry.name), data.split(b"\0")
-
-
 def marked_pids(marker: str) -> list[int]:
-    """Pids of live processes whose environment has ``MARKER_ENV=marker`` (Linux /proc)."""
-    needle = f"{MARKER_ENV}={marker}".encode()
-    return [pid for pid, env in proc_fields("environ") if needle in env]
+    """Pids of live processes whose environment has ``MARKER_ENV=marker``; processes that are gone
+    or not ours to read are skipped."""
+    return [proc.pid for proc in psutil.process_iter(["environ"])
+            # environ None: not ours to read
+            if proc.pid != os.getpid() and (proc.info["environ"] or {}).get(MARKER_ENV) == marker]
 
 
-def _alive(pid: int) -> bool:
+def _alive(proc: psutil.Process) -> bool:
+    # A zombie is dead for our purposes (it only waits for its parent to reap it).
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return False
-    except PermissionError:
+    except psutil.AccessDenied:
         return True
-    # A zombie still answers kill(0); it is dead for our purposes.
-    with contextlib.suppress(OSError):
-        if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
-            return False
-    return True
 
 
 def terminate(pids: Iterable[int], grace_s: float = 15.0) -> list[int]:
@@ -121,18 +90,20 @@ def terminate(pids: Iterable[int], grace_s: float = 15.0) -> list[int]:
 
     Returns the pids that needed SIGKILL.
     """
-    pids = list(pids)
+    procs = []
     for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc = psutil.Process(pid)  # remembers the start time: a reused pid is not signalled
+            proc.terminate()
+            procs.append(proc)
     deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline and any(_alive(p) for p in pids):
+    while time.monotonic() < deadline and any(_alive(p) for p in procs):
         time.sleep(0.2)
-    killed = [p for p in pids if _alive(p)]
-    for pid in killed:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    return killed
+    killed = [p for p in procs if _alive(p)]
+    for proc in killed:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.kill()
+    return [p.pid for p in killed]
 
 
 @dataclass
