@@ -139,7 +139,7 @@ def build_and_log_index(
     saved = index.save(out)
     logged = None
     if log and ref.registered:
-        from itemsage.train.tracking import resolve_tracking_uri
+        from itemsage.trained import resolve_tracking_uri
 
         logged = log_index(saved, ref.name, ref.version, tracking_uri=resolve_tracking_uri(tracking_uri))
     return IndexBuildResult(

@@ -18,7 +18,7 @@ import torch
 
 from itemsage.config import PipelineConfig
 from itemsage.model import ItemFeatureStore, ItemSageModel
-from itemsage.train.artifacts import BundleFiles
+from itemsage.trained.bundle import BundleFiles
 from itemsage.train.data import QueryFeatures, heldout_items, read_manifest, read_pairs, task_counts
 from itemsage.train.loop import (
     Stepper,
