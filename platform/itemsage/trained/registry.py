@@ -93,7 +93,7 @@ def _resolve_ref(uri: str, version_override: str | None) -> ModelRef:
     elif version == "latest":
         versions = client.search_model_versions(f"name='{name}'")
         if not versions:
-            raise ModelNotFoundError(f"no versions of registered model {name!r}")
+            raise ModelNotFoundError(f"model {uri!r} not found: no versions of registered model {name!r}")
         resolved = str(max(int(v.version) for v in versions))
     else:  # models:/name/<stage-or-alias>
         resolved = str(client.get_model_version_by_alias(name, version).version)
