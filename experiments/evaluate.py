@@ -13,7 +13,8 @@ Neither: the features directory the model was trained on. On the model's own tra
 a split that holds out both items trained on and new ones (a time split) also gets
 <surface>/seen and <surface>/unseen rows: new items cannot have the popularity a model learns.
 
-Prints the markdown table and, with --out, writes the JSON. Exit status 2 with a one-line
+Prints the markdown table and, with --out, writes the JSON; --queries-out writes the search
+queries it evaluated and their embeddings (.npz), to compare with the API or Serve. Exit status 2 with a one-line
 `error: ...` when the model, catalog or features cannot be used.
 """
 
@@ -41,6 +42,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--split", default="test", choices=["test", "val"], help="held-out split to evaluate")
     p.add_argument("--out", default=None, help="write the result as JSON here")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--queries-out", default=None,
+                   help="write the evaluated search queries and their embeddings here (.npz: texts, embeddings)")
     p.add_argument("--num-cpus", type=float, default=None, help="CPUs of a locally started Ray (featurizing --catalog)")
     return p.parse_args(argv)
 
@@ -68,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
             split=args.split,
             device=args.device,
             out=args.out,
+            queries_out=args.queries_out,
         )
     except (FileNotFoundError, ValueError, LookupError) as e:
         print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)

@@ -107,8 +107,9 @@ def random_bundle(features: Path, out: Path) -> Path:
 
     from itemsage.config import PipelineConfig, load_config
     from itemsage.model import build_model
-    from itemsage.train.artifacts import WEIGHTS_FILE, BundleFiles
     from itemsage.data.features_read import read_manifest
+    from itemsage.trained.bundle import BundleFiles
+    from itemsage.trained.registry import WEIGHTS_FILE
 
     cfg = load_config(PipelineConfig, None, [f"train.features={features}"])
     manifest = read_manifest(str(features))
@@ -170,7 +171,9 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import ray
 
-    from itemsage.index.embed import CPU_BATCH_SIZE, GPU_BATCH_SIZE, embed_features, load_model, read_embeddings
+    from itemsage.index.embed import CPU_BATCH_SIZE, GPU_BATCH_SIZE, embed_features
+    from itemsage.index.embeddings import read_embeddings
+    from itemsage.trained import load_trained
 
     features = None if args.synthetic else args.features or default_features()
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
@@ -188,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
             features = synthetic_features(scratch / "features", args.synthetic)
             print(f"wrote {args.synthetic:,} synthetic items in {time.perf_counter() - t0:.1f}s", flush=True)
         model_ref = args.model or str(random_bundle(features, scratch / "model"))
-        tm = load_model(model_ref)
+        tm = load_trained(model_ref)
         print(f"features {features}; model {model_ref} (version {tm.version}); device {device}; "
               f"batch {batch}; plain: {threads} torch threads; Ray: {actors} actors x {actor_threads} threads", flush=True)
 

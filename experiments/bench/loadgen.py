@@ -205,10 +205,10 @@ def load_queries(url: str) -> list[str]:
         import pyarrow.parquet as pq
 
         from itemsage.serve.bundle import features_dir
-        from itemsage.train.artifacts import resolve_model_dir
+        from itemsage.trained import load_manifest
 
         v = get_json(f"{url}/version")
-        manifest = json.loads((resolve_model_dir(v["model"]["uri"]) / "manifest.json").read_text())
+        manifest = load_manifest(v["model"]["uri"])
         texts = pq.read_table(Path(features_dir(manifest, None, os.getcwd())) / "queries.parquet", columns=["text"]).column("text").to_pylist()
         texts = [t for t in texts if t and t.strip()]
         if texts:

@@ -24,18 +24,12 @@ import numpy as np
 import torch
 
 from itemsage.data.images import ImageBackbone, ImageDecodeError, get_backbone, load_image
-from itemsage.index.embed import (
-    CPU_BATCH_SIZE,
-    CatalogFeatures,
-    TrainedModel,
-    check_features_compatible,
-    featurize_catalog,
-    is_features_dir,
-    load_model,
-    pick_device,
-)
+from itemsage.index.compat import check_features_compatible, is_features_dir
+from itemsage.index.embed import CPU_BATCH_SIZE
+from itemsage.index.featurize import CatalogFeatures, featurize_catalog
 from itemsage.model import ItemFeatureStore
-from itemsage.train.artifacts import ModelNotFoundError
+from itemsage.trained import ModelNotFoundError
+from itemsage.trained.loaded import TrainedModel, load_trained, pick_device
 
 __all__ = ["CatalogFeatures", "ItemSage", "ModelNotFoundError"]
 
@@ -50,7 +44,6 @@ class ItemSage:
     def __init__(self, trained: TrainedModel, device: str = "cpu") -> None:
         self.trained = trained
         self.device = device
-        self._text_encoder: Any = None
         self._backbone: ImageBackbone | None = None
 
     @classmethod
@@ -63,7 +56,7 @@ class ItemSage:
         not exist. ``device``: "auto" (CUDA when available), "cpu" or "cuda".
         """
         dev = pick_device(device)
-        return cls(load_model(uri_or_dir, device=dev), dev)
+        return cls(load_trained(uri_or_dir, device=dev), dev)
 
     # ------------------------------------------------------------------ what this model is
 
@@ -122,33 +115,16 @@ class ItemSage:
         store = features.store(self.trained.max_images, self.trained.text_fields)
         return features.item_ids, self._embed_store(store, batch_size)
 
-    @torch.inference_mode()
     def _embed_store(self, store: ItemFeatureStore, batch_size: int) -> np.ndarray:
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        out = np.zeros((store.num_items, self.dim), dtype=np.float32)
-        for start in range(0, store.num_items, batch_size):
-            idx = torch.arange(start, min(start + batch_size, store.num_items))
-            batch = store.gather(idx).to(self.device)
-            out[start : start + len(idx)] = self.trained.model.embed_items(batch).float().cpu().numpy()
-        return out
+        return self.trained.embed_items(store, batch_size)
 
     # ---------------------------------------------------------------------------- queries
 
-    @torch.inference_mode()
     def embed_text_queries(self, texts: Sequence[str]) -> np.ndarray:
-        """Search queries: frozen MiniLM sentence embedding, then this model's search tower."""
-        texts = [str(t) for t in texts]
-        if not texts:
-            return np.zeros((0, self.dim), np.float32)
-        if any(not t.strip() for t in texts):
-            raise ValueError("empty search query: every text must contain something to search for")
-        if self._text_encoder is None:
-            from itemsage.data.text_encoder import TextEncoder
-
-            self._text_encoder = TextEncoder().to(self.device)
-        feats = torch.from_numpy(self._text_encoder.encode(texts))
-        return self._project("search", feats)
+        """Search queries: MiniLM sentence embedding (the model's fine-tuned MiniLM when it was
+        trained with ``finetune_text_layers > 0``, else the frozen one), then the search tower.
+        A blank text raises ``ValueError``."""
+        return self.trained.embed_search_queries(texts)
 
     @torch.inference_mode()
     def embed_image_queries(self, images: Sequence[str | Path | bytes]) -> np.ndarray:
@@ -171,7 +147,7 @@ class ItemSage:
     def _image_backbone(self) -> ImageBackbone:
         if self._backbone is None:
             name = self.trained.image_backbone
-            weights = self.trained.config.preprocess.image.weights_path
+            weights = self.trained.image_weights_path
             try:
                 self._backbone = get_backbone(name, weights, self.device)
             except ValueError as e:
@@ -219,4 +195,4 @@ class ItemSage:
         return feats.store(self.trained.max_images), feats.item_ids
 
     def _project(self, surface: str, feats: torch.Tensor) -> np.ndarray:
-        return self.trained.model.embed_queries(surface, feats.to(self.device)).float().cpu().numpy()
+        return self.trained.embed_query_features(surface, feats)

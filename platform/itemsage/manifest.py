@@ -1,7 +1,8 @@
 """Typed reads of a model manifest (``manifest.json`` of a bundle or checkpoint).
 
-Shared by every loaded-model view (batch embedding's ``TrainedModel``, serving's
-``ModelBundle``), so the defaults for manifests written before a field existed live in one place.
+Shared by the loaded model (``itemsage.trained.TrainedModel``) and the views built on it
+(serving's ``ModelBundle``), so the defaults for manifests written before a field existed live in
+one place.
 """
 
 from __future__ import annotations

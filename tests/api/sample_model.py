@@ -4,7 +4,7 @@ The first 160 sample items (real titles, attributes and images) become a generic
 catalog; the next 60 are an *unseen* catalog the model never sees. Features are made with the
 preprocessing pipeline's own functions (catalog reader, synthetic engagements, item-disjoint split,
 vocab, users, pairs, ``write_features``) with the image and text UDFs run in this process instead
-of Ray actors (``itemsage.index.embed.local_image_features``), so the features directory has
+of Ray actors (``itemsage.index.featurize.local_image_features``), so the features directory has
 exactly the documented format. The model (256-d output, small hidden sizes) trains for a few
 hundred steps with the plain loop of ``itemsage.train.plain``. Building it takes well under a
 minute on a laptop core; it is built once per test session and shared by tests/api, tests/eval
@@ -80,7 +80,7 @@ def preprocess_in_process(cfg) -> None:
     from itemsage.data.featurize import plan_stages
     from itemsage.data.images import BACKBONES
     from itemsage.data.text_encoder import TextEncoder
-    from itemsage.index.embed import local_image_features, token_table
+    from itemsage.index.featurize import local_image_features, token_table
 
     start = time.perf_counter()
     catalog, items = P.load_catalog(cfg)
@@ -111,8 +111,8 @@ def preprocess_in_process(cfg) -> None:
 
 def train_in_process(cfg, out: Path) -> tuple[Path, Path]:
     """Train ``cfg.train.max_steps`` plain-loop steps; returns (checkpoint dir, bundle dir)."""
-    from itemsage.train.artifacts import write_bundle
-    from itemsage.train.checkpoint import TrainState, save_checkpoint
+    from itemsage.trained.bundle import write_bundle
+    from itemsage.trained.checkpoint import TrainState, save_checkpoint
     from itemsage.train.plain import run_steps, setup_plain
 
     run = setup_plain(cfg)

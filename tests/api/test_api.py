@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from itemsage.api import CatalogFeatures, ItemSage, ModelNotFoundError
-from itemsage.index.embed import EmbedError
+from itemsage.index.tower_udf import EmbedError
 
 DIM = 256
 

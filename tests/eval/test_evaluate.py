@@ -97,14 +97,14 @@ def test_held_out_pairs_of_training_items_are_reported_apart(sample_model: Sampl
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from itemsage.index.embed import load_model
+    from itemsage.trained import load_trained
 
     features = tmp_path / "features"
     shutil.copytree(sample_model.features, features)
     train = pq.read_table(features / "pairs" / "train.parquet")
     val = pq.read_table(features / "pairs" / "val.parquet")
     pq.write_table(pa.concat_tables([val, train.slice(0, 40)]), features / "pairs" / "val.parquet")
-    tm = load_model(str(sample_model.bundle), device="cpu")
+    tm = load_trained(str(sample_model.bundle), device="cpu")
     tm.manifest["features"] = str(features)  # as if trained on this directory
     res = evaluate_model(tm, features=str(features), split="val", device="cpu")
 

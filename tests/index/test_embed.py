@@ -31,17 +31,16 @@ from sample_model import (  # noqa: E402
 from itemsage.data.catalog import read_catalog  # noqa: E402
 from itemsage.data.featurize import fixed_list_array  # noqa: E402
 from itemsage.index import DuplicateIdError, IndexMismatchError, NonFiniteError, load_index  # noqa: E402
-from itemsage.index.embed import (  # noqa: E402
+from itemsage.index.embed import embed_features  # noqa: E402
+from itemsage.index.embeddings import (  # noqa: E402
     EMBEDDINGS_FORMAT,
-    EMBEDDINGS_SCHEMA,
     MANIFEST_FILE,
-    EmbedError,
     content_hashes,
-    embed_features,
-    load_model,
     plan_incremental,
     read_embeddings,
 )
+from itemsage.index.tower_udf import EMBEDDINGS_SCHEMA, EmbedError  # noqa: E402
+from itemsage.trained import load_trained  # noqa: E402
 from itemsage.index.pipeline import build_and_log_index  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
@@ -61,7 +60,7 @@ def sample_model(tmp_path_factory: pytest.TempPathFactory) -> SampleModel:
 
 @pytest.fixture(scope="module")
 def bundle_version(sample_model: SampleModel) -> str:
-    return load_model(sample_model.bundle).version
+    return load_trained(sample_model.bundle).version
 
 
 def write_embeddings(out: Path, ids: list[str], vectors: np.ndarray, version: str, hashes: list[str] | None = None) -> Path:
@@ -238,7 +237,7 @@ def test_registered_model_round_trip_logs_the_index(ray_local, sample_model, tmp
     from mlflow.tracking import MlflowClient
 
     from itemsage.index import download_index
-    from itemsage.train.artifacts import register_bundle
+    from itemsage.trained import register_bundle
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)

@@ -38,7 +38,7 @@ def test_load_refuses_an_index_of_another_model(
 ) -> None:
     """The model resolves to registry version 3; the index says it holds version 2's embeddings."""
     import itemsage.serve.core as core
-    from itemsage.serve.bundle import ModelRef
+    from itemsage.trained import ModelRef
 
     index = tmp_path / "index"
     shutil.copytree(tiny_serving["index_1"], index)

@@ -23,7 +23,8 @@ from itemsage.data.text import Vocab
 from itemsage.data.text_encoder import TextEncoder
 from itemsage.index import build_index
 from itemsage.model import ItemFeatureStore, build_model
-from itemsage.train.artifacts import WEIGHTS_FILE, BundleFiles
+from itemsage.trained.bundle import BundleFiles
+from itemsage.trained.registry import WEIGHTS_FILE
 
 IMAGE_DIM = 1280  # efficientnet-lite0, so image queries run the real backbone
 TINY_MODEL = [
@@ -87,7 +88,7 @@ def write_features(sample_dir: Path, out: Path, n_items: int = 60, seed: int = 0
 
 
 def write_model(features: Path, out: Path, seed: int = 0) -> Path:
-    """A model bundle (what ``load_trained_model`` reads) with random weights."""
+    """A model bundle (what ``itemsage.trained.load_trained`` reads) with random weights."""
     cfg = load_config(PipelineConfig, None, [f"train.features={features}", *TINY_MODEL])
     fm = json.loads((features / "manifest.json").read_text())
     files = BundleFiles(cfg, fm)
@@ -100,9 +101,11 @@ def write_model(features: Path, out: Path, seed: int = 0) -> Path:
 
 def write_index(features: Path, model_dir: Path, out: Path, model_version: str | None = None) -> Path:
     """A Flat index over every item's embedding under the model in ``model_dir``."""
-    from itemsage.train.artifacts import load_trained_model
+    from itemsage.trained import load_trained
 
-    model, manifest, _ = load_trained_model(model_dir)
+    _tm = load_trained(model_dir)
+
+    model, manifest = _tm.model, _tm.manifest
     store = ItemFeatureStore.load(str(features), max_images=int(manifest["max_images"]))
     with torch.inference_mode():
         emb = model.embed_items(store.gather(torch.arange(store.num_items))).numpy()
@@ -127,7 +130,7 @@ def write_finetuned_model(model_dir: Path, out: Path, seed: int = 0) -> Path:
     import shutil
 
     from itemsage.data.text_encoder import TextEncoder
-    from itemsage.train.artifacts import TEXT_ENCODER_FILE
+    from itemsage.trained.bundle import TEXT_ENCODER_FILE
 
     shutil.copytree(model_dir, out)
     manifest = json.loads((out / "manifest.json").read_text())

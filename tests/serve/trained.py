@@ -66,8 +66,8 @@ def preprocess(sample_dir: Path, out: Path) -> Path:
 
 
 def train_bundle(features: Path, out: Path) -> Path:
-    from itemsage.train.artifacts import write_bundle
-    from itemsage.train.checkpoint import TrainState, save_checkpoint
+    from itemsage.trained.bundle import write_bundle
+    from itemsage.trained.checkpoint import TrainState, save_checkpoint
     from itemsage.train.plain import run_steps, setup_plain
 
     cfg = load_config(PipelineConfig, None, [f"train.features={features}", f"train.storage_path={out / 'runs'}", *TRAIN_OVERRIDES])
@@ -86,9 +86,11 @@ def register(bundle: Path, features: Path, tracking_uri: str, specs: tuple[str, 
 
     from itemsage.index import build_index, log_index
     from itemsage.model import ItemFeatureStore
-    from itemsage.train.artifacts import load_trained_model, register_bundle
+    from itemsage.trained import load_trained, register_bundle
 
-    model, manifest, _ = load_trained_model(bundle)
+    _tm = load_trained(bundle)
+
+    model, manifest = _tm.model, _tm.manifest
     store = ItemFeatureStore.load(str(features), max_images=int(manifest["max_images"]))
     with torch.inference_mode():
         emb = model.embed_items(store.gather(torch.arange(store.num_items))).numpy()

@@ -219,7 +219,7 @@ def trained_checkpoint(synthetic_features: Path, tmp_path_factory: pytest.TempPa
     """A real checkpoint directory (state.pt + bundle files) after 20 in-process training steps."""
     import torch
 
-    from itemsage.train.checkpoint import TrainState, save_checkpoint
+    from itemsage.trained.checkpoint import TrainState, save_checkpoint
     from itemsage.train.plain import run_steps, setup_plain
 
     torch.set_num_threads(1)

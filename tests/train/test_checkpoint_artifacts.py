@@ -6,13 +6,9 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from itemsage.model import ItemFeatureStore
-from itemsage.train.artifacts import (
-    ModelNotFoundError,
-    load_trained_model,
-    register_bundle,
-    write_bundle,
-)
-from itemsage.train.checkpoint import latest_checkpoint_dir, load_checkpoint, read_meta
+from itemsage.trained import ModelNotFoundError, load_trained, register_bundle
+from itemsage.trained.bundle import write_bundle
+from itemsage.trained.checkpoint import latest_checkpoint_dir, load_checkpoint, read_meta
 from itemsage.train.loop import make_optimizer
 from itemsage.train.schedule import build_scheduler
 
@@ -30,7 +26,8 @@ def test_checkpoint_round_trips_every_piece_of_state(trained_checkpoint: Path) -
     assert int(state.model["sketch.total_count"]) > 0
     assert state.scheduler["last_epoch"] == 20
     assert read_meta(trained_checkpoint)["metrics"] == {"val/recall_at_10": 0.5}
-    model, _, _ = load_trained_model(trained_checkpoint)
+    # A loaded model is frozen for inference; an optimizer needs its parameters trainable again.
+    model = load_trained(trained_checkpoint).model.requires_grad_(True)
     opt = make_optimizer(model, _cfg_of(trained_checkpoint).train)
     sched = build_scheduler(opt, 2, 20)
     opt.load_state_dict(state.optimizer)
@@ -47,8 +44,9 @@ def _cfg_of(d: Path):
 def test_bundle_loads_to_the_same_model(trained_checkpoint: Path, synthetic_features: Path, tmp_path: Path) -> None:
     bundle = write_bundle(trained_checkpoint, tmp_path / "bundle")
     assert sorted(p.name for p in bundle.iterdir()) == ["config.yaml", "manifest.json", "model.safetensors", "vocab.json"]
-    from_ckpt, manifest, vocab = load_trained_model(trained_checkpoint)
-    from_bundle, manifest2, vocab2 = load_trained_model(bundle)
+    ckpt_tm, bundle_tm = load_trained(trained_checkpoint), load_trained(bundle)
+    from_ckpt, vocab = ckpt_tm.model, ckpt_tm.vocab
+    from_bundle, manifest2, vocab2 = bundle_tm.model, bundle_tm.manifest, bundle_tm.vocab
     assert not from_bundle.training
     assert torch.allclose(_embeddings(from_ckpt, synthetic_features), _embeddings(from_bundle, synthetic_features))
     assert manifest2["step"] == 20 and manifest2["image_dim"] == 16 and manifest2["embedding_dim"] == 32
@@ -60,20 +58,20 @@ def test_bundle_loads_to_the_same_model(trained_checkpoint: Path, synthetic_feat
 def test_run_directory_loads_its_latest_checkpoint(trained_checkpoint: Path) -> None:
     run_dir = trained_checkpoint.parent
     assert latest_checkpoint_dir(run_dir) == trained_checkpoint
-    _, manifest, _ = load_trained_model(run_dir)
+    manifest = load_trained(run_dir).manifest
     assert manifest["step"] == 20
 
 
 def test_missing_models_give_one_clear_error(tmp_path: Path, monkeypatch) -> None:
     with pytest.raises(ModelNotFoundError, match="does not exist"):
-        load_trained_model(tmp_path / "nope")
+        load_trained(tmp_path / "nope")
     with pytest.raises(ModelNotFoundError, match="not an ItemSage model"):
-        load_trained_model(tmp_path)
+        load_trained(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/m.db")
     with pytest.raises(ModelNotFoundError, match="models:/itemsage/99"):
-        load_trained_model("models:/itemsage/99")
+        load_trained("models:/itemsage/99")
     with pytest.raises(ModelNotFoundError, match="runs:/0123abc/model"):
-        load_trained_model("runs:/0123abc/model")
+        load_trained("runs:/0123abc/model")
 
 
 def test_registered_versions_load_from_mlflow_uris(trained_checkpoint: Path, tmp_path: Path, monkeypatch) -> None:
@@ -88,16 +86,17 @@ def test_registered_versions_load_from_mlflow_uris(trained_checkpoint: Path, tmp
         versions.append(register_bundle(uri, run_id, bundle))
     assert versions == ["1", "2"]
     assert client.get_run(run_id).data.tags["itemsage.registered_version"] == "2"
-    model, manifest, vocab = load_trained_model("models:/itemsage/2")
+    _tm = load_trained("models:/itemsage/2")
+    model, manifest, vocab = _tm.model, _tm.manifest, _tm.vocab
     assert manifest["step"] == 20 and vocab.size == manifest["vocab_size"]
-    _, manifest_run, _ = load_trained_model(f"runs:/{run_id}/model")
+    manifest_run = load_trained(f"runs:/{run_id}/model").manifest
     assert json.dumps(manifest_run, sort_keys=True) == json.dumps(manifest, sort_keys=True)
 
 
 def test_bundles_written_before_an_architecture_switch_rebuild_as_written(tmp_path: Path) -> None:
     """A bundle whose config.yaml predates title embeddings and residual query projections loads
     with them off (the weights it holds have no such layers); a newer one keeps what it says."""
-    from itemsage.train.artifacts import load_bundle_config
+    from itemsage.trained.bundle import load_bundle_config
 
     (tmp_path / "config.yaml").write_text("train:\n  model:\n    hidden_dim: 32\n")
     old = load_bundle_config(tmp_path).train.model

@@ -10,8 +10,8 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from itemsage.train.artifacts import load_trained_model
-from itemsage.train.checkpoint import load_checkpoint
+from itemsage.trained import load_trained
+from itemsage.trained.checkpoint import load_checkpoint
 from itemsage.train.trainer import NonFiniteLossError, checkpoint_metas, run_training
 
 pytestmark = pytest.mark.slow
@@ -63,9 +63,11 @@ def test_run_tracks_checkpoints_and_registers(ray_cluster, synthetic_features, t
         "model/config.yaml", "model/manifest.json", "model/model.safetensors", "model/vocab.json"
     }
 
-    model, manifest, vocab = load_trained_model(result.model_uri)
+    _tm = load_trained(result.model_uri)
+
+    model, manifest, vocab = _tm.model, _tm.manifest, _tm.vocab
     assert manifest["step"] == result.metrics.get("step", manifest["step"]) and vocab.size == manifest["vocab_size"]
-    same, _, _ = load_trained_model(result.best_checkpoint)
+    same = load_trained(result.best_checkpoint).model
     for k, v in model.state_dict().items():
         assert torch.equal(v, same.state_dict()[k]), k
 
@@ -118,7 +120,7 @@ def test_unreachable_mlflow_does_not_stop_training(ray_cluster, synthetic_featur
     result = run_training(cfg, tracking_uri=f"http://127.0.0.1:{port}")
     assert result.step == 4 and result.mlflow_run_id is None and result.model_version is None
     assert result.model_uri == result.bundle_dir  # the model is still saved, just not registered
-    _, manifest, _ = load_trained_model(result.model_uri)
+    manifest = load_trained(result.model_uri).manifest
     assert manifest["step"] == 4
     records = [json.loads(line) for line in (tmp_path / "runs" / "offline" / "itemsage" / "mlflow_fallback.jsonl").open()]
     loss_steps = [r["step"] for r in records if r["kind"] == "metrics" and "train/loss" in r["data"]]

@@ -9,7 +9,7 @@ from mlflow.tracking import MlflowClient
 
 from itemsage.config import PipelineConfig, load_config
 from itemsage.model import ItemFeatureStore
-from itemsage.train.artifacts import load_trained_model
+from itemsage.trained import load_trained
 from itemsage.train.trainer import run_training
 
 pytestmark = pytest.mark.slow
@@ -57,7 +57,9 @@ def test_demo_config_trains_and_registers_on_the_sample(sample_features, tmp_pat
     assert len(loss) == 20 and loss[-1].value < loss[0].value
     assert len(client.get_metric_history(result.mlflow_run_id, "val/search/click/recall_at_10")) == 2
 
-    model, manifest, vocab = load_trained_model(result.model_uri)
+    _tm = load_trained(result.model_uri)
+
+    model, manifest, vocab = _tm.model, _tm.manifest, _tm.vocab
     assert manifest["image_backbone"] == "efficientnet-lite0" and manifest["image_dim"] == 1280
     assert manifest["embedding_dim"] == 256 and vocab.size == manifest["vocab_size"]
     store = ItemFeatureStore.load(str(sample_features), max_images=manifest["max_images"])

@@ -64,8 +64,9 @@ def test_non_finite_loss_skips_the_update(synthetic_features: Path, tmp_path: Pa
 
 
 def test_searchsage_finetuning_trains_only_the_top_text_layers(synthetic_features: Path, tmp_path: Path, make_config) -> None:
-    from itemsage.train.artifacts import load_text_encoder, load_trained_model, write_bundle
-    from itemsage.train.checkpoint import TrainState, save_checkpoint
+    from itemsage.trained import load_trained
+    from itemsage.trained.bundle import write_bundle
+    from itemsage.trained.checkpoint import TrainState, save_checkpoint
 
     run = setup_plain(make_config(synthetic_features, tmp_path, "ft", ["train.model.finetune_text_layers=1", "train.max_steps=3"]))
     enc = run.module.text_encoder
@@ -83,10 +84,10 @@ def test_searchsage_finetuning_trains_only_the_top_text_layers(synthetic_feature
     run.bundle.write(ckpt, 3)
     bundle = write_bundle(ckpt, tmp_path / "bundle")
     assert (bundle / "text_encoder.safetensors").is_file()
-    loaded = load_text_encoder(bundle)
+    loaded = load_trained(bundle).finetuned_text_encoder
     for k, v in loaded.state_dict().items():
         assert torch.equal(v, after[k]), k
-    _, manifest, _ = load_trained_model(bundle)
+    manifest = load_trained(bundle).manifest
     assert manifest["finetune_text_layers"] == 1
     # Search validation goes through the fine-tuned encoder, not the precomputed text_emb.
     val = build_val_set(read_pairs(run.cfg.train.features, "val", ["search"]), run.store.num_items)
@@ -95,6 +96,6 @@ def test_searchsage_finetuning_trains_only_the_top_text_layers(synthetic_feature
 
 
 def test_frozen_models_have_no_text_encoder(trained_checkpoint: Path) -> None:
-    from itemsage.train.artifacts import load_text_encoder
+    from itemsage.trained import load_trained
 
-    assert load_text_encoder(trained_checkpoint) is None
+    assert load_trained(trained_checkpoint).finetuned_text_encoder is None

@@ -26,7 +26,7 @@ import pytest
 import torch
 
 from itemsage.index import IndexWriteError, build_index, load_index
-from itemsage.train.checkpoint import (
+from itemsage.trained.checkpoint import (
     META_FILE,
     STATE_FILE,
     CheckpointWriteError,
@@ -224,7 +224,7 @@ from pathlib import Path
 sys.path.insert(0, sys.argv[2])
 from test_storage_faults import assert_checkpoint, assert_index, state, vectors
 from itemsage.index import IndexWriteError, build_index
-from itemsage.train.checkpoint import CheckpointWriteError, save_checkpoint
+from itemsage.trained.checkpoint import CheckpointWriteError, save_checkpoint
 
 root = Path(sys.argv[1])
 ckpt, idx = root / "ckpt", root / "space" / "idx"

@@ -45,17 +45,12 @@ from itemsage.data.features_io import resolve
 from itemsage.data.features_read import QueryFeatures, read_manifest, read_pairs
 from itemsage.eval.recall import RecallTable
 from itemsage.eval.report import recall_markdown, recall_rows
-from itemsage.eval.validation import baseline_recall, build_val_set, model_recall
+from itemsage.eval.validation import baseline_recall, build_val_set, embed_queries, model_recall
 from itemsage.files import staging_dir
-from itemsage.index.embed import (
-    TrainedModel,
-    check_features_compatible,
-    load_model,
-    model_preprocess_config,
-    pick_device,
-    token_table,
-)
+from itemsage.index.compat import check_features_compatible
+from itemsage.index.featurize import model_preprocess_config, token_table
 from itemsage.model import ItemFeatureStore
+from itemsage.trained.loaded import TrainedModel, load_trained, pick_device
 
 log = logging.getLogger(__name__)
 
@@ -214,21 +209,26 @@ def evaluate_model(
     device: str = "auto",
     out: str | None = None,
     seed: int = 0,
+    queries_out: str | None = None,
 ) -> EvalResult:
     """Recall@``ks`` of ``model`` and the baselines on one split (see the module docstring).
 
     ``features_out`` keeps the features made from ``catalog`` (default: a temporary directory,
     removed afterwards). ``out`` writes the result as JSON. ``seed`` seeds the random baseline.
+    ``queries_out`` writes the evaluated search queries and their embeddings (:func:`write_search_queries`).
     """
     start = time.perf_counter()
     dev = pick_device(device)
-    tm = model if isinstance(model, TrainedModel) else load_model(model, device=dev)
+    tm = model if isinstance(model, TrainedModel) else load_trained(model, device=dev)
+    # A fine-tuned search encoder encodes the query texts; the features' text_emb came from the
+    # frozen MiniLM.
+    encoder = tm.finetuned_text_encoder
     scratch: list[str] = []
     try:
         feats = _features_for(tm, catalog, features, layout, engagements, features_out, scratch)
         fmanifest = check_features_compatible(feats, tm)
         store = ItemFeatureStore.load(feats, max_images=tm.max_images, text_fields=tm.text_fields)
-        qf = QueryFeatures.load(feats, store)
+        qf = QueryFeatures.load(feats, store, with_text=encoder is not None or queries_out is not None)
         pairs = read_pairs(feats, split)
         # "all": the engaged item competes with every item of the catalog, not only held-out ones.
         val = build_val_set(pairs, store.num_items, catalog="all")
@@ -239,7 +239,9 @@ def evaluate_model(
             if 0 < unseen < len(val):
                 val.cohorts = {SEEN: seen, UNSEEN: ~seen}
         table = RecallTable(ks=tuple(ks))
-        model_recall(tm.model, store, qf, val, torch.device(dev), table, method="itemsage")
+        model_recall(tm.model, store, qf, val, torch.device(dev), table, method="itemsage", text_encoder=encoder)
+        if queries_out:
+            write_search_queries(tm, qf, val, torch.device(dev), queries_out)
         baseline_recall(store, qf, val, table, seed=seed)
     finally:
         for d in scratch:
@@ -260,6 +262,19 @@ def evaluate_model(
     if out:
         write_result(result, out)
     return result
+
+
+def write_search_queries(tm: TrainedModel, qf: QueryFeatures, val: Any, device: torch.device, path: str) -> None:
+    """The evaluated pairs' distinct search queries and their embeddings, as the evaluation computed
+    them, in an ``.npz`` (``texts`` [Q] str, ``embeddings`` [Q, dim] float32): lets a user check
+    that what evaluation measured is what the API and Serve return for the same text."""
+    search = np.flatnonzero(val.surfaces == "search")
+    keys, first = np.unique(val.query_key[search], return_index=True)
+    rows = search[first]
+    emb = embed_queries(tm.model, qf, val, device, text_encoder=tm.finetuned_text_encoder)[torch.from_numpy(rows)]
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(p, texts=np.asarray(qf.texts(keys), dtype=str), embeddings=emb.numpy().astype(np.float32))
 
 
 def write_result(result: EvalResult, path: str) -> None:
@@ -288,4 +303,5 @@ __all__ = [
     "surface_summary",
     "trained_on",
     "write_result",
+    "write_search_queries",
 ]

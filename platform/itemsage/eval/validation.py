@@ -22,6 +22,7 @@ from itemsage.config import SURFACES, VAL_CATALOGS
 from itemsage.data.features_read import QueryFeatures
 from itemsage.eval.recall import RecallTable, ranks_of_targets
 from itemsage.model.batch import TEXT_QUERY_DIM, ItemFeatureStore
+from itemsage.trained.queries import search_query_features
 
 CATALOGS = VAL_CATALOGS  # the choices of train.val_catalog
 
@@ -119,8 +120,8 @@ def embed_queries(
             keys = val.query_key[r]
             with _autocast(device):
                 if s == "search" and text_encoder is not None:
-                    tok = text_encoder.tokenize(qf.texts(keys))
-                    feats = text_encoder(tok["input_ids"].to(device), tok["attention_mask"].to(device))
+                    # The one search-query text path (the API, evaluation and Serve use it too).
+                    feats = search_query_features(text_encoder, qf.texts(keys)).to(device)
                 else:
                     feats = qf.for_surface(s, keys).to(device)
                 emb = model.embed_queries(s, feats).float().cpu()

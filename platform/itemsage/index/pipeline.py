@@ -18,7 +18,7 @@ import numpy as np
 
 from itemsage.config import IndexConfig
 from itemsage.index.base import IndexMismatchError, ItemIndex, as_vectors
-from itemsage.index.embed import read_embeddings
+from itemsage.index.embeddings import read_embeddings
 from itemsage.index.faiss_index import build_index
 from itemsage.index.sweep import SweepResult, sweep
 from itemsage.index.versioning import log_index
@@ -79,19 +79,10 @@ def sweep_queries(vectors: np.ndarray, n: int = SWEEP_QUERIES, noise: float = QU
 
 def _model_facts(model: str) -> tuple[Any, int]:
     """The pinned model reference and its embedding dimension (from the bundle's manifest)."""
-    import json
+    from itemsage.trained import load_manifest, resolve_model_ref
 
-    from itemsage.serve.bundle import resolve_model_ref
-    from itemsage.train.artifacts import ModelNotFoundError, resolve_model_dir
-
-    try:
-        ref = resolve_model_ref(model)
-    except ModelNotFoundError:
-        raise
-    except Exception as e:  # noqa: BLE001 - MLflow raises several types for "no such model"
-        raise ModelNotFoundError(f"model {model!r} not found ({str(e).splitlines()[0] if str(e) else e})") from e
-    manifest = json.loads((resolve_model_dir(ref.uri) / "manifest.json").read_text())
-    return ref, int(manifest["embedding_dim"])
+    ref = resolve_model_ref(model)
+    return ref, int(load_manifest(ref.uri)["embedding_dim"])
 
 
 def build_and_log_index(
@@ -139,7 +130,7 @@ def build_and_log_index(
     saved = index.save(out)
     logged = None
     if log and ref.registered:
-        from itemsage.train.tracking import resolve_tracking_uri
+        from itemsage.trained import resolve_tracking_uri
 
         logged = log_index(saved, ref.name, ref.version, tracking_uri=resolve_tracking_uri(tracking_uri))
     return IndexBuildResult(

@@ -10,8 +10,6 @@ reference, never mutates a loaded one under a running request.
 
 from __future__ import annotations
 
-import hashlib
-import re
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -25,84 +23,12 @@ from itemsage.config import TEXT_FIELDS
 from itemsage.data.features_io import resolve
 from itemsage.manifest import ManifestFields
 from itemsage.serve.errors import ItemNotFoundError
+from itemsage.trained import ModelRef
 
 if TYPE_CHECKING:  # torch stays out of processes that only route requests (Ingress, Retriever)
     from itemsage.data.text import Vocab
     from itemsage.model import ItemFeatureStore, ItemSageModel
-
-_REGISTRY_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>[^/]+)|@(?P<alias>[^/]+))$")
-
-
-@dataclass(frozen=True)
-class ModelRef:
-    """A model reference resolved to a concrete version (``models:/itemsage/latest`` -> ``"7"``)."""
-
-    uri: str
-    name: str | None
-    version: str
-    # True when ``version`` is the registry's own number, so an index's recorded model version
-    # can be checked against it; False for a content hash of a local bundle.
-    registered: bool
-
-
-def resolve_model_ref(uri: str, version_override: str | None = None) -> ModelRef:
-    """Pin ``uri`` to a concrete version.
-
-    Registry URIs (``models:/name/3``, ``models:/name/latest``, ``models:/name@alias``) get the
-    registry's version number, so a later ``latest`` cannot silently change what a replica serves.
-    Other URIs (a bundle or checkpoint directory, ``runs:/``) get ``version_override`` or, failing
-    that, a hash of the bundle's manifest and weights: equal files, equal version.
-    """
-    m = _REGISTRY_URI.match(uri)
-    if m is None:
-        if version_override:
-            return ModelRef(uri, None, str(version_override), registered=False)
-        return ModelRef(uri, None, _content_version(uri), registered=False)
-    name, version, alias = m.group("name"), m.group("version"), m.group("alias")
-    if version is not None and version.isdigit():
-        return ModelRef(uri, name, version, registered=True)
-    import mlflow
-    from mlflow.tracking import MlflowClient
-
-    from itemsage.train.tracking import resolve_tracking_uri
-
-    client = MlflowClient(tracking_uri=resolve_tracking_uri())
-    mlflow.set_tracking_uri(resolve_tracking_uri())
-    if alias is not None:
-        mv = client.get_model_version_by_alias(name, alias)
-        resolved = str(mv.version)
-    elif version == "latest":
-        versions = client.search_model_versions(f"name='{name}'")
-        if not versions:
-            from itemsage.train.artifacts import ModelNotFoundError
-
-            raise ModelNotFoundError(f"no versions of registered model {name!r}")
-        resolved = str(max(int(v.version) for v in versions))
-    else:
-        mv = client.get_model_version_by_alias(name, version)  # models:/name/<stage-or-alias>
-        resolved = str(mv.version)
-    return ModelRef(f"models:/{name}/{resolved}", name, resolved, registered=True)
-
-
-def _content_version(uri: str) -> str:
-    from itemsage.train.artifacts import WEIGHTS_FILE, resolve_model_dir
-    from itemsage.train.checkpoint import STATE_FILE
-
-    d = resolve_model_dir(uri)
-    h = hashlib.sha256((d / "manifest.json").read_bytes())
-    for name in (WEIGHTS_FILE, STATE_FILE):
-        if (d / name).is_file():
-            h.update(_file_sha256(d / name).encode())
-            break
-    return "sha-" + h.hexdigest()[:12]
-
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    from itemsage.trained import TrainedModel
 
 
 def absolute_path(path: str, base: str | None = None) -> str:
@@ -181,19 +107,39 @@ class Catalog:
 
 @dataclass(frozen=True)
 class ModelBundle(ManifestFields):
-    """A loaded model version and the features it reads catalog items from."""
+    """A loaded model version (:class:`~itemsage.trained.TrainedModel`) and the features directory
+    whose item store it reads catalog items from (closeup queries by item id, home-feed histories)."""
 
-    ref: ModelRef
-    model: ItemSageModel
-    manifest: dict[str, Any]
-    vocab: Vocab
+    trained: TrainedModel
     store: ItemFeatureStore
     row_of: dict[str, int]
     features: str
-    device: str
-    # The version's own fine-tuned MiniLM (SearchSage-style training), or None: then search
-    # queries go through the frozen packaged MiniLM shared by every version.
-    text_encoder: Any = None
+
+    @property
+    def ref(self) -> ModelRef:
+        return self.trained.ref
+
+    @property
+    def model(self) -> ItemSageModel:
+        return self.trained.model
+
+    @property
+    def manifest(self) -> dict[str, Any]:  # type: ignore[override]
+        return self.trained.manifest
+
+    @property
+    def vocab(self) -> Vocab:
+        return self.trained.vocab
+
+    @property
+    def device(self) -> str:
+        return self.trained.device
+
+    @property
+    def text_encoder(self) -> Any:
+        """The version's own fine-tuned MiniLM, or None: then search queries go through the
+        process's frozen packaged MiniLM, shared by every version."""
+        return self.trained.finetuned_text_encoder
 
     def rows(self, item_ids: Sequence[str]) -> list[int]:
         """Store rows of catalog items; unknown ids are all named in one 404."""
@@ -232,27 +178,13 @@ def features_dir(manifest: dict[str, Any], override: str | None, base_dir: str |
 def load_bundle(ref: ModelRef, features: str | None = None, device: str = "cpu") -> ModelBundle:
     """Load a model version and its features' item store (heavy: call off the event loop)."""
     from itemsage.model import ItemFeatureStore
-    from itemsage.train.artifacts import load_text_encoder, load_trained_model
+    from itemsage.trained import load_trained
 
-    model, manifest, vocab = load_trained_model(ref.uri, device=device)
-    text_encoder = load_text_encoder(ref.uri, device=device)
-    model.requires_grad_(False)
-    feats = features_dir(manifest, features)
-    store = ItemFeatureStore.load(
-        feats, max_images=int(manifest.get("max_images", 20)), text_fields=manifest.get("text_fields")
-    )
+    trained = load_trained(ref, device=device)
+    feats = features_dir(trained.manifest, features)
+    store = ItemFeatureStore.load(feats, max_images=trained.max_images, text_fields=trained.manifest.get("text_fields"))
     ids = store.item_ids or []
-    return ModelBundle(
-        ref=ref,
-        model=model,
-        manifest=manifest,
-        vocab=vocab,
-        store=store,
-        row_of={str(i): r for r, i in enumerate(ids)},
-        features=feats,
-        device=device,
-        text_encoder=text_encoder,
-    )
+    return ModelBundle(trained=trained, store=store, row_of={str(i): r for r, i in enumerate(ids)}, features=feats)
 
 
 K = TypeVar("K")

@@ -23,8 +23,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from itemsage.serve.bundle import Catalog, ModelRef, absolute_path, features_dir, resolve_model_ref
+from itemsage.serve.bundle import Catalog, absolute_path, features_dir
 from itemsage.serve.errors import InvalidImageError, ItemNotFoundError
+from itemsage.trained import ModelRef, resolve_model_ref
 
 
 @dataclass(frozen=True)
@@ -292,11 +293,11 @@ def load_state(spec: ServingSpec, use_gpu: str | bool = False, base_dir: str | N
     features path found in the model manifest.
     """
     from itemsage.index import load_index
-    from itemsage.train.artifacts import resolve_model_dir
+    from itemsage.trained import load_manifest
 
     spec.apply_environment()
     ref = resolve_model_ref(spec.model_uri, spec.model_version)
-    manifest = json.loads((resolve_model_dir(ref.uri) / "manifest.json").read_text())
+    manifest = load_manifest(ref.uri)
     features = features_dir(manifest, spec.features, base_dir)
     index_dir, download = resolve_index_dir(spec.index_uri, spec.mlflow_tracking_uri)
     try:

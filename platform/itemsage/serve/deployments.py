@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar, cast
@@ -24,10 +23,11 @@ from ray.serve.handle import DeploymentHandle
 
 from itemsage.config import ServeConfig, from_dict
 from itemsage.serve.api import Backend, ServiceUnavailableError, create_api
-from itemsage.serve.bundle import ModelBundle, features_dir, resolve_model_ref
+from itemsage.serve.bundle import ModelBundle, features_dir
 from itemsage.serve.core import ModelSpec, ServingSpec
 from itemsage.serve.endpoints import BACKEND_METHODS
 from itemsage.serve.errors import ServeError, as_serve_error
+from itemsage.trained import resolve_model_ref
 
 # Every replica imports this module; torch and the model code are imported only by the replicas
 # that run models (the encoders), so the Ingress and the Retriever stay small, fast-starting
@@ -126,12 +126,12 @@ def _device() -> str:
 
 def _model_spec(spec: ServingSpec, base_dir: str | None) -> ModelSpec:
     """Pin a spec's model reference and features directory (blocking: may ask MLflow)."""
-    from itemsage.train.artifacts import resolve_model_dir
+    from itemsage.trained import load_manifest
 
     spec = spec.resolved(base_dir)
     spec.apply_environment()
     ref = resolve_model_ref(spec.model_uri, spec.model_version)
-    manifest = json.loads((resolve_model_dir(ref.uri) / "manifest.json").read_text())
+    manifest = load_manifest(ref.uri)
     return ModelSpec(ref, features_dir(manifest, spec.features, base_dir))
 
 

@@ -51,9 +51,9 @@ class Backbones:
     def text(self) -> Any:
         with self._lock:
             if self._text is None:
-                from itemsage.data.text_encoder import TextEncoder
+                from itemsage.trained.queries import frozen_text_encoder
 
-                self._text = TextEncoder().to(self.device)
+                self._text = frozen_text_encoder(self.device)
             return self._text
 
     def has_image(self, name: str) -> bool:
@@ -95,8 +95,10 @@ class Backbones:
 
         ``encoder``: a version's fine-tuned MiniLM; default the shared frozen one.
         """
+        from itemsage.trained.queries import search_query_features
+
         enc = encoder if encoder is not None else self.text
-        return torch.from_numpy(enc.encode(list(texts), batch_size=max(1, len(texts))))
+        return search_query_features(enc, texts, batch_size=len(texts))
 
 
 # ------------------------------------------------------------------------- query towers

@@ -244,7 +244,7 @@ def log_to_mlflow(result: AblationResult, out: Path, experiment: str) -> str | N
     try:
         import mlflow
 
-        from itemsage.train.tracking import resolve_tracking_uri
+        from itemsage.trained import resolve_tracking_uri
 
         mlflow.set_tracking_uri(resolve_tracking_uri())
         mlflow.set_experiment(experiment)

@@ -1,13 +1,10 @@
-"""Training on Ray Train: the per-worker loop, the driver, checkpoints, MLflow tracking, artifacts.
+"""Training on Ray Train: the per-worker loop, the driver, MLflow tracking.
 
-Load a trained model anywhere with :func:`itemsage.train.artifacts.load_trained_model`, which takes
-``models:/itemsage/<version>``, ``runs:/<run_id>/model``, a bundle or checkpoint directory, or a
-Ray Train run directory; :func:`itemsage.train.artifacts.load_text_encoder` gives the fine-tuned
-search-query encoder of a ``model.finetune_text_layers`` run (None for the default frozen encoder).
+What training writes (checkpoints, bundles, registered versions) and how a trained model is loaded
+live in :mod:`itemsage.trained`: ``itemsage.trained.load_trained(uri_or_dir)``.
 """
 
-from itemsage.train.artifacts import ModelNotFoundError, load_text_encoder, load_trained_model
 from itemsage.data.features_read import FeaturesError
 from itemsage.train.data import TrainInputError
 
-__all__ = ["FeaturesError", "ModelNotFoundError", "TrainInputError", "load_text_encoder", "load_trained_model"]
+__all__ = ["FeaturesError", "TrainInputError"]

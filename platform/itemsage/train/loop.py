@@ -33,8 +33,8 @@ from itemsage.data.features_read import QueryFeatures, read_pairs
 from itemsage.eval.validation import baseline_recall, build_val_set, model_recall, recall_metrics
 from itemsage.files import write_atomic
 from itemsage.model import ItemFeatureStore, ItemSageModel, MultiTaskBatcher, build_model
-from itemsage.train.artifacts import BundleFiles
-from itemsage.train.checkpoint import TrainState, load_checkpoint, save_checkpoint
+from itemsage.trained.bundle import BundleFiles, text_encoder_from_state
+from itemsage.trained.checkpoint import TrainState, load_checkpoint, save_checkpoint
 from itemsage.train.data import cached_cycle, heldout_items, sample_negatives
 from itemsage.train.lamb import Lamb
 from itemsage.train.schedule import build_scheduler
@@ -189,15 +189,14 @@ def build_train_module(
     """The model (and, when fine-tuning, the MiniLM encoder with ``text_state`` loaded)."""
     model = build_model(tc.model, tc.loss, vocab_size=vocab_size, image_dim=image_dim, num_text_fields=num_text_fields)
     encoder = None
-    if tc.model.finetune_text_layers > 0:
-        from itemsage.data.text_encoder import TextEncoder
+    layers = tc.model.finetune_text_layers
+    if layers > 0:
+        if text_state:  # resuming: rebuilt exactly as loading a trained model rebuilds it
+            encoder = text_encoder_from_state(layers, text_state, "checkpoint")
+        else:
+            from itemsage.data.text_encoder import TextEncoder
 
-        encoder = TextEncoder(trainable_layers=tc.model.finetune_text_layers)
-        if text_state:
-            missing = set(text_state) - set(encoder.state_dict())
-            if missing:
-                raise ValueError(f"text encoder state has unknown keys, e.g. {sorted(missing)[0]}")
-            encoder.load_state_dict(dict(text_state), strict=False)
+            encoder = TextEncoder(trainable_layers=layers)
     return TrainModule(model, encoder)
 
 

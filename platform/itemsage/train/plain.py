@@ -19,7 +19,7 @@ import torch
 from itemsage.config import PipelineConfig
 from itemsage.data.features_read import QueryFeatures, read_manifest, read_pairs
 from itemsage.model import ItemFeatureStore, ItemSageModel
-from itemsage.train.artifacts import BundleFiles
+from itemsage.trained.bundle import BundleFiles
 from itemsage.train.data import heldout_items, task_counts
 from itemsage.train.loop import (
     Stepper,

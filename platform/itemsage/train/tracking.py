@@ -17,27 +17,15 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+# Loading a model resolves the tracking URI too, so the resolver lives below training.
+from itemsage.trained.registry import resolve_tracking_uri as resolve_tracking_uri
+
 # MLflow's HTTP client retries for minutes by default; a tracker that must not stall training wants
 # an unreachable server to fail in seconds (users can still override both through the environment).
 _FAST_FAIL_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
 _MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
 _BATCH_METRICS = 1000  # MLflow's limit per log_batch call
 _BATCH_PARAMS = 100
-
-
-def resolve_tracking_uri(uri: str | None = None) -> str:
-    """``uri``, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db``; local paths made absolute.
-
-    Ray workers do not share the driver's working directory, so a relative ``sqlite:///mlflow.db``
-    must be pinned to the driver's cwd before it is shipped to them.
-    """
-    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        return "sqlite:///" + str(Path(uri[len("sqlite:///") :]).resolve())
-    if "://" not in uri:  # a bare directory: MLflow's file store
-        return str(Path(uri).resolve())
-    return uri
 
 
 def default_artifact_location(tracking_uri: str) -> str | None:

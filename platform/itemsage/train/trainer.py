@@ -25,8 +25,9 @@ import pyarrow.fs as pafs
 from itemsage.config import SURFACES, ConfigError, PipelineConfig, flatten, to_dict
 from itemsage.data.features_io import resolve
 from itemsage.data.features_read import PAIR_COLUMNS, pairs_path, read_manifest, read_pairs
-from itemsage.train.artifacts import REGISTERED_MODEL, register_bundle, write_bundle
-from itemsage.train.checkpoint import META_FILE
+from itemsage.trained.bundle import write_bundle
+from itemsage.trained.checkpoint import META_FILE
+from itemsage.trained.registry import REGISTERED_MODEL, register_bundle
 from itemsage.train.data import TrainInputError, task_counts
 from itemsage.train.loop import (
     RUN_FILE,
@@ -53,7 +54,7 @@ class NonFiniteLossError(RuntimeError):
 
 @dataclass
 class TrainResult:
-    """What a finished run produced (``model_uri`` is what ``load_trained_model`` takes)."""
+    """What a finished run produced (``model_uri`` is what ``itemsage.trained.load_trained`` takes)."""
 
     run_dir: str
     step: int
@@ -413,7 +414,7 @@ def run_training(
     cfg = with_absolute_paths(cfg)
     manifest, counts = check_inputs(cfg)
     tc = cfg.train
-    from itemsage.train.artifacts import BundleFiles
+    from itemsage.trained.bundle import BundleFiles
 
     vocab_size = BundleFiles(cfg, manifest).vocab.size
     run_dir = run_dir_of(cfg)

@@ -5,7 +5,7 @@ text-encoder layers if any, optimizer, scheduler, step, MLflow run id; plain ten
 with ``weights_only=True``, so loading a checkpoint never runs pickled code) and ``meta.json`` (step,
 run id and metrics, readable without torch). It also carries the inference bundle files
 (``config.yaml``, ``vocab.json``, ``manifest.json``), so any checkpoint directory is itself loadable by
-:func:`itemsage.train.artifacts.load_trained_model`.
+:func:`itemsage.trained.load_trained`.
 
 Writes are atomic per file (``itemsage.files.staged_files``): each goes to a temp file in the same
 directory, is fsynced, and is renamed over the old one only once both files are complete. A full disk or an unwritable
@@ -18,9 +18,10 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:  # imported where used: resolving a model reference (no torch) reads these files' names
+    import torch
 
 from itemsage.files import staged_files
 
@@ -59,7 +60,7 @@ def save_checkpoint(directory: str | Path, state: TrainState) -> None:
     ``meta.json``; loading takes the step from ``state.pt``.
     """
     d = Path(directory)
-    payload = {
+    payload: dict[str, Any] = {
         "step": int(state.step),
         "model": {k: v.detach().cpu() for k, v in state.model.items()},
         "optimizer": state.optimizer,
@@ -105,6 +106,8 @@ class _RecordingWriter:
 
 
 def _torch_save(payload: dict[str, Any], f: IO[bytes]) -> None:
+    import torch
+
     writer = _RecordingWriter(f)
     try:
         torch.save(payload, writer)
@@ -120,6 +123,8 @@ def load_checkpoint(directory: str | Path, map_location: str | torch.device = "c
     path = d / STATE_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{d} is not a training checkpoint (no {STATE_FILE})")
+    import torch
+
     payload = torch.load(path, map_location=map_location, weights_only=True)
     meta = read_meta(d)
     return TrainState(
