@@ -512,7 +512,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             last_val = recall_metrics(table, "itemsage", "val")
             tracker.log_metrics(last_val, step)
             tracker.flush()
-        if is_ckpt:
+        if is_ckpt and bundle is None:
+            # Every rank must call report (it is a barrier), but only rank 0's metrics go with the
+            # checkpoint, and only rank 0 validates: the others report their own step and loss,
+            # not a validation score they never computed (Ray logs each rank's report).
+            ray.train.report({"step": step, "loss": out.loss}, checkpoint=None)
+        elif is_ckpt and bundle is not None:
             steps_per_s = timed_steps / timed_seconds if timed_seconds > 0 else 0.0
             metrics = {
                 "step": step,
@@ -521,24 +526,21 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 "train_steps_per_s": steps_per_s,
                 "mlflow_run_id": tracker.run_id or run_id or "",
             }
-            if bundle is not None:
-                with tempfile.TemporaryDirectory() as d:
-                    save_checkpoint(
-                        d,
-                        TrainState(
-                            step=step,
-                            model=module.model.state_dict(),
-                            text_encoder=module.text_encoder_state(),
-                            optimizer=optimizer.state_dict(),
-                            scheduler=scheduler.state_dict(),
-                            mlflow_run_id=tracker.run_id or run_id,
-                            metrics={**last_val, **baselines, "loss": out.loss},
-                        ),
-                    )
-                    bundle.write(d, step, last_val)
-                    ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
-            else:
-                ray.train.report(metrics, checkpoint=None)
+            with tempfile.TemporaryDirectory() as d:
+                save_checkpoint(
+                    d,
+                    TrainState(
+                        step=step,
+                        model=module.model.state_dict(),
+                        text_encoder=module.text_encoder_state(),
+                        optimizer=optimizer.state_dict(),
+                        scheduler=scheduler.state_dict(),
+                        mlflow_run_id=tracker.run_id or run_id,
+                        metrics={**last_val, **baselines, "loss": out.loss},
+                    ),
+                )
+                bundle.write(d, step, last_val)
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
         stop = {"state": "finished", "step": step}
     if rank == 0:
         tracker.flush()
