@@ -40,6 +40,7 @@ def test_run_tracks_checkpoints_and_registers(ray_cluster, synthetic_features, t
     finally:
         signal.signal(signal.SIGINT, previous)
     assert result.step == 12 and result.model_version is not None
+    print("WARTS-MEASURE", __name__, {k: round(v, 4) for k, v in result.metrics.items() if "recall_at_10" in k and "/all/" in k})  # TEMP
     assert result.model_uri == f"models:/itemsage/{result.model_version}"
     for surface in ("search", "closeup", "home"):
         assert 0.0 <= result.metrics[f"val/{surface}/all/recall_at_10"] <= 1.0
@@ -63,8 +64,17 @@ def test_run_tracks_checkpoints_and_registers(ray_cluster, synthetic_features, t
         "model/config.yaml", "model/manifest.json", "model/model.safetensors", "model/vocab.json"
     }
 
+    # The registered model is the checkpoint with the best validation recall (the checkpoints are
+    # steps 6 and 12), and its manifest says which step that was and what it scored.
     model, manifest, vocab = load_trained_model(result.model_uri)
-    assert manifest["step"] == result.metrics.get("step", manifest["step"]) and vocab.size == manifest["vocab_size"]
+    val = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "val/recall_at_10")}
+    at_checkpoints = {step: val[step] for step in (6, 12)}
+    best = max(at_checkpoints.values())
+    assert manifest["step"] in [s for s, v in at_checkpoints.items() if v == best], (manifest["step"], at_checkpoints)
+    assert manifest["metrics"]["val/recall_at_10"] == pytest.approx(best)
+    assert result.metrics["val/recall_at_10"] == pytest.approx(best)
+    assert run.data.tags["itemsage.best_step"] == str(manifest["step"])
+    assert vocab.size == manifest["vocab_size"]
     same, _, _ = load_trained_model(result.best_checkpoint)
     for k, v in model.state_dict().items():
         assert torch.equal(v, same.state_dict()[k]), k

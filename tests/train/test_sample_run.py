@@ -48,6 +48,7 @@ def test_demo_config_trains_and_registers_on_the_sample(sample_features, tmp_pat
     )
     result = run_training(cfg)
     assert result.step == 20 and result.model_version is not None
+    print("WARTS-MEASURE", __name__, {k: round(v, 4) for k, v in result.metrics.items() if "recall_at_10" in k and "/all/" in k})  # TEMP
     for surface in ("search", "closeup", "home"):
         assert 0.0 <= result.metrics[f"val/{surface}/all/recall_at_10"] <= 1.0
         assert f"val_random/{surface}/all/recall_at_10" in result.metrics
