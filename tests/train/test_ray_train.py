@@ -16,6 +16,12 @@ from itemsage.train.trainer import NonFiniteLossError, checkpoint_metas, run_tra
 
 pytestmark = pytest.mark.slow
 
+# Validation Recall@10 of the 12-step run below, per surface, with a margin. Measured once on this
+# synthetic data (2 workers, 2-core box, 2026-12-04): search 1.000, closeup 0.936, home 1.000,
+# against random 0.531 / 0.383 / 0.500 and the frozen features 1.000 / 0.851 / 1.000. The floors
+# sit ~0.1-0.15 below what was measured and above random on every surface.
+VAL_RECALL_FLOOR = {"search": 0.85, "closeup": 0.8, "home": 0.85}
+
 
 def _runs(uri: str, experiment: str) -> list:
     client = MlflowClient(uri)
@@ -40,10 +46,10 @@ def test_run_tracks_checkpoints_and_registers(ray_cluster, synthetic_features, t
     finally:
         signal.signal(signal.SIGINT, previous)
     assert result.step == 12 and result.model_version is not None
-    print("WARTS-MEASURE", __name__, {k: round(v, 4) for k, v in result.metrics.items() if "recall_at_10" in k and "/all/" in k})  # TEMP
     assert result.model_uri == f"models:/itemsage/{result.model_version}"
-    for surface in ("search", "closeup", "home"):
-        assert 0.0 <= result.metrics[f"val/{surface}/all/recall_at_10"] <= 1.0
+    for surface, floor in VAL_RECALL_FLOOR.items():
+        recall = result.metrics[f"val/{surface}/all/recall_at_10"]
+        assert recall >= floor > result.metrics[f"val_random/{surface}/all/recall_at_10"], (surface, result.metrics)
         assert f"val_frozen/{surface}/all/recall_at_10" in result.metrics
     # keep_checkpoints=1 keeps the best by validation recall, plus the latest for resuming.
     metas = checkpoint_metas(result.run_dir)
