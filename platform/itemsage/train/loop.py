@@ -9,7 +9,7 @@ updated with every rank's positives and ``log q`` from it; the sampled-softmax l
 
 Rank 0 alone talks to MLflow and runs validation. Every ``checkpoint_every`` steps (and at the last
 step) all ranks call ``ray.train.report``; rank 0 attaches a checkpoint and the validation score
-that ``CheckpointConfig`` ranks checkpoints by.
+that ``CheckpointConfig`` ranks checkpoints by, the others only their step and loss.
 """
 
 from __future__ import annotations
