@@ -60,7 +60,7 @@ test-e2e: $(STAMP) browser  ## only the end-to-end suites: Ray clusters, fault i
 test-cluster: $(STAMP)  ## 2-node `ray start` cluster + PostgreSQL-backed MLflow: Jobs API pipeline, serve deploy, HTTP query
 	$(PY) -m pytest -m cluster -s tests/cluster
 
-bench: $(STAMP)  ## benchmark scripts on ../shared/data (see experiments/bench/)
+bench: $(STAMP)  ## benchmark scripts on the full downloads in data/ (see experiments/bench/)
 	$(PY) experiments/bench/model.py
 	$(PY) experiments/bench/preprocess.py
 	$(PY) experiments/bench/index.py

@@ -2,7 +2,7 @@
 
     python experiments/embed.py --model models:/itemsage/3 --features artifacts/features \\
         --out artifacts/embeddings
-    python experiments/embed.py --model models:/itemsage/3 --catalog ../shared/data/fashion \\
+    python experiments/embed.py --model models:/itemsage/3 --catalog data/fashion \\
         --out artifacts/embeddings-v2 --incremental --previous artifacts/embeddings
 
 --features reads a preprocessed features directory (made with the model's vocabulary);

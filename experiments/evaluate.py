@@ -2,7 +2,7 @@
 
     python experiments/evaluate.py --model models:/itemsage/3 --features artifacts/features
     python experiments/evaluate.py --model artifacts/ray_results/itemsage/model \\
-        --catalog ../shared/data/shopee --layout shopee --out artifacts/eval/shopee.json
+        --catalog data/shopee --layout shopee --out artifacts/eval/shopee.json
 
 Each held-out (test split) pair ranks its engaged item against the whole evaluation catalog with
 exact search. --features: a features directory made with the model's vocabulary (e.g. its training

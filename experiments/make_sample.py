@@ -1,7 +1,7 @@
 """Cut the small bundled sample (data/sample/) out of full downloads of the public datasets.
 
 The demo and the tests must run on a fresh checkout, so the repository ships a few hundred real
-products instead of depending on ../shared/data. The cut is seeded and balanced, so rerunning it
+products instead of depending on the full downloads. The cut is seeded and balanced, so rerunning it
 reproduces the committed sample byte for byte:
 
 - fashion: products that have an image, spread evenly over the master categories and, inside
@@ -11,7 +11,9 @@ reproduces the committed sample byte for byte:
   one in half would leave a listing without its match), including a few titles with literal
   UTF-8 byte escapes so the adapter's decoding is exercised.
 
-Usage: python experiments/make_sample.py [--source ../shared/data] [--out data/sample]
+Usage: python experiments/make_sample.py [--source data] [--out data/sample]
+
+--source holds the full downloads, data/fashion/ and data/shopee/ (README.md, "Data").
 """
 
 from __future__ import annotations
@@ -128,7 +130,7 @@ def pick_shopee(rows: list[dict[str, str]], n_rows: int, max_group: int, n_escap
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--source", type=Path, default=REPO.parent / "shared" / "data",
+    parser.add_argument("--source", type=Path, default=REPO / "data",
                         help="folder with fashion/ (styles.csv, images/) and shopee/ (train.csv)")
     parser.add_argument("--out", type=Path, default=REPO / "data" / "sample")
     parser.add_argument("--fashion-items", type=int, default=300)

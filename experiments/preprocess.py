@@ -7,8 +7,8 @@ used. Without it, the defaults of itemsage.config.PreprocessConfig apply (the bu
 sample). KEY=VALUE overrides are keys of the preprocess section, with or without the section
 prefix, so both spellings work and mean the same:
 
-    catalog=../shared/data/fashion output=artifacts/full/fashion image.batch_size=64
-    preprocess.catalog=../shared/data/fashion preprocess.image.concurrency=2
+    catalog=data/fashion output=artifacts/full/fashion image.batch_size=64
+    preprocess.catalog=data/fashion preprocess.image.concurrency=2
 
 Values are parsed as YAML (numbers, true/false, lists). `output` may be a local path or a URI
 (s3://..., gs://...); the directory is replaced all at once when the run succeeds.
@@ -49,7 +49,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default=None, help="pipeline YAML; its preprocess: section is used")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                   help="preprocess overrides, e.g. catalog=../shared/data/fashion image.batch_size=64 "
+                   help="preprocess overrides, e.g. catalog=data/fashion image.batch_size=64 "
                         "(a preprocess. prefix is optional)")
     p.add_argument("--num-cpus", type=float, default=None,
                    help="CPUs of a locally started Ray instance (ignored when connecting to a cluster)")

@@ -1,4 +1,5 @@
-"""Shared test fixtures. Tests never read ../shared: they use the bundled sample in data/sample."""
+"""Shared test fixtures. Tests never read the full downloads (data/fashion, data/shopee): they use the
+bundled sample in data/sample."""
 
 from __future__ import annotations
 

@@ -52,7 +52,7 @@ from itemsage.data.catalog import read_catalog  # noqa: E402
 from itemsage.data.featurize import ImageFeaturizer, decode_one, image_rows  # noqa: E402
 from itemsage.data.images import get_backbone  # noqa: E402
 
-DEFAULT_CATALOG = str(Path(__file__).resolve().parents[3] / "shared" / "data" / "fashion")
+DEFAULT_CATALOG = str(Path(__file__).resolve().parents[2] / "data" / "fashion")  # the full download (README.md, "Data")
 
 
 @dataclass
@@ -115,7 +115,7 @@ class TimedImageFeaturizer(ImageFeaturizer):
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--catalog", default=DEFAULT_CATALOG, help="catalog with images (default: ../shared/data/fashion)")
+    p.add_argument("--catalog", default=DEFAULT_CATALOG, help="catalog with images (default: data/fashion)")
     p.add_argument("--limit", type=int, default=1000, help="number of images (first N of the catalog)")
     p.add_argument("--backbone", default="efficientnet-lite0")
     p.add_argument("--batch-size", type=int, default=32)

@@ -29,11 +29,14 @@ def test_bench_small_run(bench, tmp_path: Path, capsys) -> None:
     assert "| spec | N | params |" in text and "OVERALL:" in text
     saved = json.loads(out.read_text())
     assert saved["n"] == 3000 and saved["targets"]["chosen"]["spec"] == "IVF64,Flat"
+    assert saved["targets"]["chosen"]["recall"] >= saved["targets"]["recall_target"] == 0.95
     specs = {(r["spec"], r["n"]) for r in result["rows"]}
     assert specs == {(s, n) for n in (3000, 1500) for s in ("Flat", "TorchExact")} | {
         ("IVF64,Flat", 3000), ("HNSW16", 1500)}
     for r in result["rows"]:
-        assert 0.0 <= r["recall"] <= 1.0 and r["rss_delta_bytes"] is not None
+        # Exact search finds the true top 10; the index chosen reaches the 0.95 recall target.
+        floor = 0.999 if r["spec"] in ("Flat", "TorchExact") else 0.0
+        assert floor <= r["recall"] <= 1.0 and r["rss_delta_bytes"] is not None, r
         assert r["clock"] == "cpu" and r["qps_b256"] == r["qps_b256_cpu"] > 0 and r["qps_b1_wall"] > 0
     full = [r for r in result["rows"] if r["n"] == 3000]
     fastest_exact = max((r for r in full if r["spec"] in ("Flat", "TorchExact")), key=lambda r: r["qps_b256"])

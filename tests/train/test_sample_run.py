@@ -17,6 +17,13 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "experiments" / "configs" / "demo.yaml"
 
+# Validation Recall@10 after the 20 steps below, per surface, with a margin. Measured once on the
+# bundled sample (2 workers, 2-core box, 2026-12-04): search 0.973, closeup 0.992, home 0.577,
+# against random 0.297 / 0.397 / 0.346 (frozen features 1.000 / 0.977 / 0.538: 20 steps do not yet
+# beat them, so the floor is the measured value less a margin, not the frozen baseline). The val
+# split is small (home: 26 pairs), hence margins of 4-5 pairs.
+VAL_RECALL_FLOOR = {"search": 0.85, "closeup": 0.85, "home": 0.42}
+
 
 @pytest.fixture(scope="module")
 def sample_features(ray_cluster, sample_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -48,9 +55,9 @@ def test_demo_config_trains_and_registers_on_the_sample(sample_features, tmp_pat
     )
     result = run_training(cfg)
     assert result.step == 20 and result.model_version is not None
-    for surface in ("search", "closeup", "home"):
-        assert 0.0 <= result.metrics[f"val/{surface}/all/recall_at_10"] <= 1.0
-        assert f"val_random/{surface}/all/recall_at_10" in result.metrics
+    for surface, floor in VAL_RECALL_FLOOR.items():
+        recall = result.metrics[f"val/{surface}/all/recall_at_10"]
+        assert recall >= floor > result.metrics[f"val_random/{surface}/all/recall_at_10"], (surface, result.metrics)
 
     client = MlflowClient(mlflow_uri)
     loss = client.get_metric_history(result.mlflow_run_id, "train/loss")

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from itemsage.config import SURFACES
 from itemsage.data.features_read import read_pairs
 from itemsage.eval.validation import build_val_set, model_recall, recall_metrics
 from itemsage.train.plain import run_steps, setup_plain
@@ -99,3 +100,40 @@ def test_frozen_models_have_no_text_encoder(trained_checkpoint: Path) -> None:
     from itemsage.trained import load_trained
 
     assert load_trained(trained_checkpoint).finetuned_text_encoder is None
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        [],
+        ["train.model.use_text=false"],
+        ["train.model.use_image=false"],
+        ["train.model.arch=mlp"],
+        ["train.model.title_skip=false"],
+        ["train.surfaces=[closeup]"],
+    ],
+    ids=["default", "image_only", "text_only", "mlp", "no_title_skip", "closeup_only"],
+)
+def test_every_trainable_parameter_gets_a_gradient_even_without_a_surface(
+    synthetic_features: Path, tmp_path: Path, make_config, extra: list[str]
+) -> None:
+    """The Ray loop wraps the model in DDP without ``find_unused_parameters`` (no per-step graph
+    search, no DDP warning): that is only correct if every step gives every trainable parameter
+    a gradient on every rank, also when a rank's batch has no query of some trained surface."""
+    from itemsage.train.loop import may_leave_parameters_unused, unwrap
+
+    run = setup_plain(make_config(synthetic_features, tmp_path, "g", ["train.max_steps=5", *extra]))
+    surfaces = run.stepper.surfaces
+    assert not may_leave_parameters_unused(unwrap(run.stepper.model), surfaces)
+    batch = next(run.batches)
+    for dropped in [None, *surfaces[1:]]:  # a batch without one of the trained surfaces
+        rows = batch["surface"] != dropped
+        part = {k: v[rows] for k, v in batch.items()}
+        assert run.stepper.step(part).finite
+        missing = [n for n, p in run.stepper.model.named_parameters() if p.requires_grad and p.grad is None]
+        assert missing == [], (dropped, missing)
+    # The towers of surfaces this run does not train are frozen, not left without gradients.
+    towers = run.model.query_towers
+    trainable = {s for s in SURFACES if all(p.requires_grad for p in towers.projection(s).parameters())}
+    tied = getattr(run.model.item_tower, "title_skip", None) is towers.projection("search")
+    assert trainable == set(surfaces) | ({"search"} if tied else set())

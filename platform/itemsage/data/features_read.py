@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import posixpath
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -150,13 +150,22 @@ class QueryFeatures:
         return self.table(surface)[torch.as_tensor(keys, dtype=torch.int64)]
 
     def groups(
-        self, surfaces: np.ndarray, keys: np.ndarray, device: torch.device | str = "cpu"
+        self,
+        surfaces: np.ndarray,
+        keys: np.ndarray,
+        device: torch.device | str = "cpu",
+        always: Collection[str] = (),
     ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """``{surface: (row positions, features)}`` for a mixed batch (``ItemSageModel.forward``)."""
+        """``{surface: (row positions, features)}`` for a mixed batch (``ItemSageModel.forward``).
+
+        Surfaces in ``always`` get a group even when the batch has none of their queries (zero
+        rows): their tower then still takes part in the step, with a zero gradient, which is what
+        lets DDP run without searching the graph for unused parameters every step.
+        """
         out = {}
         for s in SURFACES:
             rows = np.flatnonzero(surfaces == s)
-            if rows.size:
+            if rows.size or s in always:
                 feats = self.for_surface(s, keys[rows]).to(device, non_blocking=True)
                 out[s] = (torch.from_numpy(rows).to(device), feats)
         return out

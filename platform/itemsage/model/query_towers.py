@@ -5,7 +5,8 @@ PinSage image embedding, search uses SearchSage (a text encoder trained into tha
 home uses PinnerSage user embeddings; ItemSage is trained to be *compatible* with them. Our frozen
 backbones (EfficientNet/ResNet image features, MiniLM sentence embeddings) live in different spaces and
 dimensions, so each surface gets a small trainable projection while the backbones stay frozen. This
-is the project's one deliberate deviation from the paper (ARCHITECTURE.md, section 1).
+is one of the project's two deliberate deviations from the paper (README.md, "Two deliberate
+deviations from the paper").
 
 The backbones are deliberately *not* inside these modules: their outputs are precomputed once by
 preprocessing (``title_emb``/``text_emb``/``image_feats``/``user_feat`` in the features directory), so

@@ -9,7 +9,7 @@ updated with every rank's positives and ``log q`` from it; the sampled-softmax l
 
 Rank 0 alone talks to MLflow and runs validation. Every ``checkpoint_every`` steps (and at the last
 step) all ranks call ``ray.train.report``; rank 0 attaches a checkpoint and the validation score
-that ``CheckpointConfig`` ranks checkpoints by.
+that ``CheckpointConfig`` ranks checkpoints by, the others only their step and loss.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from itemsage.config import PipelineConfig, TrainConfig, from_dict
+from itemsage.config import SURFACES, PipelineConfig, TrainConfig, from_dict
 from itemsage.data.features_io import resolve
 from itemsage.data.features_read import QueryFeatures, read_pairs
 from itemsage.eval.validation import baseline_recall, build_val_set, model_recall, recall_metrics
@@ -213,6 +213,37 @@ def unwrap(module: nn.Module) -> TrainModule:
     return getattr(module, "module", module)  # type: ignore[return-value]
 
 
+def trained_surfaces(tasks: Sequence[str], tc: TrainConfig) -> tuple[str, ...]:
+    """The surfaces this run trains: those with a "surface/action" task of positive quota."""
+    active = {t.split("/", 1)[0] for t in tasks if tc.task_quotas.get(t, 1.0) > 0}
+    return tuple(s for s in SURFACES if s in active)
+
+
+def freeze_untrained_towers(module: TrainModule, surfaces: Sequence[str]) -> None:
+    """Take the query towers of surfaces the run does not train out of the trainable set.
+
+    No query of theirs ever reaches them, so they would get no gradient anyway (and the optimizer
+    would skip them): frozen, they keep their initial weights exactly as before, and DDP does not
+    have to look for them in every step's graph. The search projection stays trainable while the
+    item tower's title skip shares it (every item's title goes through it).
+    """
+    towers = module.model.query_towers
+    title_skip = getattr(module.model.item_tower, "title_skip", None)
+    for surface in SURFACES:
+        projection = towers.projection(surface)
+        if surface not in surfaces and projection is not title_skip:
+            projection.requires_grad_(False)
+
+
+def may_leave_parameters_unused(module: TrainModule, surfaces: Sequence[str]) -> bool:
+    """Whether a step can leave a trainable parameter without a gradient (DDP's
+    ``find_unused_parameters``). Every trained surface's tower runs in every step (on zero rows
+    when the batch has none of its queries, see ``QueryFeatures.groups``), so only the fine-tuned
+    MiniLM layers can: a transformer cannot run on zero queries, so a batch without a search query
+    skips them."""
+    return module.text_encoder is not None and "search" in surfaces
+
+
 @dataclass
 class StepOutput:
     loss: float
@@ -231,6 +262,8 @@ class Stepper:
         store: item features; ``qf``: frozen query features per surface.
         neg_pool: item indices random negatives are drawn from.
         generator: seeds the negative draws (per rank, so ranks see different negatives).
+        surfaces: the trained surfaces (:func:`trained_surfaces`); each one's tower runs in every
+            step, on zero rows when the batch lacks its queries, so that no step leaves it unused.
     """
 
     def __init__(
@@ -244,8 +277,10 @@ class Stepper:
         tc: TrainConfig,
         device: torch.device,
         generator: torch.Generator,
+        surfaces: Sequence[str] = (),
     ) -> None:
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
+        self.surfaces = tuple(surfaces)
         self.store, self.qf, self.neg_pool, self.tc = store, qf, neg_pool, tc
         self.device, self.generator = device, generator
         self.params = [p for p in model.parameters() if p.requires_grad]
@@ -257,14 +292,14 @@ class Stepper:
         dev = self.device
         ids = torch.from_numpy(np.asarray(batch["item_idx"], dtype=np.int64))
         items = self.store.gather(ids).to(dev, non_blocking=True)
-        queries = self.qf.groups(np.asarray(batch["surface"]), np.asarray(batch["query_key"]), dev)
+        queries = self.qf.groups(np.asarray(batch["surface"]), np.asarray(batch["query_key"]), dev, self.surfaces)
         rand_items = rand_ids = None
         if self.tc.loss.random_negatives:
             rand_ids = sample_negatives(self.neg_pool, self.tc.loss.num_random_negatives, self.generator)
             rand_items = self.store.gather(rand_ids).to(dev, non_blocking=True)
             rand_ids = rand_ids.to(dev)
         search_tokens = None
-        if self.text_encoder is not None and "search" in queries:
+        if self.text_encoder is not None and "search" in queries and queries["search"][0].numel():
             keys = np.asarray(batch["query_key"])[np.asarray(batch["surface"]) == "search"]
             tok = self.text_encoder.tokenize(self.qf.texts(keys))
             search_tokens = {k: v.to(dev, non_blocking=True) for k, v in tok.items()}
@@ -363,11 +398,18 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     )
     if state is not None:
         module.model.load_state_dict(state.model)
-    # Unused-parameter detection: a batch may lack a surface (its query tower gets no gradient).
-    # Buffers are not broadcast: the sketch stays identical on every rank by construction
-    # (all-gathered updates) and the hash bucket table never changes.
+    surfaces = trained_surfaces(spec.tasks, tc)
+    freeze_untrained_towers(module, surfaces)
+    # Buffers are synced once at start (identical anyway: same seed or same checkpoint) but not
+    # before every forward: the sketch stays identical on every rank by construction (all-gathered
+    # updates) and the hash bucket table never changes. Unused-parameter search only where a step
+    # really can leave parameters unused (see may_leave_parameters_unused).
     ddp_model = ray.train.torch.prepare_model(
-        module, parallel_strategy_kwargs={"find_unused_parameters": True, "broadcast_buffers": False}
+        module,
+        parallel_strategy_kwargs={
+            "forward_sync_buffers": False,
+            "find_unused_parameters": may_leave_parameters_unused(module, surfaces),
+        },
     )
     optimizer = make_optimizer(module, tc)
     scheduler = build_scheduler(optimizer, tc.warmup_steps, tc.max_steps, tc.lr_decay)
@@ -410,7 +452,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     generator = torch.Generator()
     stepper = Stepper(
         ddp_model, optimizer, scheduler, store, qf,
-        negative_pool(store.num_items, heldout_items(tc.features)), tc, device, generator,
+        negative_pool(store.num_items, heldout_items(tc.features)), tc, device, generator, surfaces,
     )
     shard = ray.train.get_dataset_shard("train")
     data_seed = tc.seed * 7919 + rank * 104_729
@@ -465,7 +507,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             last_val = recall_metrics(table, "itemsage", "val")
             tracker.log_metrics(last_val, step)
             tracker.flush()
-        if is_ckpt:
+        if is_ckpt and bundle is None:
+            # Every rank must call report (it is a barrier), but only rank 0's metrics go with the
+            # checkpoint, and only rank 0 validates: the others report their own step and loss,
+            # not a validation score they never computed (Ray logs each rank's report).
+            ray.train.report({"step": step, "loss": out.loss}, checkpoint=None)
+        elif is_ckpt and bundle is not None:
             steps_per_s = timed_steps / timed_seconds if timed_seconds > 0 else 0.0
             metrics = {
                 "step": step,
@@ -474,24 +521,21 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 "train_steps_per_s": steps_per_s,
                 "mlflow_run_id": tracker.run_id or run_id or "",
             }
-            if bundle is not None:
-                with tempfile.TemporaryDirectory() as d:
-                    save_checkpoint(
-                        d,
-                        TrainState(
-                            step=step,
-                            model=module.model.state_dict(),
-                            text_encoder=module.text_encoder_state(),
-                            optimizer=optimizer.state_dict(),
-                            scheduler=scheduler.state_dict(),
-                            mlflow_run_id=tracker.run_id or run_id,
-                            metrics={**last_val, **baselines, "loss": out.loss},
-                        ),
-                    )
-                    bundle.write(d, step, last_val)
-                    ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
-            else:
-                ray.train.report(metrics, checkpoint=None)
+            with tempfile.TemporaryDirectory() as d:
+                save_checkpoint(
+                    d,
+                    TrainState(
+                        step=step,
+                        model=module.model.state_dict(),
+                        text_encoder=module.text_encoder_state(),
+                        optimizer=optimizer.state_dict(),
+                        scheduler=scheduler.state_dict(),
+                        mlflow_run_id=tracker.run_id or run_id,
+                        metrics={**last_val, **baselines, "loss": out.loss},
+                    ),
+                )
+                bundle.write(d, step, last_val)
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
         stop = {"state": "finished", "step": step}
     if rank == 0:
         tracker.flush()

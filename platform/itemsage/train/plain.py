@@ -26,9 +26,11 @@ from itemsage.train.loop import (
     StepOutput,
     TrainModule,
     build_train_module,
+    freeze_untrained_towers,
     make_optimizer,
     negative_pool,
     pair_batches,
+    trained_surfaces,
 )
 from itemsage.train.schedule import build_scheduler
 
@@ -69,10 +71,12 @@ def setup_plain(cfg: PipelineConfig, device: str | torch.device = "cpu") -> Plai
     store = ItemFeatureStore.load(tc.features, max_images=tc.model.max_images)
     qf = QueryFeatures.load(tc.features, store, with_text=tc.model.finetune_text_layers > 0)
     module = build_train_module(tc, bundle.vocab.size, store.image_dim, store.num_text_fields).to(dev)
-    optimizer = make_optimizer(module, tc)
-    scheduler = build_scheduler(optimizer, tc.warmup_steps, tc.max_steps, tc.lr_decay)
     pairs = read_pairs(tc.features, "train", tc.surfaces)
     tasks = sorted(task_counts(pairs))
+    surfaces = trained_surfaces(tasks, tc)
+    freeze_untrained_towers(module, surfaces)
+    optimizer = make_optimizer(module, tc)
+    scheduler = build_scheduler(optimizer, tc.warmup_steps, tc.max_steps, tc.lr_decay)
     rng = np.random.default_rng(tc.seed)
     order = rng.permutation(len(pairs["task"]))
     pairs = {k: v[order] for k, v in pairs.items()}
@@ -80,7 +84,7 @@ def setup_plain(cfg: PipelineConfig, device: str | torch.device = "cpu") -> Plai
     generator = torch.Generator().manual_seed(tc.seed)
     stepper = Stepper(
         module, optimizer, scheduler, store, qf, negative_pool(store.num_items, heldout_items(tc.features)),
-        tc, dev, generator,
+        tc, dev, generator, surfaces,
     )
     return PlainRun(cfg, module, optimizer, scheduler, store, qf, stepper, batches, bundle)
 
