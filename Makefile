@@ -36,6 +36,9 @@ demo: $(STAMP)  ## run the whole pipeline on the bundled sample (data/sample)
 # CI runs `make test`: every suite, the end-to-end ones included (25-45 minutes on 2 cores,
 # depending on what else runs there; 43 min measured on a busy 2-core box).
 test: $(STAMP) browser  ## all tests: unit, integration, end-to-end, multi-node cluster (what CI runs)
+	$(VENV)/bin/ruff check platform
+	$(VENV)/bin/ruff format --check platform
+	$(VENV)/bin/mypy
 	$(PY) -m pytest
 
 test-fast: $(STAMP)  ## unit and integration tests only (a few minutes)
