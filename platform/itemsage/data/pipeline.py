@@ -19,7 +19,7 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,7 @@ from itemsage.data.engagement import (
     split_by_time,
     synthesize_engagements,
 )
+from itemsage.data.features_io import staged_output
 from itemsage.data.featurize import (
     MINILM_DIM,
     StagePlan,
@@ -55,7 +56,6 @@ from itemsage.data.featurize import (
     text_feature_dataset,
     text_rows,
 )
-from itemsage.data.features_io import staged_output
 from itemsage.data.images import BACKBONES
 from itemsage.data.text import Vocab
 
@@ -494,7 +494,7 @@ def manifest(cfg: PreprocessConfig, summary: PreprocessSummary, f: FeatureSet) -
         },
         "vocab_sizes": f.vocab.sizes,
         "vocab_size": f.vocab.size,
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "config": to_dict(cfg),
     }
 

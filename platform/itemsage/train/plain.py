@@ -21,8 +21,8 @@ from itemsage.model import ItemFeatureStore, ItemSageModel
 from itemsage.train.artifacts import BundleFiles
 from itemsage.train.data import QueryFeatures, heldout_items, read_manifest, read_pairs, task_counts
 from itemsage.train.loop import (
-    Stepper,
     StepOutput,
+    Stepper,
     TrainModule,
     build_train_module,
     make_optimizer,
