@@ -408,10 +408,11 @@ def map_pairs(pairs: pd.DataFrame, item_index: dict[str, int], query_index: dict
     bad_closeup = closeup.copy()
     bad_closeup[closeup] = (key[closeup] < 0) | (n_images[np.maximum(key[closeup], 0)] == 0)
     bad_home = home & (key < 0)
-    rejects = [Reject("pairs", pairs["item_id"].iat[i], "closeup_query_without_image",
+    item_ids = pairs["item_id"].tolist()
+    rejects = [Reject("pairs", item_ids[i], "closeup_query_without_image",
                       f"closeup query item {query[i]!r} has no featurized image")
                for i in np.flatnonzero(bad_closeup)]
-    rejects += [Reject("pairs", pairs["item_id"].iat[i], "home_user_without_history",
+    rejects += [Reject("pairs", item_ids[i], "home_user_without_history",
                        f"user {query[i]!r} has no train-split item in their history")
                 for i in np.flatnonzero(bad_home)]
     keep = ~(bad_closeup | bad_home)
