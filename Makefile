@@ -35,10 +35,7 @@ demo: $(STAMP)  ## run the whole pipeline on the bundled sample (data/sample)
 
 # CI runs `make test`: every suite, the end-to-end ones included (25-45 minutes on 2 cores,
 # depending on what else runs there; 43 min measured on a busy 2-core box).
-test: $(STAMP) browser  ## all tests: unit, integration, end-to-end, multi-node cluster (what CI runs)
-	$(VENV)/bin/ruff check platform
-	$(VENV)/bin/ruff format --check platform
-	$(VENV)/bin/mypy
+test: $(STAMP) browser lint  ## all tests: lint and type checks, unit, integration, end-to-end, multi-node cluster (what CI runs)
 	$(PY) -m pytest
 
 test-fast: $(STAMP)  ## unit and integration tests only (a few minutes)
@@ -50,6 +47,14 @@ test-e2e: $(STAMP) browser  ## only the end-to-end suites: Ray clusters, fault i
 # PostgreSQL comes from Debian's postgresql package (installed by the test when root and missing).
 test-cluster: $(STAMP)  ## 2-node `ray start` cluster + PostgreSQL-backed MLflow: Jobs API pipeline, serve deploy, HTTP query
 	$(PY) -m pytest -m cluster -s tests/cluster
+
+.PHONY: lint
+# Lint, format and type checks of the library (pyproject.toml: [tool.ruff], [tool.mypy]); about a
+# minute, so `test` runs them before any suite starts.
+lint: $(STAMP)  ## ruff (lint + format check) and mypy on platform/
+	$(VENV)/bin/ruff check platform
+	$(VENV)/bin/ruff format --check platform
+	$(VENV)/bin/mypy
 
 bench: $(STAMP)  ## benchmark scripts on ../shared/data (see experiments/bench/)
 	$(PY) experiments/bench/model.py

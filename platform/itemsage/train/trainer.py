@@ -47,6 +47,7 @@ from itemsage.train.loop import (
 from itemsage.train.schedule import DECAY_KINDS
 from itemsage.train.tracking import Tracker, resolve_tracking_uri
 
+
 # Ray placement group strategies (ScalingConfig.placement_strategy).
 PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
 
