@@ -48,14 +48,6 @@ test-e2e: $(STAMP) browser  ## only the end-to-end suites: Ray clusters, fault i
 test-cluster: $(STAMP)  ## 2-node `ray start` cluster + PostgreSQL-backed MLflow: Jobs API pipeline, serve deploy, HTTP query
 	$(PY) -m pytest -m cluster -s tests/cluster
 
-.PHONY: lint
-# Lint, format and type checks of the library (pyproject.toml: [tool.ruff], [tool.mypy]); about a
-# minute, so `test` runs them before any suite starts.
-lint: $(STAMP)  ## ruff (lint + format check) and mypy on platform/
-	$(VENV)/bin/ruff check platform
-	$(VENV)/bin/ruff format --check platform
-	$(VENV)/bin/mypy
-
 bench: $(STAMP)  ## benchmark scripts on ../shared/data (see experiments/bench/)
 	$(PY) experiments/bench/model.py
 	$(PY) experiments/bench/preprocess.py
@@ -63,3 +55,11 @@ bench: $(STAMP)  ## benchmark scripts on ../shared/data (see experiments/bench/)
 
 clean:  ## remove run outputs (keeps .venv)
 	rm -rf artifacts mlruns mlflow.db .pytest_cache
+
+.PHONY: lint
+# Lint, format and type checks of the library (pyproject.toml: [tool.ruff], [tool.mypy]); about a
+# minute, so `test` runs them before any suite starts.
+lint: $(STAMP)  ## ruff (lint + format check) and mypy on platform/
+	$(VENV)/bin/ruff check platform
+	$(VENV)/bin/ruff format --check platform
+	$(VENV)/bin/mypy
