@@ -1,4 +1,5 @@
-"""Fixtures for the manifest tests (helpers: k8s_support.py). No cluster, Docker or kubectl needed."""
+"""Fixtures for the manifest tests (helpers: k8s_support.py). No cluster or Docker needed; the
+overlays are rendered by `kubectl kustomize`, and tests that need them skip without kubectl."""
 
 from __future__ import annotations
 

@@ -1,8 +1,10 @@
 """Helpers for the manifest tests: the rendered overlays, Ray pod walkers, schema validators.
 
-Nothing here needs a cluster, Docker, kubectl or kustomize: the overlays are rendered by
-itemsage.k8s_manifests (the kustomize subset they use) and built-in kinds are validated against the
-Kubernetes JSON schemas that kubernetes-validate ships.
+The overlays are rendered by the real ``kubectl kustomize`` (tests/support/k8s.py); without
+kubectl the tests that need them skip and say why. Built-in kinds are validated with
+kubernetes-validate (strict: unknown fields fail) against the Kubernetes versions below; the KubeRay
+objects against k8s/schemas/kuberay-v1.6.2.schema.yaml, whose embedded Kubernetes types (pod
+templates, Services, security contexts) resolve to those same strict Kubernetes schemas.
 """
 
 from __future__ import annotations
@@ -10,23 +12,47 @@ from __future__ import annotations
 import functools
 import importlib.resources
 import json
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from itemsage.k8s_manifests import render_kustomization
+import pytest
+import yaml
+
+# tests/support (the harness shared with the end-to-end tests) is importable as `support`.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from support.k8s import kubectl_missing, kustomize  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "k8s"
 OVERLAYS = ("cpu", "gpu")
 RAY_KINDS = ("RayCluster", "RayJob", "RayService")
-# The oldest Kubernetes minor these manifests claim (k8s/README.md) and the newest schema shipped.
-K8S_VERSIONS = ("1.30.0", "latest")
+
+def _newest_kubernetes() -> str:
+    from kubernetes_validate.utils import latest_version
+
+    return str(latest_version())
+
+
+# The oldest Kubernetes minor k8s/README.md claims, and the newest the installed kubernetes-validate
+# ships schemas for (1.37.0 with kubernetes-validate 1.37).
+K8S_VERSIONS = ("1.30.0", _newest_kubernetes())
+KUBERAY_SCHEMA = K8S / "schemas" / "kuberay-v1.6.2.schema.yaml"
 
 
 @functools.cache
+def _render(directory: Path) -> tuple[dict[str, Any], ...]:
+    return tuple(kustomize(directory))
+
+
 def render(overlay: str) -> tuple[dict[str, Any], ...]:
-    return tuple(render_kustomization(K8S / "overlays" / overlay))
+    """``kubectl kustomize k8s/overlays/<overlay>`` (or ``base``), as objects; skips without kubectl."""
+    why = kubectl_missing()
+    if why:
+        pytest.skip(why)
+    directory = K8S / "base" if overlay == "base" else K8S / "overlays" / overlay
+    return _render(directory)
 
 
 def find(docs: tuple[dict[str, Any], ...], kind: str, name: str) -> dict[str, Any]:
@@ -75,32 +101,53 @@ def cpus(container: dict[str, Any]) -> float:
 # ------------------------------------------------------------------------------ schemas
 
 
-def _schema_dir(version: str) -> Any:
-    import kubernetes_validate.utils as kv
+def kubernetes_errors(doc: dict[str, Any]) -> list[str]:
+    """kubernetes-validate (strict) errors of a built-in object, for every version in K8S_VERSIONS."""
+    import kubernetes_validate
 
-    if version == "latest":
-        version = kv.latest_version()
-    return importlib.resources.files("kubernetes_validate") / "kubernetes-json-schema" / f"v{version}-local-strict"
+    out = []
+    for version in K8S_VERSIONS:
+        try:
+            kubernetes_validate.validate(doc, version, strict=True)
+        except kubernetes_validate.ValidationError as e:
+            path = "/".join(map(str, e.absolute_path))
+            out.append(f"k8s {version} {doc['kind']}/{doc['metadata'].get('name')} at /{path}: {e.message}")
+    return out
+
+
+def _k8s_definitions(version: str) -> dict[str, Any]:
+    base = importlib.resources.files("kubernetes_validate") / "kubernetes-json-schema" / f"v{version}-local-strict"
+    return json.loads((base / "_definitions.json").read_text())
 
 
 @functools.cache
-def schema_validator(version: str, schema_file: str) -> Any:
-    """A strict (no unknown fields) validator for one schema file, e.g. ``podtemplatespec-v1``."""
+def kuberay_validator(version: str) -> Any:
+    """The KubeRay schema, its Kubernetes types resolved against Kubernetes ``version`` (strict)."""
     import jsonschema
     from referencing import Registry, Resource
 
-    base = _schema_dir(version)
-    defs = json.loads((base / "_definitions.json").read_text())
-    schema = json.loads((base / f"{schema_file}.json").read_text())
-    registry = Registry().with_resources(
-        [(defs["$id"], Resource.from_contents(defs)), (schema["$id"], Resource.from_contents(schema))]
-    )
+    schema = yaml.safe_load(KUBERAY_SCHEMA.read_text())
+    defs = _k8s_definitions(version)
+    registry = Registry().with_resources([(defs["$id"], Resource.from_contents(defs)),
+                                          (schema["$id"], Resource.from_contents(schema))])
+    jsonschema.Draft202012Validator.check_schema(schema)
     return jsonschema.Draft202012Validator(schema, registry=registry)
 
 
-def schema_errors(obj: Any, schema_file: str) -> list[str]:
+def kuberay_errors(doc: dict[str, Any]) -> list[str]:
+    """Schema errors of a RayCluster/RayJob/RayService, for every version in K8S_VERSIONS."""
     out = []
     for version in K8S_VERSIONS:
-        for e in schema_validator(version, schema_file).iter_errors(obj):
-            out.append(f"k8s {version} {schema_file} at /{'/'.join(map(str, e.absolute_path))}: {e.message}")
+        for e in kuberay_validator(version).iter_errors(doc):
+            # A failing `allOf`/`if` reports its innermost causes, which name the field.
+            for leaf in _leaves(e):
+                out.append(f"k8s {version} {doc['kind']}/{doc['metadata'].get('name')} "
+                           f"at /{'/'.join(map(str, leaf.absolute_path))}: {leaf.message}")
     return out
+
+
+def _leaves(error: Any) -> Iterator[Any]:
+    if not error.context:
+        yield error
+    for sub in error.context or ():
+        yield from _leaves(sub)

@@ -1,11 +1,11 @@
-"""The KubeRay / Kubernetes manifests in k8s/, checked statically (no cluster, Docker or kubectl).
+"""The KubeRay / Kubernetes manifests in k8s/, rendered by `kubectl kustomize` (no cluster or Docker).
 
-Every YAML parses; both overlays render; built-in kinds validate against the Kubernetes schemas
-(kubernetes-validate, strict: unknown fields fail); KubeRay resources use only fields of the
-KubeRay v1 CRDs (sets below, from the KubeRay v1.7.0 API reference) and their pod templates
-validate as Kubernetes PodTemplateSpecs; Ray, image and pin versions agree; RayJob entrypoints and
-configs exist and load; GPU requests match the training config; security defaults hold everywhere;
-no secret is inline.
+Every YAML parses; both overlays and the base render; built-in kinds validate against the
+Kubernetes schemas (kubernetes-validate, strict: unknown fields fail); KubeRay resources validate
+against k8s/schemas/kuberay-v1.6.2.schema.yaml (the ray.io/v1 fields of the KubeRay v1.6.2 CRDs, with
+their pod templates as strict Kubernetes PodTemplateSpecs); Ray, image and pin versions agree;
+RayJob entrypoints and configs exist and load; GPU requests match the training config; security
+defaults hold everywhere; no secret is inline.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ import pytest
 import yaml
 from k8s_support import (
     K8S,
+    K8S_VERSIONS,
+    KUBERAY_SCHEMA,
     OVERLAYS,
     RAY_KINDS,
     REPO,
@@ -27,59 +29,18 @@ from k8s_support import (
     cpus,
     find,
     gpus,
+    kubernetes_errors,
+    kuberay_errors,
     pod_templates,
     ray_groups,
     render,
-    schema_errors,
 )
 
 from itemsage.config import PipelineConfig, load_config
 
 Docs = tuple[dict[str, Any], ...]
 
-# ------------------------------------------------------------------------------ KubeRay v1 fields
-# From the KubeRay v1.7.0 CRD API reference (ray.io/v1). Only fields listed here may appear.
-RAY_CLUSTER_SPEC = {
-    "upgradeStrategy", "authOptions", "suspend", "managedBy", "autoscalerOptions", "headServiceAnnotations",
-    "enableInTreeAutoscaling", "gcsFaultToleranceOptions", "historyServerOptions", "networkPolicy", "tlsOptions",
-    "headGroupSpec", "rayVersion", "workerGroupSpecs",
-}
-HEAD_GROUP_SPEC = {"template", "headService", "enableIngress", "ingressOptions", "resources", "labels", "rayStartParams",
-                   "serviceType"}
-WORKER_GROUP_SPEC = {"suspend", "groupName", "replicas", "minReplicas", "maxReplicas", "idleTimeoutSeconds", "priority",
-                     "resources", "labels", "rayStartParams", "template", "scaleStrategy", "numOfHosts"}
-AUTOSCALER_OPTIONS = {"resources", "image", "imagePullPolicy", "securityContext", "idleTimeoutSeconds", "upscalingMode",
-                      "version", "env", "envFrom", "volumeMounts", "command", "args"}
-AUTH_OPTIONS = {"enableK8sTokenAuth", "secretName", "mode"}
-GCS_FT_OPTIONS = {"backend", "redisUsername", "redisPassword", "externalStorageNamespace", "redisAddress", "storage"}
-REDIS_CREDENTIAL = {"valueFrom", "value"}
-RAY_JOB_SPEC = {
-    "activeDeadlineSeconds", "backoffLimit", "rayClusterSpec", "submitterPodTemplate", "metadata", "clusterSelector",
-    "submitterConfig", "managedBy", "deletionStrategy", "entrypoint", "runtimeEnvYAML", "jobId", "submissionMode",
-    "entrypointResources", "entrypointNumCpus", "entrypointNumGpus", "ttlSecondsAfterFinished",
-    "preRunningDeadlineSeconds", "shutdownAfterJobFinishes", "suspend",
-}
-RAY_SERVICE_SPEC = {
-    "rayClusterDeletionDelaySeconds", "serviceUnhealthySecondThreshold", "deploymentUnhealthySecondThreshold",
-    "serveService", "upgradeStrategy", "managedBy", "serveConfigV2", "rayClusterConfig", "excludeHeadPodFromServeSvc",
-    "suspend",
-}
-RAY_SERVICE_DEPRECATED = {"serviceUnhealthySecondThreshold", "deploymentUnhealthySecondThreshold"}
-RAY_SERVICE_UPGRADE_STRATEGY = {"type", "clusterUpgradeOptions"}
-ENUMS = {
-    "authOptions.mode": {"disabled", "token"},
-    "autoscalerOptions.upscalingMode": {"Default", "Aggressive", "Conservative"},
-    "autoscalerOptions.version": {"v1", "v2"},
-    "gcsFaultToleranceOptions.backend": {"redis", "rocksdb"},
-    "RayJob.submissionMode": {"K8sJobMode", "HTTPMode", "InteractiveMode", "SidecarMode"},
-    "RayService.upgradeStrategy.type": {"NewClusterWithIncrementalUpgrade", "NewCluster", "None"},
-}
-
 SECRET_NAME = re.compile(r"password|passwd|secret|token|credential|api[_-]?key|access[_-]?key", re.I)
-
-
-def unknown(obj: dict[str, Any], allowed: set[str], where: str) -> list[str]:
-    return [f"{where}.{k}" for k in sorted(set(obj) - allowed)]
 
 
 def pyproject() -> dict[str, Any]:
@@ -141,6 +102,16 @@ def test_overlays_render_the_same_objects(docs: Docs) -> None:
             assert d["metadata"]["namespace"] == "itemsage", d["metadata"]
 
 
+def test_gpu_overlay_is_the_base_as_is() -> None:
+    assert render("gpu") == render("base")
+
+
+def test_the_serve_config_carrier_is_not_applied(docs: Docs) -> None:
+    """The ConfigMap that carries serveConfigV2 into the RayService is local to kustomize."""
+    assert not [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "itemsage-serve-config"]
+    assert "config.kubernetes.io/local-config" not in yaml.safe_dump_all(list(docs))
+
+
 def test_cpu_overlay_has_no_gpu_anywhere() -> None:
     text = yaml.safe_dump_all(list(render("cpu")))
     assert "nvidia.com/gpu" not in text
@@ -160,92 +131,68 @@ def test_every_object_has_a_stage_label_the_readme_applies(docs: Docs) -> None:
 
 
 def test_builtin_kinds_validate_against_kubernetes_schemas(docs: Docs) -> None:
-    import kubernetes_validate
-
-    from k8s_support import K8S_VERSIONS, _schema_dir
-
-    checked = 0
-    for d in docs:
-        if d["kind"] in RAY_KINDS:
-            continue
-        for version in K8S_VERSIONS:
-            v = _schema_dir(version).name.split("-")[0][1:]
-            kubernetes_validate.validate(d, v, strict=True)  # raises on any error
-        checked += 1
-    assert checked >= 14
+    builtin = [d for d in docs if d["kind"] not in RAY_KINDS]
+    assert len(builtin) >= 14
+    assert {"Deployment", "Service", "NetworkPolicy", "PersistentVolumeClaim", "StatefulSet"} <= {d["kind"] for d in builtin}
+    problems = [p for d in builtin for p in kubernetes_errors(d)]
+    assert not problems, "\n".join(problems)
 
 
-def test_kuberay_resources_use_only_v1_crd_fields(docs: Docs) -> None:
-    problems: list[str] = []
+def test_kuberay_resources_validate_against_the_crd_schema(docs: Docs) -> None:
+    ray = [d for d in docs if d["kind"] in RAY_KINDS]
+    assert sorted(d["kind"] for d in ray) == ["RayCluster", "RayJob", "RayJob", "RayService"]
+    problems = [p for d in ray for p in kuberay_errors(d)]
+    assert not problems, "\n".join(problems)
+
+
+def test_kuberay_worker_groups_and_start_params(docs: Docs) -> None:
+    """What the schema cannot say: replica bounds in order, rayStartParams present on every group."""
     for d in docs:
         if d["kind"] not in RAY_KINDS:
             continue
         where = f"{d['kind']}/{d['metadata']['name']}"
-        assert d["apiVersion"] == "ray.io/v1", where
-        problems += unknown(d, {"apiVersion", "kind", "metadata", "spec"}, where)
-        problems += schema_errors(d["metadata"], "objectmeta-meta-v1")
-        spec = d["spec"]
-        if d["kind"] == "RayJob":
-            problems += unknown(spec, RAY_JOB_SPEC, f"{where}.spec")
-            assert spec.get("submissionMode", "K8sJobMode") in ENUMS["RayJob.submissionMode"]
-            if "submitterConfig" in spec:
-                problems += unknown(spec["submitterConfig"], {"backoffLimit"}, f"{where}.submitterConfig")
-            if "submitterPodTemplate" in spec:
-                problems += schema_errors(spec["submitterPodTemplate"], "podtemplatespec-v1")
         if d["kind"] == "RayService":
-            problems += unknown(spec, RAY_SERVICE_SPEC - RAY_SERVICE_DEPRECATED, f"{where}.spec")
-            problems += unknown(spec.get("upgradeStrategy", {}), RAY_SERVICE_UPGRADE_STRATEGY, f"{where}.upgradeStrategy")
-            assert isinstance(spec["serveConfigV2"], str), "serveConfigV2 must be a YAML string"
-            if "serveService" in spec:
-                problems += schema_errors(spec["serveService"], "service-v1")
-        cs = cluster_spec(d)
-        assert cs is not None, where
-        problems += unknown(cs, RAY_CLUSTER_SPEC, f"{where}.clusterSpec")
-        problems += unknown(cs["headGroupSpec"], HEAD_GROUP_SPEC, f"{where}.headGroupSpec")
-        for g in cs.get("workerGroupSpecs") or []:
-            problems += unknown(g, WORKER_GROUP_SPEC, f"{where}.workerGroupSpecs[{g.get('groupName')}]")
+            assert isinstance(d["spec"]["serveConfigV2"], str), "serveConfigV2 must be a YAML string"
+        for g in cluster_spec(d).get("workerGroupSpecs") or []:
             for key in ("minReplicas", "maxReplicas", "replicas"):
                 assert isinstance(g.get(key), int), f"{where} {g['groupName']}.{key}"
             assert g["minReplicas"] <= g["replicas"] <= g["maxReplicas"], f"{where} {g['groupName']}"
         for group, gs in ray_groups(d):
-            assert isinstance(gs["rayStartParams"], dict), f"{where}:{group} rayStartParams is required"
-            assert all(isinstance(v, str) for v in gs["rayStartParams"].values()), f"{where}:{group} params are strings"
-            problems += schema_errors(gs["template"], "podtemplatespec-v1")
-        if "autoscalerOptions" in cs:
-            ao = cs["autoscalerOptions"]
-            problems += unknown(ao, AUTOSCALER_OPTIONS, f"{where}.autoscalerOptions")
-            for key in ("upscalingMode", "version"):
-                if key in ao:
-                    assert ao[key] in ENUMS[f"autoscalerOptions.{key}"], f"{where} {key}"
-            if "securityContext" in ao:
-                problems += schema_errors(ao["securityContext"], "securitycontext-v1")
-            if "resources" in ao:
-                problems += schema_errors(ao["resources"], "resourcerequirements-v1")
-            for m in ao.get("volumeMounts", []):
-                problems += schema_errors(m, "volumemount-v1")
-        if "authOptions" in cs:
-            problems += unknown(cs["authOptions"], AUTH_OPTIONS, f"{where}.authOptions")
-            assert cs["authOptions"].get("mode", "token") in ENUMS["authOptions.mode"]
-        if "gcsFaultToleranceOptions" in cs:
-            ft = cs["gcsFaultToleranceOptions"]
-            problems += unknown(ft, GCS_FT_OPTIONS, f"{where}.gcsFaultToleranceOptions")
-            assert ft.get("backend", "redis") in ENUMS["gcsFaultToleranceOptions.backend"]
-            for key in ("redisUsername", "redisPassword"):
-                if key in ft:
-                    problems += unknown(ft[key], REDIS_CREDENTIAL, f"{where}.{key}")
-                    if "valueFrom" in ft[key]:
-                        problems += schema_errors(ft[key]["valueFrom"], "envvarsource-v1")
-    assert not problems, "\n".join(problems)
+            assert isinstance(gs.get("rayStartParams"), dict), f"{where}:{group} rayStartParams is required"
 
 
-def test_field_checks_catch_a_typo() -> None:
-    """The field sets above really bite: a misspelt KubeRay field fails the check."""
-    d = yaml.safe_load(yaml.safe_dump(find(render("gpu"), "RayService", "itemsage")))
-    d["spec"]["rayClusterConfig"]["enableInTreeAutoscalling"] = True
-    d["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]["imagePullPolice"] = "x"
-    assert unknown(d["spec"]["rayClusterConfig"], RAY_CLUSTER_SPEC, "c") == ["c.enableInTreeAutoscalling"]
-    tpl = d["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["template"]
-    assert any("imagePullPolice" in e for e in schema_errors(tpl, "podtemplatespec-v1"))
+def test_crd_schema_catches_a_misspelt_field() -> None:
+    """The schema really bites: misspelt KubeRay and pod fields, a wrong type and a wrong enum fail."""
+    good = find(render("gpu"), "RayService", "itemsage")
+    assert kuberay_errors(good) == []
+    d = yaml.safe_load(yaml.safe_dump(good))
+    cs = d["spec"]["rayClusterConfig"]
+    cs["enableInTreeAutoscalling"] = True  # KubeRay field
+    cs["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]["imagePullPolice"] = "Always"  # pod field
+    cs["workerGroupSpecs"][0]["replicas"] = "2"
+    d["spec"]["upgradeStrategy"]["type"] = "BlueGreen"
+    d["spec"]["serviceUnhealthySecondThreshold"] = 900  # deprecated: KubeRay ignores it
+    errors = kuberay_errors(d)
+    for needle in ("'enableInTreeAutoscalling' was unexpected", "'imagePullPolice' was unexpected",
+                   "'2' is not of type 'integer'", "'BlueGreen' is not one of", "'serviceUnhealthySecondThreshold' was unexpected"):
+        assert sum(needle in e for e in errors) == len(K8S_VERSIONS), (needle, errors)
+    job = yaml.safe_load(yaml.safe_dump(find(render("gpu"), "RayJob", "itemsage-train")))
+    job["spec"]["shutdownAfterJobFinish"] = True
+    assert any("'shutdownAfterJobFinish' was unexpected" in e for e in kuberay_errors(job))
+
+
+def test_crd_schema_names_its_kuberay_version() -> None:
+    text = KUBERAY_SCHEMA.read_text()
+    assert "KubeRay v1.6.2" in text and "v1.6.2" in KUBERAY_SCHEMA.name
+    for crd in ("ray.io_rayclusters.yaml", "ray.io_rayjobs.yaml", "ray.io_rayservices.yaml"):
+        assert crd in text
+    assert "KubeRay v1.6.2" in (K8S / "README.md").read_text()
+
+
+def test_builtin_schema_check_catches_a_typo(docs: Docs) -> None:
+    d = yaml.safe_load(yaml.safe_dump(find(docs, "Deployment", "itemsage-mlflow")))
+    d["spec"]["template"]["spec"]["containers"][0]["readinesProbe"] = {}
+    assert len([e for e in kubernetes_errors(d) if "readinesProbe" in e]) == len(K8S_VERSIONS)
 
 
 # ------------------------------------------------------------------------------ versions
@@ -489,7 +436,7 @@ def test_mlflow_tracking_uri_points_at_the_mlflow_service(docs: Docs) -> None:
 
 def test_rayservice_upgrade_strategy_and_gcs_fault_tolerance(docs: Docs) -> None:
     svc = find(docs, "RayService", "itemsage")
-    assert svc["spec"]["upgradeStrategy"]["type"] in ENUMS["RayService.upgradeStrategy.type"]
+    assert svc["spec"]["upgradeStrategy"]["type"] == "NewCluster"  # blue/green (k8s/README.md)
     ft = svc["spec"]["rayClusterConfig"]["gcsFaultToleranceOptions"]
     host, port = ft["redisAddress"].split(":")
     redis = find(docs, "Service", host)
@@ -658,7 +605,7 @@ def test_readme_covers_the_workflow() -> None:
     readme = (K8S / "README.md").read_text()
     for needle in ("helm install kuberay-operator", "docker build", "docker push", "create secret generic",
                    "kubectl apply -k k8s/overlays/", "port-forward", "ray job submit", "RAY_AUTH_MODE=token",
-                   "serve-values.yaml", "python -m itemsage.k8s_manifests generate", "curl"):
+                   "serve-values.yaml", "python tests/support/k8s.py generate", "curl"):
         assert needle in readme, needle
     assert "--build-arg RAY_IMAGE_VARIANT=-gpu" in readme
 

@@ -1,4 +1,8 @@
-"""serveConfigV2: generated from deployments/serve_config.yaml + k8s/serve-values.yaml, never drifting."""
+"""serveConfigV2: generated from deployments/serve_config.yaml + k8s/serve-values.yaml, never drifting.
+
+tests/support/k8s.py writes the two flavours (k8s/base/serve-config.yaml, GPU;
+k8s/overlays/cpu/serve-config.yaml, CPU); kustomize copies each into the RayService.
+"""
 
 from __future__ import annotations
 
@@ -10,19 +14,16 @@ from typing import Any
 import pytest
 import yaml
 from k8s_support import REPO, cluster_spec, find, gpus, render
-
-from itemsage.k8s_manifests import (
-    BASE_RAYSERVICE,
-    CPU_SERVE_PATCH,
+from support.k8s import (
     SERVE_CONFIG,
+    SERVE_CONFIG_FILES,
     SERVE_VALUES,
     VERSION_KEYS,
-    ManifestError,
+    ServeConfigError,
     cluster_serve_config,
     drifted,
     main,
-    replace_block_scalar,
-    serve_config_v2,
+    serve_config_text,
 )
 
 SOURCE = {
@@ -90,7 +91,7 @@ def test_no_yaml_aliases_in_the_output(tmp_path: Path) -> None:
         "  - name: QueryEncoder\n    user_config: *v\n"
     )
     (tmp_path / SERVE_VALUES).write_text("version: {model_uri: models:/m/1}\n")
-    out = serve_config_v2(tmp_path, "cpu")
+    out = serve_config_text(tmp_path, "cpu")
     assert "&" not in out and "*" not in out
     deps = deployments(yaml.safe_load(out))
     assert deps["QueryEncoder"]["user_config"] == {"model_uri": "models:/m/1", "index_uri": "y"}
@@ -118,7 +119,7 @@ def test_version_goes_into_app_args_too() -> None:
     ],
 )
 def test_cluster_serve_config_rejects_bad_values(values: dict, why: str) -> None:
-    with pytest.raises(ManifestError, match=why):
+    with pytest.raises(ServeConfigError, match=why):
         cluster_serve_config(SOURCE, values, "gpu")
 
 
@@ -126,7 +127,7 @@ def test_cluster_serve_config_needs_a_place_for_the_version() -> None:
     src = yaml.safe_load(yaml.safe_dump(SOURCE))
     for d in src["applications"][0]["deployments"]:
         d.pop("user_config")
-    with pytest.raises(ManifestError, match="names the served version nowhere"):
+    with pytest.raises(ServeConfigError, match="names the served version nowhere"):
         cluster_serve_config(src, VALUES, "gpu")
 
 
@@ -138,41 +139,19 @@ def test_version_keys_match_the_serving_spec() -> None:
     assert tuple(ast.literal_eval(keys.value)) == VERSION_KEYS
 
 
-def test_replace_block_scalar_keeps_the_rest_of_the_file() -> None:
-    text = (
-        "# comment stays\n"
-        "spec:\n"
-        "  a: 1  # inline comment stays\n"
-        "  serveConfigV2: |\n"
-        "    old: 1\n"
-        "\n"
-        "    older: 2\n"
-        "  after: 3\n"
-        "list:\n"
-        "  - value: |\n"
-        "      x\n"
-    )
-    out = replace_block_scalar(text, "serveConfigV2", "new: 1\nnested:\n  k: v\n")
-    assert out.startswith("# comment stays\nspec:\n  a: 1  # inline comment stays\n  serveConfigV2: |\n    new: 1\n")
-    assert yaml.safe_load(out) == {"spec": {"a": 1, "serveConfigV2": "new: 1\nnested:\n  k: v\n", "after": 3},
-                                   "list": [{"value": "x\n"}]}
-    out = replace_block_scalar(out, "value", "y: 2\n")
-    assert yaml.safe_load(out)["list"] == [{"value": "y: 2\n"}]
-    with pytest.raises(ManifestError, match="exactly one"):
-        replace_block_scalar(text, "missing", "a\n")
-
-
 # ------------------------------------------------------------------------------ the real files
 
 def test_generated_files_are_up_to_date() -> None:
     assert (REPO / SERVE_CONFIG).is_file() and (REPO / SERVE_VALUES).is_file()
-    assert drifted(REPO) == [], "run: python -m itemsage.k8s_manifests generate"
+    assert drifted(REPO) == [], "run: python tests/support/k8s.py generate"
 
 
 @pytest.mark.parametrize("overlay", ["cpu", "gpu"])
 def test_rendered_serve_config_is_the_generators_output(overlay: str) -> None:
+    """kustomize puts exactly the generated file of the overlay's flavour into serveConfigV2."""
     svc = find(render(overlay), "RayService", "itemsage")
-    assert svc["spec"]["serveConfigV2"] == serve_config_v2(REPO, overlay)
+    assert svc["spec"]["serveConfigV2"] == serve_config_text(REPO, overlay)
+    assert svc["spec"]["serveConfigV2"] == (REPO / SERVE_CONFIG_FILES[overlay]).read_text()
 
 
 def test_generated_serve_configs_are_valid_ray_serve_configs() -> None:
@@ -213,7 +192,7 @@ def test_gpu_retriever_replicas_fit_the_gpu_worker_group() -> None:
 
 
 def test_check_and_generate_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    for rel in (SERVE_CONFIG, SERVE_VALUES, BASE_RAYSERVICE, CPU_SERVE_PATCH):
+    for rel in (SERVE_CONFIG, SERVE_VALUES, *SERVE_CONFIG_FILES.values()):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(REPO / rel, tmp_path / rel)
     assert main(["--root", str(tmp_path), "check"]) == 0
@@ -223,6 +202,10 @@ def test_check_and_generate_cli(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert "out of date" in capsys.readouterr().err
     assert main(["--root", str(tmp_path), "generate"]) == 0
     assert main(["--root", str(tmp_path), "check"]) == 0
-    text = (tmp_path / BASE_RAYSERVICE).read_text()
-    assert "models:/itemsage/2" in yaml.safe_load(text)["spec"]["serveConfigV2"]
-    assert text.startswith((REPO / BASE_RAYSERVICE).read_text().split("serveConfigV2: |")[0])  # comments kept
+    for rel in SERVE_CONFIG_FILES.values():
+        text = (tmp_path / rel).read_text()
+        assert text.startswith("# GENERATED")
+        assert deployments(yaml.safe_load(text))["Retriever"]["user_config"]["model_uri"] == "models:/itemsage/2"
+    values.write_text(values.read_text() + "replicas: 3\n")
+    assert main(["--root", str(tmp_path), "check"]) == 2
+    assert "unknown key(s) ['replicas']" in capsys.readouterr().err

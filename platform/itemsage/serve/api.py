@@ -7,10 +7,11 @@ bodies are identical, and the benchmark compares serving architectures, not two 
 """
 
 # No ``from __future__ import annotations`` here: FastAPI reads the route parameters' annotations
-# at runtime, and the request models are local variables of create_api.
+# at runtime, and the request models exist only per app (add_endpoints sets them).
+import inspect
 import json
 import logging
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -19,17 +20,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from itemsage.config import ServeConfig
-from itemsage.serve.uploads import decode_base64
+from itemsage.serve.endpoints import ENDPOINTS
 from itemsage.serve.errors import ServeError, as_serve_error
-from itemsage.serve.schemas import (
-    EmbeddingResponse,
-    ErrorResponse,
-    HealthResponse,
-    ItemInfo,
-    SearchResponse,
-    VersionResponse,
-    build_request_models,
-)
+from itemsage.serve.schemas import ErrorResponse, RequestModels, build_request_models
+from itemsage.serve.uploads import decode_base64
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +32,9 @@ _WEB_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; char
 
 
 class Backend(Protocol):
+    """What the handlers call: the ``backend`` methods named in ``ENDPOINTS``, as
+    :class:`~itemsage.serve.service.Retriever` implements them."""
+
     async def search(self, query: str, k: int) -> dict[str, Any]: ...
     async def similar(self, k: int, item_id: str | None = None, image: bytes | None = None) -> dict[str, Any]: ...
     async def recommend(self, history: list[str], k: int) -> dict[str, Any]: ...
@@ -115,6 +112,7 @@ async def _too_large(send: Any, limit: int) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+# What each error status means, for the OpenAPI document (an endpoint lists its codes in ENDPOINTS).
 ERRORS: dict[int | str, dict[str, Any]] = {
     403: {"model": ErrorResponse, "description": "local image path outside the allowed roots"},
     404: {"model": ErrorResponse, "description": "unknown item id"},
@@ -124,13 +122,12 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _pick(codes: tuple[int, ...]) -> dict[int | str, dict[str, Any]]:
-    return {c: ERRORS[c] for c in codes}
-
-
 def create_api(backend: Backend, cfg: ServeConfig, web_dir: str | Path | None = None, title: str = "ItemSage") -> FastAPI:
-    """The FastAPI app: JSON API, OpenAPI docs (``/docs``), and the web page at ``/``."""
-    req = build_request_models(cfg)
+    """The FastAPI app: JSON API, OpenAPI docs (``/docs``), and the web page at ``/``.
+
+    One route per entry of :data:`~itemsage.serve.endpoints.ENDPOINTS`, answered by the handler
+    of the same name (:func:`_handlers`).
+    """
     app = FastAPI(
         title=title,
         version="1",
@@ -157,68 +154,7 @@ def create_api(backend: Backend, cfg: ServeConfig, web_dir: str | Path | None = 
         log.exception("request failed")
         return JSONResponse({"detail": "internal error; the request was not completed"}, status_code=503)
 
-    def image_bytes(data: str) -> bytes:
-        return decode_base64(data, cfg.max_upload_bytes)
-
-    @app.post("/search", response_model=SearchResponse, responses=_pick((413, 422, 503)), tags=["retrieval"])
-    async def search(body: req.search) -> Any:  # type: ignore[valid-type]
-        """Products for a text query (search surface)."""
-        return await backend.search(body.query, body.k)
-
-    @app.post("/similar", response_model=SearchResponse, responses=_pick((404, 413, 422, 503)), tags=["retrieval"])
-    async def similar(body: req.similar) -> Any:  # type: ignore[valid-type]
-        """Products similar to a catalog item (``item_id``) or an uploaded photo (``image``, base64)."""
-        image = image_bytes(body.image) if body.image is not None else None
-        return await backend.similar(body.k, item_id=body.item_id, image=image)
-
-    @app.post("/recommend", response_model=SearchResponse, responses=_pick((404, 413, 422, 503)), tags=["retrieval"])
-    async def recommend(body: req.recommend) -> Any:  # type: ignore[valid-type]
-        """A home feed for a user given the items they engaged with (home surface)."""
-        return await backend.recommend(list(body.history), body.k)
-
-    @app.post("/embed/query", response_model=EmbeddingResponse, responses=_pick((404, 413, 422, 503)), tags=["embeddings"])
-    async def embed_query(body: req.embed_query) -> Any:  # type: ignore[valid-type]
-        """The query embedding of a text, an image or a history (one of them)."""
-        image = image_bytes(body.image) if body.image is not None else None
-        history = list(body.history) if body.history is not None else None
-        return await backend.embed_query(text=body.text, image=image, history=history)
-
-    @app.post("/embed/item", response_model=EmbeddingResponse, responses=_pick((403, 413, 422, 503)), tags=["embeddings"])
-    async def embed_item(body: req.embed_item) -> Any:  # type: ignore[valid-type]
-        """The item embedding of a new or changed product (text fields + images)."""
-        payload = body.model_dump()
-        payload["images"] = [image_bytes(s) for s in body.images]
-        return await backend.embed_item(payload)
-
-    @app.get("/items/{item_id}", response_model=ItemInfo, responses=_pick((404, 503)), tags=["catalog"])
-    async def item(item_id: str) -> Any:
-        """Catalog metadata of one item."""
-        return await backend.item(item_id)
-
-    @app.get(
-        "/items/{item_id}/image",
-        response_class=Response,
-        responses={200: {"content": {"image/*": {}}}, **_pick((404, 503))},
-        tags=["catalog"],
-    )
-    async def item_image(item_id: str, i: int = Query(0, ge=0, lt=cfg.max_item_images)) -> Response:
-        """The item's ``i``-th catalog image (only files the catalog itself names are served)."""
-        data, media_type = await backend.item_image(item_id, i)
-        return Response(data, media_type=media_type, headers={"Cache-Control": "public, max-age=3600"})
-
-    @app.get("/healthz", response_model=HealthResponse, responses=_pick((503,)), tags=["ops"])
-    async def healthz() -> Any:
-        try:
-            return await backend.health()
-        except Exception as exc:  # noqa: BLE001 - any failure means "not healthy"
-            err = as_serve_error(exc)
-            detail = err.detail if err else f"unhealthy: {type(exc).__name__}"
-            return JSONResponse({"detail": detail}, status_code=503)
-
-    @app.get("/version", response_model=VersionResponse, responses=_pick((503,)), tags=["ops"])
-    async def version() -> Any:
-        """The model and index versions answering right now."""
-        return await backend.version()
+    add_endpoints(app, _handlers(backend, cfg), build_request_models(cfg))
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index_page() -> Response:
@@ -231,6 +167,91 @@ def create_api(backend: Backend, cfg: ServeConfig, web_dir: str | Path | None = 
     # Outermost of the app's own middleware: the size check runs before any body is parsed.
     app.add_middleware(BodyLimit, limit=cfg.max_request_bytes)
     return app
+
+
+def add_endpoints(app: FastAPI, handlers: Mapping[str, Callable[..., Awaitable[Any]]], requests: RequestModels) -> None:
+    """Register every :data:`ENDPOINTS` route on ``app``; each handler's ``body`` parameter gets the
+    endpoint's request model as its annotation (the models carry the config's limits, so they
+    exist only per app)."""
+    missing = [e.name for e in ENDPOINTS if e.name not in handlers]
+    extra = sorted(set(handlers) - {e.name for e in ENDPOINTS})
+    if missing or extra:
+        raise ValueError(f"ENDPOINTS and the HTTP handlers disagree: no handler for {missing}, no endpoint for {extra}")
+    for ep in ENDPOINTS:
+        handler = handlers[ep.name]
+        if ep.request is not None:
+            _set_body_model(handler, getattr(requests, ep.request))
+        responses: dict[int | str, dict[str, Any]] = {c: ERRORS[c] for c in ep.errors}
+        extra_args: dict[str, Any] = {"response_model": ep.response}
+        if ep.media_type is not None:  # a raw file, not a JSON body
+            responses = {200: {"content": {ep.media_type: {}}}, **responses}
+            extra_args = {"response_class": Response}
+        app.add_api_route(
+            ep.path,
+            handler,
+            methods=[ep.method],
+            responses=responses,
+            tags=[ep.tag],
+            description=ep.summary,
+            **extra_args,
+        )
+
+
+def _set_body_model(handler: Callable[..., Any], model: type[Any]) -> None:
+    sig = inspect.signature(handler)
+    if "body" not in sig.parameters:
+        raise ValueError(f"handler {handler.__name__} takes a request body but has no 'body' parameter")
+    params = [p.replace(annotation=model) if p.name == "body" else p for p in sig.parameters.values()]
+    handler.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
+
+
+def _handlers(backend: Backend, cfg: ServeConfig) -> dict[str, Callable[..., Awaitable[Any]]]:
+    """The HTTP handlers, by :class:`~itemsage.serve.endpoints.Endpoint` name: each turns a
+    validated request into its backend call (``body`` is the endpoint's request model)."""
+
+    def image_bytes(data: str) -> bytes:
+        return decode_base64(data, cfg.max_upload_bytes)
+
+    async def search(body: Any) -> Any:
+        return await backend.search(body.query, body.k)
+
+    async def similar(body: Any) -> Any:
+        image = image_bytes(body.image) if body.image is not None else None
+        return await backend.similar(body.k, item_id=body.item_id, image=image)
+
+    async def recommend(body: Any) -> Any:
+        return await backend.recommend(list(body.history), body.k)
+
+    async def embed_query(body: Any) -> Any:
+        image = image_bytes(body.image) if body.image is not None else None
+        history = list(body.history) if body.history is not None else None
+        return await backend.embed_query(text=body.text, image=image, history=history)
+
+    async def embed_item(body: Any) -> Any:
+        payload = body.model_dump()
+        payload["images"] = [image_bytes(s) for s in body.images]
+        return await backend.embed_item(payload)
+
+    async def item(item_id: str) -> Any:
+        return await backend.item(item_id)
+
+    async def item_image(item_id: str, i: int = Query(0, ge=0, lt=cfg.max_item_images)) -> Response:
+        data, media_type = await backend.item_image(item_id, i)
+        return Response(data, media_type=media_type, headers={"Cache-Control": "public, max-age=3600"})
+
+    async def healthz() -> Any:
+        try:
+            return await backend.health()
+        except Exception as exc:  # noqa: BLE001 - any failure means "not healthy"
+            err = as_serve_error(exc)
+            detail = err.detail if err else f"unhealthy: {type(exc).__name__}"
+            return JSONResponse({"detail": detail}, status_code=503)
+
+    async def version() -> Any:
+        return await backend.version()
+
+    handlers = (search, similar, recommend, embed_query, embed_item, item, item_image, healthz, version)
+    return {h.__name__: h for h in handlers}
 
 
 def _load_web(directory: Path) -> dict[str, tuple[bytes, str]]:

@@ -17,15 +17,16 @@ import functools
 import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from itemsage.config import ServeConfig, _build
-from itemsage.serve.api import ServiceUnavailableError, create_api
+from itemsage.serve.api import Backend, ServiceUnavailableError, create_api
 from itemsage.serve.bundle import ModelBundle, features_dir, resolve_model_ref
 from itemsage.serve.core import ModelSpec, ServingSpec
+from itemsage.serve.endpoints import BACKEND_METHODS
 from itemsage.serve.errors import ServeError, as_serve_error
 
 # Every replica imports this module; torch and the model code are imported only by the replicas
@@ -354,9 +355,38 @@ class HandleEncoding:
         await asyncio.gather(self.queries.warm.remote(spec), self.items.warm.remote(spec))
 
 
+def forwarding(target: Callable[[Any, str], Callable[..., Awaitable[Any]]], wrap: Callable[..., Any] | None = None) -> Callable[[type], type]:
+    """Class decorator: a method for each backend method in ``ENDPOINTS`` that the class does not
+    define itself, calling ``target(self, name)(*args, **kwargs)`` (wrapped by ``wrap``).
+
+    Real, named methods rather than ``__getattr__``: Serve looks a handle call's method up on the
+    replica's class, and its logs and metrics name it.
+    """
+
+    def forwarder(name: str) -> Callable[..., Awaitable[Any]]:
+        async def method(self: Any, *args: Any, **kwargs: Any) -> Any:
+            return await target(self, name)(*args, **kwargs)
+
+        method.__name__ = method.__qualname__ = name
+        return wrap(method) if wrap is not None else method
+
+    def decorate(cls: type) -> type:
+        for name in BACKEND_METHODS:
+            if name not in cls.__dict__:
+                setattr(cls, name, forwarder(name))
+        return cls
+
+    return decorate
+
+
 @serve.deployment(name="Retriever", max_ongoing_requests=128)
+@forwarding(lambda self, name: getattr(self.core, name), wrap=client_errors_as_values)
 class RetrieverDeployment:
-    """FAISS retrieval over the published version; swaps versions in place via ``user_config``."""
+    """FAISS retrieval over the published version; swaps versions in place via ``user_config``.
+
+    Every backend method of ``ENDPOINTS`` but ``search`` (batched here) is forwarded to the
+    :class:`~itemsage.serve.service.Retriever` core as is (:func:`forwarding`).
+    """
 
     def __init__(
         self,
@@ -402,46 +432,15 @@ class RetrieverDeployment:
     async def _search_batch(self, queries: list[str], ks: list[int]) -> list[dict[str, Any]]:
         return await self._search_gate.run_async(self.core.search_many(queries, ks))
 
-    @client_errors_as_values
-    async def similar(self, k: int, item_id: str | None = None, image: bytes | None = None) -> dict[str, Any]:
-        return await self.core.similar(k, item_id=item_id, image=image)
 
-    @client_errors_as_values
-    async def recommend(self, history: list[str], k: int) -> dict[str, Any]:
-        return await self.core.recommend(history, k)
-
-    @client_errors_as_values
-    async def embed_query(
-        self, text: str | None = None, image: bytes | None = None, history: list[str] | None = None
-    ) -> dict[str, Any]:
-        return await self.core.embed_query(text=text, image=image, history=history)
-
-    @client_errors_as_values
-    async def embed_item(self, payload: dict[str, Any]) -> dict[str, Any]:
-        return await self.core.embed_item(payload)
-
-    @client_errors_as_values
-    async def item(self, item_id: str) -> dict[str, Any]:
-        return await self.core.item(item_id)
-
-    @client_errors_as_values
-    async def item_image(self, item_id: str, position: int = 0) -> tuple[bytes, str]:
-        return await self.core.item_image(item_id, position)
-
-    @client_errors_as_values
-    async def version(self) -> dict[str, Any]:
-        return await self.core.version()
-
-    @client_errors_as_values
-    async def health(self) -> dict[str, Any]:
-        return await self.core.health()
-
-
+@forwarding(lambda self, name: functools.partial(self._call, name))
 class HandleBackend:
     """The API's backend over the Retriever handle, retrying reads once when a replica fails.
 
-    Every endpoint is a read (nothing is written anywhere), so repeating a call is safe. Client
-    errors (4xx) are never retried; a failure that persists becomes a 503, never a 500.
+    Each backend method of ``ENDPOINTS`` becomes a call of the Retriever deployment's method of
+    the same name (:func:`forwarding`). Every endpoint is a read (nothing is written anywhere), so
+    repeating a call is safe. Client errors (4xx) are never retried; a failure that persists
+    becomes a 503, never a 500.
     """
 
     def __init__(self, retriever: DeploymentHandle, retries: int = 1) -> None:
@@ -459,35 +458,6 @@ class HandleBackend:
             log.error("%s failed after %d attempts: %r", method, self.retries + 1, exc)
             raise ServiceUnavailableError(f"{method} failed: the backend is unavailable, try again") from None
 
-    async def search(self, query: str, k: int) -> dict[str, Any]:
-        return await self._call("search", query, k)
-
-    async def similar(self, k: int, item_id: str | None = None, image: bytes | None = None) -> dict[str, Any]:
-        return await self._call("similar", k, item_id=item_id, image=image)
-
-    async def recommend(self, history: list[str], k: int) -> dict[str, Any]:
-        return await self._call("recommend", history, k)
-
-    async def embed_query(
-        self, text: str | None = None, image: bytes | None = None, history: list[str] | None = None
-    ) -> dict[str, Any]:
-        return await self._call("embed_query", text=text, image=image, history=history)
-
-    async def embed_item(self, payload: dict[str, Any]) -> dict[str, Any]:
-        return await self._call("embed_item", payload)
-
-    async def item(self, item_id: str) -> dict[str, Any]:
-        return await self._call("item", item_id)
-
-    async def item_image(self, item_id: str, position: int = 0) -> tuple[bytes, str]:
-        return await self._call("item_image", item_id, position)
-
-    async def version(self) -> dict[str, Any]:
-        return await self._call("version")
-
-    async def health(self) -> dict[str, Any]:
-        return await self._call("health")
-
 
 @serve.deployment(name="Ingress", max_ongoing_requests=128)
 @serve.ingress()
@@ -496,7 +466,8 @@ class Ingress:
 
     def __init__(self, retriever: DeploymentHandle, serve_cfg: Mapping[str, Any] | None = None, web_dir: str | None = None) -> None:
         self.cfg = serve_config(serve_cfg)
-        self.backend = HandleBackend(direct(retriever), self.cfg.read_retries)
+        # HandleBackend's methods are made from ENDPOINTS (forwarding), which a type checker cannot see.
+        self.backend = cast(Backend, HandleBackend(direct(retriever), self.cfg.read_retries))
         self.web_dir = web_dir
 
     def __serve_build_asgi_app__(self) -> Any:
