@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: install browser demo test test-fast lint-imports test-e2e test-cluster bench clean help
+.PHONY: install browser demo test test-fast lint-imports lint test-e2e test-cluster bench clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -40,9 +40,8 @@ browser:  ## install Debian's chromium for the web-page test (needs root; skippe
 demo: $(STAMP)  ## run the whole pipeline on the bundled sample (data/sample)
 	$(PY) experiments/pipeline.py --config $(CONFIG)
 
-# CI runs `make test`: every suite, the end-to-end ones included (25-45 minutes on 2 cores,
-# depending on what else runs there; 43 min measured on a busy 2-core box).
-test: $(STAMP) browser lint-imports  ## all tests: import contracts, unit, integration, end-to-end, multi-node cluster (what CI runs)
+# CI runs `make test`: every suite, the end-to-end ones included.
+test: $(STAMP) browser lint-imports lint  ## all tests: import contracts, lint and type checks, unit, integration, end-to-end, multi-node cluster (what CI runs)
 	$(PY) -m pytest
 
 test-fast: $(STAMP) lint-imports  ## import contracts, unit and integration tests only (a few minutes)
@@ -67,3 +66,10 @@ bench: $(STAMP)  ## benchmark scripts on the full downloads in data/ (see experi
 
 clean:  ## remove run outputs (keeps .venv)
 	rm -rf artifacts mlruns mlflow.db .pytest_cache
+
+# Lint, format and type checks of the library (pyproject.toml: [tool.ruff], [tool.mypy]); about a
+# minute, so `test` runs them before any suite starts.
+lint: $(STAMP)  ## ruff (lint + format check) and mypy on platform/
+	$(VENV)/bin/ruff check platform
+	$(VENV)/bin/ruff format --check platform
+	$(VENV)/bin/mypy

@@ -319,8 +319,9 @@ def read_csv_rows(
                 i += 1
                 continue
             i = j + 1
-            repaired = len(fields) > n and free_idx is not None
-            if repaired:
+            repaired = False
+            if free_idx is not None and len(fields) > n:
+                repaired = True
                 extra = len(fields) - n
                 fields = (fields[:free_idx] + [",".join(fields[free_idx : free_idx + extra + 1])]
                           + fields[free_idx + extra + 1 :])

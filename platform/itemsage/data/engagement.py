@@ -49,7 +49,6 @@ engagements never leak into training inputs.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import re
 from collections.abc import Iterable
@@ -717,7 +716,7 @@ def shopee_pairs(catalog: pd.DataFrame) -> pd.DataFrame:
 def stable_unit(key: str, seed: int) -> float:
     """A uniform number in [0, 1) from ``key``: the same on every process and machine (blake2b,
     never Python's salted built-in ``hash``)."""
-    digest = hashlib.blake2b(f"{seed}\x1f{key}".encode("utf-8"), digest_size=8).digest()
+    digest = hashlib.blake2b(f"{seed}\x1f{key}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") / 2.0**64
 
 

@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import pandas as pd
@@ -31,9 +33,9 @@ import torch
 from torch import nn
 
 from itemsage.config import TEXT_FIELDS
+from itemsage.data.features_io import fixed_list_array
 from itemsage.data.images import BACKBONES, ImageBackbone, ImageDecodeError, get_backbone, load_image
 from itemsage.data.text import Vocab
-from itemsage.data.features_io import fixed_list_array
 
 MINILM_DIM = 384
 # MiniLM batch inside one Ray batch: titles and queries are short, so 64 keeps padding small.
@@ -221,9 +223,10 @@ def image_feature_dataset(
 
     ``featurizer`` lets the benchmark time batches inside the actors with a subclass.
     """
-    ds = ray.data.from_pandas(_blocks(images, rows_per_block))
+    ds: ray.data.Dataset = ray.data.from_pandas(_blocks(images, rows_per_block))
     ds = ds.map_batches(
-        decode_images,
+        # Ray's annotation takes a one-argument function; the rest arrive through fn_kwargs.
+        decode_images,  # type: ignore[arg-type]
         fn_kwargs={"backbone": backbone, "max_pixels": max_pixels},
         batch_size=batch_size,
         num_cpus=plan.decode_cpus,
@@ -330,7 +333,9 @@ def text_feature_dataset(rows: pd.DataFrame, vocab: Vocab, plan: StagePlan, rows
 
 def collect_table(ds: ray.data.Dataset) -> pa.Table | None:
     """Run ``ds`` and gather its rows on the driver as one Arrow table (None when empty)."""
-    tables = [b for b in ds.iter_batches(batch_format="pyarrow", batch_size=None) if b.num_rows]
+    # Ray types a batch as the union of every batch format; batch_format picks one.
+    batches = cast(Iterable[pa.Table], ds.iter_batches(batch_format="pyarrow", batch_size=None))
+    tables = [b for b in batches if b.num_rows]
     return pa.concat_tables(tables).combine_chunks() if tables else None
 
 
@@ -340,7 +345,8 @@ def collect_numpy(ds: ray.data.Dataset) -> dict[str, np.ndarray] | None:
     Numpy rather than Arrow for tensor columns (image features): they come back as [n, dim]
     arrays without a per-row conversion.
     """
-    parts = [b for b in ds.iter_batches(batch_format="numpy", batch_size=None) if len(next(iter(b.values())))]
+    batches = cast(Iterable[dict[str, np.ndarray]], ds.iter_batches(batch_format="numpy", batch_size=None))
+    parts = [b for b in batches if len(next(iter(b.values())))]
     if not parts:
         return None
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}

@@ -183,8 +183,7 @@ def load_image(src: str | bytes, max_pixels: int) -> Image.Image:
 
     try:
         img.load()
-        img = ImageOps.exif_transpose(img)
-        return _to_rgb(img)
+        return _to_rgb(ImageOps.exif_transpose(img))
     except Image.DecompressionBombError as e:
         raise ImageDecodeError("too_large", str(e)) from e
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error) as e:
@@ -279,10 +278,12 @@ def _fold_batchnorm(parent: nn.Module, conv_name: str, bn_name: str) -> None:
     """
     conv, bn = getattr(parent, conv_name), getattr(parent, bn_name)
     assert isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d), (conv_name, bn_name)
-    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-    bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+    mean, var = bn.running_mean, bn.running_var
+    assert mean is not None and var is not None, f"{bn_name} keeps no running statistics"
+    scale = bn.weight / torch.sqrt(var + bn.eps)
+    bias = conv.bias if conv.bias is not None else torch.zeros_like(mean)
     conv.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
-    conv.bias = nn.Parameter((bias - bn.running_mean) * scale + bn.bias)
+    conv.bias = nn.Parameter((bias - mean) * scale + bn.bias)
     setattr(parent, bn_name, nn.Identity())
 
 

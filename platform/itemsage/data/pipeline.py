@@ -19,7 +19,7 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,7 @@ from itemsage.data.engagement import (
     split_by_time,
     synthesize_engagements,
 )
+from itemsage.data.features_io import staged_output
 from itemsage.data.featurize import (
     MINILM_DIM,
     StagePlan,
@@ -55,7 +56,6 @@ from itemsage.data.featurize import (
     text_feature_dataset,
     text_rows,
 )
-from itemsage.data.features_io import staged_output
 from itemsage.data.images import BACKBONES
 from itemsage.data.text import Vocab
 
@@ -408,10 +408,11 @@ def map_pairs(pairs: pd.DataFrame, item_index: dict[str, int], query_index: dict
     bad_closeup = closeup.copy()
     bad_closeup[closeup] = (key[closeup] < 0) | (n_images[np.maximum(key[closeup], 0)] == 0)
     bad_home = home & (key < 0)
-    rejects = [Reject("pairs", pairs["item_id"].iat[i], "closeup_query_without_image",
+    item_ids = pairs["item_id"].tolist()
+    rejects = [Reject("pairs", item_ids[i], "closeup_query_without_image",
                       f"closeup query item {query[i]!r} has no featurized image")
                for i in np.flatnonzero(bad_closeup)]
-    rejects += [Reject("pairs", pairs["item_id"].iat[i], "home_user_without_history",
+    rejects += [Reject("pairs", item_ids[i], "home_user_without_history",
                        f"user {query[i]!r} has no train-split item in their history")
                 for i in np.flatnonzero(bad_home)]
     keep = ~(bad_closeup | bad_home)
@@ -494,7 +495,7 @@ def manifest(cfg: PreprocessConfig, summary: PreprocessSummary, f: FeatureSet) -
         },
         "vocab_sizes": f.vocab.sizes,
         "vocab_size": f.vocab.size,
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "config": to_dict(cfg),
     }
 

@@ -231,7 +231,7 @@ class Vocab:
         lists = [data["unigrams"], data["bigrams"], data["trigrams"]]
         if not all(isinstance(lst, list) and all(isinstance(t, str) for t in lst) for lst in lists):
             raise ValueError("vocab token lists must be lists of strings")
-        vocab = cls(*lists, cfg=cfg)
+        vocab = cls(lists[0], lists[1], lists[2], cfg=cfg)
         if "sizes" in data and data["sizes"] != vocab.sizes:
             raise ValueError(f"vocab file sizes {data['sizes']} do not match its tokens {vocab.sizes}")
         return vocab

@@ -42,7 +42,7 @@ def _method_key(method: str) -> tuple[int, str]:
 
 def recall_rows(table: RecallTable) -> list[dict[str, Any]]:
     """Rows sorted by surface, task ("all" first) and method (model, frozen baseline, random)."""
-    rows = []
+    rows: list[dict[str, Any]] = []
     for (method, task), values in table.rows.items():
         rows.append({
             "task": task,

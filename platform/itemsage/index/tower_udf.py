@@ -15,6 +15,7 @@ import pyarrow as pa
 import torch
 
 from itemsage.data.features_io import fixed_list_array
+from itemsage.model.baselines import ItemTower
 from itemsage.model.batch import TEXT_QUERY_DIM, ItemFeatureStore
 
 EMBEDDINGS_SCHEMA = pa.schema(
@@ -71,7 +72,7 @@ class ItemTowerActor:
 
 @torch.inference_mode()
 def embed_rows(
-    tower: torch.nn.Module,
+    tower: ItemTower,
     batch: pa.Table,
     image_dim: int,
     text_fields: Sequence[str],

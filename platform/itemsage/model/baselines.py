@@ -7,6 +7,8 @@ embedding, same 256-d normalised output, so the comparison isolates the transfor
 
 from __future__ import annotations
 
+from typing import TypeAlias
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -57,7 +59,9 @@ class ConcatMLPTower(nn.Module):
         b, f = batch.batch_size, self.num_text_fields
         if batch.num_text_fields != f:
             raise ValueError(f"batch has {batch.num_text_fields} text fields, tower expects {f}")
-        dtype = self.mlp[1].weight.dtype
+        first = self.mlp[1]
+        assert isinstance(first, nn.Linear)  # narrows the Sequential item for the type checker
+        dtype = first.weight.dtype
         m = self.cfg.max_images
         mask = batch.image_mask[:, :m].to(dtype)
         feats = batch.image_feats[:, :m].to(dtype)
@@ -75,9 +79,13 @@ class ConcatMLPTower(nn.Module):
         return F.normalize(self.mlp(x), dim=-1)
 
 
+# Either item tower: both read the same ItemBatch and carry their ModelConfig as ``cfg``.
+ItemTower: TypeAlias = ItemSageTower | ConcatMLPTower
+
+
 def build_item_tower(
     cfg: ModelConfig, vocab_size: int, image_dim: int, num_text_fields: int = len(TEXT_FIELDS)
-) -> nn.Module:
+) -> ItemTower:
     """The item tower named by ``cfg.arch``: ``"itemsage"`` (transformer) or ``"mlp"`` (baseline)."""
     if cfg.arch == "itemsage":
         return ItemSageTower(cfg, vocab_size, image_dim, num_text_fields)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -56,7 +56,15 @@ class ItemBatch:
         return int(self.text_mask.shape[1])
 
     def _map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> ItemBatch:
-        return ItemBatch(**{f.name: None if (t := getattr(self, f.name)) is None else fn(t) for f in fields(self)})
+        # Field by field (not a loop over dataclasses.fields) so the type checker sees every field.
+        return ItemBatch(
+            image_feats=fn(self.image_feats),
+            image_mask=fn(self.image_mask),
+            text_ids=fn(self.text_ids),
+            text_offsets=fn(self.text_offsets),
+            text_mask=fn(self.text_mask),
+            title_emb=None if self.title_emb is None else fn(self.title_emb),
+        )
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> ItemBatch:
         return self._map(lambda t: t.to(device, non_blocking=non_blocking))

@@ -16,6 +16,7 @@ from itemsage.config import TEXT_FIELDS, LossConfig, ModelConfig
 from itemsage.model.baselines import build_item_tower
 from itemsage.model.batch import ItemBatch
 from itemsage.model.cms import CountMinSketch, allgather_ids
+from itemsage.model.item_tower import ItemSageTower
 from itemsage.model.loss import SampledSoftmaxLoss
 from itemsage.model.query_towers import QueryTowers
 
@@ -106,7 +107,7 @@ def build_model(
     """Build the model named by ``cfg.arch`` with the loss and sketch sized by ``loss_cfg``."""
     item_tower = build_item_tower(cfg, vocab_size, image_dim, num_text_fields)
     query_towers = QueryTowers(image_dim, text_dim, cfg.embedding_dim, cfg.hidden_dim, cfg.query_residual)
-    if getattr(item_tower, "title_skip", None) is not None:
+    if isinstance(item_tower, ItemSageTower) and item_tower.title_skip is not None:
         # Tied: an item's title and a search query go through the very same projection (a siamese
         # pair over MiniLM), so training refines MiniLM's title similarity instead of relearning it.
         item_tower.title_skip = query_towers.projection("search")

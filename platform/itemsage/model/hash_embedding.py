@@ -31,6 +31,9 @@ class HashEmbeddingBag(nn.Module):
             feature format so that training, batch embedding and serving agree.
     """
 
+    # Registered with register_buffer below; declared so the type checker knows it is a tensor.
+    buckets: torch.Tensor
+
     def __init__(
         self,
         vocab_size: int,

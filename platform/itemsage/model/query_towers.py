@@ -60,13 +60,16 @@ class QueryProjection(nn.Module):
             with torch.no_grad():
                 self.skip.weight.mul_((in_dim / out_dim) ** 0.5 if out_dim < in_dim else 1.0)
             last = self.net[-1]
+            assert isinstance(last, nn.Linear)  # built just above; narrows the type for mypy
             nn.init.zeros_(last.weight)
             nn.init.zeros_(last.bias)
 
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
         if feats.shape[-1] != self.in_dim:
             raise ValueError(f"expected {self.in_dim}-d query features, got {feats.shape[-1]}")
-        normed = self.net[0](feats.to(self.net[0].weight.dtype))
+        norm = self.net[0]
+        assert isinstance(norm, nn.LayerNorm)  # built in __init__; narrows the type for mypy
+        normed = norm(feats.to(norm.weight.dtype))
         out = self.net[1:](normed)
         if self.skip is not None:
             out = out + self.skip(normed)

@@ -171,24 +171,22 @@ def build_request_models(cfg: ServeConfig) -> RequestModels:
 
     Field_ = Annotated[str, StringConstraints(max_length=cfg.max_text_field_chars)]
     fields: dict[str, Any] = {f: (Field_, "") for f in TEXT_FIELDS}
-    EmbedItemBase = create_model(  # type: ignore[call-overload]
+    # Named before the call: mypy reads an Annotated[...] written inline as a create_model
+    # argument as a type form and its Field description strings as forward references.
+    ItemImages = Annotated[list[Image], Field(max_length=cfg.max_item_images, description="base64 image files")]
+    ImagePaths = Annotated[
+        list[Annotated[str, StringConstraints(min_length=1, max_length=4096)]],
+        Field(
+            max_length=cfg.max_item_images,
+            description="server-local image files, only under the configured allowed roots",
+        ),
+    ]
+    EmbedItemBase = create_model(
         "EmbedItemBase",
         __config__=strict,
         item_id=(ItemId | None, None),
-        images=(
-            Annotated[list[Image], Field(max_length=cfg.max_item_images, description="base64 image files")],
-            [],
-        ),
-        image_paths=(
-            Annotated[
-                list[Annotated[str, StringConstraints(min_length=1, max_length=4096)]],
-                Field(
-                    max_length=cfg.max_item_images,
-                    description="server-local image files, only under the configured allowed roots",
-                ),
-            ],
-            [],
-        ),
+        images=(ItemImages, []),
+        image_paths=(ImagePaths, []),
         **fields,
     )
 

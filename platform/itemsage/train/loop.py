@@ -21,7 +21,7 @@ import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -39,6 +39,9 @@ from itemsage.train.data import cached_cycle, heldout_items, sample_negatives
 from itemsage.train.lamb import Lamb
 from itemsage.train.schedule import build_scheduler
 from itemsage.train.tracking import Tracker
+
+if TYPE_CHECKING:  # transformers is imported only when fine-tuning is on
+    from itemsage.data.text_encoder import TextEncoder
 
 SCORE_KEY = "val_recall_at_10"  # no "/": Ray Train looks checkpoint scores up by plain key
 SIDE_DIR = "itemsage"  # our files beside Ray Train's inside <storage_path>/<name>/
@@ -119,7 +122,9 @@ def make_optimizer(module: nn.Module, tc: TrainConfig) -> torch.optim.Optimizer:
     tensors, which decay would only pull towards meaningless zeros; fine-tuned text-encoder layers
     get their own group at ``TEXT_ENCODER_LR_SCALE`` x the learning rate.
     """
-    decay, no_decay, encoder = [], [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
+    encoder: list[nn.Parameter] = []
     for name, p in module.named_parameters():
         if not p.requires_grad:
             continue
@@ -149,7 +154,7 @@ class TrainModule(nn.Module):
     ``text_encoder`` is None.
     """
 
-    def __init__(self, model: ItemSageModel, text_encoder: nn.Module | None = None) -> None:
+    def __init__(self, model: ItemSageModel, text_encoder: TextEncoder | None = None) -> None:
         super().__init__()
         self.model = model
         self.text_encoder = text_encoder
@@ -175,10 +180,10 @@ class TrainModule(nn.Module):
         return trainable_text_state(self.text_encoder) if self.text_encoder is not None else {}
 
 
-def trainable_text_state(encoder: nn.Module) -> dict[str, torch.Tensor]:
+def trainable_text_state(encoder: TextEncoder) -> dict[str, torch.Tensor]:
     """State of the layers a ``TextEncoder`` fine-tunes, keyed as in its ``state_dict``."""
     n = int(getattr(encoder, "trainable_layers", 0))
-    layers = len(encoder.model.encoder.layer)  # type: ignore[union-attr]
+    layers = len(encoder.model.encoder.layer)
     prefixes = tuple(f"model.encoder.layer.{i}." for i in range(layers - n, layers))
     return {k: v for k, v in encoder.state_dict().items() if n and k.startswith(prefixes)}
 
@@ -210,7 +215,10 @@ def negative_pool(num_items: int, heldout: np.ndarray) -> torch.Tensor:
 
 def unwrap(module: nn.Module) -> TrainModule:
     """The :class:`TrainModule` inside a DDP wrapper (or the module itself)."""
-    return getattr(module, "module", module)  # type: ignore[return-value]
+    inner = getattr(module, "module", module)
+    if not isinstance(inner, TrainModule):
+        raise TypeError(f"expected a TrainModule (or DDP around one), got {type(inner).__name__}")
+    return inner
 
 
 def trained_surfaces(tasks: Sequence[str], tc: TrainConfig) -> tuple[str, ...]:
@@ -494,7 +502,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 "train/random_loss": out.random_loss,
                 "train/temperature": out.temperature,
                 "train/grad_norm": out.grad_norm,
-                "train/lr": scheduler.get_last_lr()[0],
+                "train/lr": float(scheduler.get_last_lr()[0]),
                 "train/pairs_per_s": world * b / dt,
                 "train/items_per_s": world * (b + tc.loss.num_random_negatives * tc.loss.random_negatives) / dt,
             },

@@ -22,8 +22,8 @@ from itemsage.model import ItemFeatureStore, ItemSageModel
 from itemsage.trained.bundle import BundleFiles
 from itemsage.train.data import heldout_items, task_counts
 from itemsage.train.loop import (
-    Stepper,
     StepOutput,
+    Stepper,
     TrainModule,
     build_train_module,
     freeze_untrained_towers,

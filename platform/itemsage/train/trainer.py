@@ -392,7 +392,8 @@ def start_local_ray(num_cpus: float | None = None, **kwargs: Any) -> None:
     cannot free a dead controller's placement group."""
     import ray
 
-    ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", **kwargs)
+    # Ray annotates num_cpus as int but takes a whole-number float (and rejects others itself).
+    ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", **kwargs)  # type: ignore[arg-type]
 
 
 def run_training(
