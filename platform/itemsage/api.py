@@ -88,8 +88,9 @@ class ItemSage:
         catalog twice. ``engine``: "local" (this process), "ray" (Ray Data stages of
         preprocessing) or "auto" (Ray for large catalogs or when connected to a cluster).
         """
-        return featurize_catalog(path, self.trained, layout, title_embeddings=title_embeddings,
-                                 engine=engine, device=self.device)
+        return featurize_catalog(
+            path, self.trained, layout, title_embeddings=title_embeddings, engine=engine, device=self.device
+        )
 
     def embed_catalog(
         self, path: str | Path, layout: str = "auto", *, engine: str = "auto", batch_size: int = CPU_BATCH_SIZE
@@ -102,15 +103,19 @@ class ItemSage:
         """
         if is_features_dir(str(path)):
             check_features_compatible(str(path), self.trained)
-            store = ItemFeatureStore.load(str(path), max_images=self.trained.max_images,
-                                          text_fields=self.trained.text_fields)
+            store = ItemFeatureStore.load(
+                str(path), max_images=self.trained.max_images, text_fields=self.trained.text_fields
+            )
         else:
-            feats = self.featurize_catalog(path, layout, title_embeddings=self.trained.uses_title_embedding,
-                                           engine=engine)
+            feats = self.featurize_catalog(
+                path, layout, title_embeddings=self.trained.uses_title_embedding, engine=engine
+            )
             store = feats.store(self.trained.max_images, self.trained.text_fields)
         return list(store.item_ids or []), self._embed_store(store, batch_size)
 
-    def embed_features(self, features: CatalogFeatures, batch_size: int = CPU_BATCH_SIZE) -> tuple[list[str], np.ndarray]:
+    def embed_features(
+        self, features: CatalogFeatures, batch_size: int = CPU_BATCH_SIZE
+    ) -> tuple[list[str], np.ndarray]:
         """``(item_ids, embeddings)`` of an already featurized catalog (:meth:`featurize_catalog`)."""
         store = features.store(self.trained.max_images, self.trained.text_fields)
         return features.item_ids, self._embed_store(store, batch_size)
@@ -183,13 +188,17 @@ class ItemSage:
     def _user_store(self, catalog: CatalogFeatures | str | Path, layout: str) -> tuple[ItemFeatureStore, list[str]]:
         if isinstance(catalog, CatalogFeatures):
             if not catalog.has_title_emb:
-                raise ValueError("these catalog features have no title embeddings; featurize with title_embeddings=True")
+                raise ValueError(
+                    "these catalog features have no title embeddings; featurize with title_embeddings=True"
+                )
             return catalog.store(self.trained.max_images, self.trained.text_fields), catalog.item_ids
         if is_features_dir(str(catalog)):
             store = ItemFeatureStore.load(str(catalog), max_images=self.trained.max_images)
             if store.image_dim != self.trained.image_dim:
-                raise ValueError(f"features {catalog} have {store.image_dim}-d image features; "
-                                 f"this model reads {self.trained.image_dim}-d")
+                raise ValueError(
+                    f"features {catalog} have {store.image_dim}-d image features; "
+                    f"this model reads {self.trained.image_dim}-d"
+                )
             return store, list(store.item_ids or [])
         feats = self.featurize_catalog(catalog, layout, title_embeddings=True)
         return feats.store(self.trained.max_images), feats.item_ids

@@ -162,7 +162,9 @@ def _sibling(path: str, tag: str) -> str:
     return posixpath.join(parent, f".{name}.{tag}-{uuid.uuid4().hex[:8]}")
 
 
-def publish_dir(staging: str | os.PathLike[str], final: str | os.PathLike[str], fs: pafs.FileSystem | None = None) -> None:
+def publish_dir(
+    staging: str | os.PathLike[str], final: str | os.PathLike[str], fs: pafs.FileSystem | None = None
+) -> None:
     """Replace directory ``final`` (if any) by the finished directory ``staging``, both on ``fs``
     (default: the local file system); see the module docstring for the guarantees."""
     fs = fs or pafs.LocalFileSystem()

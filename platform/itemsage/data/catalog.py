@@ -89,9 +89,7 @@ GENERIC_SUFFIXES: tuple[str, ...] = (".parquet", ".jsonl", ".ndjson")
 FASHION_REQUIRED: tuple[str, ...] = ("id", "productDisplayName")
 SHOPEE_REQUIRED: tuple[str, ...] = ("posting_id", "title", "label_group")
 # Myntra titles name the audience right after the brand ("Puma Men ...", "Gini and Jony Girl's ...").
-GENDER_WORDS = frozenset(
-    {"men", "women", "boys", "girls", "unisex", "kids", "mens", "womens", "boy", "girl", "kid"}
-)
+GENDER_WORDS = frozenset({"men", "women", "boys", "girls", "unisex", "kids", "mens", "womens", "boy", "girl", "kid"})
 # A quoted field may legitimately span lines; beyond this many we call the quote broken.
 MAX_CONTINUATION_LINES = 20
 # The csv module refuses fields over 128 KiB by default, which would lose an over-long row as
@@ -189,9 +187,7 @@ def _csv_layout(path: Path) -> str | None:
 
 
 def _generic_files(directory: Path) -> list[Path]:
-    return sorted(
-        p for p in directory.iterdir() if p.is_file() and p.suffix.lower() in GENERIC_SUFFIXES
-    )
+    return sorted(p for p in directory.iterdir() if p.is_file() and p.suffix.lower() in GENERIC_SUFFIXES)
 
 
 def detect_layout(path: str | Path) -> str:
@@ -314,8 +310,9 @@ def read_csv_rows(
                 fields, error = None, "unbalanced quote"
             if fields is None:
                 # Only the first line is lost; the lines the open quote swallowed are re-read.
-                rejects.append(Reject(stage, _guess_id(first, id_idx), "malformed_row",
-                                      f"{where}: broken quotes ({error})"))
+                rejects.append(
+                    Reject(stage, _guess_id(first, id_idx), "malformed_row", f"{where}: broken quotes ({error})")
+                )
                 i += 1
                 continue
             i = j + 1
@@ -323,17 +320,26 @@ def read_csv_rows(
             if free_idx is not None and len(fields) > n:
                 repaired = True
                 extra = len(fields) - n
-                fields = (fields[:free_idx] + [",".join(fields[free_idx : free_idx + extra + 1])]
-                          + fields[free_idx + extra + 1 :])
-            item_id = (fix_utf8(fields[id_idx].strip())[0] or None
-                       if id_idx is not None and id_idx < len(fields) else None)
+                fields = (
+                    fields[:free_idx]
+                    + [",".join(fields[free_idx : free_idx + extra + 1])]
+                    + fields[free_idx + extra + 1 :]
+                )
+            item_id = (
+                fix_utf8(fields[id_idx].strip())[0] or None if id_idx is not None and id_idx < len(fields) else None
+            )
             if repaired:
-                rejects.append(Reject(stage, item_id, "repaired_row",
-                                      f"{where}: {n + extra} fields for {n} columns; the surplus "
-                                      f"commas were kept inside {free_text_column}"))
+                rejects.append(
+                    Reject(
+                        stage,
+                        item_id,
+                        "repaired_row",
+                        f"{where}: {n + extra} fields for {n} columns; the surplus "
+                        f"commas were kept inside {free_text_column}",
+                    )
+                )
             if len(fields) != n:
-                rejects.append(Reject(stage, item_id, "malformed_row",
-                                      f"{where}: {len(fields)} fields, expected {n}"))
+                rejects.append(Reject(stage, item_id, "malformed_row", f"{where}: {len(fields)} fields, expected {n}"))
                 continue
             yield where, dict(zip(header, fields))
 
@@ -385,8 +391,9 @@ def _read_fashion(path: Path, rejects: list[Reject]) -> _Source:
     styles = path / "styles.csv" if path.is_dir() else path
     if not styles.is_file():
         raise _layout_error(path, "layout 'fashion' needs a styles.csv")
-    header, rows = read_csv_rows(read_text(styles), rejects, stage=STAGE, id_column="id",
-                                 free_text_column="productDisplayName")
+    header, rows = read_csv_rows(
+        read_text(styles), rejects, stage=STAGE, id_column="id", free_text_column="productDisplayName"
+    )
     missing = [c for c in FASHION_REQUIRED if c not in header]
     if missing:
         raise _layout_error(styles, f"layout 'fashion' needs columns {missing} in the header")
@@ -401,22 +408,26 @@ def _read_fashion(path: Path, rejects: list[Reject]) -> _Source:
         title = r["productDisplayName"].strip()
         prefix = _title_prefix(title)
         article = _known(r.get("articleType"))
-        raws.append(_RawItem(
-            where=where,
-            item_id=item_id,
-            fields={
-                "title": title,
-                "description": _fashion_description(
-                    _known(r.get("usage")), _known(r.get("season")), _known(r.get("year"))),
-                "category_path": " > ".join(
-                    x for x in (_known(r.get("masterCategory")), _known(r.get("subCategory")), article) if x),
-                "product_types": article,
-                "brand": prefix if prefix and prefix_counts[prefix.lower()] >= 2 else "",
-                "colors": _known(r.get("baseColour")),
-                "size_type": _known(r.get("gender")),
-            },
-            image_paths=[os.path.join(images, f"{item_id}.jpg")] if item_id else [],
-        ))
+        raws.append(
+            _RawItem(
+                where=where,
+                item_id=item_id,
+                fields={
+                    "title": title,
+                    "description": _fashion_description(
+                        _known(r.get("usage")), _known(r.get("season")), _known(r.get("year"))
+                    ),
+                    "category_path": " > ".join(
+                        x for x in (_known(r.get("masterCategory")), _known(r.get("subCategory")), article) if x
+                    ),
+                    "product_types": article,
+                    "brand": prefix if prefix and prefix_counts[prefix.lower()] >= 2 else "",
+                    "colors": _known(r.get("baseColour")),
+                    "size_type": _known(r.get("gender")),
+                },
+                image_paths=[os.path.join(images, f"{item_id}.jpg")] if item_id else [],
+            )
+        )
     return _Source(raws, {"merchant_domain": "myntra.com"}, has_group=False, location=styles)
 
 
@@ -426,15 +437,17 @@ _BYTE_ESCAPES = re.compile(r"(?:\\x[0-9a-fA-F]{2})+")
 def _decode_byte_escapes(text: str) -> str:
     r"""``"Nescafe \xc3\x89clair"`` (literal backslashes) -> ``"Nescafe Éclair"``."""
     return _BYTE_ESCAPES.sub(
-        lambda m: bytes.fromhex(m.group(0).replace("\\x", "")).decode("utf-8", errors="replace"), text)
+        lambda m: bytes.fromhex(m.group(0).replace("\\x", "")).decode("utf-8", errors="replace"), text
+    )
 
 
 def _read_shopee(path: Path, rejects: list[Reject]) -> _Source:
     train = path / "train.csv" if path.is_dir() else path
     if not train.is_file():
         raise _layout_error(path, "layout 'shopee' needs a train.csv")
-    header, rows = read_csv_rows(read_text(train), rejects, stage=STAGE, id_column="posting_id",
-                                 free_text_column="title")
+    header, rows = read_csv_rows(
+        read_text(train), rejects, stage=STAGE, id_column="posting_id", free_text_column="title"
+    )
     missing = [c for c in SHOPEE_REQUIRED if c not in header]
     if missing:
         raise _layout_error(train, f"layout 'shopee' needs columns {missing} in the header")
@@ -443,13 +456,15 @@ def _read_shopee(path: Path, rejects: list[Reject]) -> _Source:
     raws = []
     for where, r in rows:
         image = r.get("image", "").strip()
-        raws.append(_RawItem(
-            where=where,
-            item_id=r["posting_id"].strip(),
-            fields={"title": _decode_byte_escapes(r["title"].strip())},
-            image_paths=[str(images / image)] if use_images and image else [],
-            group=r["label_group"].strip(),
-        ))
+        raws.append(
+            _RawItem(
+                where=where,
+                item_id=r["posting_id"].strip(),
+                fields={"title": _decode_byte_escapes(r["title"].strip())},
+                image_paths=[str(images / image)] if use_images and image else [],
+                group=r["label_group"].strip(),
+            )
+        )
     return _Source(raws, {"merchant_domain": "shopee"}, has_group=True, location=train)
 
 
@@ -534,15 +549,18 @@ def _read_generic(path: Path, rejects: list[Reject]) -> _Source:
         for where, rec in _generic_records(file, rejects):
             group = rec.get("group")
             has_group = has_group or "group" in rec
-            raws.append(_RawItem(
-                where=where,
-                item_id=_as_text(rec.get("item_id")),
-                fields={f: _as_text(rec.get(f)) for f in TEXT_FIELDS},
-                # Relative paths are relative to the file that names them.
-                image_paths=[p if _is_uri(p) else os.path.join(file.parent, p)
-                             for p in _as_paths(rec.get("image_paths"))],
-                group=_as_text(group) if group is not None else None,
-            ))
+            raws.append(
+                _RawItem(
+                    where=where,
+                    item_id=_as_text(rec.get("item_id")),
+                    fields={f: _as_text(rec.get(f)) for f in TEXT_FIELDS},
+                    # Relative paths are relative to the file that names them.
+                    image_paths=[
+                        p if _is_uri(p) else os.path.join(file.parent, p) for p in _as_paths(rec.get("image_paths"))
+                    ],
+                    group=_as_text(group) if group is not None else None,
+                )
+            )
     return _Source(raws, {}, has_group=has_group, location=path)
 
 
@@ -564,8 +582,7 @@ def _absolute(path: str) -> str:
     return path if _is_uri(path) else os.path.abspath(os.path.expanduser(path))
 
 
-def _normalise(source: _Source, rejects: list[Reject], max_images: int,
-               max_field_chars: int) -> pd.DataFrame:
+def _normalise(source: _Source, rejects: list[Reject], max_images: int, max_field_chars: int) -> pd.DataFrame:
     columns = ["item_id", "image_paths", *TEXT_FIELDS] + (["group"] if source.has_group else [])
     out: dict[str, list[Any]] = {c: [] for c in columns}
     kept: set[str] = set()
@@ -575,8 +592,9 @@ def _normalise(source: _Source, rejects: list[Reject], max_images: int,
             rejects.append(Reject(STAGE, None, "missing_id", f"{raw.where}: empty or absent id"))
             continue
         if item_id in kept:
-            rejects.append(Reject(STAGE, item_id, "duplicate_id",
-                                  f"{raw.where}: id already read; the first row is kept"))
+            rejects.append(
+                Reject(STAGE, item_id, "duplicate_id", f"{raw.where}: id already read; the first row is kept")
+            )
             continue
         fields: dict[str, str] = {}
         non_utf8 = ["item_id"] if bad_id else []
@@ -585,31 +603,46 @@ def _normalise(source: _Source, rejects: list[Reject], max_images: int,
             if bad:
                 non_utf8.append(name)
             if len(value) > max_field_chars:
-                rejects.append(Reject(STAGE, item_id, "truncated_field",
-                                      f"{raw.where}: {name} has {len(value)} characters, "
-                                      f"cut to {max_field_chars}"))
+                rejects.append(
+                    Reject(
+                        STAGE,
+                        item_id,
+                        "truncated_field",
+                        f"{raw.where}: {name} has {len(value)} characters, cut to {max_field_chars}",
+                    )
+                )
                 value = value[:max_field_chars]
             fields[name] = value
         if non_utf8:
-            rejects.append(Reject(STAGE, item_id, "non_utf8_text",
-                                  f"{raw.where}: bytes that are not UTF-8 in {', '.join(non_utf8)} "
-                                  "were replaced by U+FFFD"))
+            rejects.append(
+                Reject(
+                    STAGE,
+                    item_id,
+                    "non_utf8_text",
+                    f"{raw.where}: bytes that are not UTF-8 in {', '.join(non_utf8)} were replaced by U+FFFD",
+                )
+            )
         paths: list[str] = []
         for p in raw.image_paths:
             p, _ = fix_utf8(p)
             p = _absolute(p)
             if not _is_uri(p) and not os.path.isfile(p):
-                rejects.append(Reject(STAGE, item_id, "missing_image",
-                                      f"{raw.where}: image file not found: {p}; item kept without it"))
+                rejects.append(
+                    Reject(
+                        STAGE, item_id, "missing_image", f"{raw.where}: image file not found: {p}; item kept without it"
+                    )
+                )
                 continue
             paths.append(p)
         if len(paths) > max_images:
-            rejects.append(Reject(STAGE, item_id, "too_many_images",
-                                  f"{raw.where}: {len(paths)} images, the first {max_images} kept"))
+            rejects.append(
+                Reject(
+                    STAGE, item_id, "too_many_images", f"{raw.where}: {len(paths)} images, the first {max_images} kept"
+                )
+            )
             paths = paths[:max_images]
         if not paths and not any(fields.values()):
-            rejects.append(Reject(STAGE, item_id, "empty_item",
-                                  f"{raw.where}: no text and no images"))
+            rejects.append(Reject(STAGE, item_id, "empty_item", f"{raw.where}: no text and no images"))
             continue
         for name, value in source.constants.items():
             fields[name] = fields[name] or value
@@ -650,5 +683,4 @@ def read_catalog(
     rejects: list[Reject] = []
     source = _ADAPTERS[layout](p, rejects)
     items = _normalise(source, rejects, max_images, max_field_chars)
-    return CatalogReadResult(items=items, rejects=rejects, layout=layout,
-                             source=str(source.location.absolute()))
+    return CatalogReadResult(items=items, rejects=rejects, layout=layout, source=str(source.location.absolute()))

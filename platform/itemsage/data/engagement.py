@@ -119,8 +119,9 @@ def _log_records(file: Path, rejects: list[Reject]) -> Iterable[tuple[str, dict[
         for n, rec in enumerate(records, start=1):
             yield f"{file.name} row {n}", rec
     elif suffix == ".csv":
-        header, rows = read_csv_rows(read_text(file), rejects, stage=STAGE, id_column="item_id",
-                                     free_text_column="query")
+        header, rows = read_csv_rows(
+            read_text(file), rejects, stage=STAGE, id_column="item_id", free_text_column="query"
+        )
         _require_columns(file, header)
         yield from rows
     else:
@@ -206,19 +207,36 @@ def read_engagements(path: str | Path, known_item_ids: Iterable[str]) -> tuple[p
                 rejects.append(Reject(STAGE, item_id or None, reason, f"{where}: {detail}"))
                 continue
             if non_utf8:
-                rejects.append(Reject(STAGE, item_id, "non_utf8_text",
-                                      f"{where}: bytes that are not UTF-8 in {', '.join(non_utf8)} "
-                                      "were replaced by U+FFFD"))
+                rejects.append(
+                    Reject(
+                        STAGE,
+                        item_id,
+                        "non_utf8_text",
+                        f"{where}: bytes that are not UTF-8 in {', '.join(non_utf8)} were replaced by U+FFFD",
+                    )
+                )
             ts = _timestamp(rec.get("timestamp"))
             if ts is None:
-                rejects.append(Reject(STAGE, item_id, "bad_timestamp",
-                                      f"{where}: timestamp {rec.get('timestamp')!r} unreadable; "
-                                      "kept as unknown"))
+                rejects.append(
+                    Reject(
+                        STAGE,
+                        item_id,
+                        "bad_timestamp",
+                        f"{where}: timestamp {rec.get('timestamp')!r} unreadable; kept as unknown",
+                    )
+                )
                 ts = math.nan
             if surface == "home" and not user_id:
                 user_id = query
-            row = {"surface": surface, "action": action, "query": query, "item_id": item_id,
-                   "user_id": user_id, "timestamp": ts, "source": source or "log"}
+            row = {
+                "surface": surface,
+                "action": action,
+                "query": query,
+                "item_id": item_id,
+                "user_id": user_id,
+                "timestamp": ts,
+                "source": source or "log",
+            }
             for c in ENGAGEMENT_COLUMNS:
                 out[c].append(row[c])
     return _frame(out), rejects
@@ -337,8 +355,9 @@ class _Catalog:
 def _field(catalog: pd.DataFrame, name: str) -> list[str]:
     if name not in catalog.columns:
         return [""] * len(catalog)
-    return ["" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v).strip()
-            for v in catalog[name].tolist()]
+    return [
+        "" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v).strip() for v in catalog[name].tolist()
+    ]
 
 
 def _index(keys: Iterable[Any]) -> dict[Any, np.ndarray]:
@@ -352,8 +371,7 @@ def _build_catalog(catalog: pd.DataFrame, exponent: float, rng: np.random.Genera
     # Sorted by id, so the result does not depend on the row order of the input.
     cat = catalog.assign(item_id=catalog["item_id"].astype(str)).sort_values("item_id", kind="stable")
     n = len(cat)
-    kinds = [p or c.split(">")[-1].strip()
-             for p, c in zip(_field(cat, "product_types"), _field(cat, "category_path"))]
+    kinds = [p or c.split(">")[-1].strip() for p, c in zip(_field(cat, "product_types"), _field(cat, "category_path"))]
     kind, kind_names = _codes([k.lower() for k in kinds])
     colour, colour_names = _codes([c.split(",")[0].strip().lower() for c in _field(cat, "colors")])
     gender, gender_names = _codes([g.lower() for g in _field(cat, "size_type")])
@@ -369,10 +387,19 @@ def _build_catalog(catalog: pd.DataFrame, exponent: float, rng: np.random.Genera
         for w in dict.fromkeys(words):
             by_word.setdefault(w, []).append(i)
     return _Catalog(
-        ids=cat["item_id"].tolist(), titles=titles, pop=pop / pop.sum() if n else pop,
-        kind=kind, kind_names=kind_names, colour=colour, colour_names=colour_names,
-        gender=gender, gender_names=gender_names, brand=brand, brand_names=brand_names,
-        has_image=has_image, title_words=title_words,
+        ids=cat["item_id"].tolist(),
+        titles=titles,
+        pop=pop / pop.sum() if n else pop,
+        kind=kind,
+        kind_names=kind_names,
+        colour=colour,
+        colour_names=colour_names,
+        gender=gender,
+        gender_names=gender_names,
+        brand=brand,
+        brand_names=brand_names,
+        has_image=has_image,
+        title_words=title_words,
         by_kind={k: v for k, v in _index(kind.tolist()).items() if k >= 0},
         by_word={w: np.array(v, dtype=np.int64) for w, v in by_word.items()},
     )
@@ -434,34 +461,40 @@ def _make_users(cat: _Catalog, num_users: int, rng: np.random.Generator) -> list
     for u in range(num_users):
         gender = int(cat.gender[_draw(rng, everyone, cat.pop)])
         fits = cat.gender_fits(gender)
-        kind_weight = np.bincount(cat.kind[fits & (cat.kind >= 0)],
-                                  weights=cat.pop[fits & (cat.kind >= 0)],
-                                  minlength=len(cat.kind_names))
+        kind_weight = np.bincount(
+            cat.kind[fits & (cat.kind >= 0)], weights=cat.pop[fits & (cat.kind >= 0)], minlength=len(cat.kind_names)
+        )
         available = np.flatnonzero(kind_weight > 0)
         n_kinds = min(len(available), int(rng.integers(2, 4)))
-        kinds = (rng.choice(available, size=n_kinds, replace=False,
-                            p=kind_weight[available] / kind_weight[available].sum())
-                 if n_kinds else np.array([], dtype=np.int64))
+        kinds = (
+            rng.choice(available, size=n_kinds, replace=False, p=kind_weight[available] / kind_weight[available].sum())
+            if n_kinds
+            else np.array([], dtype=np.int64)
+        )
         liked = np.flatnonzero(fits & np.isin(cat.kind, kinds) if n_kinds else fits)
         colour = int(cat.colour[_draw(rng, liked, cat.pop[liked])])
         fitting = np.flatnonzero(fits)
-        users.append(_User(
-            user_id=f"u{u:0{width}d}", gender=gender, kinds=np.sort(kinds), colour=colour, fits=fits,
-            likes=_liked(cat, liked, colour),
-            likes_with_images=_liked(cat, liked[cat.has_image[liked]], colour),
-            fitting=_Sampler(fitting, cat.pop[fitting]),
-        ))
+        users.append(
+            _User(
+                user_id=f"u{u:0{width}d}",
+                gender=gender,
+                kinds=np.sort(kinds),
+                colour=colour,
+                fits=fits,
+                likes=_liked(cat, liked, colour),
+                likes_with_images=_liked(cat, liked[cat.has_image[liked]], colour),
+                fitting=_Sampler(fitting, cat.pop[fitting]),
+            )
+        )
     return users
 
 
-def _phrase(value: str, synonyms: dict[str, list[str]], rng: np.random.Generator,
-            singularise: bool = False) -> str:
+def _phrase(value: str, synonyms: dict[str, list[str]], rng: np.random.Generator, singularise: bool = False) -> str:
     """How a shopper might say a catalog value: a synonym, or (kinds) sometimes a singular."""
     options = synonyms.get(value)
     if options:
         return str(options[rng.integers(len(options))])
-    if (singularise and value.endswith("s") and not value.endswith("ss") and len(value) > 3
-            and rng.random() < 0.5):
+    if singularise and value.endswith("s") and not value.endswith("ss") and len(value) > 3 and rng.random() < 0.5:
         return value[:-1]  # "kurtis" -> "kurti"
     return value
 
@@ -488,8 +521,7 @@ class _Query:
 def _search_query(cat: _Catalog, i: int, rng: np.random.Generator) -> _Query | None:
     """A noisy shopper's query for item ``i`` (rule 4); None when no such query can differ
     from the title."""
-    kind, brand, gender, colour = (int(cat.kind[i]), int(cat.brand[i]), int(cat.gender[i]),
-                                   int(cat.colour[i]))
+    kind, brand, gender, colour = (int(cat.kind[i]), int(cat.brand[i]), int(cat.gender[i]), int(cat.colour[i]))
     q = _Query("", kind, -1, -1, -1, [])
     slots: list[str] = []
     if brand >= 0 and rng.random() < 0.35:
@@ -505,9 +537,11 @@ def _search_query(cat: _Catalog, i: int, rng: np.random.Generator) -> _Query | N
     used = set(_words(" ".join(slots)))
     if kind >= 0:
         used |= set(_words(cat.kind_names[kind]))
-    spare = [w for w in dict.fromkeys(cat.title_words[i])
-             if w not in used and w.isalpha() and len(w) >= 3
-             and w not in GENDER_WORDS]
+    spare = [
+        w
+        for w in dict.fromkeys(cat.title_words[i])
+        if w not in used and w.isalpha() and len(w) >= 3 and w not in GENDER_WORDS
+    ]
     if kind >= 0:
         if spare and rng.random() < 0.3:
             q.words = [spare[rng.integers(len(spare))]]
@@ -639,8 +673,9 @@ def synthesize_engagements(catalog: pd.DataFrame, cfg: EngagementConfig) -> pd.D
         actions = _assign_actions(np.array([r[3] for r in rows], dtype=float), cfg.action_shares, rng)
         times = SYNTHETIC_EPOCH + rng.integers(0, SYNTHETIC_DAYS * 86_400, size=len(rows))
         for (query, item, user_id, _), action, ts in zip(rows, actions, times):
-            for c, v in zip(ENGAGEMENT_COLUMNS,
-                            (surface, action, query, cat.ids[item], user_id, float(ts), "synthetic")):
+            for c, v in zip(
+                ENGAGEMENT_COLUMNS, (surface, action, query, cat.ids[item], user_id, float(ts), "synthetic")
+            ):
                 out[c].append(v)
 
     search: list[tuple[str, int, str, float]] = []
@@ -690,22 +725,28 @@ def shopee_pairs(catalog: pd.DataFrame) -> pd.DataFrame:
     """
     if "group" not in catalog.columns:
         raise ValueError("shopee_pairs needs a catalog with a 'group' column (Shopee label_group)")
-    df = (catalog[["item_id", "title", "group"]].astype(str)
-          .sort_values(["group", "item_id"], kind="stable").reset_index(drop=True))
+    df = (
+        catalog[["item_id", "title", "group"]]
+        .astype(str)
+        .sort_values(["group", "item_id"], kind="stable")
+        .reset_index(drop=True)
+    )
     size = df.groupby("group", sort=False)["item_id"].transform("size").to_numpy()
     pos = df.groupby("group", sort=False).cumcount().to_numpy()
     nxt = np.arange(len(df)) - pos + (pos + 1) % np.maximum(size, 1)
     keep = (size >= 2) & (df["title"].str.strip() != "").to_numpy()
     n = int(keep.sum())
-    return _frame({
-        "surface": ["search"] * n,
-        "action": ["click"] * n,
-        "query": df["title"].to_numpy()[keep].tolist(),
-        "item_id": df["item_id"].to_numpy()[nxt[keep]].tolist(),
-        "user_id": [""] * n,
-        "timestamp": [math.nan] * n,
-        "source": ["shopee"] * n,
-    })
+    return _frame(
+        {
+            "surface": ["search"] * n,
+            "action": ["click"] * n,
+            "query": df["title"].to_numpy()[keep].tolist(),
+            "item_id": df["item_id"].to_numpy()[nxt[keep]].tolist(),
+            "user_id": [""] * n,
+            "timestamp": [math.nan] * n,
+            "source": ["shopee"] * n,
+        }
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -720,9 +761,7 @@ def stable_unit(key: str, seed: int) -> float:
     return int.from_bytes(digest, "big") / 2.0**64
 
 
-def item_splits(
-    catalog: pd.DataFrame, val_fraction: float, test_fraction: float, seed: int
-) -> dict[str, str]:
+def item_splits(catalog: pd.DataFrame, val_fraction: float, test_fraction: float, seed: int) -> dict[str, str]:
     """``{item_id: "train" | "val" | "test"}``; items of one ``group`` always share a split, so
     near-duplicate listings of a product cannot sit on both sides."""
     if val_fraction < 0 or test_fraction < 0 or val_fraction + test_fraction >= 1:
@@ -732,8 +771,7 @@ def item_splits(
     splits = {}
     for item_id, group in zip(ids, groups):
         u = stable_unit(f"group:{group}" if group.strip() else f"item:{item_id}", seed)
-        splits[item_id] = ("test" if u < test_fraction
-                           else "val" if u < test_fraction + val_fraction else "train")
+        splits[item_id] = "test" if u < test_fraction else "val" if u < test_fraction + val_fraction else "train"
     return splits
 
 
@@ -774,8 +812,9 @@ def split_by_time(pairs: pd.DataFrame, val_fraction: float, test_fraction: float
         raise ValueError("val_fraction and test_fraction must be >= 0 and sum to less than 1")
     ts = pairs["timestamp"].astype("float64") if "timestamp" in pairs.columns else pd.Series(np.nan, index=pairs.index)
     if not ts.notna().any():
-        raise ValueError("a time split needs engagement timestamps and these pairs have none; "
-                         "use engagement.split: item")
+        raise ValueError(
+            "a time split needs engagement timestamps and these pairs have none; use engagement.split: item"
+        )
     t = ts.fillna(-np.inf)
     ordered = np.sort(t.to_numpy())
     n = len(ordered)
@@ -790,9 +829,7 @@ def split_by_time(pairs: pd.DataFrame, val_fraction: float, test_fraction: float
     return {name: pairs[masks[name]].reset_index(drop=True) for name in SPLITS}
 
 
-def build_user_histories(
-    engagements: pd.DataFrame, allowed_items: set[str], max_len: int
-) -> dict[str, list[str]]:
+def build_user_histories(engagements: pd.DataFrame, allowed_items: set[str], max_len: int) -> dict[str, list[str]]:
     """Each user's engaged items, most recent first, distinct, at most ``max_len``.
 
     Only ``allowed_items`` (the train split's items) enter a history, so a home query never

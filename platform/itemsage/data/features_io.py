@@ -45,6 +45,7 @@ class StagedDir(StagingDir):
     def write_jsonl(self, name: str, rows: Iterable[dict[str, Any]]) -> None:
         self.write_text(name, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
+
 @contextmanager
 def staged_output(target: str) -> Iterator[StagedDir]:
     """Write into the yielded staging dir; it replaces ``target`` only if the block succeeds."""

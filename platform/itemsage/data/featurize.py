@@ -281,8 +281,13 @@ def text_rows(items: pd.DataFrame, queries: pd.DataFrame | None = None) -> pd.Da
     rows = items[["item_idx", *TEXT_FIELDS]].rename(columns={"item_idx": "key"})
     rows.insert(0, "kind", "item")
     if queries is not None and len(queries):
-        q = pd.DataFrame({"kind": "query", "key": queries["query_idx"].to_numpy(np.int64),
-                          "title": queries["text"].astype(str).to_numpy()})
+        q = pd.DataFrame(
+            {
+                "kind": "query",
+                "key": queries["query_idx"].to_numpy(np.int64),
+                "title": queries["text"].astype(str).to_numpy(),
+            }
+        )
         for name in TEXT_FIELDS[1:]:
             q[name] = ""
         rows = pd.concat([rows, q[rows.columns]], ignore_index=True)
@@ -304,8 +309,10 @@ class TextFeaturizer:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         is_item = [k == "item" for k in batch.column("kind").to_pylist()]
-        columns: dict[str, pa.Array] = {"kind": batch.column("kind").combine_chunks(),
-                                        "key": batch.column("key").combine_chunks()}
+        columns: dict[str, pa.Array] = {
+            "kind": batch.column("kind").combine_chunks(),
+            "key": batch.column("key").combine_chunks(),
+        }
         empty = np.zeros(0, dtype=np.int32)
         for name in TEXT_FIELDS:
             texts = batch.column(name).to_pylist()

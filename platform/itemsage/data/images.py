@@ -371,18 +371,14 @@ class ImageBackbone(nn.Module):
         return self.trunk(x.contiguous(memory_format=torch.channels_last))
 
 
-def get_backbone(
-    name: str, weights_path: str | None = None, device: str | torch.device = "cpu"
-) -> ImageBackbone:
+def get_backbone(name: str, weights_path: str | None = None, device: str | torch.device = "cpu") -> ImageBackbone:
     """Build a frozen backbone by registry name (see ``BACKBONES``).
 
     ``weights_path`` overrides the packaged weights of ``efficientnet-lite0`` and is required for
     ``resnet50``; nothing is ever downloaded.
     """
     if name not in BACKBONES:
-        raise ValueError(
-            f"unknown image backbone {name!r}; supported: {', '.join(sorted(BACKBONES))}"
-        )
+        raise ValueError(f"unknown image backbone {name!r}; supported: {', '.join(sorted(BACKBONES))}")
     spec = BACKBONES[name]
     if spec.needs_weights_path and weights_path is None:
         raise ValueError(
@@ -393,9 +389,7 @@ def get_backbone(
     return ImageBackbone(name, spec, trunk).to(device)
 
 
-def featurize_images(
-    backbone: ImageBackbone, images: list[Image.Image], batch_size: int
-) -> np.ndarray:
+def featurize_images(backbone: ImageBackbone, images: list[Image.Image], batch_size: int) -> np.ndarray:
     """Features of ``images`` as float32 [N, dim], computed ``batch_size`` images at a time."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")

@@ -64,16 +64,34 @@ logger = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 # Column names and types of docs/feature-format.md; every table is built against these.
 ITEMS_SCHEMA = pa.schema(
-    [("item_idx", pa.int64()), ("item_id", pa.string()), ("n_images", pa.int32()),
-     ("image_feats", pa.list_(pa.float32())), ("title_emb", pa.list_(pa.float32()))]
+    [
+        ("item_idx", pa.int64()),
+        ("item_id", pa.string()),
+        ("n_images", pa.int32()),
+        ("image_feats", pa.list_(pa.float32())),
+        ("title_emb", pa.list_(pa.float32())),
+    ]
     + [(f"tok_{f}", pa.list_(pa.int32())) for f in TEXT_FIELDS]
 )
-QUERIES_SCHEMA = pa.schema([("query_idx", pa.int64()), ("text", pa.string()),
-                            ("text_emb", pa.list_(pa.float32()))])
-USERS_SCHEMA = pa.schema([("user_idx", pa.int64()), ("user_id", pa.string()),
-                          ("history", pa.list_(pa.int64())), ("user_feat", pa.list_(pa.float32()))])
-PAIRS_SCHEMA = pa.schema([("surface", pa.string()), ("action", pa.string()), ("task", pa.string()),
-                          ("query_key", pa.int64()), ("item_idx", pa.int64()), ("source", pa.string())])
+QUERIES_SCHEMA = pa.schema([("query_idx", pa.int64()), ("text", pa.string()), ("text_emb", pa.list_(pa.float32()))])
+USERS_SCHEMA = pa.schema(
+    [
+        ("user_idx", pa.int64()),
+        ("user_id", pa.string()),
+        ("history", pa.list_(pa.int64())),
+        ("user_feat", pa.list_(pa.float32())),
+    ]
+)
+PAIRS_SCHEMA = pa.schema(
+    [
+        ("surface", pa.string()),
+        ("action", pa.string()),
+        ("task", pa.string()),
+        ("query_key", pa.int64()),
+        ("item_idx", pa.int64()),
+        ("source", pa.string()),
+    ]
+)
 
 
 class PreprocessError(ValueError):
@@ -134,8 +152,11 @@ class PreprocessSummary:
             rows.append((f"pairs {split}", f"{sum(tasks.values()):,}"))
             rows += [(f"  {task}", f"{n:,}") for task, n in tasks.items()]
         rows += [(f"time {k}", f"{v:.1f}s") for k, v in self.timings.items()]
-        rows += [("time total", f"{self.seconds:.1f}s"), ("items/s", f"{self.items_per_s:.1f}"),
-                 ("images/s (image stage)", f"{self.images_per_s:.1f}")]
+        rows += [
+            ("time total", f"{self.seconds:.1f}s"),
+            ("items/s", f"{self.items_per_s:.1f}"),
+            ("images/s (image stage)", f"{self.images_per_s:.1f}"),
+        ]
         width = max(len(k) for k, _ in rows)
         line = "-" * (width + 3 + max(len(v) for _, v in rows))
         body = "\n".join(f"{k:<{width}} | {v}" for k, v in rows)
@@ -175,14 +196,18 @@ def validate_config(cfg: PreprocessConfig) -> None:
     image = cfg.image
     if image.backbone not in BACKBONES:
         raise PreprocessError(
-            f"image.backbone: unknown backbone {image.backbone!r}; supported: {', '.join(sorted(BACKBONES))}")
+            f"image.backbone: unknown backbone {image.backbone!r}; supported: {', '.join(sorted(BACKBONES))}"
+        )
     if BACKBONES[image.backbone].needs_weights_path and not image.weights_path:
         raise PreprocessError(f"image.backbone {image.backbone!r} needs image.weights_path (a local weights file)")
     if image.weights_path and "://" not in image.weights_path and not Path(image.weights_path).is_file():
         raise PreprocessError(f"image.weights_path: file not found: {image.weights_path}")
-    for name, value in (("image.batch_size", image.batch_size), ("image.concurrency", image.concurrency),
-                        ("image.max_images_per_item", image.max_images_per_item),
-                        ("rows_per_block", cfg.rows_per_block)):
+    for name, value in (
+        ("image.batch_size", image.batch_size),
+        ("image.concurrency", image.concurrency),
+        ("image.max_images_per_item", image.max_images_per_item),
+        ("rows_per_block", cfg.rows_per_block),
+    ):
         if value < 1:
             raise PreprocessError(f"{name} must be >= 1, got {value}")
     if image.num_threads < 0:
@@ -198,18 +223,22 @@ def validate_config(cfg: PreprocessConfig) -> None:
 
 def load_catalog(cfg: PreprocessConfig) -> tuple[CatalogReadResult, pd.DataFrame]:
     """The catalog read, plus its items with ``item_idx`` = row number (the id of the format)."""
-    result = read_catalog(cfg.catalog, layout=cfg.layout, max_images=cfg.image.max_images_per_item,
-                          max_field_chars=cfg.text.max_chars_per_field)
+    result = read_catalog(
+        cfg.catalog,
+        layout=cfg.layout,
+        max_images=cfg.image.max_images_per_item,
+        max_field_chars=cfg.text.max_chars_per_field,
+    )
     if result.items.empty:
-        raise PreprocessError(f"catalog {cfg.catalog}: no usable items "
-                              f"({sum(result.reject_counts().values())} rows rejected)")
+        raise PreprocessError(
+            f"catalog {cfg.catalog}: no usable items ({sum(result.reject_counts().values())} rows rejected)"
+        )
     items = result.items.reset_index(drop=True)
     items.insert(0, "item_idx", np.arange(len(items), dtype=np.int64))
     return result, items
 
 
-def load_engagements(cfg: PreprocessConfig, layout: str, items: pd.DataFrame
-                     ) -> tuple[pd.DataFrame, str, list[Reject]]:
+def load_engagements(cfg: PreprocessConfig, layout: str, items: pd.DataFrame) -> tuple[pd.DataFrame, str, list[Reject]]:
     """Engagement pairs and their origin: a real log if given, Shopee label groups, else synthetic."""
     if cfg.engagements:
         pairs, rejects = read_engagements(cfg.engagements, items["item_id"].tolist())
@@ -263,13 +292,18 @@ def featurize_images(items: pd.DataFrame, cfg: PreprocessConfig, plan: StagePlan
     """Run the image stage and regroup its per-image output by item."""
     n = len(items)
     rows = image_rows(items)
-    empty = ImageFeatures(np.zeros(n, np.int32), np.zeros(0, np.float32), np.zeros((n, dim), np.float32),
-                          0, [])
+    empty = ImageFeatures(np.zeros(n, np.int32), np.zeros(0, np.float32), np.zeros((n, dim), np.float32), 0, [])
     if rows.empty:
         return empty
-    ds = image_feature_dataset(rows, backbone=cfg.image.backbone, weights_path=cfg.image.weights_path,
-                               max_pixels=cfg.image.max_pixels, batch_size=cfg.image.batch_size,
-                               plan=plan, rows_per_block=cfg.rows_per_block)
+    ds = image_feature_dataset(
+        rows,
+        backbone=cfg.image.backbone,
+        weights_path=cfg.image.weights_path,
+        max_pixels=cfg.image.max_pixels,
+        batch_size=cfg.image.batch_size,
+        plan=plan,
+        rows_per_block=cfg.rows_per_block,
+    )
     out = collect_numpy(ds)
     if out is None or len(out["item_idx"]) != len(rows):
         got = 0 if out is None else len(out["item_idx"])
@@ -318,8 +352,9 @@ def queries_needing_minilm(queries: pd.DataFrame, items: pd.DataFrame) -> tuple[
     return queries[same_title < 0], same_title
 
 
-def featurize_text(items: pd.DataFrame, queries: pd.DataFrame, vocab: Vocab, plan: StagePlan,
-                   rows_per_block: int) -> TextFeatures:
+def featurize_text(
+    items: pd.DataFrame, queries: pd.DataFrame, vocab: Vocab, plan: StagePlan, rows_per_block: int
+) -> TextFeatures:
     """Run the text stage over the items and the search queries; split its output back."""
     todo, same_title = queries_needing_minilm(queries, items)
     table = collect_table(text_feature_dataset(text_rows(items, todo), vocab, plan, rows_per_block))
@@ -362,8 +397,13 @@ class Users:
     index: dict[str, int]
 
 
-def build_users(histories: dict[str, list[str]], item_index: dict[str, int], first_image: np.ndarray,
-                n_images: np.ndarray, title_emb: np.ndarray) -> Users:
+def build_users(
+    histories: dict[str, list[str]],
+    item_index: dict[str, int],
+    first_image: np.ndarray,
+    n_images: np.ndarray,
+    title_emb: np.ndarray,
+) -> Users:
     """Home users with a non-empty (train-only) history and their frozen ``user_feat``.
 
     user_feat = concat(mean first-image features of the history items that have an image, zeros
@@ -381,17 +421,21 @@ def build_users(histories: dict[str, list[str]], item_index: dict[str, int], fir
         ids.append(user_id)
         hists.append(idx)
     matrix = np.stack(feats) if feats else np.zeros((0, dim + MINILM_DIM), np.float32)
-    table = pa.table({
-        "user_idx": pa.array(np.arange(len(ids), dtype=np.int64)),
-        "user_id": pa.array(ids, type=pa.string()),
-        "history": list_array(hists, pa.int64()),
-        "user_feat": fixed_list_array(matrix, pa.float32()),
-    }, schema=USERS_SCHEMA)
+    table = pa.table(
+        {
+            "user_idx": pa.array(np.arange(len(ids), dtype=np.int64)),
+            "user_id": pa.array(ids, type=pa.string()),
+            "history": list_array(hists, pa.int64()),
+            "user_feat": fixed_list_array(matrix, pa.float32()),
+        },
+        schema=USERS_SCHEMA,
+    )
     return Users(table, {u: i for i, u in enumerate(ids)})
 
 
-def map_pairs(pairs: pd.DataFrame, item_index: dict[str, int], query_index: dict[str, int],
-              users: Users, n_images: np.ndarray) -> tuple[pa.Table, list[Reject]]:
+def map_pairs(
+    pairs: pd.DataFrame, item_index: dict[str, int], query_index: dict[str, int], users: Users, n_images: np.ndarray
+) -> tuple[pa.Table, list[Reject]]:
     """Engagement rows -> (surface, action, task, query_key, item_idx, source).
 
     Rows whose query has no features are dropped with a reject: a closeup query item whose images
@@ -409,22 +453,37 @@ def map_pairs(pairs: pd.DataFrame, item_index: dict[str, int], query_index: dict
     bad_closeup[closeup] = (key[closeup] < 0) | (n_images[np.maximum(key[closeup], 0)] == 0)
     bad_home = home & (key < 0)
     item_ids = pairs["item_id"].tolist()
-    rejects = [Reject("pairs", item_ids[i], "closeup_query_without_image",
-                      f"closeup query item {query[i]!r} has no featurized image")
-               for i in np.flatnonzero(bad_closeup)]
-    rejects += [Reject("pairs", item_ids[i], "home_user_without_history",
-                       f"user {query[i]!r} has no train-split item in their history")
-                for i in np.flatnonzero(bad_home)]
+    rejects = [
+        Reject(
+            "pairs",
+            item_ids[i],
+            "closeup_query_without_image",
+            f"closeup query item {query[i]!r} has no featurized image",
+        )
+        for i in np.flatnonzero(bad_closeup)
+    ]
+    rejects += [
+        Reject(
+            "pairs",
+            item_ids[i],
+            "home_user_without_history",
+            f"user {query[i]!r} has no train-split item in their history",
+        )
+        for i in np.flatnonzero(bad_home)
+    ]
     keep = ~(bad_closeup | bad_home)
     action = pairs["action"].astype(str).to_numpy()[keep]
-    table = pa.table({
-        "surface": pa.array(surface[keep], type=pa.string()),
-        "action": pa.array(action, type=pa.string()),
-        "task": pa.array([f"{s}/{a}" for s, a in zip(surface[keep], action)], type=pa.string()),
-        "query_key": pa.array(key[keep], type=pa.int64()),
-        "item_idx": pa.array(item[keep], type=pa.int64()),
-        "source": pa.array(pairs["source"].astype(str).to_numpy()[keep], type=pa.string()),
-    }, schema=PAIRS_SCHEMA)
+    table = pa.table(
+        {
+            "surface": pa.array(surface[keep], type=pa.string()),
+            "action": pa.array(action, type=pa.string()),
+            "task": pa.array([f"{s}/{a}" for s, a in zip(surface[keep], action)], type=pa.string()),
+            "query_key": pa.array(key[keep], type=pa.int64()),
+            "item_idx": pa.array(item[keep], type=pa.int64()),
+            "source": pa.array(pairs["source"].astype(str).to_numpy()[keep], type=pa.string()),
+        },
+        schema=PAIRS_SCHEMA,
+    )
     return table, rejects
 
 
@@ -441,8 +500,9 @@ def items_table(items: pd.DataFrame, images: ImageFeatures, text: pa.Table, dim:
     np.cumsum(images.n_images.astype(np.int64) * dim, out=offsets[1:])
     if offsets[-1] > np.iinfo(np.int32).max:
         raise ValueError("image features exceed one Arrow list column; shard the catalog")
-    image_feats = pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)),
-                                           pa.array(images.values, type=pa.float32()))
+    image_feats = pa.ListArray.from_arrays(
+        pa.array(offsets.astype(np.int32)), pa.array(images.values, type=pa.float32())
+    )
     columns = {
         "item_idx": pa.array(items["item_idx"].to_numpy(np.int64)),
         "item_id": pa.array(items["item_id"].astype(str).tolist(), type=pa.string()),
@@ -457,20 +517,24 @@ def items_table(items: pd.DataFrame, images: ImageFeatures, text: pa.Table, dim:
 def catalog_table(items: pd.DataFrame) -> pa.Table:
     """catalog.parquet: the normalised generic catalog, row i = item_idx i."""
     cols = ["item_id", "image_paths", *TEXT_FIELDS] + (["group"] if "group" in items.columns else [])
-    data: dict[str, pa.Array] = {"item_id": pa.array(items["item_id"].astype(str).tolist(), type=pa.string()),
-                                 "image_paths": pa.array([list(p) for p in items["image_paths"]],
-                                                         type=pa.list_(pa.string()))}
+    data: dict[str, pa.Array] = {
+        "item_id": pa.array(items["item_id"].astype(str).tolist(), type=pa.string()),
+        "image_paths": pa.array([list(p) for p in items["image_paths"]], type=pa.list_(pa.string())),
+    }
     for c in cols[2:]:
         data[c] = pa.array(items[c].astype(str).tolist(), type=pa.string())
     return pa.table(data)
 
 
 def queries_table(queries: pd.DataFrame, emb: np.ndarray) -> pa.Table:
-    return pa.table({
-        "query_idx": pa.array(queries["query_idx"].to_numpy(np.int64)),
-        "text": pa.array(queries["text"].tolist(), type=pa.string()),
-        "text_emb": fixed_list_array(emb, pa.float32()),
-    }, schema=QUERIES_SCHEMA)
+    return pa.table(
+        {
+            "query_idx": pa.array(queries["query_idx"].to_numpy(np.int64)),
+            "text": pa.array(queries["text"].tolist(), type=pa.string()),
+            "text_emb": fixed_list_array(emb, pa.float32()),
+        },
+        schema=QUERIES_SCHEMA,
+    )
 
 
 def manifest(cfg: PreprocessConfig, summary: PreprocessSummary, f: FeatureSet) -> dict[str, Any]:
@@ -557,9 +621,12 @@ def drop_home_repeats(pairs: pd.DataFrame, histories: dict[str, list[str]]) -> t
     seen = {user: set(items) for user, items in histories.items()}
     users, items = pairs["query"].astype(str).tolist(), pairs["item_id"].astype(str).tolist()
     repeat = (pairs["surface"] == "home").to_numpy() & np.array(
-        [item in seen.get(user, ()) for user, item in zip(users, items)], dtype=bool)
-    rejects = [Reject("pairs", items[i], "home_item_in_history", f"user {users[i]!r} engaged it in the train period")
-               for i in np.flatnonzero(repeat)]
+        [item in seen.get(user, ()) for user, item in zip(users, items)], dtype=bool
+    )
+    rejects = [
+        Reject("pairs", items[i], "home_item_in_history", f"user {users[i]!r} engaged it in the train period")
+        for i in np.flatnonzero(repeat)
+    ]
     return pairs[~repeat].reset_index(drop=True), rejects
 
 
@@ -602,8 +669,7 @@ def run_preprocess(cfg: PreprocessConfig) -> PreprocessSummary:
     for name in SPLITS:
         pairs[name], dropped = map_pairs(eng.splits[name], item_index, query_index, users, images.n_images)
         rejects += dropped
-    features = FeatureSet(catalog, items, images, text, queries, users, pairs, vocab, rejects,
-                          eng.source, image_dim)
+    features = FeatureSet(catalog, items, images, text, queries, users, pairs, vocab, rejects, eng.source, image_dim)
     summary = summarize(cfg, features, plan, cluster)
     write_features(cfg, features, summary, timer, start)
     return summary
@@ -630,8 +696,9 @@ def summarize(cfg: PreprocessConfig, f: FeatureSet, plan: StagePlan, cluster: di
     )
 
 
-def write_features(cfg: PreprocessConfig, f: FeatureSet, summary: PreprocessSummary, timer: _Timer,
-                   start: float) -> None:
+def write_features(
+    cfg: PreprocessConfig, f: FeatureSet, summary: PreprocessSummary, timer: _Timer, start: float
+) -> None:
     """Write every file into a staging dir, then swap it in for ``cfg.output``."""
     with staged_output(cfg.output) as out:
         with timer("write"):

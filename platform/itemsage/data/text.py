@@ -221,8 +221,7 @@ class Vocab:
     def from_dict(cls, data: dict[str, Any]) -> Vocab:
         if data.get("format") != _FORMAT or data.get("version") != _VERSION:
             raise ValueError(
-                f"not an {_FORMAT} v{_VERSION} file (format={data.get('format')!r}, "
-                f"version={data.get('version')!r})"
+                f"not an {_FORMAT} v{_VERSION} file (format={data.get('format')!r}, version={data.get('version')!r})"
             )
         try:
             cfg = TextConfig(**data["config"])

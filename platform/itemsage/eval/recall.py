@@ -54,7 +54,10 @@ class RecallTable:
     rows: dict[tuple[str, str], dict[str, float]] = field(default_factory=dict)
 
     def add(
-        self, method: str, tasks: Sequence[str], ranks: torch.Tensor,
+        self,
+        method: str,
+        tasks: Sequence[str],
+        ranks: torch.Tensor,
         cohorts: Mapping[str, np.ndarray] | None = None,
     ) -> None:
         """Rows of ``method`` from each pair's 0-based ``ranks``; ``cohorts`` maps a name to a

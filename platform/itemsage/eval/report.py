@@ -44,13 +44,15 @@ def recall_rows(table: RecallTable) -> list[dict[str, Any]]:
     """Rows sorted by surface, task ("all" first) and method (model, frozen baseline, random)."""
     rows: list[dict[str, Any]] = []
     for (method, task), values in table.rows.items():
-        rows.append({
-            "task": task,
-            "surface": task.split("/")[0],
-            "method": method,
-            "label": method_label(method, task),
-            **values,
-        })
+        rows.append(
+            {
+                "task": task,
+                "surface": task.split("/")[0],
+                "method": method,
+                "label": method_label(method, task),
+                **values,
+            }
+        )
     rows.sort(key=lambda r: (_task_key(r["task"]), _method_key(r["method"])))
     return rows
 

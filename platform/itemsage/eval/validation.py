@@ -12,17 +12,21 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from itemsage.config import SURFACES, VAL_CATALOGS
 from itemsage.data.features_read import QueryFeatures
 from itemsage.eval.recall import RecallTable, ranks_of_targets
 from itemsage.model.batch import TEXT_QUERY_DIM, ItemFeatureStore
 from itemsage.trained.queries import search_query_features
+
+if TYPE_CHECKING:
+    from itemsage.data.text_encoder import TextEncoder
+    from itemsage.model import ItemSageModel
 
 CATALOGS = VAL_CATALOGS  # the choices of train.val_catalog
 
@@ -86,7 +90,7 @@ def _autocast(device: torch.device) -> contextlib.AbstractContextManager[None]:
 
 @torch.no_grad()
 def embed_items(
-    model: nn.Module, store: ItemFeatureStore, idx: torch.Tensor, device: torch.device, batch_size: int = 1024
+    model: ItemSageModel, store: ItemFeatureStore, idx: torch.Tensor, device: torch.device, batch_size: int = 1024
 ) -> torch.Tensor:
     """``[len(idx), d]`` float32 CPU item embeddings (``model`` must have ``embed_items``)."""
     out = []
@@ -99,12 +103,12 @@ def embed_items(
 
 @torch.no_grad()
 def embed_queries(
-    model: nn.Module,
+    model: ItemSageModel,
     qf: QueryFeatures,
     val: ValSet,
     device: torch.device,
     batch_size: int = 4096,
-    text_encoder: nn.Module | None = None,
+    text_encoder: TextEncoder | None = None,
 ) -> torch.Tensor:
     """``[P, d]`` float32 CPU query embeddings for the validation pairs, each by its surface's tower.
 
@@ -134,14 +138,14 @@ def embed_queries(
 
 
 def model_recall(
-    model: nn.Module,
+    model: ItemSageModel,
     store: ItemFeatureStore,
     qf: QueryFeatures,
     val: ValSet,
     device: torch.device,
     table: RecallTable | None = None,
     method: str = "itemsage",
-    text_encoder: nn.Module | None = None,
+    text_encoder: TextEncoder | None = None,
 ) -> RecallTable:
     """Recall@k of ``model`` (an unwrapped ``ItemSageModel``) on ``val``; restores train modes."""
     table = table if table is not None else RecallTable()

@@ -303,7 +303,5 @@ class ItemIndex(ABC):
 
     def __repr__(self) -> str:
         return (
-            f"{type(self).__name__}(spec={self.spec!r}, dim={self.dim}, ntotal={self.ntotal}, "
-            f"device={self.device!r})"
+            f"{type(self).__name__}(spec={self.spec!r}, dim={self.dim}, ntotal={self.ntotal}, device={self.device!r})"
         )
-

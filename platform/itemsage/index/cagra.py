@@ -98,7 +98,12 @@ class CagraIndex(ItemIndex):
         if unknown:
             raise ValueError(f"index {self.spec!r} has no search parameter {', '.join(unknown)} (it has: itopk_size)")
         for name, value in params.items():
-            if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or value < 1 or int(value) != value:
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float, np.number))
+                or value < 1
+                or int(value) != value
+            ):
                 raise ValueError(f"{name} must be an integer >= 1; got {value!r}")
         self._params.update({k: int(v) for k, v in params.items()})
 

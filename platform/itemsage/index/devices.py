@@ -92,8 +92,10 @@ def runs_on(spec: str, device: str, caps: DeviceCaps) -> str | None:
     family = spec_family(spec)
     if device == CPU:
         if family == "cagra":
-            return ("CAGRA runs on the GPU only; on a CPU it would be a converted HNSW graph, not what "
-                    "a sweep would measure (list an HNSW spec for CPU serving)")
+            return (
+                "CAGRA runs on the GPU only; on a CPU it would be a converted HNSW graph, not what "
+                "a sweep would measure (list an HNSW spec for CPU serving)"
+            )
         return None
     if device != GPU:
         raise ValueError(f"device must be {CPU!r} or {GPU!r}; got {device!r}")

@@ -21,7 +21,7 @@ import posixpath
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -139,7 +139,11 @@ def _features_source(features: str, tm: TrainedModel) -> tuple[list[str], np.nda
     if fs.get_file_info(catalog_path).type != pafs.FileType.File:
         raise EmbedError(f"features {features} have no catalog.parquet to hash items by")
     catalog = pq.read_table(catalog_path, filesystem=fs).to_pandas()
-    ids = pq.read_table(posixpath.join(root, "items.parquet"), filesystem=fs, columns=["item_id"]).column("item_id").to_pylist()
+    ids = (
+        pq.read_table(posixpath.join(root, "items.parquet"), filesystem=fs, columns=["item_id"])
+        .column("item_id")
+        .to_pylist()
+    )
     if ids != catalog["item_id"].astype(str).tolist():
         raise EmbedError(f"features {features}: items.parquet and catalog.parquet disagree on item order")
     return ids, content_hashes(catalog), posixpath.join(root, "items.parquet")
@@ -192,8 +196,13 @@ def embed_features(
             if inc.embed.any():
                 ds = ray.data.read_parquet(items_path, filesystem=fs, columns=tower_columns(tm))
                 keep = None if inc.embed.all() else inc.embed
-                ds = ds.map_batches(tag_rows, fn_kwargs={"hashes": hashes, "keep": keep},
-                                    batch_format="pyarrow", batch_size=batch)
+                ds = ds.map_batches(
+                    # Ray's annotation takes a one-argument function; the rest arrive through fn_kwargs.
+                    tag_rows,  # type: ignore[arg-type]
+                    fn_kwargs={"hashes": hashes, "keep": keep},
+                    batch_format="pyarrow",
+                    batch_size=batch,
+                )
         else:
             from itemsage.data.pipeline import load_catalog
 
@@ -206,11 +215,13 @@ def embed_features(
             ds = None
             if inc.embed.any():
                 # Only new and changed items pay for image decoding and the backbone.
-                table, image_rejects = featurize_items(items[inc.embed], tm, pcfg,
-                                                       title_embeddings=tm.uses_title_embedding, engine="ray")
+                table, image_rejects = featurize_items(
+                    items[inc.embed], tm, pcfg, title_embeddings=tm.uses_title_embedding, engine="ray"
+                )
                 rejects += image_rejects
                 table = table.select(tower_columns(tm)).append_column(
-                    "content_hash", pa.array(hashes[inc.embed].tolist(), pa.string()))
+                    "content_hash", pa.array(hashes[inc.embed].tolist(), pa.string())
+                )
                 ds = ray.data.from_arrow([table.slice(i, batch) for i in range(0, table.num_rows, batch)])
         summary = _write(ds, inc, tm, out, source, plan, batch, start)
         summary.rejects = dict(sorted(Counter(f"{r.stage}/{r.reason}" for r in rejects).items()))
@@ -221,8 +232,9 @@ def embed_features(
             ray.shutdown()
 
 
-def _write(ds: Any, inc: IncrementalPlan, tm: TrainedModel, out: str, source: str, plan: Any,
-           batch: int, start: float) -> EmbedSummary:
+def _write(
+    ds: Any, inc: IncrementalPlan, tm: TrainedModel, out: str, source: str, plan: Any, batch: int, start: float
+) -> EmbedSummary:
     """Run the tower stage into a staging dir, add the carried rows and the manifest, swap in."""
     import ray
 
@@ -257,19 +269,36 @@ def _write(ds: Any, inc: IncrementalPlan, tm: TrainedModel, out: str, source: st
         if inc.carried.num_rows:
             st.write_parquet("carried.parquet", inc.carried)
         summary = EmbedSummary(
-            out=out, source=str(source), model_uri=tm.uri, model_name=tm.name, model_version=tm.version,
-            dim=tm.embedding_dim, total=len(inc.embed), embedded=embedded, carried=inc.carried.num_rows,
-            new=inc.new, changed=inc.changed, unchanged=inc.unchanged, removed=inc.removed, reason=inc.reason,
-            seconds=0.0, embed_seconds=round(embed_s, 3), batch_size=batch, concurrency=plan.concurrency,
+            out=out,
+            source=str(source),
+            model_uri=tm.uri,
+            model_name=tm.name,
+            model_version=tm.version,
+            dim=tm.embedding_dim,
+            total=len(inc.embed),
+            embedded=embedded,
+            carried=inc.carried.num_rows,
+            new=inc.new,
+            changed=inc.changed,
+            unchanged=inc.unchanged,
+            removed=inc.removed,
+            reason=inc.reason,
+            seconds=0.0,
+            embed_seconds=round(embed_s, 3),
+            batch_size=batch,
+            concurrency=plan.concurrency,
             num_gpus_per_actor=plan.actor_gpus,
         )
         summary.seconds = round(time.perf_counter() - start, 3)
-        st.write_json(MANIFEST_FILE, {
-            "format": EMBEDDINGS_FORMAT,
-            "version": EMBEDDINGS_VERSION,
-            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            **summary.to_dict(),
-        })
+        st.write_json(
+            MANIFEST_FILE,
+            {
+                "format": EMBEDDINGS_FORMAT,
+                "version": EMBEDDINGS_VERSION,
+                "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                **summary.to_dict(),
+            },
+        )
     return summary
 
 

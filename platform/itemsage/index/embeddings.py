@@ -145,14 +145,21 @@ def plan_incremental(
     prev_ids = table.column("item_id").to_pylist()
     if str(manifest.get("model_version")) != str(model_version):
         return IncrementalPlan(
-            np.ones(n, bool), empty, n, 0, 0, len(prev_ids),
+            np.ones(n, bool),
+            empty,
+            n,
+            0,
+            0,
+            len(prev_ids),
             f"previous embeddings are from model version {manifest.get('model_version')}, not "
             f"{model_version}: everything is re-embedded",
         )
     prev_hash = dict(zip(prev_ids, table.column("content_hash").to_pylist()))
     current = set(item_ids)
-    status = np.array([0 if i not in prev_hash else (1 if prev_hash[i] != h else 2)
-                       for i, h in zip(item_ids, hashes.tolist())], dtype=np.int8)
+    status = np.array(
+        [0 if i not in prev_hash else (1 if prev_hash[i] != h else 2) for i, h in zip(item_ids, hashes.tolist())],
+        dtype=np.int8,
+    )
     unchanged_ids = {i for i, s in zip(item_ids, status) if s == 2}
     keep_prev = np.array([i in unchanged_ids for i in prev_ids], dtype=bool)
     return IncrementalPlan(

@@ -151,9 +151,7 @@ def _set_params(index: faiss.Index, params: dict[str, float]) -> None:
 def _native_ids(index: faiss.Index) -> bool:
     """IVF (optionally behind a PreTransform) stores labels itself and removes correctly."""
     chain = _unwrap(index)
-    return all(isinstance(i, faiss.IndexPreTransform) for i in chain[:-1]) and isinstance(
-        chain[-1], faiss.IndexIVF
-    )
+    return all(isinstance(i, faiss.IndexPreTransform) for i in chain[:-1]) and isinstance(chain[-1], faiss.IndexIVF)
 
 
 def _serialized_size(index: faiss.Index) -> int:
@@ -418,9 +416,7 @@ def load_index(
             "its item embeddings are not comparable with this model's queries. Rebuild the index."
         )
     if expected_dim is not None and int(meta["dim"]) != int(expected_dim):
-        raise IndexMismatchError(
-            f"index at {directory} has dimension {meta['dim']}, but {expected_dim} was expected"
-        )
+        raise IndexMismatchError(f"index at {directory} has dimension {meta['dim']}, but {expected_dim} was expected")
     verify_files(directory, meta)
     try:
         idmap = IdMap.from_dict(json.loads((directory / IDS_FILE).read_text()))
@@ -468,4 +464,3 @@ def load_index(
     index.created_at = meta.get("created_at") or index.created_at
     index.sweep = meta.get("sweep")
     return index
-

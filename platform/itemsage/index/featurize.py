@@ -151,10 +151,12 @@ def featurize_catalog(
 
     pcfg = model_preprocess_config(tm, str(catalog), layout)
     result, items = load_catalog(pcfg)
-    table, image_rejects = featurize_items(items, tm, pcfg, title_embeddings=title_embeddings, engine=engine,
-                                           device=device)
-    return CatalogFeatures(items, table, [*result.rejects, *image_rejects], result.layout, tm.image_dim,
-                           title_embeddings)
+    table, image_rejects = featurize_items(
+        items, tm, pcfg, title_embeddings=title_embeddings, engine=engine, device=device
+    )
+    return CatalogFeatures(
+        items, table, [*result.rejects, *image_rejects], result.layout, tm.image_dim, title_embeddings
+    )
 
 
 def _local_title_emb(items: pd.DataFrame, device: str) -> np.ndarray:
@@ -166,7 +168,9 @@ def _local_title_emb(items: pd.DataFrame, device: str) -> np.ndarray:
     return encoder.encode([str(t or "") for t in items["title"]], batch_size=MINILM_BATCH)
 
 
-def _ray_features(items: pd.DataFrame, tm: TrainedModel, pcfg: PreprocessConfig, title_embeddings: bool) -> tuple[Any, np.ndarray | None]:
+def _ray_features(
+    items: pd.DataFrame, tm: TrainedModel, pcfg: PreprocessConfig, title_embeddings: bool
+) -> tuple[Any, np.ndarray | None]:
     """Image features (and title embeddings) with the preprocessing Ray Data stages."""
     import ray
 

@@ -118,8 +118,16 @@ def build_and_log_index(
     x = as_vectors(emb.vectors, dim, "embeddings", emb.item_ids)
     result: SweepResult | None = None
     if spec.strip().lower() == "auto":
-        result = sweep(x, emb.item_ids, sweep_queries(x, seed=seed), list(cfg.candidates), k=cfg.k,
-                       recall_target=cfg.recall_target, use_gpu=cfg.use_gpu, time_budget_s=time_budget_s)
+        result = sweep(
+            x,
+            emb.item_ids,
+            sweep_queries(x, seed=seed),
+            list(cfg.candidates),
+            k=cfg.k,
+            recall_target=cfg.recall_target,
+            use_gpu=cfg.use_gpu,
+            time_budget_s=time_budget_s,
+        )
         index: ItemIndex | None = result.index
         if index is None:
             raise RuntimeError("the sweep returned no built index")

@@ -99,4 +99,3 @@ def verify_files(directory: str | os.PathLike[str], meta: dict[str, Any]) -> Non
                 f"index file {path} is corrupt: {actual['bytes']} bytes / sha256 {actual['sha256'][:12]}..., "
                 f"metadata says {expected['bytes']} bytes / sha256 {str(expected['sha256'])[:12]}..."
             )
-

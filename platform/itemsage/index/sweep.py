@@ -214,9 +214,7 @@ def knob_axes(index: ItemIndex, k: int) -> list[tuple[str, list[float]]]:
     return axes
 
 
-def walk_knobs(
-    index: ItemIndex, k: int, evaluate: Callable[[dict[str, float]], float], recall_target: float
-) -> None:
+def walk_knobs(index: ItemIndex, k: int, evaluate: Callable[[dict[str, float]], float], recall_target: float) -> None:
     """Raise the knobs from their cheapest setting until ``evaluate(params) -> recall`` reaches
     ``recall_target``, or no knob still helps.
 
@@ -303,8 +301,13 @@ def sweep(
         log.info("built %s in %.1fs (%.1f MB)", index.spec, build_s, memory / 2**20)
         spec_rows: list[SweepRow] = []
 
-        def evaluate(params: dict[str, float], index: ItemIndex = index, build_s: float = build_s,
-                     memory: int = memory, spec_rows: list[SweepRow] = spec_rows) -> float:
+        def evaluate(
+            params: dict[str, float],
+            index: ItemIndex = index,
+            build_s: float = build_s,
+            memory: int = memory,
+            spec_rows: list[SweepRow] = spec_rows,
+        ) -> float:
             index.set_search_params(**params)
             found, qps_b256 = search_all(index, q, k, 256, budget_s=B256_BUDGET_FACTOR * time_budget_s)
             row = SweepRow(

@@ -39,9 +39,7 @@ class TorchExactIndex(ItemIndex):
         super().__init__(TORCH_EXACT, int(vectors.shape[1]), idmap)
         self._device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         # A copy: on the CPU, from_numpy would share memory with the caller's array.
-        self._vectors: torch.Tensor = torch.from_numpy(np.array(vectors, dtype=np.float32, copy=True)).to(
-            self._device
-        )
+        self._vectors: torch.Tensor = torch.from_numpy(np.array(vectors, dtype=np.float32, copy=True)).to(self._device)
         self._labels = np.ascontiguousarray(labels, dtype=np.int64)
         self._max_score_bytes = max_score_bytes
 
@@ -102,4 +100,3 @@ class TorchExactIndex(ItemIndex):
             with open(directory / name, "wb") as f:
                 np.save(f, array, allow_pickle=False)
         return [VECTORS_FILE, LABELS_FILE]
-

@@ -66,8 +66,9 @@ class ItemTowerActor:
         self.model_version = model_version
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        return embed_rows(self.tower, batch, self.image_dim, self.text_fields, self.max_images,
-                          self.model_version, self.device)
+        return embed_rows(
+            self.tower, batch, self.image_dim, self.text_fields, self.max_images, self.model_version, self.device
+        )
 
 
 @torch.inference_mode()

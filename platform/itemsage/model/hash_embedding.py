@@ -101,7 +101,4 @@ class HashEmbeddingBag(nn.Module):
         return torch.stack(out) if out else self.table.new_zeros(0, self.dim)
 
     def extra_repr(self) -> str:
-        return (
-            f"vocab_size={self.vocab_size}, num_buckets={self.num_buckets}, dim={self.dim}, "
-            f"seeds={self.seeds}"
-        )
+        return f"vocab_size={self.vocab_size}, num_buckets={self.num_buckets}, dim={self.dim}, seeds={self.seeds}"

@@ -103,9 +103,7 @@ class SampledSoftmaxLoss(nn.Module):
         self.log_temperature = nn.Parameter(
             torch.tensor(math.log(cfg.temperature_init)), requires_grad=cfg.learn_temperature
         )
-        self.in_batch_processors = nn.ModuleList(
-            ([LogQCorrection()] if cfg.logq_correction else []) + [SameItemMask()]
-        )
+        self.in_batch_processors = nn.ModuleList(([LogQCorrection()] if cfg.logq_correction else []) + [SameItemMask()])
         self.random_processors = nn.ModuleList([SameItemMask()])
 
     @property

@@ -102,9 +102,7 @@ class QueryTowers(nn.Module):
     ) -> None:
         super().__init__()
         dims = surface_input_dims(image_dim, text_dim)
-        self.projections = nn.ModuleDict(
-            {s: QueryProjection(dims[s], out_dim, hidden_dim, residual) for s in SURFACES}
-        )
+        self.projections = nn.ModuleDict({s: QueryProjection(dims[s], out_dim, hidden_dim, residual) for s in SURFACES})
 
     def projection(self, surface: str) -> QueryProjection:
         if surface not in self.projections:

@@ -28,7 +28,11 @@ from itemsage.serve.uploads import decode_base64
 log = logging.getLogger(__name__)
 
 WEB_DIR = Path(__file__).resolve().parents[3] / "deployments" / "web"
-_WEB_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8"}
+_WEB_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+}
 
 
 class Backend(Protocol):
@@ -122,7 +126,9 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def create_api(backend: Backend, cfg: ServeConfig, web_dir: str | Path | None = None, title: str = "ItemSage") -> FastAPI:
+def create_api(
+    backend: Backend, cfg: ServeConfig, web_dir: str | Path | None = None, title: str = "ItemSage"
+) -> FastAPI:
     """The FastAPI app: JSON API, OpenAPI docs (``/docs``), and the web page at ``/``.
 
     One route per entry of :data:`~itemsage.serve.endpoints.ENDPOINTS`, answered by the handler

@@ -169,8 +169,7 @@ def features_dir(manifest: dict[str, Any], override: str | None, base_dir: str |
     features = absolute_path(str(features), base_dir)
     if "://" not in features and not Path(features).is_dir():
         raise FileNotFoundError(
-            f"features directory {features!r} does not exist here; set user_config.features to its "
-            "absolute path or URI"
+            f"features directory {features!r} does not exist here; set user_config.features to its absolute path or URI"
         )
     return features
 
@@ -227,4 +226,3 @@ class VersionCache(Generic[K, V]):
             value = load()
             self.put(key, value)
         return value
-

@@ -135,9 +135,7 @@ class RetrievalState:
         if want <= 0:
             return []
         ids, scores = self.index.search(np.asarray(query, np.float32).reshape(1, -1), want)
-        hits = [
-            Hit(i, float(s)) for i, s in zip(ids[0], scores[0]) if i not in exclude and np.isfinite(s)
-        ]
+        hits = [Hit(i, float(s)) for i, s in zip(ids[0], scores[0]) if i not in exclude and np.isfinite(s)]
         return hits[:k]
 
     def search_many(self, queries: np.ndarray, k: int) -> list[list[Hit]]:
@@ -146,7 +144,10 @@ class RetrievalState:
         if kk <= 0:
             return [[] for _ in range(len(queries))]
         ids, scores = self.index.search(np.asarray(queries, np.float32), kk)
-        return [[Hit(i, float(s)) for i, s in zip(row_ids, row_scores) if np.isfinite(s)] for row_ids, row_scores in zip(ids, scores)]
+        return [
+            [Hit(i, float(s)) for i, s in zip(row_ids, row_scores) if np.isfinite(s)]
+            for row_ids, row_scores in zip(ids, scores)
+        ]
 
     def hit_json(self, hit: Hit) -> dict[str, Any]:
         item = self.catalog.get(hit.item_id) if hit.item_id in self.catalog else None

@@ -220,7 +220,10 @@ class _EncoderBase:
             getattr(self, name).set_batch_wait_timeout_s(wait_s)
 
     async def _bundle(self, spec: ModelSpec) -> ModelBundle:
-        return self.enc.cached(spec) or await asyncio.to_thread(self.enc.bundle, spec)
+        cached = self.enc.cached(spec)
+        if cached is not None:
+            return cached
+        return await asyncio.to_thread(self.enc.bundle, spec)
 
     async def warm(self, spec: ModelSpec) -> None:
         await asyncio.to_thread(self.enc.warm, spec, self.USES_TEXT_ENCODER)
@@ -355,7 +358,9 @@ class HandleEncoding:
         await asyncio.gather(self.queries.warm.remote(spec), self.items.warm.remote(spec))
 
 
-def forwarding(target: Callable[[Any, str], Callable[..., Awaitable[Any]]], wrap: Callable[..., Any] | None = None) -> Callable[[type], type]:
+def forwarding(
+    target: Callable[[Any, str], Callable[..., Awaitable[Any]]], wrap: Callable[..., Any] | None = None
+) -> Callable[[type], type]:
     """Class decorator: a method for each backend method in ``ENDPOINTS`` that the class does not
     define itself, calling ``target(self, name)(*args, **kwargs)`` (wrapped by ``wrap``).
 
@@ -464,7 +469,9 @@ class HandleBackend:
 class Ingress:
     """The FastAPI app (:func:`~itemsage.serve.api.create_api`) over the Retriever handle."""
 
-    def __init__(self, retriever: DeploymentHandle, serve_cfg: Mapping[str, Any] | None = None, web_dir: str | None = None) -> None:
+    def __init__(
+        self, retriever: DeploymentHandle, serve_cfg: Mapping[str, Any] | None = None, web_dir: str | None = None
+    ) -> None:
         self.cfg = serve_config(serve_cfg)
         # HandleBackend's methods are made from ENDPOINTS (forwarding), which a type checker cannot see.
         self.backend = cast(Backend, HandleBackend(direct(retriever), self.cfg.read_retries))
@@ -491,10 +498,12 @@ def build_graph(
     if user_config:
         ServingSpec.from_user_config(user_config)  # same: fail early
         opts = {"user_config": dict(user_config)}
-    queries = QueryEncoder.options(**opts).bind(cfg, base_dir)
-    items = ItemEncoder.options(**opts).bind(cfg, base_dir)
-    retriever = RetrieverDeployment.options(**opts).bind(queries, items, cfg, base_dir)
-    return Ingress.bind(retriever, cfg, web_dir)
+    # @serve.deployment turns each class into a Deployment; mypy keeps the class type (it does not
+    # apply what a class decorator returns: python/mypy#3135), hence the ignores.
+    queries = QueryEncoder.options(**opts).bind(cfg, base_dir)  # type: ignore[attr-defined]
+    items = ItemEncoder.options(**opts).bind(cfg, base_dir)  # type: ignore[attr-defined]
+    retriever = RetrieverDeployment.options(**opts).bind(queries, items, cfg, base_dir)  # type: ignore[attr-defined]
+    return Ingress.bind(retriever, cfg, web_dir)  # type: ignore[attr-defined]
 
 
 __all__ = [

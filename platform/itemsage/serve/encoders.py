@@ -148,11 +148,15 @@ def image_payloads(payload: Mapping[str, Any], cfg: ServeConfig) -> list[bytes]:
     """The raw bytes of an item's images: uploads (already base64-decoded by the API layer), then
     local paths, read here, on the server that owns the files, and only under allowed roots."""
     out = [bytes(b) for b in payload.get("images") or []]
-    out += [read_allowed_file(p, cfg.allowed_image_roots, cfg.max_upload_bytes) for p in payload.get("image_paths") or []]
+    out += [
+        read_allowed_file(p, cfg.allowed_image_roots, cfg.max_upload_bytes) for p in payload.get("image_paths") or []
+    ]
     return out
 
 
-def prepare_item(payload: Mapping[str, Any], bundle: ModelBundle, backbones: Backbones, cfg: ServeConfig) -> PreparedItem:
+def prepare_item(
+    payload: Mapping[str, Any], bundle: ModelBundle, backbones: Backbones, cfg: ServeConfig
+) -> PreparedItem:
     """Tokenize the text fields with the model's vocab and preprocess the images (4xx on bad input)."""
     images = image_payloads(payload, cfg)
     if images and not backbones.has_image(bundle.image_backbone):
@@ -262,7 +266,9 @@ class LocalEncoders:
         for name in sorted({b.image_backbone for b in bundles}):
             idx = [i for i, b in enumerate(bundles) if b.image_backbone == name]
             feats = self.backbones.image_feats([pixels[i] for i in idx], name)
-            part = _per_version([bundles[i] for i in idx], lambda b, rows: project(b, "closeup", feats[rows]))
+            part = _per_version(
+                [bundles[i] for i in idx], lambda b, rows, feats=feats: project(b, "closeup", feats[rows])
+            )
             for i, emb in zip(idx, part):
                 out[i] = emb
         return out  # type: ignore[return-value]
@@ -283,9 +289,7 @@ class LocalEncoders:
         return prepare_item(payload, bundle, self.backbones, self.cfg)
 
     def item_batch(self, bundles: Sequence[ModelBundle], items: Sequence[PreparedItem]) -> list[np.ndarray]:
-        return _per_version(
-            bundles, lambda b, rows: embed_prepared_items(b, self.backbones, [items[i] for i in rows])
-        )
+        return _per_version(bundles, lambda b, rows: embed_prepared_items(b, self.backbones, [items[i] for i in rows]))
 
 
 def _per_version(bundles: Sequence[ModelBundle], run: Any) -> list[np.ndarray]:

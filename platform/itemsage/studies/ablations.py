@@ -42,7 +42,9 @@ class Variant:
 
 VARIANTS: tuple[Variant, ...] = (
     Variant(REFERENCE, "reference", (), "ItemSage tower, image+text, in-batch+random negatives, logQ, multi-task", "-"),
-    Variant("concat_mlp", "architecture", ("train.model.arch=mlp",), "concat-MLP item tower instead of the transformer"),
+    Variant(
+        "concat_mlp", "architecture", ("train.model.arch=mlp",), "concat-MLP item tower instead of the transformer"
+    ),
     Variant(
         "no_title_embedding",
         "features",
@@ -51,7 +53,9 @@ VARIANTS: tuple[Variant, ...] = (
     ),
     Variant("image_only", "features", ("train.model.use_text=false",), "image features only"),
     Variant("text_only", "features", ("train.model.use_image=false",), "text features only"),
-    Variant("in_batch_logq", "negatives", ("train.loss.random_negatives=false",), "in-batch negatives only (with logQ)"),
+    Variant(
+        "in_batch_logq", "negatives", ("train.loss.random_negatives=false",), "in-batch negatives only (with logQ)"
+    ),
     Variant(
         "in_batch_no_logq",
         "negatives",
@@ -60,7 +64,9 @@ VARIANTS: tuple[Variant, ...] = (
     ),
     Variant("mixed_no_logq", "negatives", ("train.loss.logq_correction=false",), "in-batch+random negatives, no logQ"),
     *(
-        Variant(f"single_{s}", "tasks", (f"train.surfaces=[{s}]",), f"single-task: trained on {s} pairs only", "equal", (s,))
+        Variant(
+            f"single_{s}", "tasks", (f"train.surfaces=[{s}]",), f"single-task: trained on {s} pairs only", "equal", (s,)
+        )
         for s in SURFACES
     ),
 )
@@ -110,8 +116,12 @@ class AblationResult:
         return next(r for r in self.rows if r.variant == name)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"rows": [asdict(r) for r in self.rows], "baselines": self.baselines, "split": self.split,
-                "max_steps": self.max_steps}
+        return {
+            "rows": [asdict(r) for r in self.rows],
+            "baselines": self.baselines,
+            "split": self.split,
+            "max_steps": self.max_steps,
+        }
 
 
 def judge(rows: list[Row], tie: float = TIE) -> None:
@@ -149,7 +159,9 @@ def markdown(result: AblationResult) -> str:
     for r in result.rows:
         shown = {s: (r.recall_at_10.get(s) if not r.judged or s in r.judged else None) for s in surfaces}
         lines.append(
-            "| " + " | ".join([r.variant, r.description, *[cell(shown[s]) for s in surfaces], r.expected, r.verdict]) + " |"
+            "| "
+            + " | ".join([r.variant, r.description, *[cell(shown[s]) for s in surfaces], r.expected, r.verdict])
+            + " |"
         )
     for method in ("frozen", "random"):
         vals = [cell(result.baselines.get(s, {}).get(method)) for s in surfaces]
@@ -226,8 +238,12 @@ def run_ablations(
         recall = {s: summary.get(s, {}).get("itemsage") for s in SURFACES}
         if v.name == REFERENCE:
             baselines = {s: {m: summary.get(s, {}).get(m) for m in ("frozen", "random")} for s in SURFACES}
-        rows.append(Row(v.name, v.group, v.description, recall, round(seconds, 1), trained.model_uri, v.expected, v.surfaces))
-        shown = ", ".join(f"{s} {x:.3f}" for s, x in recall.items() if x is not None and (not v.surfaces or s in v.surfaces))
+        rows.append(
+            Row(v.name, v.group, v.description, recall, round(seconds, 1), trained.model_uri, v.expected, v.surfaces)
+        )
+        shown = ", ".join(
+            f"{s} {x:.3f}" for s, x in recall.items() if x is not None and (not v.surfaces or s in v.surfaces)
+        )
         progress(f"    Recall@10: {shown}  ({seconds:.0f} s)")
     judge(rows)
     result = AblationResult(rows, baselines, split, max_steps)

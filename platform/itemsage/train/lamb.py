@@ -41,9 +41,7 @@ class Lamb(torch.optim.Optimizer):
             raise ValueError(f"lr, eps and weight_decay must be >= 0 (got {lr}, {eps}, {weight_decay})")
         if not (0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
             raise ValueError(f"betas must be in [0, 1), got {betas}")
-        defaults = dict(
-            lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, trust_ratio=trust_ratio
-        )
+        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, trust_ratio=trust_ratio)
         super().__init__(params, defaults)
 
     @torch.no_grad()

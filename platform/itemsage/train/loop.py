@@ -33,12 +33,12 @@ from itemsage.data.features_read import QueryFeatures, read_pairs
 from itemsage.eval.validation import baseline_recall, build_val_set, model_recall, recall_metrics
 from itemsage.files import write_atomic
 from itemsage.model import ItemFeatureStore, ItemSageModel, MultiTaskBatcher, build_model
-from itemsage.trained.bundle import BundleFiles, text_encoder_from_state
-from itemsage.trained.checkpoint import TrainState, load_checkpoint, save_checkpoint
 from itemsage.train.data import cached_cycle, heldout_items, sample_negatives
 from itemsage.train.lamb import Lamb
 from itemsage.train.schedule import build_scheduler
 from itemsage.train.tracking import Tracker
+from itemsage.trained.bundle import BundleFiles, text_encoder_from_state
+from itemsage.trained.checkpoint import TrainState, load_checkpoint, save_checkpoint
 
 if TYPE_CHECKING:  # transformers is imported only when fine-tuning is on
     from itemsage.data.text_encoder import TextEncoder
@@ -189,7 +189,11 @@ def trainable_text_state(encoder: TextEncoder) -> dict[str, torch.Tensor]:
 
 
 def build_train_module(
-    tc: TrainConfig, vocab_size: int, image_dim: int, num_text_fields: int, text_state: Mapping[str, torch.Tensor] | None = None
+    tc: TrainConfig,
+    vocab_size: int,
+    image_dim: int,
+    num_text_fields: int,
+    text_state: Mapping[str, torch.Tensor] | None = None,
 ) -> TrainModule:
     """The model (and, when fine-tuning, the MiniLM encoder with ``text_state`` loaded)."""
     model = build_model(tc.model, tc.loss, vocab_size=vocab_size, image_dim=image_dim, num_text_fields=num_text_fields)
@@ -337,9 +341,7 @@ class Stepper:
         )
 
 
-def pair_batches(
-    first_pass: Any, tasks: list[str], tc: TrainConfig, seed: int
-) -> Iterator[dict[str, np.ndarray]]:
+def pair_batches(first_pass: Any, tasks: list[str], tc: TrainConfig, seed: int) -> Iterator[dict[str, np.ndarray]]:
     """Quota-mixed batches forever: the shard streamed once (then cached), through the batcher."""
     active = [t for t in tasks if tc.task_quotas.get(t, 1.0) > 0]
     task_set = np.asarray(active)
@@ -459,8 +461,16 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     # very batches, negatives and dropout masks an uninterrupted run draws after step S.
     generator = torch.Generator()
     stepper = Stepper(
-        ddp_model, optimizer, scheduler, store, qf,
-        negative_pool(store.num_items, heldout_items(tc.features)), tc, device, generator, surfaces,
+        ddp_model,
+        optimizer,
+        scheduler,
+        store,
+        qf,
+        negative_pool(store.num_items, heldout_items(tc.features)),
+        tc,
+        device,
+        generator,
+        surfaces,
     )
     shard = ray.train.get_dataset_shard("train")
     data_seed = tc.seed * 7919 + rank * 104_729

@@ -19,7 +19,6 @@ import torch
 from itemsage.config import PipelineConfig
 from itemsage.data.features_read import QueryFeatures, read_manifest, read_pairs
 from itemsage.model import ItemFeatureStore, ItemSageModel
-from itemsage.trained.bundle import BundleFiles
 from itemsage.train.data import heldout_items, task_counts
 from itemsage.train.loop import (
     StepOutput,
@@ -33,6 +32,7 @@ from itemsage.train.loop import (
     trained_surfaces,
 )
 from itemsage.train.schedule import build_scheduler
+from itemsage.trained.bundle import BundleFiles
 
 
 @dataclass
@@ -83,8 +83,16 @@ def setup_plain(cfg: PipelineConfig, device: str | torch.device = "cpu") -> Plai
     batches = pair_batches(_chunks(pairs, max(tc.batch_size, 1024)), tasks, tc, tc.seed)
     generator = torch.Generator().manual_seed(tc.seed)
     stepper = Stepper(
-        module, optimizer, scheduler, store, qf, negative_pool(store.num_items, heldout_items(tc.features)),
-        tc, dev, generator, surfaces,
+        module,
+        optimizer,
+        scheduler,
+        store,
+        qf,
+        negative_pool(store.num_items, heldout_items(tc.features)),
+        tc,
+        dev,
+        generator,
+        surfaces,
     )
     return PlainRun(cfg, module, optimizer, scheduler, store, qf, stepper, batches, bundle)
 

@@ -16,9 +16,7 @@ import torch
 from itemsage.config import LR_DECAYS as DECAY_KINDS  # the choices of train.lr_decay
 
 
-def lr_factor(
-    step: int, warmup_steps: int, total_steps: int, kind: str = "cosine", min_factor: float = 0.0
-) -> float:
+def lr_factor(step: int, warmup_steps: int, total_steps: int, kind: str = "cosine", min_factor: float = 0.0) -> float:
     """Multiplier of the base learning rate for optimizer step ``step`` (0-based).
 
     Warm-up ramps linearly from ``1 / (warmup_steps + 1)`` to 1 over ``warmup_steps`` steps (never 0,

@@ -25,9 +25,6 @@ import pyarrow.fs as pafs
 from itemsage.config import SURFACES, ConfigError, PipelineConfig, flatten, to_dict
 from itemsage.data.features_io import resolve
 from itemsage.data.features_read import PAIR_COLUMNS, pairs_path, read_manifest, read_pairs
-from itemsage.trained.bundle import write_bundle
-from itemsage.trained.checkpoint import META_FILE
-from itemsage.trained.registry import REGISTERED_MODEL, register_bundle
 from itemsage.train.data import TrainInputError, task_counts
 from itemsage.train.loop import (
     RUN_FILE,
@@ -40,6 +37,9 @@ from itemsage.train.loop import (
     write_side_file,
 )
 from itemsage.train.tracking import Tracker, resolve_tracking_uri
+from itemsage.trained.bundle import write_bundle
+from itemsage.trained.checkpoint import META_FILE
+from itemsage.trained.registry import REGISTERED_MODEL, register_bundle
 
 
 class NonFiniteLossError(RuntimeError):
@@ -119,9 +119,7 @@ def check_inputs(cfg: PipelineConfig) -> tuple[dict[str, Any], dict[str, int]]:
     counts = task_counts(train)
     for task in tc.task_quotas:
         if task not in counts:
-            raise ConfigError(
-                f"train.task_quotas.{task}: no such task in the train split; tasks are {sorted(counts)}"
-            )
+            raise ConfigError(f"train.task_quotas.{task}: no such task in the train split; tasks are {sorted(counts)}")
     usable = sum(n for t, n in counts.items() if tc.task_quotas.get(t, 1.0) > 0)
     need = tc.batch_size * tc.num_workers
     if usable < need:
@@ -264,8 +262,7 @@ def check_placement(tc: Any) -> None:
     except Exception:  # noqa: BLE001 - private API; fall through to counting the nodes there
         pass
     fits = [
-        n for n in ray.nodes()
-        if n.get("Alive") and float(n.get("Resources", {}).get("CPU", 0)) >= tc.cpus_per_worker
+        n for n in ray.nodes() if n.get("Alive") and float(n.get("Resources", {}).get("CPU", 0)) >= tc.cpus_per_worker
     ]
     if len(fits) < tc.num_workers:
         raise ConfigError(
@@ -426,9 +423,7 @@ def run_training(
     gpu = use_gpu_for(tc.use_gpu, tc.num_workers)
     check_placement(tc)
     uri = resolve_tracking_uri(tracking_uri) if tracking else None
-    tracker, resumed = (
-        _start_tracking(cfg, run_dir, uri) if uri else (Tracker("", "", "", enabled=False), False)
-    )
+    tracker, resumed = _start_tracking(cfg, run_dir, uri) if uri else (Tracker("", "", "", enabled=False), False)
     tasks = sorted(t for t in counts if not tc.surfaces or t.split("/")[0] in tc.surfaces)
     spec = LoopSpec(
         config=to_dict(cfg),

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, cast
 
 if TYPE_CHECKING:  # imported where used: resolving a model reference (no torch) reads these files' names
     import torch
@@ -79,8 +79,7 @@ def save_checkpoint(directory: str | Path, state: TrainState) -> None:
             stage.write(META_FILE, lambda f: f.write(meta_bytes))
     except OSError as e:
         message = f"cannot write checkpoint {d}: {e.strerror or e}"
-        raise (CheckpointWriteError(e.errno, message) if e.errno is not None
-               else CheckpointWriteError(message)) from e
+        raise (CheckpointWriteError(e.errno, message) if e.errno is not None else CheckpointWriteError(message)) from e
 
 
 class _RecordingWriter:
@@ -110,7 +109,8 @@ def _torch_save(payload: dict[str, Any], f: IO[bytes]) -> None:
 
     writer = _RecordingWriter(f)
     try:
-        torch.save(payload, writer)
+        # A file-like object, not an IO subclass: torch only calls write() and flush().
+        torch.save(payload, cast(IO[bytes], writer))
     except RuntimeError as e:
         if writer.error is not None:
             raise writer.error from e

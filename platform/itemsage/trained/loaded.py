@@ -37,7 +37,7 @@ ITEM_BATCH = 256
 
 
 def pick_device(device: str = "auto") -> str:
-    """"auto" -> "cuda" when torch sees a GPU, else "cpu"; anything else unchanged."""
+    """ "auto" -> "cuda" when torch sees a GPU, else "cpu"; anything else unchanged."""
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return device
