@@ -49,11 +49,25 @@ _IN_PROCESS_RAY = (
 )
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the xdist_group marks
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    for item in items:
-        path = Path(item.path).resolve().relative_to(REPO).as_posix()
-        if path in _OWN_RAY_MODULES:
-            item.add_marker(pytest.mark.xdist_group("subprocess_ray"))
-        elif path.startswith(_IN_PROCESS_RAY):
-            item.add_marker(pytest.mark.xdist_group("in_process_ray"))
+def _xdist_group(nodeid: str) -> str | None:
+    path = nodeid.split("::", 1)[0]
+    if path in _OWN_RAY_MODULES:
+        return "subprocess_ray"
+    if path.startswith(_IN_PROCESS_RAY):
+        return "in_process_ray"
+    return None
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | None:
+    """With ``--dist loadgroup``: xdist's own scheduler, grouping by :func:`_xdist_group`. Here the
+    groups are named by path instead of ``xdist_group`` marks, which pytest-xdist 3.8 cannot apply
+    with pytest 9 here (the worker renames the items' ``_nodeid``, which no longer takes effect)."""
+    if config.getoption("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class PathGroupScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return _xdist_group(nodeid) or nodeid
+
+    return PathGroupScheduling(config, log)
