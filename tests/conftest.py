@@ -7,7 +7,6 @@ import os
 from pathlib import Path
 
 import pytest
-
 from tests.support.xdist_groups import xdist_group
 
 # Weights come from pip packages; make any accidental hub download fail fast instead of hanging.
