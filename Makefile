@@ -40,12 +40,15 @@ browser:  ## install Debian's chromium for the web-page test (needs root; skippe
 demo: $(STAMP)  ## run the whole pipeline on the bundled sample (data/sample)
 	$(PY) experiments/pipeline.py --config $(CONFIG)
 
-# CI runs `make test`: every suite, the end-to-end ones included.
+# CI runs `make test`: every suite, the end-to-end ones included. Two pytest-xdist workers: the
+# suites that start Ray in subprocesses (multi-node cluster, fault injection, `serve run`) run beside
+# those that start it in the pytest process (groups in tests/conftest.py); ~20 min on 2 cores.
+XDIST ?= -n 2 --dist loadgroup
 test: $(STAMP) browser lint-imports lint  ## all tests: import contracts, lint and type checks, unit, integration, end-to-end, multi-node cluster (what CI runs)
-	$(PY) -m pytest
+	$(PY) -m pytest $(XDIST)
 
 test-fast: $(STAMP) lint-imports  ## import contracts, unit and integration tests only (a few minutes)
-	$(PY) -m pytest -m "not slow"
+	$(PY) -m pytest $(XDIST) -m "not slow"
 
 # The import contracts in .importlinter (docs/architecture.md): a few seconds, so `test` and
 # `test-fast` check them before any suite starts.
@@ -53,7 +56,7 @@ lint-imports: $(STAMP)  ## check that the stages import in one direction only (i
 	$(VENV)/bin/lint-imports
 
 test-e2e: $(STAMP) browser  ## only the end-to-end suites: Ray clusters, fault injection, Serve, Chromium
-	$(PY) -m pytest -m slow
+	$(PY) -m pytest $(XDIST) -m slow
 
 # PostgreSQL comes from Debian's postgresql package (installed by the test when root and missing).
 test-cluster: $(STAMP)  ## 2-node `ray start` cluster + PostgreSQL-backed MLflow: Jobs API pipeline, serve deploy, HTTP query

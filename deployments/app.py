@@ -176,16 +176,23 @@ def wait_healthy(url: str, timeout_s: float = 180.0) -> dict[str, Any]:
     raise TimeoutError(f"{url}/healthz not healthy after {timeout_s:.0f}s ({last})")
 
 
-def shutdown_local() -> None:
+def shutdown_local(drain: bool = True) -> None:
     """Tear down the app and Serve (leaves Ray running for the caller to stop), and any HAProxy
-    process Serve's shutdown left behind on this machine (itemsage.serve.fast_ingress)."""
+    process Serve's shutdown left behind on this machine (itemsage.serve.fast_ingress).
+
+    ``drain=False`` (nothing in flight, e.g. a test's teardown; the second Ctrl-C does the same)
+    stops the local Ray this driver started, and Serve's processes with it, without the API
+    replica's 30 s drain; Ray is then stopped too."""
     import ray
     from ray import serve
 
     from itemsage.serve.fast_ingress import stop_leftover_haproxy
 
     nodes = [n["NodeID"] for n in ray.nodes()] if ray.is_initialized() else []
-    serve.shutdown()
+    if drain:
+        serve.shutdown()
+    else:
+        ray.shutdown()
     stop_leftover_haproxy(nodes)
 
 

@@ -82,10 +82,10 @@ def test_training_validation_agrees(sample: FinetunedSample, evaluated) -> None:
     import torch
 
     from itemsage.config import PipelineConfig, load_config
+    from itemsage.data.features_read import QueryFeatures, read_pairs
+    from itemsage.eval.validation import build_val_set, embed_queries
     from itemsage.model import ItemFeatureStore
-    from itemsage.train.data import QueryFeatures, read_pairs
     from itemsage.train.loop import build_train_module
-    from itemsage.train.validation import build_val_set, embed_queries
     from itemsage.trained.checkpoint import load_checkpoint
 
     texts, from_eval = evaluated

@@ -89,5 +89,5 @@ def stop_serve_app() -> None:
     from deployments.app import shutdown_local
 
     if ray.is_initialized():
-        shutdown_local()
-        ray.shutdown()
+        # No request is in flight here: skip the 30 s drain (tests/serve/test_serve_run_cli.py covers it).
+        shutdown_local(drain=False)

@@ -76,8 +76,8 @@ def served(trained_serving: Any) -> Any:
     port = free_port()
     url = run_local(version_of(trained_serving, "1"), host="127.0.0.1", port=port, deployments=DEPLOYMENTS, timeout_s=600)
     yield {"url": url, "port": port, "trained": trained_serving}
-    shutdown_local()
-    ray.shutdown()
+    # No request is in flight here: skip the 30 s drain (tests/serve/test_serve_run_cli.py covers it).
+    shutdown_local(drain=False)
 
 
 def catalog(trained: Any) -> list[dict[str, Any]]:
