@@ -20,7 +20,8 @@ from itemsage.serve.local import local_retriever
 
 
 def make_model(gated: bool) -> object:
-    """A stand-in encoder whose forward takes 30 ms whatever the batch size.
+    """A stand-in encoder whose forward takes 60 ms whatever the batch size (long against the few ms
+    an event loop on a loaded machine can lag, so batch sizes reflect the gate, not the machine).
 
     A new class per call: ``@serve.batch`` keeps one queue per decorated function, bound to the
     event loop of its first use, and each test run has its own loop.
@@ -36,7 +37,7 @@ def make_model(gated: bool) -> object:
         def forward(self, xs: list[int]) -> list[int]:
             self.batches.append(len(xs))
             self.started.set()
-            time.sleep(0.03)
+            time.sleep(0.06)
             return [x * 2 for x in xs]
 
         async def __call__(self, x: int) -> int:
