@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from itemsage.config import TEXT_FIELDS, PipelineConfig, TextConfig, load_config
+from itemsage.data.pipeline import PAIRS_SCHEMA
 from itemsage.data.text import Vocab
 
 IMAGE_DIM = 16
@@ -122,18 +123,8 @@ def write_synthetic_features(
                     "source": "synthetic",
                 }
             )
-    schema = pa.schema(
-        [
-            ("surface", pa.string()),
-            ("action", pa.string()),
-            ("task", pa.string()),
-            ("query_key", pa.int64()),
-            ("item_idx", pa.int64()),
-            ("source", pa.string()),
-        ]
-    )
     for split, r in rows.items():
-        pq.write_table(pa.Table.from_pylist(r, schema=schema), out / "pairs" / f"{split}.parquet")
+        pq.write_table(pa.Table.from_pylist(r, schema=PAIRS_SCHEMA), out / "pairs" / f"{split}.parquet")
     manifest = {
         "format": "itemsage-features",
         "version": 1,
