@@ -7,8 +7,9 @@ embed a search query identically (atol 1e-5) through
 (b) offline evaluation (``experiments/evaluate.py --queries-out``: the embeddings its recall used),
 (c) training validation (the training module rebuilt from the checkpoint as a resumed run rebuilds
     it, through ``itemsage.train.validation.embed_queries``, what validation ranks with), and
-(d) ``POST /embed/query`` of the serving app (the FastAPI app over the encoders Serve's
-    QueryEncoder runs).
+(d) ``POST /embed/query`` of the serving app: in process (the FastAPI app over the encoders
+    Serve's QueryEncoder runs) and deployed on a local Ray Serve (deployments/serve_config.yaml, as
+    ``serve run`` deploys it).
 
 Before ``itemsage.trained`` owned loading, (a) and (b) used the frozen MiniLM: this test is the
 guard against that split coming back. It also checks that the fine-tuned encoder really differs
@@ -112,25 +113,59 @@ def _vocab_size(sample: FinetunedSample) -> int:
     return int(json.loads((sample.bundle / "manifest.json").read_text())["vocab_size"])
 
 
-def test_serving_agrees(sample: FinetunedSample, evaluated, tmp_path: Path) -> None:
-    from fastapi.testclient import TestClient
-
+@pytest.fixture(scope="module")
+def served_version(sample: FinetunedSample, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """The fine-tuned sample model with a Flat index over its catalog: a version Serve can load."""
     from itemsage.index import build_index
     from itemsage.model import ItemFeatureStore
-    from itemsage.serve.local import create_local_app
     from itemsage.trained import load_trained
 
-    texts, from_eval = evaluated
     tm = load_trained(sample.bundle)
     store = ItemFeatureStore.load(str(sample.features), max_images=tm.max_images, text_fields=tm.text_fields)
     index = build_index(tm.embed_items(store), list(store.item_ids or []), "Flat", use_gpu=False)
-    index.save(tmp_path / "index")
-    app = create_local_app({"model_uri": str(sample.bundle), "index_uri": str(tmp_path / "index"),
-                            "features": str(sample.features)})
+    out = tmp_path_factory.mktemp("door_index") / "index"
+    index.save(out)
+    return {"model_uri": str(sample.bundle), "index_uri": str(out), "features": str(sample.features)}
+
+
+def test_serving_agrees(served_version: dict[str, str], evaluated) -> None:
+    from fastapi.testclient import TestClient
+
+    from itemsage.serve.local import create_local_app
+
+    texts, from_eval = evaluated
+    app = create_local_app(served_version)
     with TestClient(app) as client:
         served = []
         for text in texts:
             r = client.post("/embed/query", json={"text": text})
             assert r.status_code == 200, r.text
             served.append(r.json()["embedding"])
+    np.testing.assert_allclose(np.asarray(served, np.float32), from_eval, atol=ATOL)
+
+
+def test_ray_serve_agrees(served_version: dict[str, str], evaluated) -> None:
+    """(d) on a real Ray Serve: the QueryEncoder replica embeds the query, behind the Ingress."""
+    import json
+    import urllib.request
+
+    import ray
+
+    from deployments.app import run_local, shutdown_local
+    from itemsage.cluster.ports import free_port
+
+    texts, from_eval = evaluated
+    if ray.is_initialized():
+        ray.shutdown()
+    # Logical CPUs: the config reserves ~2 CPUs of replicas, more than a 2-core CI box has.
+    url = run_local(served_version, host="127.0.0.1", port=free_port(), num_cpus=4, timeout_s=600)
+    try:
+        served = []
+        for text in texts:
+            req = urllib.request.Request(f"{url}/embed/query", json.dumps({"text": text}).encode(),
+                                         {"Content-Type": "application/json"})
+            with urllib.request.urlopen(req, timeout=60) as r:  # the 127.0.0.1 app started above
+                served.append(json.loads(r.read())["embedding"])
+    finally:
+        shutdown_local(drain=False)  # no request in flight; the drain has tests of its own
     np.testing.assert_allclose(np.asarray(served, np.float32), from_eval, atol=ATOL)
