@@ -42,7 +42,7 @@ demo: $(STAMP)  ## run the whole pipeline on the bundled sample (data/sample)
 
 # CI runs `make test`: every suite, the end-to-end ones included. Two pytest-xdist workers: the
 # suites that start Ray in subprocesses (multi-node cluster, fault injection) run beside
-# those that start it in the pytest process (groups in tests/support/xdist_groups.py); 908 s on 2 cores (2026-12-04, lint included).
+# those that start it in the pytest process (groups in tests/support/xdist_groups.py); 885-908 s on 2 cores (2026-12-04, lint included).
 XDIST ?= -n 2 --dist loadgroup
 test: $(STAMP) browser lint-imports lint  ## all tests: import contracts, lint and type checks, unit, integration, end-to-end, multi-node cluster (what CI runs)
 	$(PY) -m pytest $(XDIST)

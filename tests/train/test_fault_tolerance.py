@@ -262,7 +262,11 @@ def test_killed_driver_resubmitted_resumes_the_same_run(clean_run, synthetic_fea
         # its own cluster on a clean machine, like after a lost node.
         survivors = _stop(proc)
     resumed_from, killed_at = _registered_step(t.run_dir), _logged_step(t.db)
-    assert resumed_from is not None and CHECKPOINT_EVERY <= resumed_from < killed_at < MAX_STEPS
+    # Workers orphaned by the driver's death run on until their raylet dies; on a loaded machine
+    # rank 0 can log every remaining step in that time (seen in CI-like runs: step 60 of 60). No
+    # checkpoint can be registered without the driver, so the resumed run still starts from
+    # ``resumed_from`` and logs the steps after it again, which is what is checked below.
+    assert resumed_from is not None and CHECKPOINT_EVERY <= resumed_from < killed_at <= MAX_STEPS
     client = MlflowClient(t.uri)
     (before,) = client.search_runs([client.get_experiment_by_name("driver").experiment_id])
     assert before.info.status == "RUNNING"  # nobody was left to end it
