@@ -102,8 +102,9 @@ def train_steps(loop_config: dict[str, Any]) -> dict[str, float]:
     """
     import torch
     import torch.nn.functional as F
-    from itemsage.model.item_tower import ItemSageTower
     from torch.utils.flop_counter import FlopCounterMode
+
+    from itemsage.model.item_tower import ItemSageTower
 
     bench = _bench_model()
     world, rank, device = 1, 0, torch.device(loop_config["device"])
@@ -220,6 +221,7 @@ def _qps(search: Callable[[np.ndarray], Any], queries: np.ndarray, batch: int, b
 def run_index(sizes: Sizes, out_dir: Path) -> dict[str, Any]:
     import faiss
     import torch
+
     from itemsage.index import build_index, recall_at_k, sweep
     from itemsage.index.devices import DeviceCaps
     from itemsage.index.synthetic import ClusteredSphere, item_ids
@@ -316,6 +318,8 @@ def run_serve(sizes: Sizes, out_dir: Path) -> dict[str, Any]:
         sys.path.insert(0, str(REPO))
     from deployments.app import run_local, shutdown_local
 
+    from itemsage.cluster.ports import free_port
+
     version = _tiny_version(out_dir / "serving")
     gpu = 0.0 if sizes.cpu else 0.3  # three replicas share the one GPU
     deps = {name: {"ray_actor_options": {"num_gpus": gpu}} for name in ("Retriever", "QueryEncoder", "ItemEncoder")}
@@ -323,7 +327,7 @@ def run_serve(sizes: Sizes, out_dir: Path) -> dict[str, Any]:
         ray.shutdown()
     os.environ.setdefault("RAY_raylet_start_wait_time_s", "120")
     url = run_local({"model_uri": str(version["model_1"]), "index_uri": str(version["index_1"])},
-                    host="127.0.0.1", port=_free_port(), deployments=deps, num_cpus=4, timeout_s=600)
+                    host="127.0.0.1", port=free_port(), deployments=deps, num_cpus=4, timeout_s=600)
     try:
         # url: the 127.0.0.1 Serve app this check started (every urlopen below goes there).
         health = json.loads(urllib.request.urlopen(f"{url}/healthz", timeout=30).read())  # nosec B310
@@ -350,14 +354,6 @@ def run_serve(sizes: Sizes, out_dir: Path) -> dict[str, Any]:
             "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)),
             "num_gpus_per_replica": gpu, "health": health, "index_device": (version_info.get("index") or {}).get("device"),
             "note": "random-weight tiny model over the bundled sample: measures serving latency, not quality"}
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # ---- report --------------------------------------------------------------------------------------

@@ -94,9 +94,8 @@ def main(argv: list[str] | None = None) -> int:
             from itemsage.train.trainer import run_training
 
             sys.path.insert(0, str(REPO / "experiments"))
-            from train import summary as train_summary
-
             import ray.data
+            from train import summary as train_summary
 
             # The pairs are read once per worker; live progress bars would bury the training log.
             ray.data.DataContext.get_current().enable_progress_bars = False

@@ -106,8 +106,8 @@ def random_bundle(features: Path, out: Path) -> Path:
     from safetensors.torch import save_file
 
     from itemsage.config import PipelineConfig, load_config
-    from itemsage.model import build_model
     from itemsage.data.features_read import read_manifest
+    from itemsage.model import build_model
     from itemsage.trained.bundle import BundleFiles
     from itemsage.trained.registry import WEIGHTS_FILE
 

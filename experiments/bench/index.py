@@ -40,6 +40,7 @@ from typing import Any
 import faiss
 import numpy as np
 import psutil
+
 from itemsage.index import build_index
 from itemsage.index.base import faiss_gpu_available, torch_cuda_available
 from itemsage.index.sweep import (

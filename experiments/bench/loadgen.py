@@ -65,7 +65,7 @@ async def closed_loop(
                 async with session.post(f"{url}{path}", json=body) as r:
                     raw = await r.read()
                     status = r.status
-            except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+            except (TimeoutError, aiohttp.ClientError) as e:
                 raw = repr(e).encode()
             t1 = time.perf_counter()
             if status == 200:

@@ -210,7 +210,7 @@ async def _soak(url: str, traffic: Traffic, concurrency: int, duration_s: float,
             try:
                 await asyncio.wait_for(done.wait(), timeout=max(0.0, t0 + n * window_s - time.perf_counter()))
                 break
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 continue
 
     task = asyncio.create_task(sampler())
@@ -371,7 +371,6 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if started:
             import ray
-
             from deployments.app import shutdown_local
 
             if ray.is_initialized():
