@@ -56,7 +56,7 @@ from itemsage.data.featurize import (
     text_feature_dataset,
     text_rows,
 )
-from itemsage.data.images import BACKBONES
+from itemsage.data.images import BACKBONES, weights_record
 from itemsage.data.text import Vocab
 
 logger = logging.getLogger(__name__)
@@ -544,6 +544,7 @@ def manifest(cfg: PreprocessConfig, summary: PreprocessSummary, f: FeatureSet) -
         "catalog_source": f.catalog.source,
         "engagement_source": summary.engagement_source,
         "backbone": cfg.image.backbone,
+        "backbone_weights": weights_record(cfg.image.weights_path),
         "image_dim": f.image_dim,
         "text_query_dim": MINILM_DIM,
         "text_fields": list(TEXT_FIELDS),
