@@ -162,25 +162,23 @@ def test_weights_elsewhere_on_the_serving_machine(
     with TestClient(create_local_app(resnet.serving, ServeConfig(image_weights_path=str(moved)))) as client:
         r = client.post("/embed/query", json={"image": b64(path)})
         assert r.status_code == 200, r.text
-    np.testing.assert_allclose(np.asarray([r.json()["embedding"]], np.float32),
-                               closeup_from_features(resnet, [item_id]), atol=ATOL)
+    np.testing.assert_allclose(
+        np.asarray([r.json()["embedding"]], np.float32), closeup_from_features(resnet, [item_id]), atol=ATOL
+    )
+
+    def load_error(cfg: ServeConfig | None = None) -> str:
+        with pytest.raises(ImageWeightsError) as info, TestClient(create_local_app(resnet.serving, cfg)):
+            pass
+        return str(info.value)
 
     missing = tmp_path / "nowhere" / "rn50.pth"
-    with pytest.raises(ImageWeightsError) as info:
-        with TestClient(create_local_app(resnet.serving, ServeConfig(image_weights_path=str(missing)))):
-            pass
-    assert str(missing) in str(info.value) and "serve.image_weights_path" in str(info.value)
-
+    message = load_error(ServeConfig(image_weights_path=str(missing)))
+    assert str(missing) in message and "serve.image_weights_path" in message and ENV_VAR in message
     monkeypatch.setenv(ENV_VAR, str(missing))
-    with pytest.raises(ImageWeightsError, match=ENV_VAR):
-        with TestClient(create_local_app(resnet.serving)):
-            pass
+    assert str(missing) in load_error()
     monkeypatch.delenv(ENV_VAR)
-
     other = write_resnet50_weights(tmp_path / "other.pth", seed=1)
-    with pytest.raises(ImageWeightsError, match="is not the resnet50 weights file"):
-        with TestClient(create_local_app(resnet.serving, ServeConfig(image_weights_path=str(other)))):
-            pass
+    assert "is not the resnet50 weights file" in load_error(ServeConfig(image_weights_path=str(other)))
 
 
 @pytest.mark.slow
@@ -190,8 +188,8 @@ def test_ray_serve_serves_the_resnet_model(resnet: SmallPipeline, with_images) -
     import urllib.request
 
     import ray
-
     from deployments.app import run_local, shutdown_local
+
     from itemsage.cluster.ports import free_port
 
     ids, paths = [i for i, _ in with_images], [p for _, p in with_images]

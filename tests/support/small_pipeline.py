@@ -72,21 +72,26 @@ def build_small_pipeline(catalog: Path, root: Path, overrides: Sequence[str] = (
             return _built[root]
         torch.manual_seed(0)
         features = root / "features"
-        cfg = load_config(PipelineConfig, None, [
-            f"preprocess.catalog={catalog}",
-            f"preprocess.output={features}",
-            f"train.features={features}",
-            f"train.storage_path={root / 'runs'}",
-            *SMALL_OVERRIDES,
-            *overrides,
-        ])
+        cfg = load_config(
+            PipelineConfig,
+            None,
+            [
+                f"preprocess.catalog={catalog}",
+                f"preprocess.output={features}",
+                f"train.features={features}",
+                f"train.storage_path={root / 'runs'}",
+                *SMALL_OVERRIDES,
+                *overrides,
+            ],
+        )
         with one_torch_thread():
             preprocess_in_process(cfg.preprocess)
             _, bundle = train_in_process(cfg, root / "model")
             tm = load_trained(bundle)
             store = ItemFeatureStore.load(str(features), max_images=tm.max_images, text_fields=tm.text_fields)
-            index = build_index(tm.embed_items(store), list(store.item_ids or []), "Flat", use_gpu=False,
-                                model_version=tm.version)
+            index = build_index(
+                tm.embed_items(store), list(store.item_ids or []), "Flat", use_gpu=False, model_version=tm.version
+            )
         index.save(root / "index")
         _built[root] = SmallPipeline(Path(catalog), features, bundle, root / "index", tm.version)
         return _built[root]
