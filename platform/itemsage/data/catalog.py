@@ -71,7 +71,7 @@ import os
 import re
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +80,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from itemsage.config import TEXT_FIELDS, TextConfig
+from itemsage.data.rejects import Reject, fix_utf8
 
 LAYOUTS: tuple[str, ...] = ("fashion", "shopee", "generic")
 STAGE = "catalog"
@@ -106,19 +107,6 @@ _LAYOUT_HELP = (
 
 class CatalogError(ValueError):
     """The catalog as a whole cannot be read: missing path or unknown layout."""
-
-
-@dataclass
-class Reject:
-    """One skipped or degraded record, written to ``rejects.jsonl`` by preprocessing."""
-
-    stage: str
-    item_id: str | None
-    reason: str
-    detail: str
-
-    def to_dict(self) -> dict[str, str | None]:
-        return asdict(self)
 
 
 @dataclass
@@ -222,19 +210,6 @@ def read_text(path: Path) -> str:
     """Decode a file as UTF-8, keeping undecodable bytes as surrogates so they can be found,
     reported per item and replaced (``fix_utf8``) instead of failing the whole file."""
     return path.read_bytes().decode("utf-8", errors="surrogateescape").lstrip("\ufeff")
-
-
-def fix_utf8(text: str) -> tuple[str, bool]:
-    """Replace smuggled non-UTF-8 bytes (surrogates) by U+FFFD; say whether there were any."""
-    try:
-        text.encode("utf-8")
-        return text, False
-    except UnicodeEncodeError:
-        pass
-    try:
-        return text.encode("utf-8", errors="surrogateescape").decode("utf-8", errors="replace"), True
-    except UnicodeEncodeError:  # a lone surrogate from a JSON "\ud800" escape
-        return text.encode("utf-8", errors="replace").decode("utf-8"), True
 
 
 def parse_json_object(line: str) -> tuple[dict[str, Any] | None, str]:
