@@ -33,7 +33,8 @@ ATTRIBUTION = """\
 
 This folder holds a small slice of three public datasets, cut by `experiments/make_sample.py`
 (amazon/: `experiments/make_amazon_sample.py`; both deterministic: rerun them against full
-downloads to reproduce or resize the slice). It exists so the demo and the tests run on a fresh checkout. Point `preprocess.catalog` at a full download for real runs.
+downloads to reproduce or resize the slice). It exists so the demo and the tests run on a fresh
+checkout. Point `preprocess.catalog` at a full download for real runs.
 
 ## fashion/ — Fashion Product Images (Small)
 
@@ -69,8 +70,8 @@ downloads to reproduce or resize the slice). It exists so the demo and the tests
 
 The fashion and shopee datasets come with no engagement data: the project derives synthetic
 engagements from the catalog attributes (labelled `synthetic`) and real same-product pairs from
-Shopee label groups (labelled `shopee`). Amazon's `also_buy` / `also_view` lists are real co-engagement (labelled
-`amazon`).
+Shopee label groups (labelled `shopee`). Amazon's `also_buy` / `also_view` lists are real
+co-engagement (labelled `amazon`).
 """
 
 
