@@ -20,6 +20,13 @@ async function post(path, body) {
   return data;
 }
 
+function noImage() {
+  const ph = document.createElement("div");
+  ph.className = "noimage";
+  ph.textContent = "no image";
+  return ph;
+}
+
 function card(hit) {
   const el = document.createElement("button");
   el.className = "card";
@@ -31,12 +38,12 @@ function card(hit) {
     img.src = hit.image_url;
     img.alt = hit.title || hit.item_id;
     img.loading = "lazy";
+    // A catalog image that cannot be served (file gone, not decodable) shows the placeholder,
+    // not the browser's broken-image icon.
+    img.addEventListener("error", () => img.replaceWith(noImage()), { once: true });
     el.appendChild(img);
   } else {
-    const ph = document.createElement("div");
-    ph.className = "noimage";
-    ph.textContent = "no image";
-    el.appendChild(ph);
+    el.appendChild(noImage());
   }
   const title = document.createElement("div");
   title.className = "title";
