@@ -64,7 +64,7 @@ class TrainedModel(ManifestFields):
     device: str = "cpu"
     finetuned_text_encoder: TextEncoder | None = None
     # Where the image backbone's weights file is on this machine when not at the recorded path
-    # (load_trained's ``image_weights_path``); see :meth:`image_weights`.
+    # (load_trained's ``image_weights_path``); see :attr:`image_weights_path`.
     image_weights_override: str | None = None
 
     # ------------------------------------------------------------------------ versions
