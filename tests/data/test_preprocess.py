@@ -285,7 +285,8 @@ def test_pairs_map_to_valid_keys_and_splits_are_item_disjoint(run):
             if surface == "search":
                 assert 0 <= key < n_queries
             elif surface == "closeup":
-                assert 0 <= key < n_items and items["n_images"][key] > 0
+                # A viewed item whose images all failed to decode is queried by its item features.
+                assert 0 <= key < n_items
             else:
                 assert surface == "home" and 0 <= key < n_users
     assert engaged["train"] and engaged["val"] | engaged["test"]
