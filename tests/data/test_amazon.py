@@ -144,7 +144,7 @@ def test_a_2014_python_literal_line_with_related_lists() -> None:
         ("text<script>var x = '<b>';</script> after", "text after"),
         ("<style>.a{color:red}</style>Plain", "Plain"),
         ("5 < 6 and 7 > 3", "5 < 6 and 7 > 3"),
-        ("cut off <span class=\"a-size-medium", "cut off"),
+        ('cut off <span class="a-size-medium', "cut off"),
         ("  many \n\t spaces  ", "many spaces"),
     ],
 )
@@ -178,7 +178,10 @@ def test_feature_bullets_scraped_into_the_category_go_to_the_description() -> No
     ]
     p = parse_ok(line_2018(title="Card", category=category))
     assert p.fields["category_path"] == "Gift Cards"
-    assert p.fields["description"] == "No expiration, no fees. Redeemable toward millions of items storewide on Amazon.com."
+    assert (
+        p.fields["description"]
+        == "No expiration, no fees. Redeemable toward millions of items storewide on Amazon.com."
+    )
     levels, bullets = split_category(["A", "A", "B", "a bullet that has far too many words to be a category name"])
     assert levels == ["A", "B"]
     assert bullets == ["a bullet that has far too many words to be a category name"]

@@ -17,11 +17,11 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import ray
+from tests.data.test_preprocess import start_small_ray
 
 from itemsage.config import EngagementConfig, PreprocessConfig
 from itemsage.data.engagement import item_splits
 from itemsage.data.pipeline import run_preprocess
-from tests.data.test_preprocess import start_small_ray
 
 SAMPLE = Path(__file__).resolve().parents[2] / "data" / "sample" / "amazon"
 USERS = 30
@@ -31,7 +31,7 @@ def raw_products() -> list[dict]:
     """The sample's readable lines, first line per asin (as the catalog keeps them)."""
     out: dict[str, dict] = {}
     for path in sorted(SAMPLE.glob("*/meta.json.gz")):
-        for line in gzip.open(path, "rb"):
+        for line in gzip.decompress(path.read_bytes()).splitlines():
             try:
                 record = json.loads(line.decode("utf-8"))
             except (UnicodeDecodeError, json.JSONDecodeError):
