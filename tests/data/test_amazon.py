@@ -292,3 +292,8 @@ def test_a_product_with_no_text_is_still_returned_for_the_normaliser_to_count() 
 def test_blank_lines_are_neither_products_nor_rejects() -> None:
     assert parse_amazon_line(b"\n", "l") == (None, None)
     assert parse_amazon_line("   ", "l") == (None, None)
+
+
+def test_image_names_ignore_query_strings_and_fragments() -> None:
+    p = parse_ok(line_2018(title="x", imageURL=["https://h/images/I/a%20b.jpg?v=2#top", "https://h/images/I/c.jpg"]))
+    assert p.image_names == ["a b.jpg", "c.jpg"]
