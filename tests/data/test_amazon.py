@@ -6,6 +6,8 @@ import json
 import math
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from itemsage.config import TEXT_FIELDS
 from itemsage.data.amazon import (
@@ -297,3 +299,62 @@ def test_blank_lines_are_neither_products_nor_rejects() -> None:
 def test_image_names_ignore_query_strings_and_fragments() -> None:
     p = parse_ok(line_2018(title="x", imageURL=["https://h/images/I/a%20b.jpg?v=2#top", "https://h/images/I/c.jpg"]))
     assert p.image_names == ["a b.jpg", "c.jpg"]
+
+
+# ------------------------------------------------------------------------------ fuzzing
+
+_json_value = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=30),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
+_KEYS = [
+    "asin",
+    "title",
+    "description",
+    "feature",
+    "category",
+    "brand",
+    "main_cat",
+    "details",
+    "price",
+    "also_buy",
+    "also_view",
+    "imageURL",
+    "imageURLHighRes",
+    "related",
+    "categories",
+    "imUrl",
+]
+
+
+@settings(max_examples=150, deadline=None, database=None)
+@given(
+    record=st.dictionaries(st.sampled_from(_KEYS), _json_value, max_size=10),
+    python_literal=st.booleans(),
+    cut=st.integers(0, 400),
+    garble=st.binary(max_size=8),
+)
+def test_any_record_any_damage_never_raises_and_yields_utf8(
+    record: dict[str, object], python_literal: bool, cut: int, garble: bytes
+) -> None:
+    text = repr(record) if python_literal else json.dumps(record)
+    raw = text.encode("utf-8", errors="surrogatepass")
+    for line in (raw, raw[:cut] + garble + raw[cut:], raw[:cut]):
+        product, reject = parse_amazon_line(line, "fuzz line 1")
+        assert product is not None or reject is not None or not line.strip()
+        if reject is not None:
+            assert reject.reason in {"malformed_row", "missing_id", "non_utf8_text"}
+            assert reject.detail.startswith("fuzz line 1")
+        if product is not None:
+            assert product.item_id and set(product.fields) == set(TEXT_FIELDS)
+            texts = [
+                product.item_id,
+                *product.fields.values(),
+                *product.image_names,
+                *product.also_buy,
+                *product.also_view,
+            ]
+            for t in texts:
+                t.encode("utf-8")  # raises on a smuggled surrogate
+            assert product.price is None or (math.isfinite(product.price) and product.price >= 0)
