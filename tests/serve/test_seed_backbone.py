@@ -119,6 +119,18 @@ def test_served_image_embedding_equals_offline(resnet: SmallPipeline, with_image
     np.testing.assert_allclose(np.asarray(served, np.float32), from_features, atol=ATOL)
 
 
+def test_api_embeds_the_raw_catalog_as_preprocessing_did(resnet: SmallPipeline) -> None:
+    """A raw catalog is featurized with the model's recorded ResNet-50 file, as preprocessing was."""
+    from itemsage.api import ItemSage
+    from itemsage.model import ItemFeatureStore
+
+    sage = ItemSage.load(resnet.bundle, device="cpu")
+    ids, emb = sage.embed_catalog(resnet.catalog, engine="local")
+    store = ItemFeatureStore.load(str(resnet.features), max_images=sage.trained.max_images)
+    assert ids == list(store.item_ids or [])
+    np.testing.assert_allclose(emb, sage.trained.embed_items(store), atol=ATOL)
+
+
 def test_similar_by_item_and_by_photo(resnet: SmallPipeline, with_images) -> None:
     from fastapi.testclient import TestClient
 

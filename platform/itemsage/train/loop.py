@@ -2,7 +2,8 @@
 
 Per step, on every worker: a quota-mixed batch of (query, engaged item) pairs from this worker's
 shard; query embeddings by surface (search: the query's MiniLM embedding, closeup: the viewed item's
-first image feature, home: the user feature); item embeddings for the positives and for
+first image feature, or its item features through the item tower when it has no image, home: the
+user feature); item embeddings for the positives and for
 ``num_random_negatives`` items drawn uniformly from the training catalog; the count-min sketch
 updated with every rank's positives and ``log q`` from it; the sampled-softmax loss, backward
 (DDP all-reduces gradients), clipping, optimizer and schedule steps.
