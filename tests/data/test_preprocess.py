@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import ray
+from tests.support.ray_local import start_small_ray
 
 from itemsage.config import TEXT_FIELDS, EngagementConfig, ImageConfig, PreprocessConfig
 from itemsage.data.catalog import CatalogError, read_catalog
@@ -95,19 +96,6 @@ def break_images(images: Path, ids: list[str]) -> dict[str, str]:
     path.write_bytes(path.read_bytes()[:2000])
     (images / f"{cases['missing_file']}.jpg").unlink()
     return cases
-
-
-def start_small_ray(attempts: int = 3) -> None:
-    """``ray.init`` on 2 CPUs, retried: the raylet gives its agents a fixed ~15 s to start, which a
-    2-core box shared with other test runs can miss; a second try then usually succeeds."""
-    for attempt in range(1, attempts + 1):
-        try:
-            ray.init(num_cpus=2, include_dashboard=False)
-            return
-        except Exception as e:  # noqa: BLE001 - Ray raises a bare Exception for this
-            ray.shutdown()
-            if attempt == attempts or "timed out during startup" not in str(e):
-                raise
 
 
 @pytest.fixture(scope="module")
