@@ -94,12 +94,8 @@ RECORD_SCHEMA = pa.schema(
         ("check_rejects", pa.list_(REJECT_TYPE)),
     ]
 )
-REJECTS_SCHEMA = pa.schema(
-    [("order", pa.int64()), ("seq", pa.int32()), *[(f.name, f.type) for f in REJECT_TYPE]]
-)
-LINKS_SCHEMA = pa.schema(
-    [("order", pa.int64()), ("seq", pa.int32()), *[(c, pa.string()) for c in LINK_COLUMNS]]
-)
+REJECTS_SCHEMA = pa.schema([("order", pa.int64()), ("seq", pa.int32()), *[(f.name, f.type) for f in REJECT_TYPE]])
+LINKS_SCHEMA = pa.schema([("order", pa.int64()), ("seq", pa.int32()), *[(c, pa.string()) for c in LINK_COLUMNS]])
 
 
 @dataclass(frozen=True)
@@ -328,7 +324,9 @@ def _title_prefix_blocks(file_index: int, path: str) -> Any:
         _decoded_lines(path), [], stage=STAGE, id_column="id", free_text_column="productDisplayName"
     )
     prefixes = [
-        p.lower().encode("utf-8", "surrogateescape") for _, r in records if (p := _title_prefix(r["productDisplayName"]))
+        p.lower().encode("utf-8", "surrogateescape")
+        for _, r in records
+        if (p := _title_prefix(r["productDisplayName"]))
     ]
     yield pa.table({"prefix": pa.array(prefixes, type=pa.binary())})
 
@@ -379,7 +377,9 @@ def read_records(
     if layout in ("amazon", "generic"):
         files = amazon_files(path) if layout == "amazon" else generic_files(path)
         if layout == "amazon" and not files:
-            raise _layout_error(path, "layout 'amazon' needs meta_<Category>.json[.gz] or <Category>/meta.json[.gz] files")
+            raise _layout_error(
+                path, "layout 'amazon' needs meta_<Category>.json[.gz] or <Category>/meta.json[.gz] files"
+            )
         parquet = [f for f in files if f.suffix.lower() == ".parquet"]
         lines = [f for f in files if f not in parquet]
         labels = [file_label(f, path) if layout == "amazon" else f.name for f in lines]
@@ -536,7 +536,9 @@ def ingest_catalog(
         raise _layout_error(p, f"unknown layout {layout!r}")
     elif not p.exists():
         raise _layout_error(p, "the path does not exist")
-    settings = ReadSettings(layout, max_images, max_field_chars, str(Path(images_dir).absolute()) if images_dir else None)
+    settings = ReadSettings(
+        layout, max_images, max_field_chars, str(Path(images_dir).absolute()) if images_dir else None
+    )
     records, location = read_records(p, layout, settings, lines_per_block, rows_per_block)
     records = records.materialize()  # read once; the steps below each scan it
 

@@ -9,9 +9,9 @@ process holding every distinct token of the catalog.
    ``cap`` best of each kind by (count desc, token). That pruning is exact: a token outside the
    top ``cap`` of its own partition has ``cap`` tokens above it there, so it cannot be in the
    top ``cap`` of the catalog.
-3. The survivors (at most ``partitions x cap`` per kind) are sorted by Ray Data and streamed to
-   the caller, which keeps the first ``cap`` of each kind: only the vocabulary itself, whose size
-   the config bounds, is ever held in one place.
+3. The survivors (at most ``partitions x cap`` per kind) stream to the caller, which keeps the
+   best ``cap`` of each kind in a buffer of ``2 x cap``: only about the vocabulary itself, whose
+   size the config bounds, is ever held in one place.
 
 Which items are counted is the caller's choice; preprocessing counts the training split only
 (``train_items``), so held-out items never shape the vocabulary (the paper builds vocabularies
@@ -21,6 +21,7 @@ Which items are counted is the caller's choice; preprocessing counts the trainin
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from typing import Any
 
 import pyarrow as pa
@@ -29,7 +30,7 @@ import pyarrow.compute as pc
 from itemsage.config import TEXT_FIELDS, TextConfig
 from itemsage.data.engagement import item_splits
 from itemsage.data.partitions import by_key
-from itemsage.data.text import KINDS, Vocab, _check_config, tokenize
+from itemsage.data.text import Vocab, _check_config, tokenize
 
 COUNTS_SCHEMA = pa.schema([("kind", pa.int8()), ("token", pa.string()), ("count", pa.int64())])
 
@@ -63,44 +64,40 @@ def reduce_partition(part: pa.Table, caps: list[int], min_count: int) -> pa.Tabl
     """Exact totals of one token partition, then ``min_count`` and each kind's top ``cap``."""
     totals = part.group_by(["kind", "token"]).aggregate([("count", "sum")]).rename_columns(["kind", "token", "count"])
     totals = totals.filter(pc.greater_equal(totals.column("count"), min_count))
-    kept = []
-    for kind, cap in enumerate(caps):
-        rows = totals.filter(pc.equal(totals.column("kind"), kind))
-        order = pc.sort_indices(rows, sort_keys=[("count", "descending"), ("token", "ascending")])
-        kept.append(rows.take(order[:cap]))
+    kept = [_best(totals.filter(pc.equal(totals.column("kind"), kind)), cap) for kind, cap in enumerate(caps)]
     return pa.concat_tables(kept).cast(COUNTS_SCHEMA)
 
 
-def select_vocab(sorted_batches: Any, cfg: TextConfig) -> Vocab:
-    """The first ``cap`` tokens of each kind from batches sorted by (kind, count desc, token)."""
+def _best(rows: pa.Table, cap: int) -> pa.Table:
+    order = pc.sort_indices(rows, sort_keys=[("count", "descending"), ("token", "ascending")])
+    return rows.take(order[:cap])
+
+
+def select_vocab(batches: Iterable[pa.Table], cfg: TextConfig) -> Vocab:
+    """The vocabulary from partition survivors in any order: per kind the best ``cap`` by (count
+    desc, token), kept in a buffer of at most ``2 * cap`` rows (the size of the result, never of
+    the catalog's distinct tokens)."""
     caps = caps_of(cfg)
-    tokens: list[list[str]] = [[], [], []]
-    for batch in sorted_batches:
+    best: list[pa.Table] = [COUNTS_SCHEMA.empty_table() for _ in caps]
+    for batch in batches:
         for kind, cap in enumerate(caps):
-            room = cap - len(tokens[kind])
-            if room > 0:
-                rows = batch.filter(pc.equal(batch.column("kind"), kind))
-                tokens[kind].extend(rows.column("token").to_pylist()[:room])
+            rows = batch.filter(pc.equal(batch.column("kind"), kind))
+            if rows.num_rows and cap:
+                best[kind] = pa.concat_tables([best[kind], rows.cast(COUNTS_SCHEMA)])
+                if best[kind].num_rows > 2 * cap:
+                    best[kind] = _best(best[kind], cap)
+    tokens = [_best(table, cap).column("token").to_pylist() for table, cap in zip(best, caps)]
     return Vocab(unigrams=tokens[0], bigrams=tokens[1], trigrams=tokens[2], cfg=cfg)
 
 
 def count_vocab(items: Any, cfg: TextConfig, partitions: int = 8, items_per_block: int = 2048) -> Vocab:
     """``Vocab.build`` over the 12 text fields of every row of the Dataset ``items``."""
-    import ray.data
-
     _check_config(cfg)
     counts = items.select_columns(list(TEXT_FIELDS)).map_batches(
         block_token_counts, fn_kwargs={"cfg": cfg}, batch_format="pyarrow", batch_size=items_per_block
     )
     survivors = by_key(counts, "token", partitions, reduce_partition, caps=caps_of(cfg), min_count=cfg.min_count)
-    ordered = survivors.sort(["kind", "count", "token"], descending=[False, True, False])
-    ctx = ray.data.DataContext.get_current()
-    preserve = ctx.execution_options.preserve_order
-    ctx.execution_options.preserve_order = True  # the sort's order must survive iteration
-    try:
-        return select_vocab(ordered.iter_batches(batch_format="pyarrow", batch_size=None), cfg)
-    finally:
-        ctx.execution_options.preserve_order = preserve
+    return select_vocab(survivors.iter_batches(batch_format="pyarrow", batch_size=None), cfg)
 
 
 # ------------------------------------------------------------------------- training items
