@@ -222,8 +222,13 @@ def test_token_ids_come_from_the_saved_vocab(run):
     cfg, _, out, _ = run
     vocab = Vocab.load(out / "vocab.json")
     catalog = read(out, "catalog.parquet").to_pydict()
-    # Built from the catalog text with the run's text config, and saved unchanged.
-    assert vocab == Vocab.build((t for f in TEXT_FIELDS for t in catalog[f]), cfg.text)
+    # Built from the training items' text only (held-out items never shape it), with the run's
+    # text config, and saved unchanged.
+    ec = cfg.engagement
+    split = item_splits(read(out, "catalog.parquet").to_pandas(), ec.val_fraction, ec.test_fraction, ec.seed)
+    train = [i for i, item_id in enumerate(catalog["item_id"]) if split[item_id] == "train"]
+    assert 0 < len(train) < len(catalog["item_id"])
+    assert vocab == Vocab.build((catalog[f][i] for f in TEXT_FIELDS for i in train), cfg.text)
     items = read(out, "items.parquet").to_pydict()
     for field in TEXT_FIELDS:
         for text, ids in zip(catalog[field], items[f"tok_{field}"]):
