@@ -67,7 +67,8 @@ def generic_catalog(root: Path) -> Path:
     table = pa.table(
         {"item_id": ["p1", "p2", "a2"], "title": ["Parquet lamp", "", "dup of a2"], "brand": ["Lumo", "", ""]}
     )
-    pq.write_table(table, root / "more.parquet")
+    # Sorts before items.jsonl: its a2 is read first and wins, as in read_catalog's file order.
+    pq.write_table(table, root / "aa_more.parquet")
     return root
 
 
@@ -147,6 +148,7 @@ def test_the_warts_are_really_there(ingested):
     items = generic.items.set_index("item_id")
     assert items.loc["a3", "title"] == "Green wool sweater"  # an empty first a3 does not block it
     assert items.loc["a1", "title"] == "Red cotton shirt"  # the first kept a1 wins
+    assert items.loc["a2", "title"] == "dup of a2"  # the Parquet file comes first
     assert "group" in generic.items.columns and items.loc["a1", "group"] == "item:a1"
     amazon_ing, amazon, _ = ingested["amazon"]
     assert amazon_ing.duplicates >= 1

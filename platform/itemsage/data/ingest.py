@@ -36,12 +36,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from itemsage.config import TEXT_FIELDS
+from itemsage.config import TEXT_FIELDS, PreprocessConfig
 from itemsage.data.amazon import AMAZON_CONSTANTS, amazon_files, file_label, parse_amazon_line
 from itemsage.data.catalog import (
     FASHION_CONSTANTS,
     LAYOUTS,
     LINK_COLUMNS,
+    MAX_FIELD_CHARS,
     SHOPEE_CONSTANTS,
     STAGE,
     CatalogReadResult,
@@ -72,6 +73,8 @@ from itemsage.data.partitions import by_key
 from itemsage.data.rejects import Reject
 
 LINK_ACTIONS: tuple[str, ...] = ("also_buy", "also_view")
+PREFIXES_PER_BLOCK = 65_536
+_DEFAULTS = PreprocessConfig()
 REJECT_TYPE = pa.struct(
     [("stage", pa.string()), ("item_id", pa.string()), ("reason", pa.string()), ("detail", pa.string())]
 )
@@ -380,13 +383,17 @@ def read_records(
             raise _layout_error(
                 path, "layout 'amazon' needs meta_<Category>.json[.gz] or <Category>/meta.json[.gz] files"
             )
-        parquet = [f for f in files if f.suffix.lower() == ".parquet"]
-        lines = [f for f in files if f not in parquet]
-        labels = [file_label(f, path) if layout == "amazon" else f.name for f in lines]
-        folders = [str(f.parent) for f in lines]
+        # Every file keeps its index in the catalog's file order, so "first row wins" sees the
+        # files in the order read_catalog reads them, Parquet and JSON lines alike.
+        is_parquet = [f.suffix.lower() == ".parquet" for f in files]
+        labels = [file_label(f, path) if layout == "amazon" else f.name for f in files]
+        folders = [str(f.parent) for f in files]
         datasets = []
+        lines = [i for i, pq_file in enumerate(is_parquet) if not pq_file]
         if lines:
-            raw = read_file_blocks(lines, partial(_line_reader, lines_per_block=lines_per_block), "CatalogLines")
+            raw = read_file_blocks(
+                [files[i] for i in lines], partial(_line_reader, lines_per_block=lines_per_block), "CatalogLines", lines
+            )
             datasets.append(
                 raw.map_batches(
                     parse_lines,
@@ -395,13 +402,12 @@ def read_records(
                     batch_size=rows_per_block,
                 )
             )
+        parquet = [i for i, pq_file in enumerate(is_parquet) if pq_file]
         if parquet:
-            for f in parquet:
-                _check_parquet(f)
-            # Orders of Parquet files start after the line files': positions stay distinct.
-            offset = len(lines)
-            reader = partial(_offset_parquet_blocks, offset=offset, settings=settings, rows_per_block=rows_per_block)
-            datasets.append(read_file_blocks(parquet, reader, "CatalogParquet"))
+            for i in parquet:
+                _check_parquet(files[i])
+            reader = partial(_parquet_blocks, settings=settings, rows_per_block=rows_per_block)
+            datasets.append(read_file_blocks([files[i] for i in parquet], reader, "CatalogParquet", parquet))
         ds = datasets[0] if len(datasets) == 1 else datasets[0].union(*datasets[1:])
         return ds, path
     if layout == "fashion":
@@ -417,10 +423,6 @@ def read_records(
     check_shopee_header(train, header)
     reader = partial(_csv_blocks, settings=settings, rows_per_block=rows_per_block)
     return read_file_blocks([train], reader, "ShopeeTrain"), train
-
-
-def _offset_parquet_blocks(file_index: int, path: str, offset: int, settings: ReadSettings, rows_per_block: int) -> Any:
-    return _parquet_blocks(file_index + offset, path, settings, rows_per_block)
 
 
 # ------------------------------------------------------------------------ duplicate ids
@@ -516,19 +518,21 @@ def _link_rows(batch: pa.Table) -> pa.Table:
 def ingest_catalog(
     path: str | Path,
     layout: str = "auto",
-    max_images: int = 20,
-    max_field_chars: int = 10_000,
+    max_images: int = _DEFAULTS.image.max_images_per_item,
+    max_field_chars: int = MAX_FIELD_CHARS,
     images_dir: str | Path | None = None,
     *,
-    partitions: int = 8,
-    lines_per_block: int = 8192,
-    rows_per_block: int = 2048,
+    partitions: int = _DEFAULTS.partitions,
+    lines_per_block: int = _DEFAULTS.read_lines_per_block,
+    rows_per_block: int | None = None,
 ) -> CatalogIngest:
     """Read the catalog at ``path`` with Ray Data (module docstring); needs a Ray session.
 
     ``partitions``: hash partitions of the duplicate-id step (each one worker's share of the
-    ids); ``lines_per_block`` / ``rows_per_block``: block sizes of the read and of the parse.
+    ids); ``lines_per_block`` / ``rows_per_block``: block sizes of the read and of the parse
+    (default: a quarter of ``lines_per_block``, so parsing spreads over the workers).
     """
+    rows_per_block = rows_per_block or max(1, lines_per_block // 4)
     p = Path(path)
     if layout == "auto":
         layout = detect_layout(p)

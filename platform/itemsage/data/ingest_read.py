@@ -84,11 +84,13 @@ def line_blocks(file_index: int, path: str, lines_per_block: int) -> Iterator[pa
 
 
 class FileBlocksDatasource(Datasource):
-    """One ``ReadTask`` per file; ``reader(file_index, path)`` yields that file's blocks."""
+    """One ``ReadTask`` per file; ``reader(file_index, path)`` yields that file's blocks.
+    ``indices``: each file's index in the catalog's file order (default: its position here)."""
 
-    def __init__(self, files: list[Path], reader: FileReader, name: str) -> None:
+    def __init__(self, files: list[Path], reader: FileReader, name: str, indices: list[int] | None = None) -> None:
         super().__init__()
         self._files = [str(f) for f in files]
+        self._indices = list(range(len(files))) if indices is None else list(indices)
         self._reader = reader
         self._name = name
 
@@ -101,7 +103,7 @@ class FileBlocksDatasource(Datasource):
 
     def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None, data_context=None) -> list:  # noqa: ANN001
         tasks = []
-        for i, path in enumerate(self._files):
+        for i, path in zip(self._indices, self._files):
             meta = BlockMetadata(num_rows=None, size_bytes=os.path.getsize(path), exec_stats=None, input_files=(path,))
             tasks.append(ReadTask(partial(_read_file, self._reader, i, path), meta))
         return tasks
@@ -111,7 +113,7 @@ def _read_file(reader: FileReader, file_index: int, path: str) -> Iterator[pa.Ta
     yield from reader(file_index, path)
 
 
-def read_file_blocks(files: list[Path], reader: FileReader, name: str):  # noqa: ANN201 - ray.data.Dataset
+def read_file_blocks(files: list[Path], reader: FileReader, name: str, indices: list[int] | None = None):  # noqa: ANN201 - ray.data.Dataset
     import ray.data
 
-    return ray.data.read_datasource(FileBlocksDatasource(files, reader, name))
+    return ray.data.read_datasource(FileBlocksDatasource(files, reader, name, indices))
