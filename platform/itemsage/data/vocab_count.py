@@ -32,6 +32,9 @@ from itemsage.data.engagement import item_splits
 from itemsage.data.partitions import by_key
 from itemsage.data.text import Vocab, _check_config, tokenize
 
+# Items counted per block: larger blocks repeat tokens more within a block, so fewer (kind, token)
+# rows go into the shuffle; 4096 items' counters stay a few tens of MB in one task.
+ITEMS_PER_COUNT_BLOCK = 4096
 COUNTS_SCHEMA = pa.schema([("kind", pa.int8()), ("token", pa.string()), ("count", pa.int64())])
 
 
@@ -90,7 +93,9 @@ def select_vocab(batches: Iterable[pa.Table], cfg: TextConfig) -> Vocab:
     return Vocab(unigrams=tokens[0], bigrams=tokens[1], trigrams=tokens[2], cfg=cfg)
 
 
-def count_vocab(items: Any, cfg: TextConfig, partitions: int = 8, items_per_block: int = 2048) -> Vocab:
+def count_vocab(
+    items: Any, cfg: TextConfig, partitions: int = 8, items_per_block: int = ITEMS_PER_COUNT_BLOCK
+) -> Vocab:
     """``Vocab.build`` over the 12 text fields of every row of the Dataset ``items``."""
     _check_config(cfg)
     counts = items.select_columns(list(TEXT_FIELDS)).map_batches(
