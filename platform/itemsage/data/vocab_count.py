@@ -27,7 +27,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from itemsage.config import TEXT_FIELDS, TextConfig
+from itemsage.config import TEXT_FIELDS, PreprocessConfig, TextConfig
 from itemsage.data.engagement import item_splits
 from itemsage.data.partitions import by_key
 from itemsage.data.text import Vocab, _check_config, tokenize
@@ -94,7 +94,10 @@ def select_vocab(batches: Iterable[pa.Table], cfg: TextConfig) -> Vocab:
 
 
 def count_vocab(
-    items: Any, cfg: TextConfig, partitions: int = 8, items_per_block: int = ITEMS_PER_COUNT_BLOCK
+    items: Any,
+    cfg: TextConfig,
+    partitions: int = PreprocessConfig().partitions,
+    items_per_block: int = ITEMS_PER_COUNT_BLOCK,
 ) -> Vocab:
     """``Vocab.build`` over the 12 text fields of every row of the Dataset ``items``."""
     _check_config(cfg)
