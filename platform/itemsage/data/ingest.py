@@ -594,7 +594,8 @@ def collect_catalog(ingest: CatalogIngest) -> CatalogReadResult:
             items[c] = items[c].astype(str)
     reject_rows = _sorted_frame(ingest.rejects, ["order", "seq"], REJECTS_SCHEMA.names)
     rejects = [
-        Reject(r["stage"], r["item_id"], r["reason"], r["detail"])
+        # A reject of no record (a malformed line) has no item id: null, never pandas' NaN.
+        Reject(r["stage"], r["item_id"] if isinstance(r["item_id"], str) else None, r["reason"], r["detail"])
         for r in reject_rows[["stage", "item_id", "reason", "detail"]].to_dict("records")
     ]
     links = None
