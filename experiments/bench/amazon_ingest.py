@@ -362,6 +362,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sample-s", type=float, default=0.5, help="memory sampling period")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workdir", default=None, help="where the file goes (default: a temporary directory)")
+    p.add_argument(
+        "--input",
+        default=None,
+        help="a file written by --generate-only (same --lines and --seed) instead of generating one in the run",
+    )
+    p.add_argument("--generate-only", default=None, metavar="FILE", help="write the generated file here and stop")
     p.add_argument("--json", default=None, help="also write the results here")
     p.add_argument("--baseline", choices=["memory", "gzip"], help=argparse.SUPPRESS)
     p.add_argument("--baseline-file", help=argparse.SUPPRESS)
@@ -412,11 +418,19 @@ def main(argv: list[str] | None = None) -> int:
         path = Path(args.baseline_file)
         print(json.dumps(baseline_in_memory(path) if args.baseline == "memory" else baseline_gzip_lines(path)))
         return 0
+    if args.generate_only:
+        gen_s = write_catalog(Path(args.generate_only), args.lines, args.seed)
+        print(f"generated {args.lines:,} lines in {gen_s:.0f}s: {args.generate_only}")
+        return 0
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         work = Path(tmp)
         path = work / "meta_Bench.json.gz"
-        gen_s = write_catalog(path, args.lines, args.seed)
-        print(f"generated {args.lines:,} lines ({path.stat().st_size / 2**20:.0f} MiB gzip) in {gen_s:.0f}s")
+        if args.input:
+            os.symlink(Path(args.input).absolute(), path)
+        else:
+            gen_s = write_catalog(path, args.lines, args.seed)
+            print(f"generated {args.lines:,} lines in {gen_s:.0f}s")
+        print(f"catalog: {args.lines:,} lines, {path.stat().st_size / 2**20:.0f} MiB gzip")
         head = work / "head" / "meta_Bench.json.gz"
         head.parent.mkdir()
         head_lines(path, head, args.baseline_lines)
