@@ -615,7 +615,8 @@ def _sorted_frame(ds: Any, by: list[str], columns: list[str]) -> pd.DataFrame:
 
 def rejects_summary(ingest: CatalogIngest) -> dict[str, int]:
     """``{reason: count}`` of the ingest's rejects, counted by Ray Data (nothing collected)."""
-    counts = ingest.rejects.groupby("reason").count().take_all()
+    # One partition: there are a handful of reasons, and each partition costs a reduce task.
+    counts = ingest.rejects.select_columns(["reason"]).groupby("reason", num_partitions=1).count().take_all()
     return dict(sorted((row["reason"], int(row["count()"])) for row in counts))
 
 
