@@ -35,7 +35,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="models:/itemsage/<version|latest>, runs:/<id>/model or a bundle/checkpoint dir")
     p.add_argument("--catalog", default=None, help="catalog to evaluate on (featurized with the model's vocab and backbone)")
-    p.add_argument("--layout", default="auto", choices=["auto", "fashion", "shopee", "generic"], help="catalog layout")
+    p.add_argument("--layout", default="auto", choices=["auto", "fashion", "shopee", "generic", "amazon"], help="catalog layout")
     p.add_argument("--engagements", default=None, help="engagement log (Parquet/JSONL/CSV) for --catalog")
     p.add_argument("--features", default=None, help="preprocessed features directory (with the model's vocab)")
     p.add_argument("--features-out", default=None, help="keep the features made from --catalog here")

@@ -6,6 +6,8 @@ import json
 import math
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from itemsage.config import TEXT_FIELDS
 from itemsage.data.amazon import (
@@ -144,7 +146,7 @@ def test_a_2014_python_literal_line_with_related_lists() -> None:
         ("text<script>var x = '<b>';</script> after", "text after"),
         ("<style>.a{color:red}</style>Plain", "Plain"),
         ("5 < 6 and 7 > 3", "5 < 6 and 7 > 3"),
-        ("cut off <span class=\"a-size-medium", "cut off"),
+        ('cut off <span class="a-size-medium', "cut off"),
         ("  many \n\t spaces  ", "many spaces"),
     ],
 )
@@ -178,7 +180,10 @@ def test_feature_bullets_scraped_into_the_category_go_to_the_description() -> No
     ]
     p = parse_ok(line_2018(title="Card", category=category))
     assert p.fields["category_path"] == "Gift Cards"
-    assert p.fields["description"] == "No expiration, no fees. Redeemable toward millions of items storewide on Amazon.com."
+    assert (
+        p.fields["description"]
+        == "No expiration, no fees. Redeemable toward millions of items storewide on Amazon.com."
+    )
     levels, bullets = split_category(["A", "A", "B", "a bullet that has far too many words to be a category name"])
     assert levels == ["A", "B"]
     assert bullets == ["a bullet that has far too many words to be a category name"]
@@ -289,3 +294,67 @@ def test_a_product_with_no_text_is_still_returned_for_the_normaliser_to_count() 
 def test_blank_lines_are_neither_products_nor_rejects() -> None:
     assert parse_amazon_line(b"\n", "l") == (None, None)
     assert parse_amazon_line("   ", "l") == (None, None)
+
+
+def test_image_names_ignore_query_strings_and_fragments() -> None:
+    p = parse_ok(line_2018(title="x", imageURL=["https://h/images/I/a%20b.jpg?v=2#top", "https://h/images/I/c.jpg"]))
+    assert p.image_names == ["a b.jpg", "c.jpg"]
+
+
+# ------------------------------------------------------------------------------ fuzzing
+
+_json_value = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=30),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
+_KEYS = [
+    "asin",
+    "title",
+    "description",
+    "feature",
+    "category",
+    "brand",
+    "main_cat",
+    "details",
+    "price",
+    "also_buy",
+    "also_view",
+    "imageURL",
+    "imageURLHighRes",
+    "related",
+    "categories",
+    "imUrl",
+]
+
+
+@settings(max_examples=150, deadline=None, database=None)
+@given(
+    record=st.dictionaries(st.sampled_from(_KEYS), _json_value, max_size=10),
+    python_literal=st.booleans(),
+    cut=st.integers(0, 400),
+    garble=st.binary(max_size=8),
+)
+def test_any_record_any_damage_never_raises_and_yields_utf8(
+    record: dict[str, object], python_literal: bool, cut: int, garble: bytes
+) -> None:
+    text = repr(record) if python_literal else json.dumps(record)
+    raw = text.encode("utf-8", errors="surrogatepass")
+    for line in (raw, raw[:cut] + garble + raw[cut:], raw[:cut]):
+        product, reject = parse_amazon_line(line, "fuzz line 1")
+        assert product is not None or reject is not None or not line.strip()
+        if reject is not None:
+            assert reject.reason in {"malformed_row", "missing_id", "non_utf8_text"}
+            assert reject.detail.startswith("fuzz line 1")
+        if product is not None:
+            assert product.item_id and set(product.fields) == set(TEXT_FIELDS)
+            texts = [
+                product.item_id,
+                *product.fields.values(),
+                *product.image_names,
+                *product.also_buy,
+                *product.also_view,
+            ]
+            for t in texts:
+                t.encode("utf-8")  # raises on a smuggled surrogate
+            assert product.price is None or (math.isfinite(product.price) and product.price >= 0)

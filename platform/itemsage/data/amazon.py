@@ -68,7 +68,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote
 
 from itemsage.config import TEXT_FIELDS
 from itemsage.data.rejects import Reject, fix_utf8
@@ -253,7 +253,9 @@ def parse_price(value: Any) -> float | None:
 
 
 def _url_basename(url: str) -> str:
-    return unquote(urlsplit(url.strip()).path).rsplit("/", 1)[-1].strip()
+    # Plain string splits rather than urlsplit: this runs for every image URL of every line.
+    name = url.strip().split("#", 1)[0].split("?", 1)[0].rsplit("/", 1)[-1]
+    return (unquote(name) if "%" in name else name).strip()
 
 
 def image_names(record: dict[str, Any]) -> list[str]:

@@ -41,6 +41,29 @@ decoded (``Nescafe Éclair``).
 Fashion values "NA" mean "unknown" and become "". Generic lists (e.g. ``colors: ["red",
 "blue"]``) are joined with ", "; numbers become their text.
 
+amazon (McAuley ``meta_<Category>.json[.gz]`` or ``<Category>/meta.json[.gz]``, 2018 JSON or 2014
+Python-literal lines; every text HTML-stripped; the full rules in ``itemsage.data.amazon``):
+
+================  ==========================================================================
+feature           amazon
+================  ==========================================================================
+item_id           ``asin``
+image_paths       [] (text-only); with ``images_dir``, the ``imageURLHighRes`` / ``imageURL``
+                  basenames that exist as files there (never fetched)
+title             ``title``; a broken HTML fragment title is missing ("")
+description       ``description`` + ``feature`` + bullets scraped into ``category``
+merchant_domain   "amazon.com"
+link_text         ""
+category_path     ``category`` levels joined " > " (up to the first sentence-like entry)
+product_types     the path's leaf, ``main_cat``, ``details`` Format (distinct, ", ")
+brand             ``brand``, else ``details`` Brand / Publisher / Manufacturer
+colors            ``details`` Color;  materials: Material (Type) / Fabric Type
+patterns          ``details`` Pattern;  size: ``details`` Size;  size_type: ""
+price             float64 column: "$12.99" -> 12.99, "$5.00 - $10.00" -> 5.0 (low end), else NaN
+================  ==========================================================================
+
+Its ``also_buy`` / ``also_view`` lists come back as ``CatalogReadResult.links`` (of kept items).
+
 Bad input and the ``Reject.reason`` it produces (``stage`` is "catalog"):
 
 - ``missing_id``: empty or absent id -> row skipped.
