@@ -68,7 +68,14 @@ from itemsage.data.catalog import (
     shopee_raw,
     shopee_train,
 )
-from itemsage.data.ingest_read import FILE_SHIFT, iter_raw_lines, line_blocks, order_key, read_file_blocks
+from itemsage.data.ingest_read import (
+    FILE_SHIFT,
+    iter_raw_lines,
+    line_blocks,
+    order_key,
+    read_file_blocks,
+    strip_newline,
+)
 from itemsage.data.partitions import by_key
 from itemsage.data.rejects import Reject
 
@@ -247,7 +254,7 @@ def parse_lines(batch: pa.Table, settings: ReadSettings, labels: list[str], fold
             )
             rows.record(order, raw, parse_rejects, AMAZON_CONSTANTS)
             continue
-        text = line.decode("utf-8", errors="surrogateescape")
+        text = strip_newline(line).decode("utf-8", errors="surrogateescape")
         if n == 1:
             text = text.lstrip("\ufeff")
         if not text.strip():
@@ -270,7 +277,7 @@ def _line_reader(file_index: int, path: str, lines_per_block: int) -> Any:
 def _decoded_lines(path: str) -> Any:
     """The lines of a text file as ``read_text(...).split("\\n")`` gives them, streamed."""
     for n, line in iter_raw_lines(path):
-        text = line.decode("utf-8", errors="surrogateescape")
+        text = strip_newline(line).decode("utf-8", errors="surrogateescape")
         yield text.lstrip("\ufeff") if n == 1 else text
 
 

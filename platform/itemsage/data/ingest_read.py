@@ -49,15 +49,20 @@ def open_maybe_gzip(path: str):  # noqa: ANN201 - a binary file object, gzip or 
 
 
 def iter_raw_lines(path: str) -> Iterator[tuple[int, bytes]]:
-    """``(line number from 1, line without its newline)``; a last line without a newline counts,
-    an empty piece after the final newline does not. Same numbering as ``text.split("\\n")``."""
+    """``(line number from 1, line with its newline)``; a last line without a newline counts, an
+    empty piece after the final newline does not. Same numbering as ``text.split("\n")``. The
+    newline is kept because parsers see it: a JSON string cut short by the end of its line reads as
+    "invalid control character" with it, "unterminated string" without."""
     with open_maybe_gzip(path) as fh:
-        for n, line in enumerate(fh, start=1):
-            yield n, line[:-1] if line.endswith(b"\n") else line
+        yield from enumerate(fh, start=1)
+
+
+def strip_newline(line: bytes) -> bytes:
+    return line[:-1] if line.endswith(b"\n") else line
 
 
 def line_blocks(file_index: int, path: str, lines_per_block: int) -> Iterator[pa.Table]:
-    """Blocks of ``LINES_SCHEMA`` for one file. A stream that breaks mid-file (a gzip file cut
+    """Blocks of ``LINES_SCHEMA`` (lines with their newline) for one file. A stream that breaks mid-file (a gzip file cut
     short or corrupt) ends with one row whose ``error`` says why: the lines before the damage are
     kept, and the parser reports the rest as one reject instead of failing the whole read."""
     orders: list[int] = []
