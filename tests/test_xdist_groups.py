@@ -11,7 +11,7 @@ from tests.support.xdist_groups import IN_PROCESS_RAY, SUBPROCESS_RAY, xdist_gro
 
 REPO = Path(__file__).resolve().parents[1]
 # Calls that start (or need) a Ray cluster inside the calling process.
-IN_PROCESS_START = re.compile(r"\bray\.init\(|\bserve\.run\(|\brun_local\(|\bstart_ray\(|\bstart_serve_app\(")
+IN_PROCESS_START = re.compile(r"\bray\.init\(|\bserve\.run\(|\brun_local\(|\bstart_ray\(|\bstart_small_ray\(|\bstart_serve_app\(")
 
 
 def test_every_grouped_path_exists() -> None:

@@ -148,6 +148,11 @@ class PreprocessConfig(Section):
     engagement: EngagementConfig = EngagementConfig()
     # Rows per Ray Data block for the text/image stages.
     rows_per_block: int = 256
+    # Ray Data hash partitions of the catalog-wide steps (duplicate ids, label-group and link
+    # pairs, token counts): each partition is one task's share, so raise it with the catalog.
+    partitions: int = 8
+    # Lines per block of the streaming catalog read (one read task per file).
+    read_lines_per_block: int = 8192
 
 
 class ModelConfig(Section):

@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import ray
+from tests.support.ray_local import start_small_ray
 
 from itemsage.config import TEXT_FIELDS, EngagementConfig, ImageConfig, PreprocessConfig
 from itemsage.data.catalog import CatalogError, read_catalog
@@ -95,19 +96,6 @@ def break_images(images: Path, ids: list[str]) -> dict[str, str]:
     path.write_bytes(path.read_bytes()[:2000])
     (images / f"{cases['missing_file']}.jpg").unlink()
     return cases
-
-
-def start_small_ray(attempts: int = 3) -> None:
-    """``ray.init`` on 2 CPUs, retried: the raylet gives its agents a fixed ~15 s to start, which a
-    2-core box shared with other test runs can miss; a second try then usually succeeds."""
-    for attempt in range(1, attempts + 1):
-        try:
-            ray.init(num_cpus=2, include_dashboard=False)
-            return
-        except Exception as e:  # noqa: BLE001 - Ray raises a bare Exception for this
-            ray.shutdown()
-            if attempt == attempts or "timed out during startup" not in str(e):
-                raise
 
 
 @pytest.fixture(scope="module")
@@ -234,8 +222,13 @@ def test_token_ids_come_from_the_saved_vocab(run):
     cfg, _, out, _ = run
     vocab = Vocab.load(out / "vocab.json")
     catalog = read(out, "catalog.parquet").to_pydict()
-    # Built from the catalog text with the run's text config, and saved unchanged.
-    assert vocab == Vocab.build((t for f in TEXT_FIELDS for t in catalog[f]), cfg.text)
+    # Built from the training items' text only (held-out items never shape it), with the run's
+    # text config, and saved unchanged.
+    ec = cfg.engagement
+    split = item_splits(read(out, "catalog.parquet").to_pandas(), ec.val_fraction, ec.test_fraction, ec.seed)
+    train = [i for i, item_id in enumerate(catalog["item_id"]) if split[item_id] == "train"]
+    assert 0 < len(train) < len(catalog["item_id"])
+    assert vocab == Vocab.build((catalog[f][i] for f in TEXT_FIELDS for i in train), cfg.text)
     items = read(out, "items.parquet").to_pydict()
     for field in TEXT_FIELDS:
         for text, ids in zip(catalog[field], items[f"tok_{field}"]):

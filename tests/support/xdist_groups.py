@@ -16,6 +16,7 @@ SUBPROCESS_RAY = (
 IN_PROCESS_RAY = (
     "tests/api/",
     "tests/data/test_amazon_preprocess.py",
+    "tests/data/test_ingest.py",
     "tests/data/test_preprocess.py",
     "tests/eval/test_evaluate.py",
     "tests/index/test_embed.py",

@@ -93,8 +93,8 @@ import math
 import os
 import re
 import zlib
-from collections import Counter
-from collections.abc import Iterator
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -276,24 +276,28 @@ def _parse_csv_record(buf: str) -> list[str]:
 
 
 def read_csv_rows(
-    text: str,
+    text: str | Iterable[str],
     rejects: list[Reject],
     *,
     stage: str,
     id_column: str,
     free_text_column: str | None = None,
 ) -> tuple[list[str], Iterator[tuple[str, dict[str, str]]]]:
-    """Header and ``(where, row)`` pairs of a CSV text, skipping broken records.
+    """Header and ``(where, row)`` pairs of a CSV text (or of its lines, streamed), skipping broken
+    records.
 
     Parsed record by record (not with one ``csv.reader`` over the file) so that a broken quote
     costs one line: a quote left open swallows at most ``MAX_CONTINUATION_LINES`` following lines
     and only when they complete the record with the right field count. Surplus fields are folded
     back into ``free_text_column`` (unquoted commas in a title), with a "repaired_row" reject.
-    Rows are parsed lazily: ``rejects`` is complete once the iterator is exhausted.
+    Rows are parsed lazily, reading at most ``MAX_CONTINUATION_LINES`` lines ahead, so a file
+    streamed line by line (``itemsage.data.ingest``) never sits in memory whole; ``rejects`` is
+    complete once the iterator is exhausted.
     """
-    lines = text.split("\n")
+    lines = iter(text.split("\n") if isinstance(text, str) else text)
+    first_line = next(lines, "")
     try:
-        header = [c.strip() for c in _parse_csv_record(lines[0].rstrip("\r"))]
+        header = [c.strip() for c in _parse_csv_record(first_line.rstrip("\r"))]
     except (csv.Error, StopIteration):
         header = []  # the caller reports the missing columns, naming the file
     n = len(header)
@@ -301,11 +305,28 @@ def read_csv_rows(
     free_idx = header.index(free_text_column) if free_text_column in header else None
 
     def rows() -> Iterator[tuple[str, dict[str, str]]]:
+        ahead: deque[str] = deque()  # lines i, i+1, ... already read from ``lines``
         i = 1
-        while i < len(lines):
-            first = lines[i].rstrip("\r")
+
+        def line(k: int) -> str | None:
+            """Line ``k`` (k >= i) of the file, or None past its end."""
+            while len(ahead) <= k - i:
+                nxt = next(lines, None)
+                if nxt is None:
+                    return None
+                ahead.append(nxt)
+            return ahead[k - i]
+
+        def advance(to: int) -> None:
+            nonlocal i
+            for _ in range(min(to - i, len(ahead))):
+                ahead.popleft()
+            i = to
+
+        while (current := line(i)) is not None:
+            first = current.rstrip("\r")
             if not first.strip():
-                i += 1
+                advance(i + 1)
                 continue
             where = f"line {i + 1}"
             fields: list[str] | None = None
@@ -318,10 +339,11 @@ def read_csv_rows(
                 except csv.Error as e:
                     error = str(e)
                     open_quote = "unexpected end of data" in error
-                    if not open_quote or j + 1 >= len(lines) or j - i >= MAX_CONTINUATION_LINES:
+                    following = line(j + 1) if open_quote and j - i < MAX_CONTINUATION_LINES else None
+                    if following is None:
                         break
                     j += 1
-                    buf += "\n" + lines[j].rstrip("\r")
+                    buf += "\n" + following.rstrip("\r")
             if fields is not None and j > i and len(fields) != n:
                 fields, error = None, "unbalanced quote"
             if fields is None:
@@ -329,9 +351,9 @@ def read_csv_rows(
                 rejects.append(
                     Reject(stage, _guess_id(first, id_idx), "malformed_row", f"{where}: broken quotes ({error})")
                 )
-                i += 1
+                advance(i + 1)
                 continue
-            i = j + 1
+            advance(j + 1)
             repaired = False
             if free_idx is not None and len(fields) > n:
                 repaired = True
@@ -403,48 +425,65 @@ def _fashion_description(usage: str, season: str, year: str) -> str:
     return ", ".join(parts)
 
 
-def _read_fashion(path: Path, rejects: list[Reject]) -> _Source:
+def fashion_images_dir(styles: Path) -> str:
+    return str(styles.parent.absolute() / "images")
+
+
+def fashion_raw(where: str, r: dict[str, str], images: str, recurring: Callable[[str], bool]) -> _RawItem:
+    """One styles.csv row as a raw item; ``recurring(prefix)`` says whether a title prefix starts
+    at least two titles of the catalog (only then is it taken as the brand)."""
+    item_id = r["id"].strip()
+    title = r["productDisplayName"].strip()
+    prefix = _title_prefix(title)
+    article = _known(r.get("articleType"))
+    return _RawItem(
+        where=where,
+        item_id=item_id,
+        fields={
+            "title": title,
+            "description": _fashion_description(_known(r.get("usage")), _known(r.get("season")), _known(r.get("year"))),
+            "category_path": " > ".join(
+                x for x in (_known(r.get("masterCategory")), _known(r.get("subCategory")), article) if x
+            ),
+            "product_types": article,
+            "brand": prefix if prefix and recurring(prefix.lower()) else "",
+            "colors": _known(r.get("baseColour")),
+            "size_type": _known(r.get("gender")),
+        },
+        image_paths=[os.path.join(images, f"{item_id}.jpg")] if item_id else [],
+    )
+
+
+def fashion_styles(path: Path) -> Path:
     styles = path / "styles.csv" if path.is_dir() else path
     if not styles.is_file():
         raise _layout_error(path, "layout 'fashion' needs a styles.csv")
-    header, rows = read_csv_rows(
-        read_text(styles), rejects, stage=STAGE, id_column="id", free_text_column="productDisplayName"
-    )
+    return styles
+
+
+def check_fashion_header(styles: Path, header: list[str]) -> None:
     missing = [c for c in FASHION_REQUIRED if c not in header]
     if missing:
         raise _layout_error(styles, f"layout 'fashion' needs columns {missing} in the header")
-    images = str(styles.parent.absolute() / "images")
+
+
+FASHION_CONSTANTS: dict[str, str] = {"merchant_domain": "myntra.com"}
+SHOPEE_CONSTANTS: dict[str, str] = {"merchant_domain": "shopee"}
+
+
+def _read_fashion(path: Path, rejects: list[Reject]) -> _Source:
+    styles = fashion_styles(path)
+    header, rows = read_csv_rows(
+        read_text(styles), rejects, stage=STAGE, id_column="id", free_text_column="productDisplayName"
+    )
+    check_fashion_header(styles, header)
+    images = fashion_images_dir(styles)
     records = list(rows)
     # A title prefix is a brand only when it recurs: "Puma" starts many titles, while the words
     # before "Men" in a one-off title are as likely a product line as a brand.
     prefix_counts = Counter(p.lower() for _, r in records if (p := _title_prefix(r["productDisplayName"])))
-    raws = []
-    for where, r in records:
-        item_id = r["id"].strip()
-        title = r["productDisplayName"].strip()
-        prefix = _title_prefix(title)
-        article = _known(r.get("articleType"))
-        raws.append(
-            _RawItem(
-                where=where,
-                item_id=item_id,
-                fields={
-                    "title": title,
-                    "description": _fashion_description(
-                        _known(r.get("usage")), _known(r.get("season")), _known(r.get("year"))
-                    ),
-                    "category_path": " > ".join(
-                        x for x in (_known(r.get("masterCategory")), _known(r.get("subCategory")), article) if x
-                    ),
-                    "product_types": article,
-                    "brand": prefix if prefix and prefix_counts[prefix.lower()] >= 2 else "",
-                    "colors": _known(r.get("baseColour")),
-                    "size_type": _known(r.get("gender")),
-                },
-                image_paths=[os.path.join(images, f"{item_id}.jpg")] if item_id else [],
-            )
-        )
-    return _Source(raws, {"merchant_domain": "myntra.com"}, has_group=False, location=styles)
+    raws = [fashion_raw(where, r, images, lambda p: prefix_counts[p] >= 2) for where, r in records]
+    return _Source(raws, FASHION_CONSTANTS, has_group=False, location=styles)
 
 
 _BYTE_ESCAPES = re.compile(r"(?:\\x[0-9a-fA-F]{2})+")
@@ -457,31 +496,45 @@ def _decode_byte_escapes(text: str) -> str:
     )
 
 
-def _read_shopee(path: Path, rejects: list[Reject]) -> _Source:
+def shopee_train(path: Path) -> Path:
     train = path / "train.csv" if path.is_dir() else path
     if not train.is_file():
         raise _layout_error(path, "layout 'shopee' needs a train.csv")
-    header, rows = read_csv_rows(
-        read_text(train), rejects, stage=STAGE, id_column="posting_id", free_text_column="title"
-    )
+    return train
+
+
+def check_shopee_header(train: Path, header: list[str]) -> None:
     missing = [c for c in SHOPEE_REQUIRED if c not in header]
     if missing:
         raise _layout_error(train, f"layout 'shopee' needs columns {missing} in the header")
+
+
+def shopee_images_dir(train: Path, header: list[str]) -> Path | None:
+    """The competition's ``train_images/`` beside ``train.csv``, when present and named by rows."""
     images = train.parent / "train_images"
-    use_images = images.is_dir() and "image" in header
-    raws = []
-    for where, r in rows:
-        image = r.get("image", "").strip()
-        raws.append(
-            _RawItem(
-                where=where,
-                item_id=r["posting_id"].strip(),
-                fields={"title": _decode_byte_escapes(r["title"].strip())},
-                image_paths=[str(images / image)] if use_images and image else [],
-                group=r["label_group"].strip(),
-            )
-        )
-    return _Source(raws, {"merchant_domain": "shopee"}, has_group=True, location=train)
+    return images if images.is_dir() and "image" in header else None
+
+
+def shopee_raw(where: str, r: dict[str, str], images: Path | None) -> _RawItem:
+    image = r.get("image", "").strip()
+    return _RawItem(
+        where=where,
+        item_id=r["posting_id"].strip(),
+        fields={"title": _decode_byte_escapes(r["title"].strip())},
+        image_paths=[str(images / image)] if images is not None and image else [],
+        group=r["label_group"].strip(),
+    )
+
+
+def _read_shopee(path: Path, rejects: list[Reject]) -> _Source:
+    train = shopee_train(path)
+    header, rows = read_csv_rows(
+        read_text(train), rejects, stage=STAGE, id_column="posting_id", free_text_column="title"
+    )
+    check_shopee_header(train, header)
+    images = shopee_images_dir(train, header)
+    raws = [shopee_raw(where, r, images) for where, r in rows]
+    return _Source(raws, SHOPEE_CONSTANTS, has_group=True, location=train)
 
 
 def _as_text(value: Any) -> str:
@@ -551,32 +604,36 @@ def _generic_records(file: Path, rejects: list[Reject]) -> Iterator[tuple[str, d
         yield where, record
 
 
-def _read_generic(path: Path, rejects: list[Reject]) -> _Source:
+def generic_files(path: Path) -> list[Path]:
+    """The files of a generic catalog at ``path`` (a file or a directory of them)."""
     if path.is_dir():
         files = _generic_files(path)
         if not files:
             raise _layout_error(path, "layout 'generic' needs .parquet or .jsonl files")
-    elif path.suffix.lower() in GENERIC_SUFFIXES:
-        files = [path]
-    else:
-        raise _layout_error(path, "layout 'generic' needs .parquet or .jsonl files")
+        return files
+    if path.suffix.lower() in GENERIC_SUFFIXES:
+        return [path]
+    raise _layout_error(path, "layout 'generic' needs .parquet or .jsonl files")
+
+
+def generic_raw(where: str, rec: dict[str, Any], folder: str) -> _RawItem:
+    """One generic record; relative image paths are relative to ``folder``, the file's folder."""
+    group = rec.get("group")
+    return _RawItem(
+        where=where,
+        item_id=_as_text(rec.get("item_id")),
+        fields={f: _as_text(rec.get(f)) for f in TEXT_FIELDS},
+        image_paths=[p if _is_uri(p) else os.path.join(folder, p) for p in _as_paths(rec.get("image_paths"))],
+        group=_as_text(group) if group is not None else None,
+    )
+
+
+def _read_generic(path: Path, rejects: list[Reject]) -> _Source:
     raws, has_group = [], False
-    for file in files:
+    for file in generic_files(path):
         for where, rec in _generic_records(file, rejects):
-            group = rec.get("group")
             has_group = has_group or "group" in rec
-            raws.append(
-                _RawItem(
-                    where=where,
-                    item_id=_as_text(rec.get("item_id")),
-                    fields={f: _as_text(rec.get(f)) for f in TEXT_FIELDS},
-                    # Relative paths are relative to the file that names them.
-                    image_paths=[
-                        p if _is_uri(p) else os.path.join(file.parent, p) for p in _as_paths(rec.get("image_paths"))
-                    ],
-                    group=_as_text(group) if group is not None else None,
-                )
-            )
+            raws.append(generic_raw(where, rec, str(file.parent)))
     return _Source(raws, {}, has_group=has_group, location=path)
 
 
@@ -646,6 +703,77 @@ def _absolute(path: str) -> str:
     return path if _is_uri(path) else os.path.abspath(os.path.expanduser(path))
 
 
+def normalise_raw(
+    raw: _RawItem, item_id: str, bad_id: bool, rejects: list[Reject], max_images: int, max_field_chars: int
+) -> tuple[dict[str, str], list[str]] | None:
+    """The shared checks of one record whose id is ``item_id`` (not empty, not a repeat): its 12
+    text fields (UTF-8 fixed, cut to ``max_field_chars``) and image paths (existing, at most
+    ``max_images``); None when it is empty. Source constants are not filled in yet."""
+    fields: dict[str, str] = {}
+    non_utf8 = ["item_id"] if bad_id else []
+    for name in TEXT_FIELDS:
+        value, bad = fix_utf8(raw.fields.get(name, "").strip())
+        if bad:
+            non_utf8.append(name)
+        if len(value) > max_field_chars:
+            rejects.append(
+                Reject(
+                    STAGE,
+                    item_id,
+                    "truncated_field",
+                    f"{raw.where}: {name} has {len(value)} characters, cut to {max_field_chars}",
+                )
+            )
+            value = value[:max_field_chars]
+        fields[name] = value
+    if non_utf8:
+        rejects.append(
+            Reject(
+                STAGE,
+                item_id,
+                "non_utf8_text",
+                f"{raw.where}: bytes that are not UTF-8 in {', '.join(non_utf8)} were replaced by U+FFFD",
+            )
+        )
+    paths: list[str] = []
+    for p in raw.image_paths:
+        p, _ = fix_utf8(p)
+        p = _absolute(p)
+        if not _is_uri(p) and not os.path.isfile(p):
+            rejects.append(
+                Reject(STAGE, item_id, "missing_image", f"{raw.where}: image file not found: {p}; item kept without it")
+            )
+            continue
+        paths.append(p)
+    if len(paths) > max_images:
+        rejects.append(
+            Reject(STAGE, item_id, "too_many_images", f"{raw.where}: {len(paths)} images, the first {max_images} kept")
+        )
+        paths = paths[:max_images]
+    if not paths and not any(fields.values()):
+        rejects.append(Reject(STAGE, item_id, "empty_item", f"{raw.where}: no text and no images"))
+        return None
+    return fields, paths
+
+
+def raw_item_id(raw: _RawItem, rejects: list[Reject]) -> tuple[str, bool] | None:
+    """The record's id (UTF-8 fixed) and whether it needed fixing; None, with a reject, if empty."""
+    item_id, bad_id = fix_utf8((raw.item_id or "").strip())
+    if not item_id:
+        rejects.append(Reject(STAGE, None, "missing_id", f"{raw.where}: empty or absent id"))
+        return None
+    return item_id, bad_id
+
+
+def duplicate_reject(item_id: str, where: str) -> Reject:
+    return Reject(STAGE, item_id, "duplicate_id", f"{where}: id already read; the first row is kept")
+
+
+def item_group(raw_group: str | None, item_id: str) -> str:
+    # An item without a group is its own group, so splitting still keeps it whole.
+    return fix_utf8((raw_group or "").strip())[0] or f"item:{item_id}"
+
+
 def _normalise(
     source: _Source, rejects: list[Reject], max_images: int, max_field_chars: int
 ) -> tuple[pd.DataFrame, pd.DataFrame | None]:
@@ -655,63 +783,17 @@ def _normalise(
     links: dict[str, list[str]] = {c: [] for c in LINK_COLUMNS}
     kept: set[str] = set()
     for raw in source.raws:
-        item_id, bad_id = fix_utf8((raw.item_id or "").strip())
-        if not item_id:
-            rejects.append(Reject(STAGE, None, "missing_id", f"{raw.where}: empty or absent id"))
+        ident = raw_item_id(raw, rejects)
+        if ident is None:
             continue
+        item_id, bad_id = ident
         if item_id in kept:
-            rejects.append(
-                Reject(STAGE, item_id, "duplicate_id", f"{raw.where}: id already read; the first row is kept")
-            )
+            rejects.append(duplicate_reject(item_id, raw.where))
             continue
-        fields: dict[str, str] = {}
-        non_utf8 = ["item_id"] if bad_id else []
-        for name in TEXT_FIELDS:
-            value, bad = fix_utf8(raw.fields.get(name, "").strip())
-            if bad:
-                non_utf8.append(name)
-            if len(value) > max_field_chars:
-                rejects.append(
-                    Reject(
-                        STAGE,
-                        item_id,
-                        "truncated_field",
-                        f"{raw.where}: {name} has {len(value)} characters, cut to {max_field_chars}",
-                    )
-                )
-                value = value[:max_field_chars]
-            fields[name] = value
-        if non_utf8:
-            rejects.append(
-                Reject(
-                    STAGE,
-                    item_id,
-                    "non_utf8_text",
-                    f"{raw.where}: bytes that are not UTF-8 in {', '.join(non_utf8)} were replaced by U+FFFD",
-                )
-            )
-        paths: list[str] = []
-        for p in raw.image_paths:
-            p, _ = fix_utf8(p)
-            p = _absolute(p)
-            if not _is_uri(p) and not os.path.isfile(p):
-                rejects.append(
-                    Reject(
-                        STAGE, item_id, "missing_image", f"{raw.where}: image file not found: {p}; item kept without it"
-                    )
-                )
-                continue
-            paths.append(p)
-        if len(paths) > max_images:
-            rejects.append(
-                Reject(
-                    STAGE, item_id, "too_many_images", f"{raw.where}: {len(paths)} images, the first {max_images} kept"
-                )
-            )
-            paths = paths[:max_images]
-        if not paths and not any(fields.values()):
-            rejects.append(Reject(STAGE, item_id, "empty_item", f"{raw.where}: no text and no images"))
+        normalised = normalise_raw(raw, item_id, bad_id, rejects, max_images, max_field_chars)
+        if normalised is None:
             continue
+        fields, paths = normalised
         for name, value in source.constants.items():
             fields[name] = fields[name] or value
         kept.add(item_id)
@@ -720,8 +802,7 @@ def _normalise(
         for name in TEXT_FIELDS:
             out[name].append(fields[name])
         if source.has_group:
-            # An item without a group is its own group, so splitting still keeps it whole.
-            out["group"].append(fix_utf8((raw.group or "").strip())[0] or f"item:{item_id}")
+            out["group"].append(item_group(raw.group, item_id))
         for name in source.numeric_columns:
             out[name].append(raw.numeric.get(name, math.nan))
         for action, linked in raw.links.items():

@@ -1,7 +1,8 @@
 """Preprocessing: catalog + engagements -> one feature directory (``docs/feature-format.md``).
 
 ``run_preprocess`` reads the catalog, derives or reads engagement pairs, splits them item-disjointly,
-builds the token vocabulary, then featurizes with Ray Data (image backbone and MiniLM in actor
+builds the token vocabulary from the training items (the first three as Ray Data operations, see
+``itemsage.data.ingest_stages``), then featurizes with Ray Data (image backbone and MiniLM in actor
 pools, see ``itemsage.data.featurize``) and writes the directory all at once: every file goes into
 a staging directory that replaces the output only when the run succeeded.
 
@@ -58,6 +59,8 @@ from itemsage.data.featurize import (
     text_rows,
 )
 from itemsage.data.images import BACKBONES, weights_record
+from itemsage.data.ingest import CatalogIngest, collect_catalog
+from itemsage.data.ingest_stages import DerivedPairs, build_training_vocab, derive_pairs, ingest_for, training_vocab
 from itemsage.data.text import Vocab
 
 logger = logging.getLogger(__name__)
@@ -211,6 +214,8 @@ def validate_config(cfg: PreprocessConfig) -> None:
         ("image.concurrency", image.concurrency),
         ("image.max_images_per_item", image.max_images_per_item),
         ("rows_per_block", cfg.rows_per_block),
+        ("partitions", cfg.partitions),
+        ("read_lines_per_block", cfg.read_lines_per_block),
     ):
         if value < 1:
             raise PreprocessError(f"{name} must be >= 1, got {value}")
@@ -240,13 +245,26 @@ def load_catalog(cfg: PreprocessConfig) -> tuple[CatalogReadResult, pd.DataFrame
         max_field_chars=cfg.text.max_chars_per_field,
         images_dir=cfg.images_dir,
     )
+    return result, with_item_idx(result, cfg)
+
+
+def ingest_catalog_items(cfg: PreprocessConfig) -> tuple[CatalogIngest, CatalogReadResult, pd.DataFrame]:
+    """``load_catalog`` through Ray Data (``itemsage.data.ingest``); the Datasets stay available
+    for the catalog-scale stages (pairs, vocabulary). Needs a Ray session."""
+    ingest = ingest_for(cfg)
+    result = collect_catalog(ingest)
+    return ingest, result, with_item_idx(result, cfg)
+
+
+def with_item_idx(result: CatalogReadResult, cfg: PreprocessConfig) -> pd.DataFrame:
+    """The read items with ``item_idx`` = row number (the id of the format); none is an error."""
     if result.items.empty:
         raise PreprocessError(
             f"catalog {cfg.catalog}: no usable items ({sum(result.reject_counts().values())} rows rejected)"
         )
     items = result.items.reset_index(drop=True)
     items.insert(0, "item_idx", np.arange(len(items), dtype=np.int64))
-    return result, items
+    return items
 
 
 def load_engagements(cfg: PreprocessConfig, layout: str, items: pd.DataFrame) -> tuple[pd.DataFrame, str, list[Reject]]:
@@ -260,8 +278,9 @@ def load_engagements(cfg: PreprocessConfig, layout: str, items: pd.DataFrame) ->
 
 
 def build_vocab(items: pd.DataFrame, cfg: PreprocessConfig) -> Vocab:
-    """Vocabulary over every text field of the catalog (one id space for all 12 fields)."""
-    return Vocab.build((t for f in TEXT_FIELDS for t in items[f].tolist()), cfg.text)
+    """Vocabulary over every text field (one id space for all 12 fields) of the training items
+    only (``ingest_stages.vocab_items``); ``run_preprocess`` counts the same with Ray Data."""
+    return build_training_vocab(items, cfg)
 
 
 # ------------------------------------------------------------------------------------------ Ray
@@ -612,12 +631,19 @@ class Engagements:
 
 
 def prepare_engagements(
-    cfg: PreprocessConfig, layout: str, items: pd.DataFrame, links: pd.DataFrame | None = None
+    cfg: PreprocessConfig,
+    layout: str,
+    items: pd.DataFrame,
+    links: pd.DataFrame | None = None,
+    derived: DerivedPairs | None = None,
 ) -> Engagements:
     """``links``: the catalog's own item-to-item links (``CatalogReadResult.links``); for the amazon
-    layout without an engagement log they (and ``cfg.reviews``) are the pairs."""
+    layout without an engagement log they (and ``cfg.reviews``) are the pairs. ``derived``: those
+    pairs (or Shopee's) already derived by Ray Data (``ingest_stages.derive_pairs``)."""
     counts: dict[str, int] = {}
-    if layout == "amazon" and not cfg.engagements:
+    if derived is not None:
+        pairs, source, rejects, counts = derived.pairs, derived.source, list(derived.rejects), derived.counts
+    elif layout == "amazon" and not cfg.engagements:
         pairs, rejects, counts = amazon_engagements(links, items, cfg.reviews)
         source = "amazon"
     else:
@@ -665,17 +691,18 @@ def run_preprocess(cfg: PreprocessConfig) -> PreprocessSummary:
     start = time.perf_counter()
     validate_config(cfg)
     image_dim = BACKBONES[cfg.image.backbone].dim
-    with timer("catalog"):
-        catalog, items = load_catalog(cfg)
-    with timer("engagements"):
-        eng = prepare_engagements(cfg, catalog.layout, items, catalog.links)
-    with timer("vocab"):
-        vocab = build_vocab(items, cfg)
-    queries = unique_search_queries(eng.splits)
-
     started_ray = ensure_ray()
     try:
         enable_progress_bars()
+        # Catalog, derived pairs and vocabulary run as Ray Data operations (itemsage.data.ingest*).
+        with timer("catalog"):
+            ingest, catalog, items = ingest_catalog_items(cfg)
+        with timer("engagements"):
+            derived = derive_pairs(cfg, ingest, items["item_id"].astype(str).tolist())
+            eng = prepare_engagements(cfg, catalog.layout, items, catalog.links, derived)
+        with timer("vocab"):
+            vocab = training_vocab(cfg, ingest)
+        queries = unique_search_queries(eng.splits)
         cluster = cluster_resources()
         plan = plan_stages(cluster, cfg.image.concurrency, cfg.image.num_threads)
         logger.info("stage plan: %s", plan)
