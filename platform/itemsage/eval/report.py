@@ -22,7 +22,7 @@ BASELINE_LABELS: dict[str, str] = {
 }
 # The methods of offline evaluation (itemsage.eval.baselines), in the order tables show them.
 METHOD_LABELS: dict[str, str] = {
-    "itemsage": "itemsage",
+    "itemsage": "itemsage",  # lower case: the method name, as the training log prints it
     "tfidf": "char-3gram TF-IDF",
     "bm25": "BM25",
     "minilm": "frozen MiniLM",
