@@ -43,8 +43,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     from itemsage.data.catalog import LAYOUTS  # every layout the readers know (amazon too, once added)
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="models:/itemsage/<version|latest>, runs:/<id>/model or a bundle/checkpoint dir")
-    p.add_argument("--catalog", default=None, help="catalog to evaluate on (featurized with the model's vocab and backbone)")
+    p.add_argument(
+        "--model", required=True, help="models:/itemsage/<version|latest>, runs:/<id>/model or a bundle/checkpoint dir"
+    )
+    p.add_argument(
+        "--catalog", default=None, help="catalog to evaluate on (featurized with the model's vocab and backbone)"
+    )
     p.add_argument("--layout", default="auto", choices=["auto", *LAYOUTS], help="catalog layout")
     p.add_argument("--engagements", default=None, help="engagement log (Parquet/JSONL/CSV) for --catalog")
     p.add_argument("--features", default=None, help="preprocessed features directory (with the model's vocab)")
@@ -52,15 +56,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--split", default="test", choices=["test", "val"], help="held-out split to evaluate")
     p.add_argument("--out", default=None, help="write the result as JSON here")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    p.add_argument("--queries-out", default=None,
-                   help="write the evaluated search queries and their embeddings here (.npz: texts, embeddings)")
+    p.add_argument(
+        "--queries-out",
+        default=None,
+        help="write the evaluated search queries and their embeddings here (.npz: texts, embeddings)",
+    )
     p.add_argument("--num-cpus", type=float, default=None, help="CPUs of a locally started Ray (featurizing --catalog)")
-    p.add_argument("--baseline-fit", default="catalog", choices=["catalog", "train"],
-                   help="fit the TF-IDF baseline's IDF on every catalog item (default) or on training items only")
+    p.add_argument(
+        "--baseline-fit",
+        default="catalog",
+        choices=["catalog", "train"],
+        help="fit the TF-IDF baseline's IDF on every catalog item (default) or on training items only",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the random baseline")
-    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
+    p.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)",
+    )
     p.add_argument("--experiment", default="itemsage-eval", help="MLflow experiment of the evaluation run")
-    p.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE", help="extra tag of the MLflow run (repeatable)")
+    p.add_argument(
+        "--tag", action="append", default=[], metavar="KEY=VALUE", help="extra tag of the MLflow run (repeatable)"
+    )
     p.add_argument("--no-tracking", action="store_true", help="do not log the evaluation to MLflow")
     return p.parse_args(argv)
 
@@ -109,8 +126,10 @@ def main(argv: list[str] | None = None) -> int:
         try:
             run_id = log_evaluation(result, args.tracking_uri, args.experiment, tags)
         except Exception as e:  # noqa: BLE001 - MLflow raises many types; the table is printed already
-            print(f"error: evaluation not logged to MLflow: {type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}",
-                  file=sys.stderr)
+            print(
+                f"error: evaluation not logged to MLflow: {type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}",
+                file=sys.stderr,
+            )
             return 3
         print(f"MLflow run: {run_id} (experiment {args.experiment})")
     return 0

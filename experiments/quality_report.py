@@ -32,11 +32,24 @@ except ImportError:  # a plain checkout without `pip install -e .`
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
-    p.add_argument("--experiment", action="append", default=None,
-                   help="MLflow experiment(s) holding the evaluation runs (repeatable; default itemsage-eval)")
-    p.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE",
-                   help="only runs with this tag, e.g. itemsage.dataset=shopee or itemsage.config=shopee (repeatable)")
+    p.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)",
+    )
+    p.add_argument(
+        "--experiment",
+        action="append",
+        default=None,
+        help="MLflow experiment(s) holding the evaluation runs (repeatable; default itemsage-eval)",
+    )
+    p.add_argument(
+        "--tag",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="only runs with this tag, e.g. itemsage.dataset=shopee or itemsage.config=shopee (repeatable)",
+    )
     p.add_argument("--split", default="test", help="held-out split to report (the runs' itemsage.split tag)")
     p.add_argument("--k", type=int, default=10, help="Recall@k to report (the evaluations log 10 and 50)")
     p.add_argument("--doc", default="docs/quality.md", help="markdown document whose marked section is replaced")

@@ -34,8 +34,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("overrides", nargs="*", help="dotted overrides for every seed, e.g. train.max_steps=100")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="train.seed values (default 0 1 2)")
     p.add_argument("--split", default="test", choices=["test", "val"], help="held-out split to evaluate on")
-    p.add_argument("--baseline-fit", default="catalog", choices=["catalog", "train"],
-                   help="what the TF-IDF baseline's IDF is fit on")
+    p.add_argument(
+        "--baseline-fit",
+        default="catalog",
+        choices=["catalog", "train"],
+        help="what the TF-IDF baseline's IDF is fit on",
+    )
     p.add_argument("--eval-experiment", default="itemsage-eval", help="MLflow experiment of the evaluation runs")
     p.add_argument("--num-cpus", type=float, default=None, help="CPUs of a locally started Ray cluster")
     p.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
@@ -59,8 +63,15 @@ def main(argv: list[str] | None = None) -> int:
     if not ray.is_initialized() and not os.environ.get("RAY_ADDRESS"):
         start_local_ray(args.num_cpus)
     try:
-        runs = run_seeds(args.config, args.overrides, args.seeds, split=args.split, tracking=not args.no_tracking,
-                         eval_experiment=args.eval_experiment, baseline_fit=args.baseline_fit)
+        runs = run_seeds(
+            args.config,
+            args.overrides,
+            args.seeds,
+            split=args.split,
+            tracking=not args.no_tracking,
+            eval_experiment=args.eval_experiment,
+            baseline_fit=args.baseline_fit,
+        )
     except (ConfigError, FeaturesError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

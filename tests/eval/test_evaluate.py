@@ -48,8 +48,9 @@ def result(sample_model: SampleModel, tmp_path_factory: pytest.TempPathFactory):
     out = tmp_path_factory.mktemp("eval") / "result.json"
     # The validation split: as held out as the test split (the plain training loop never looks at
     # it), and with 160 items it has hundreds of pairs where the test split has a few dozen.
-    result = evaluate_model(str(sample_model.bundle), features=str(sample_model.features), split="val",
-                            device="cpu", out=str(out))
+    result = evaluate_model(
+        str(sample_model.bundle), features=str(sample_model.features), split="val", device="cpu", out=str(out)
+    )
     return result, out
 
 
@@ -73,9 +74,20 @@ def test_every_method_for_every_applicable_probe(result) -> None:
         ns = {res.table.rows[(m, f"{probe}/all")]["n"] for m in methods}
         assert len(ns) == 1, probe  # the same pairs for every method
     md = res.markdown()
-    for label in ("itemsage", "char-3gram TF-IDF", "BM25", "frozen MiniLM", "frozen image features",
-                  "frozen user features (image + text)", "random", "R@10", "R@50", "item2item/all",
-                  "item-disjoint split", "TF-IDF IDF fit on every catalog item's text"):
+    for label in (
+        "itemsage",
+        "char-3gram TF-IDF",
+        "BM25",
+        "frozen MiniLM",
+        "frozen image features",
+        "frozen user features (image + text)",
+        "random",
+        "R@10",
+        "R@50",
+        "item2item/all",
+        "item-disjoint split",
+        "TF-IDF IDF fit on every catalog item's text",
+    ):
         assert label in md
     assert res.holdout == "item" and res.baseline_fit == "catalog" and res.identity["seed"] == "0"
     # Every pair is ranked against the whole catalog, not only the held-out items.
@@ -145,15 +157,33 @@ def test_held_out_pairs_of_training_items_are_reported_apart(sample_model: Sampl
     assert other.num_unseen_pairs is None and "search/seen" not in other.table.tasks()
 
 
-def test_cli_prints_the_table_writes_json_and_logs_to_mlflow(sample_model: SampleModel, tmp_path: Path,
-                                                             capsys) -> None:
+def test_cli_prints_the_table_writes_json_and_logs_to_mlflow(sample_model: SampleModel, tmp_path: Path, capsys) -> None:
     from mlflow.tracking import MlflowClient
 
     out = tmp_path / "r.json"
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    code = _cli().main(["--model", str(sample_model.bundle), "--features", str(sample_model.features),
-                        "--device", "cpu", "--out", str(out), "--split", "val", "--tracking-uri", uri, "--experiment", "ev",
-                        "--tag", "purpose=test", "--baseline-fit", "train"])
+    code = _cli().main(
+        [
+            "--model",
+            str(sample_model.bundle),
+            "--features",
+            str(sample_model.features),
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+            "--split",
+            "val",
+            "--tracking-uri",
+            uri,
+            "--experiment",
+            "ev",
+            "--tag",
+            "purpose=test",
+            "--baseline-fit",
+            "train",
+        ]
+    )
     printed = capsys.readouterr().out
     assert code == 0 and "| search/all | itemsage |" in printed and "frozen user features" in printed
     assert "the training items' text only" in printed
@@ -181,11 +211,16 @@ def test_cli_missing_model_is_one_line(tmp_path: Path, capsys) -> None:
 
 def test_conflicting_inputs_are_refused(sample_model: SampleModel) -> None:
     with pytest.raises(EvalError, match="not both"):
-        evaluate_model(str(sample_model.bundle), catalog=str(sample_model.unseen_catalog),
-                       features=str(sample_model.features), device="cpu")
+        evaluate_model(
+            str(sample_model.bundle),
+            catalog=str(sample_model.unseen_catalog),
+            features=str(sample_model.features),
+            device="cpu",
+        )
     with pytest.raises(EvalError, match="engagements"):
-        evaluate_model(str(sample_model.bundle), features=str(sample_model.features),
-                       engagements="log.jsonl", device="cpu")
+        evaluate_model(
+            str(sample_model.bundle), features=str(sample_model.features), engagements="log.jsonl", device="cpu"
+        )
 
 
 @pytest.mark.slow
@@ -195,8 +230,9 @@ def test_unseen_catalog_is_preprocessed_with_the_models_vocab(sample_model: Samp
     start_ray()
     try:
         kept = tmp_path / "unseen-features"
-        res = evaluate_model(str(sample_model.bundle), catalog=str(sample_model.unseen_catalog), device="cpu",
-                             features_out=str(kept))
+        res = evaluate_model(
+            str(sample_model.bundle), catalog=str(sample_model.unseen_catalog), device="cpu", features_out=str(kept)
+        )
     finally:
         ray.shutdown()
     assert res.num_items == 60 and res.engagement_source == "synthetic" and res.catalog

@@ -24,8 +24,13 @@ REPO = Path(__file__).resolve().parents[2]
 PAIRS = 100
 # Pairs (out of PAIRS) whose item each method ranks in the top 10, per seed: ItemSage varies with
 # the seed, the baselines do not (they are not trained).
-HITS = {"itemsage": (70, 74, 78), "tfidf": (65, 65, 65), "bm25": (60, 60, 60), "minilm": (50, 50, 50),
-        "random": (1, 1, 1)}
+HITS = {
+    "itemsage": (70, 74, 78),
+    "tfidf": (65, 65, 65),
+    "bm25": (60, 60, 60),
+    "minilm": (50, 50, 50),
+    "random": (1, 1, 1),
+}
 
 
 def _result(seed: int, hits: dict[str, int], config: str = "shopee", dataset: str = "shopee") -> EvalResult:
@@ -36,12 +41,27 @@ def _result(seed: int, hits: dict[str, int], config: str = "shopee", dataset: st
         table.add(method, tasks, ranks)
         table.add(method, ["item2item/click"] * PAIRS, ranks // 2)
     return EvalResult(
-        table=table, model_uri=f"models:/itemsage/{10 + seed}", model_version=str(10 + seed), features="f",
-        catalog=None, engagement_source="shopee", split="test", num_items=1000, num_pairs=2 * PAIRS,
-        num_unseen_pairs=None, seconds=1.0, holdout="item", dataset=dataset,
-        identity={"config": config, "config_hash": f"hash-{config}", "seed": str(seed),
-                  "train_name": f"{config}_seed{seed}", "model_uri": f"models:/itemsage/{10 + seed}",
-                  "model_version": str(10 + seed)},
+        table=table,
+        model_uri=f"models:/itemsage/{10 + seed}",
+        model_version=str(10 + seed),
+        features="f",
+        catalog=None,
+        engagement_source="shopee",
+        split="test",
+        num_items=1000,
+        num_pairs=2 * PAIRS,
+        num_unseen_pairs=None,
+        seconds=1.0,
+        holdout="item",
+        dataset=dataset,
+        identity={
+            "config": config,
+            "config_hash": f"hash-{config}",
+            "seed": str(seed),
+            "train_name": f"{config}_seed{seed}",
+            "model_uri": f"models:/itemsage/{10 + seed}",
+            "model_version": str(10 + seed),
+        },
     )
 
 
@@ -68,8 +88,18 @@ def test_report_regenerates_the_marked_section_and_the_chart(store: str, tmp_pat
     doc.parent.mkdir()
     doc.write_text(f"# Quality\n\nintro kept\n\n{BEGIN}\nold table\n{END}\n\n## Later section kept\n")
     figure = tmp_path / "docs" / "figures" / "q.png"
-    args = ["--tracking-uri", store, "--experiment", "ev", "--doc", str(doc), "--figure", str(figure),
-            "--json", str(tmp_path / "q.json")]
+    args = [
+        "--tracking-uri",
+        store,
+        "--experiment",
+        "ev",
+        "--doc",
+        str(doc),
+        "--figure",
+        str(figure),
+        "--json",
+        str(tmp_path / "q.json"),
+    ]
     assert _cli().main(args) == 0
     text = doc.read_text()
     assert text.startswith("# Quality\n\nintro kept\n\n") and text.endswith("## Later section kept\n")

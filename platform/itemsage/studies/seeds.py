@@ -59,8 +59,9 @@ def run_seeds(
         t0 = time.perf_counter()
         trained = run_training(cfg, tracking=tracking)
         seconds = time.perf_counter() - t0
-        ev = evaluate_model(trained.model_uri, features=cfg.train.features, split=split, device="auto",
-                            baseline_fit=baseline_fit)
+        ev = evaluate_model(
+            trained.model_uri, features=cfg.train.features, split=split, device="auto", baseline_fit=baseline_fit
+        )
         run_id = log_evaluation(ev, tracking_uri, eval_experiment) if tracking else None
         summary = surface_summary(ev)
         progress(

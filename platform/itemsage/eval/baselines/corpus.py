@@ -34,7 +34,9 @@ class TextCorpus:
         fs, root = features_location(features)
         path = posixpath.join(root, "catalog.parquet")
         if not _exists(fs, path):
-            raise FeaturesError(f"features directory {features!r} has no catalog.parquet (the lexical baselines read it)")
+            raise FeaturesError(
+                f"features directory {features!r} has no catalog.parquet (the lexical baselines read it)"
+            )
         catalog = pq.read_table(path, filesystem=fs)
         have = [f for f in fields if f in catalog.column_names]
         if not have:

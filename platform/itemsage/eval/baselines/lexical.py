@@ -50,9 +50,11 @@ class TfidfRanker:
         """Row u: the mean of user u's history rows (cosine ranks do not depend on its norm)."""
         rows = np.repeat(np.arange(len(histories)), [len(h) for h in histories])
         cols = np.concatenate([np.asarray(h, dtype=np.int64) for h in histories]) if len(histories) else np.zeros(0)
-        weights = np.concatenate([np.full(len(h), 1.0 / max(len(h), 1), np.float32) for h in histories]) if len(
-            histories
-        ) else np.zeros(0, np.float32)
+        weights = (
+            np.concatenate([np.full(len(h), 1.0 / max(len(h), 1), np.float32) for h in histories])
+            if len(histories)
+            else np.zeros(0, np.float32)
+        )
         mix = sp.csr_matrix((weights, (rows, cols)), shape=(len(histories), self.items.shape[0]))
         return sp.csr_matrix(mix @ self.items)
 
@@ -77,7 +79,7 @@ class BM25Tokens:
         if not texts:
             return []
         out = bm25s.tokenize(list(texts), stopwords="en", return_ids=False, show_progress=False)
-        return [list(t) for t in out]  # type: ignore[union-attr]
+        return [list(t) for t in out]
 
 
 class Bm25Ranker:

@@ -64,7 +64,9 @@ class BaselineSuite:
             if held_out_items is not None:
                 held[np.asarray(held_out_items, dtype=np.int64)] = True
             fit_items = np.flatnonzero(~held)
-        return cls(store, qf, corpus, TfidfRanker(corpus.item_texts, fit_items), Bm25Ranker(corpus.item_texts), fit, seed)
+        return cls(
+            store, qf, corpus, TfidfRanker(corpus.item_texts, fit_items), Bm25Ranker(corpus.item_texts), fit, seed
+        )
 
     @property
     def with_images(self) -> bool:
@@ -81,7 +83,13 @@ class BaselineSuite:
                 ranks = ranker.ranks(queries, cand, target, exclude)  # type: ignore[arg-type]
                 table.add(ranker.name, tasks, torch.from_numpy(ranks), pairs.cohorts)
         frozen = frozen_ranks(
-            probe.query, self.store, self.qf, pairs.query_key, pairs.candidates, pairs.target, pairs.exclude,
+            probe.query,
+            self.store,
+            self.qf,
+            pairs.query_key,
+            pairs.candidates,
+            pairs.target,
+            pairs.exclude,
             with_images=self.with_images,
         )
         for method, ranks in frozen.items():
