@@ -31,9 +31,10 @@ REPO = Path(__file__).resolve().parents[1]
 ATTRIBUTION = """\
 # Sample data: sources and licences
 
-This folder holds a small slice of two public datasets, cut by `experiments/make_sample.py`
-(seeded; rerun it against full downloads to reproduce or resize the slice). It exists so the demo
-and the tests run on a fresh checkout. Point `preprocess.catalog` at a full download for real runs.
+This folder holds a small slice of three public datasets, cut by `experiments/make_sample.py`
+(amazon/: `experiments/make_amazon_sample.py`; both deterministic: rerun them against full
+downloads to reproduce or resize the slice). It exists so the demo and the tests run on a fresh
+checkout. Point `preprocess.catalog` at a full download for real runs.
 
 ## fashion/ — Fashion Product Images (Small)
 
@@ -53,9 +54,24 @@ and the tests run on a fresh checkout. Point `preprocess.catalog` at a full down
   rules.
 - Files: `train.csv` ({shopee_rows} listings in {shopee_groups} complete label groups; text only).
 
-No engagement data comes with either dataset: the project derives synthetic engagements from the
-catalog attributes (labelled `synthetic`) and real same-product pairs from Shopee label groups
-(labelled `shopee`).
+## amazon/ — Amazon Review Data (2018), product metadata
+
+- Product metadata of two categories, **Gift_Cards** and **Magazine_Subscriptions**, from
+  **"Amazon Review Data (2018)"** by Jianmo Ni, Jiacheng Li and Julian McAuley (UCSD), in the
+  release's own format (`<Category>/meta.json.gz`: gzip, one JSON object a line, lines copied
+  unchanged). Cite: Jianmo Ni, Jiacheng Li, Julian McAuley, "Justifying Recommendations using
+  Distantly-Labeled Reviews and Fine-Grained Aspects", EMNLP-IJCNLP 2019.
+- Amazon data released for **research use** (non-commercial) with attribution, as the release asks.
+- Cut by `experiments/make_amazon_sample.py` (150 products per category, the densest part of each
+  file's `also_buy` / `also_view` graph, so the links resolve inside the sample; no images).
+  `Gift_Cards/meta.json.gz` ends with five damaged copies of real lines (truncated JSON, no text at
+  all, an HTML title, bytes that are not UTF-8, a repeated asin) that the loader must skip or
+  repair; `rejects.jsonl` names each one.
+
+The fashion and shopee datasets come with no engagement data: the project derives synthetic
+engagements from the catalog attributes (labelled `synthetic`) and real same-product pairs from
+Shopee label groups (labelled `shopee`). Amazon's `also_buy` / `also_view` lists are real
+co-engagement (labelled `amazon`).
 """
 
 

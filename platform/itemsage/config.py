@@ -131,11 +131,17 @@ class EngagementConfig(Section):
 
 class PreprocessConfig(Section):
     catalog: str = "data/sample/fashion"
-    # "auto" detects fashion / shopee / generic from the files present.
+    # "auto" detects fashion / shopee / generic / amazon from the files present.
     layout: str = "auto"
     # Optional real engagement log (Parquet/JSONL/CSV). When empty: Shopee label groups give real
     # pairs; other catalogs get synthetic engagements.
     engagements: str = ""
+    # amazon layout: a folder where the products' imageURL basenames are looked up as local image
+    # files (never fetched from the network). Unset: Amazon items are text-only.
+    images_dir: str | None = None
+    # amazon layout: an optional 5-core reviews file or folder (JSON lines with reviewerID, asin,
+    # unixReviewTime); its reviews become home pairs and the users' histories.
+    reviews: str = ""
     output: str = "artifacts/features"
     text: TextConfig = TextConfig()
     image: ImageConfig = ImageConfig()

@@ -333,7 +333,9 @@ def test_csv_with_unknown_header_raises_catalog_error(tmp_path: Path) -> None:
 def test_explicit_layout_that_does_not_fit_raises_catalog_error(tmp_path: Path) -> None:
     with pytest.raises(CatalogError, match="train.csv"):
         read_catalog(SAMPLE / "fashion", layout="shopee")
-    with pytest.raises(CatalogError, match="unknown layout 'amazon'"):
+    with pytest.raises(CatalogError, match="unknown layout 'etsy'"):
+        read_catalog(SAMPLE / "fashion", layout="etsy")
+    with pytest.raises(CatalogError, match="meta_<Category>"):
         read_catalog(SAMPLE / "fashion", layout="amazon")
 
 

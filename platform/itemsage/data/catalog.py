@@ -41,6 +41,29 @@ decoded (``Nescafe Éclair``).
 Fashion values "NA" mean "unknown" and become "". Generic lists (e.g. ``colors: ["red",
 "blue"]``) are joined with ", "; numbers become their text.
 
+amazon (McAuley ``meta_<Category>.json[.gz]`` or ``<Category>/meta.json[.gz]``, 2018 JSON or 2014
+Python-literal lines; every text HTML-stripped; the full rules in ``itemsage.data.amazon``):
+
+================  ==========================================================================
+feature           amazon
+================  ==========================================================================
+item_id           ``asin``
+image_paths       [] (text-only); with ``images_dir``, the ``imageURLHighRes`` / ``imageURL``
+                  basenames that exist as files there (never fetched)
+title             ``title``; a broken HTML fragment title is missing ("")
+description       ``description`` + ``feature`` + bullets scraped into ``category``
+merchant_domain   "amazon.com"
+link_text         ""
+category_path     ``category`` levels joined " > " (up to the first sentence-like entry)
+product_types     the path's leaf, ``main_cat``, ``details`` Format (distinct, ", ")
+brand             ``brand``, else ``details`` Brand / Publisher / Manufacturer
+colors            ``details`` Color;  materials: Material (Type) / Fabric Type
+patterns          ``details`` Pattern;  size: ``details`` Size;  size_type: ""
+price             float64 column: "$12.99" -> 12.99, "$5.00 - $10.00" -> 5.0 (low end), else NaN
+================  ==========================================================================
+
+Its ``also_buy`` / ``also_view`` lists come back as ``CatalogReadResult.links`` (of kept items).
+
 Bad input and the ``Reject.reason`` it produces (``stage`` is "catalog"):
 
 - ``missing_id``: empty or absent id -> row skipped.
@@ -69,9 +92,10 @@ import json
 import math
 import os
 import re
+import zlib
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -80,14 +104,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from itemsage.config import TEXT_FIELDS, TextConfig
+from itemsage.data.amazon import AMAZON_CONSTANTS, amazon_files, file_label, is_meta_file, iter_lines, parse_amazon_line
+from itemsage.data.rejects import Reject, fix_utf8
 
-LAYOUTS: tuple[str, ...] = ("fashion", "shopee", "generic")
+LAYOUTS: tuple[str, ...] = ("fashion", "shopee", "generic", "amazon")
 STAGE = "catalog"
 # One default, in config.py: the tokenizer truncates with the same limit.
 MAX_FIELD_CHARS: int = TextConfig().max_chars_per_field
 GENERIC_SUFFIXES: tuple[str, ...] = (".parquet", ".jsonl", ".ndjson")
 FASHION_REQUIRED: tuple[str, ...] = ("id", "productDisplayName")
 SHOPEE_REQUIRED: tuple[str, ...] = ("posting_id", "title", "label_group")
+LINK_COLUMNS: tuple[str, ...] = ("item_id", "action", "linked_id")
 # Myntra titles name the audience right after the brand ("Puma Men ...", "Gini and Jony Girl's ...").
 GENDER_WORDS = frozenset({"men", "women", "boys", "girls", "unisex", "kids", "mens", "womens", "boy", "girl", "kid"})
 # A quoted field may legitimately span lines; beyond this many we call the quote broken.
@@ -100,25 +127,14 @@ csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))
 _LAYOUT_HELP = (
     "supported layouts: fashion (a directory with styles.csv + images/<id>.jpg, or the styles.csv "
     "file), shopee (a directory with train.csv, or a CSV with posting_id,title,label_group), "
-    "generic (a .parquet/.jsonl file, or a directory of them, with an item_id column)"
+    "generic (a .parquet/.jsonl file, or a directory of them, with an item_id column), "
+    "amazon (McAuley metadata: a meta_<Category>.json[.gz] file, or a directory of them or of "
+    "<Category>/meta.json[.gz] folders)"
 )
 
 
 class CatalogError(ValueError):
     """The catalog as a whole cannot be read: missing path or unknown layout."""
-
-
-@dataclass
-class Reject:
-    """One skipped or degraded record, written to ``rejects.jsonl`` by preprocessing."""
-
-    stage: str
-    item_id: str | None
-    reason: str
-    detail: str
-
-    def to_dict(self) -> dict[str, str | None]:
-        return asdict(self)
 
 
 @dataclass
@@ -129,6 +145,9 @@ class CatalogReadResult:
     rejects: list[Reject]
     layout: str
     source: str
+    # Item-to-item links the catalog itself lists (amazon: also_buy / also_view), of kept items
+    # only: columns item_id, action, linked_id (LINK_COLUMNS). None when the layout has none.
+    links: pd.DataFrame | None = None
 
     def reject_counts(self) -> dict[str, int]:
         """``{reason: count}``, sorted by reason so summaries diff cleanly."""
@@ -144,6 +163,10 @@ class _RawItem:
     fields: dict[str, str]
     image_paths: list[str] = field(default_factory=list)
     group: str | None = None
+    # Numeric attributes (amazon: price), NaN when unknown; one float64 column each.
+    numeric: dict[str, float] = field(default_factory=dict)
+    # {action: [linked item ids]} the record lists (amazon: also_buy, also_view).
+    links: dict[str, list[str]] = field(default_factory=dict)
 
 
 @dataclass
@@ -156,6 +179,8 @@ class _Source:
     constants: dict[str, str]
     has_group: bool
     location: Path
+    numeric_columns: tuple[str, ...] = ()
+    has_links: bool = False
 
 
 # --------------------------------------------------------------------------------------------
@@ -202,6 +227,8 @@ def detect_layout(path: str | Path) -> str:
             return "shopee"
         if _generic_files(p):
             return "generic"
+        if amazon_files(p):
+            return "amazon"
         raise _layout_error(p, "the directory holds no recognised catalog files")
     if p.suffix.lower() == ".csv":
         layout = _csv_layout(p)
@@ -210,6 +237,8 @@ def detect_layout(path: str | Path) -> str:
         raise _layout_error(p, "the CSV header matches neither fashion nor shopee")
     if p.suffix.lower() in GENERIC_SUFFIXES:
         return "generic"
+    if is_meta_file(p):
+        return "amazon"
     raise _layout_error(p, f"unknown file type {p.suffix or '(no suffix)'!r}")
 
 
@@ -222,19 +251,6 @@ def read_text(path: Path) -> str:
     """Decode a file as UTF-8, keeping undecodable bytes as surrogates so they can be found,
     reported per item and replaced (``fix_utf8``) instead of failing the whole file."""
     return path.read_bytes().decode("utf-8", errors="surrogateescape").lstrip("\ufeff")
-
-
-def fix_utf8(text: str) -> tuple[str, bool]:
-    """Replace smuggled non-UTF-8 bytes (surrogates) by U+FFFD; say whether there were any."""
-    try:
-        text.encode("utf-8")
-        return text, False
-    except UnicodeEncodeError:
-        pass
-    try:
-        return text.encode("utf-8", errors="surrogateescape").decode("utf-8", errors="replace"), True
-    except UnicodeEncodeError:  # a lone surrogate from a JSON "\ud800" escape
-        return text.encode("utf-8", errors="replace").decode("utf-8"), True
 
 
 def parse_json_object(line: str) -> tuple[dict[str, Any] | None, str]:
@@ -564,6 +580,54 @@ def _read_generic(path: Path, rejects: list[Reject]) -> _Source:
     return _Source(raws, {}, has_group=has_group, location=path)
 
 
+def _amazon_images(names: list[str], images_dir: Path | None) -> list[str]:
+    """``imageURL`` basenames that exist as files in ``images_dir``; none without one. A name
+    without a local file is not a reject: the public files name far more images than anyone has."""
+    if images_dir is None:
+        return []
+    return [path for name in names if os.path.isfile(path := os.path.join(images_dir, name))]
+
+
+def _read_amazon(path: Path, rejects: list[Reject], images_dir: Path | None = None) -> _Source:
+    files = amazon_files(path)
+    if not files:
+        raise _layout_error(path, "layout 'amazon' needs meta_<Category>.json[.gz] or <Category>/meta.json[.gz] files")
+    raws = []
+    for file in files:
+        label = file_label(file, path)
+        n = 0
+        try:
+            for n, line in iter_lines(file):
+                product, reject = parse_amazon_line(line, f"{label} line {n}")
+                if reject is not None:
+                    rejects.append(reject)
+                if product is None:
+                    continue
+                raws.append(
+                    _RawItem(
+                        where=f"{label} line {n}",
+                        item_id=product.item_id,
+                        fields=product.fields,
+                        image_paths=_amazon_images(product.image_names, images_dir),
+                        numeric={"price": math.nan if product.price is None else product.price},
+                        links={"also_buy": product.also_buy, "also_view": product.also_view},
+                    )
+                )
+        except (OSError, EOFError, zlib.error) as e:
+            # A gzip stream cut short or corrupt: the lines before the damage are kept.
+            rejects.append(
+                Reject(
+                    STAGE,
+                    None,
+                    "malformed_row",
+                    f"{label}: unreadable after line {n} ({e}); the lines before it are kept",
+                )
+            )
+    return _Source(
+        raws, dict(AMAZON_CONSTANTS), has_group=False, location=path, numeric_columns=("price",), has_links=True
+    )
+
+
 _ADAPTERS = {"fashion": _read_fashion, "shopee": _read_shopee, "generic": _read_generic}
 
 
@@ -582,9 +646,13 @@ def _absolute(path: str) -> str:
     return path if _is_uri(path) else os.path.abspath(os.path.expanduser(path))
 
 
-def _normalise(source: _Source, rejects: list[Reject], max_images: int, max_field_chars: int) -> pd.DataFrame:
+def _normalise(
+    source: _Source, rejects: list[Reject], max_images: int, max_field_chars: int
+) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     columns = ["item_id", "image_paths", *TEXT_FIELDS] + (["group"] if source.has_group else [])
+    columns += list(source.numeric_columns)
     out: dict[str, list[Any]] = {c: [] for c in columns}
+    links: dict[str, list[str]] = {c: [] for c in LINK_COLUMNS}
     kept: set[str] = set()
     for raw in source.raws:
         item_id, bad_id = fix_utf8((raw.item_id or "").strip())
@@ -654,11 +722,19 @@ def _normalise(source: _Source, rejects: list[Reject], max_images: int, max_fiel
         if source.has_group:
             # An item without a group is its own group, so splitting still keeps it whole.
             out["group"].append(fix_utf8((raw.group or "").strip())[0] or f"item:{item_id}")
+        for name in source.numeric_columns:
+            out[name].append(raw.numeric.get(name, math.nan))
+        for action, linked in raw.links.items():
+            links["item_id"] += [item_id] * len(linked)
+            links["action"] += [action] * len(linked)
+            links["linked_id"] += linked
     items = pd.DataFrame(out, columns=columns)
     for c in columns:
-        if c != "image_paths":
+        if c in source.numeric_columns:
+            items[c] = items[c].astype("float64")
+        elif c != "image_paths":
             items[c] = items[c].astype(str)
-    return items
+    return items, (pd.DataFrame(links, columns=list(LINK_COLUMNS), dtype=str) if source.has_links else None)
 
 
 def read_catalog(
@@ -666,12 +742,14 @@ def read_catalog(
     layout: str = "auto",
     max_images: int = 20,
     max_field_chars: int = MAX_FIELD_CHARS,
+    images_dir: str | Path | None = None,
 ) -> CatalogReadResult:
     """Read the catalog at ``path`` into the generic schema (see the module docstring).
 
     ``layout`` is one of ``LAYOUTS`` or "auto" (``detect_layout``). Rows that cannot be used are
     skipped and degraded rows repaired, each with a ``Reject``; only a missing path or an
-    unreadable layout raises ``CatalogError``.
+    unreadable layout raises ``CatalogError``. ``images_dir`` (amazon only): a folder where the
+    ``imageURL`` basenames are looked up as local files; without it Amazon items are text-only.
     """
     p = Path(path)
     if layout == "auto":
@@ -681,6 +759,11 @@ def read_catalog(
     elif not p.exists():
         raise _layout_error(p, "the path does not exist")
     rejects: list[Reject] = []
-    source = _ADAPTERS[layout](p, rejects)
-    items = _normalise(source, rejects, max_images, max_field_chars)
-    return CatalogReadResult(items=items, rejects=rejects, layout=layout, source=str(source.location.absolute()))
+    if layout == "amazon":
+        source = _read_amazon(p, rejects, Path(images_dir).absolute() if images_dir else None)
+    else:
+        source = _ADAPTERS[layout](p, rejects)
+    items, links = _normalise(source, rejects, max_images, max_field_chars)
+    return CatalogReadResult(
+        items=items, rejects=rejects, layout=layout, source=str(source.location.absolute()), links=links
+    )

@@ -31,6 +31,7 @@ import ray
 
 from itemsage.config import TEXT_FIELDS, PreprocessConfig, to_dict
 from itemsage.data.catalog import LAYOUTS, CatalogError, CatalogReadResult, Reject, detect_layout, read_catalog
+from itemsage.data.copurchase import amazon_engagements
 from itemsage.data.engagement import (
     SPLITS,
     build_user_histories,
@@ -120,6 +121,8 @@ class PreprocessSummary:
     timings: dict[str, float]
     seconds: float
     resources: dict[str, Any] = field(default_factory=dict)
+    # Exact counts behind aggregated rejects (amazon: links and reviews outside the catalog).
+    engagement_counts: dict[str, int] = field(default_factory=dict)
 
     @property
     def items_per_s(self) -> float:
@@ -148,6 +151,7 @@ class PreprocessSummary:
             ("home users", f"{self.users:,}"),
         ]
         rows += [(f"skipped {k}", f"{v:,}") for k, v in self.skipped.items()] or [("skipped", "0")]
+        rows += [(f"engagement {k}", f"{v:,}") for k, v in self.engagement_counts.items()]
         for split, tasks in self.pairs.items():
             rows.append((f"pairs {split}", f"{sum(tasks.values()):,}"))
             rows += [(f"  {task}", f"{n:,}") for task, n in tasks.items()]
@@ -192,7 +196,7 @@ def check_catalog(cfg: PreprocessConfig) -> str:
 
 def validate_config(cfg: PreprocessConfig) -> None:
     """Fail in a second on what would otherwise fail after minutes of featurization."""
-    check_catalog(cfg)
+    layout = check_catalog(cfg)
     image = cfg.image
     if image.backbone not in BACKBONES:
         raise PreprocessError(
@@ -216,6 +220,12 @@ def validate_config(cfg: PreprocessConfig) -> None:
         raise PreprocessError("output must name a directory or URI")
     if cfg.engagement.split not in ("item", "time"):
         raise PreprocessError(f"engagement.split must be 'item' or 'time', got {cfg.engagement.split!r}")
+    if cfg.images_dir is not None and not Path(cfg.images_dir).is_dir():
+        raise PreprocessError(f"images_dir: not a directory: {cfg.images_dir}")
+    if cfg.reviews and not Path(cfg.reviews).exists():
+        raise PreprocessError(f"reviews: file not found: {cfg.reviews}")
+    if (cfg.reviews or cfg.images_dir is not None) and layout != "amazon":
+        raise PreprocessError(f"reviews and images_dir are read for the amazon layout only; this catalog is {layout}")
 
 
 # ------------------------------------------------------------------------------- catalog + pairs
@@ -228,6 +238,7 @@ def load_catalog(cfg: PreprocessConfig) -> tuple[CatalogReadResult, pd.DataFrame
         layout=cfg.layout,
         max_images=cfg.image.max_images_per_item,
         max_field_chars=cfg.text.max_chars_per_field,
+        images_dir=cfg.images_dir,
     )
     if result.items.empty:
         raise PreprocessError(
@@ -523,6 +534,8 @@ def catalog_table(items: pd.DataFrame) -> pa.Table:
     }
     for c in cols[2:]:
         data[c] = pa.array(items[c].astype(str).tolist(), type=pa.string())
+    if "price" in items.columns:  # amazon: a filterable number, NaN when unknown
+        data["price"] = pa.array(items["price"].to_numpy(np.float64), type=pa.float64(), from_pandas=False)
     return pa.table(data)
 
 
@@ -592,10 +605,20 @@ class Engagements:
     histories: dict[str, list[str]]
     source: str
     rejects: list[Reject]
+    counts: dict[str, int] = field(default_factory=dict)
 
 
-def prepare_engagements(cfg: PreprocessConfig, layout: str, items: pd.DataFrame) -> Engagements:
-    pairs, source, rejects = load_engagements(cfg, layout, items)
+def prepare_engagements(
+    cfg: PreprocessConfig, layout: str, items: pd.DataFrame, links: pd.DataFrame | None = None
+) -> Engagements:
+    """``links``: the catalog's own item-to-item links (``CatalogReadResult.links``); for the amazon
+    layout without an engagement log they (and ``cfg.reviews``) are the pairs."""
+    counts: dict[str, int] = {}
+    if layout == "amazon" and not cfg.engagements:
+        pairs, rejects, counts = amazon_engagements(links, items, cfg.reviews)
+        source = "amazon"
+    else:
+        pairs, source, rejects = load_engagements(cfg, layout, items)
     ec = cfg.engagement
     if ec.split == "time":
         try:
@@ -607,12 +630,12 @@ def prepare_engagements(cfg: PreprocessConfig, layout: str, items: pd.DataFrame)
         for name in ("val", "test"):
             splits[name], seen = drop_home_repeats(splits[name], histories)
             rejects += seen
-        return Engagements(splits, histories, source, rejects)
+        return Engagements(splits, histories, source, rejects, counts)
     splits = split_by_item(pairs, items, ec.val_fraction, ec.test_fraction, ec.seed)
     item_split = item_splits(items, ec.val_fraction, ec.test_fraction, ec.seed)
     train_items = {item for item, split in item_split.items() if split == "train"}
     histories = build_user_histories(pairs, train_items, ec.history_length)
-    return Engagements(splits, histories, source, rejects)
+    return Engagements(splits, histories, source, rejects, counts)
 
 
 def drop_home_repeats(pairs: pd.DataFrame, histories: dict[str, list[str]]) -> tuple[pd.DataFrame, list[Reject]]:
@@ -642,7 +665,7 @@ def run_preprocess(cfg: PreprocessConfig) -> PreprocessSummary:
     with timer("catalog"):
         catalog, items = load_catalog(cfg)
     with timer("engagements"):
-        eng = prepare_engagements(cfg, catalog.layout, items)
+        eng = prepare_engagements(cfg, catalog.layout, items, catalog.links)
     with timer("vocab"):
         vocab = build_vocab(items, cfg)
     queries = unique_search_queries(eng.splits)
@@ -671,6 +694,7 @@ def run_preprocess(cfg: PreprocessConfig) -> PreprocessSummary:
         rejects += dropped
     features = FeatureSet(catalog, items, images, text, queries, users, pairs, vocab, rejects, eng.source, image_dim)
     summary = summarize(cfg, features, plan, cluster)
+    summary.engagement_counts = eng.counts
     write_features(cfg, features, summary, timer, start)
     return summary
 
