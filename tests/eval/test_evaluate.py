@@ -203,6 +203,28 @@ def test_cli_prints_the_table_writes_json_and_logs_to_mlflow(sample_model: Sampl
     assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"evaluation.json", "evaluation.md"}
 
 
+def test_text_only_catalog_gets_the_probes_that_apply(sample_model: SampleModel, tmp_path: Path) -> None:
+    """A catalog without images (Amazon, Shopee): no image probe and no image baselines; item ->
+    item still runs on the closeup pairs with the text baselines."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    features = tmp_path / "features"
+    shutil.copytree(sample_model.features, features)
+    items = pq.read_table(features / "items.parquet")
+    empty = pa.array([[] for _ in range(items.num_rows)], items.schema.field("image_feats").type)
+    items = items.set_column(items.schema.get_field_index("image_feats"), "image_feats", empty)
+    zeros = pa.array([0] * items.num_rows, pa.int32())
+    items = items.set_column(items.schema.get_field_index("n_images"), "n_images", zeros)
+    pq.write_table(items, features / "items.parquet")
+
+    res = evaluate_model(str(sample_model.bundle), features=str(features), split="val", device="cpu")
+    probes = {t.split("/")[0] for t in res.table.tasks()}
+    assert probes == {"search", "item2item", "home"}
+    assert {m for m, t in res.table.rows if t == "item2item/all"} == {"itemsage", "tfidf", "bm25", "minilm", "random"}
+    assert {m for m, t in res.table.rows if t == "home/all"} == {"itemsage", "tfidf", "bm25", "minilm", "random"}
+
+
 def test_cli_missing_model_is_one_line(tmp_path: Path, capsys) -> None:
     code = _cli().main(["--model", str(tmp_path / "nope"), "--features", str(tmp_path)])
     err = capsys.readouterr().err.strip()
