@@ -118,6 +118,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--catalog", default=DEFAULT_CATALOG, help="catalog with images (default: data/fashion)")
     p.add_argument("--limit", type=int, default=1000, help="number of images (first N of the catalog)")
     p.add_argument("--backbone", default="efficientnet-lite0")
+    p.add_argument("--weights-path", default=None,
+                   help="local weights file of the backbone (required for resnet50; default: packaged weights)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--workers", type=int, default=1, help="decode workers: Ray decode tasks = DataLoader workers")
     p.add_argument("--threads", type=int, default=1, help="torch threads of the model on both sides")
@@ -166,7 +168,7 @@ def run_dataloader(rows: pd.DataFrame, args: argparse.Namespace, device: str) ->
     torch.set_num_threads(args.threads)
     paths = rows["path"].tolist()
     clock = _Clock()
-    model = get_backbone(args.backbone, None, device)
+    model = get_backbone(args.backbone, args.weights_path, device)
     feats = np.zeros((len(paths), model.dim), dtype=np.float32)
     loader = DataLoader(_Images(paths, args.backbone, args.max_pixels), batch_size=args.batch_size,
                         num_workers=args.workers, collate_fn=_collate,
@@ -200,7 +202,7 @@ def run_ray(rows: pd.DataFrame, args: argparse.Namespace) -> tuple[Result, np.nd
             ray.init(num_cpus=args.workers + args.threads, include_dashboard=False)
     enable_progress_bars()
     plan = plan_stages(cluster_resources(), 1, args.threads, decode_workers=max(1, args.workers))
-    ds = image_feature_dataset(rows, backbone=args.backbone, weights_path=None, max_pixels=args.max_pixels,
+    ds = image_feature_dataset(rows, backbone=args.backbone, weights_path=args.weights_path, max_pixels=args.max_pixels,
                                batch_size=args.batch_size, plan=plan, rows_per_block=args.batch_size,
                                featurizer=TimedImageFeaturizer)
     clock = _Clock()

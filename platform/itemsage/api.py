@@ -47,16 +47,18 @@ class ItemSage:
         self._backbone: ImageBackbone | None = None
 
     @classmethod
-    def load(cls, uri_or_dir: str | Path, device: str = "auto") -> ItemSage:
+    def load(cls, uri_or_dir: str | Path, device: str = "auto", image_weights_path: str | None = None) -> ItemSage:
         """Load ``models:/itemsage/<version|latest>``, ``runs:/<id>/model``, or a bundle,
         checkpoint or Ray Train run directory.
 
         MLflow URIs use ``$MLFLOW_TRACKING_URI`` (default ``sqlite:///mlflow.db``). Raises
         :class:`ModelNotFoundError` (a ``FileNotFoundError``) naming the reference when it does
         not exist. ``device``: "auto" (CUDA when available), "cpu" or "cuda".
+        ``image_weights_path``: for a model trained from a backbone weights file (e.g. resnet50),
+        where that file is on this machine if not at the path recorded at preprocessing.
         """
         dev = pick_device(device)
-        return cls(load_trained(uri_or_dir, device=dev), dev)
+        return cls(load_trained(uri_or_dir, device=dev, image_weights_path=image_weights_path), dev)
 
     # ------------------------------------------------------------------ what this model is
 
@@ -150,11 +152,15 @@ class ItemSage:
         return self._project("closeup", feats)
 
     def _image_backbone(self) -> ImageBackbone:
+        if not self.trained.trained_on_images:
+            raise ValueError(
+                f"this model cannot embed image queries: model {self.trained.uri} was trained on a catalog "
+                "without item images, so its closeup tower never saw an image"
+            )
         if self._backbone is None:
             name = self.trained.image_backbone
-            weights = self.trained.image_weights_path
             try:
-                self._backbone = get_backbone(name, weights, self.device)
+                self._backbone = get_backbone(name, self.trained.image_weights_path, self.device)
             except ValueError as e:
                 raise ValueError(f"this model cannot embed image queries: {e}") from None
         return self._backbone

@@ -272,6 +272,10 @@ class ServeConfig(Section):
     allowed_image_roots: list[str] = []
     # Idempotent reads are retried this many times when a replica dies mid-request.
     read_retries: int = 1
+    # Where the image backbone's weights file (e.g. image.backbone: resnet50) is on the serving
+    # machine, when not at the path recorded at preprocessing; checked against the recorded
+    # SHA-256. Empty: the recorded path, or $ITEMSAGE_IMAGE_WEIGHTS (itemsage.trained.image_weights).
+    image_weights_path: str | None = None
 
 
 class PipelineConfig(Section):

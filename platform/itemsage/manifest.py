@@ -28,6 +28,14 @@ class ManifestFields:
         return str(self.manifest.get("image_backbone", ""))
 
     @property
+    def trained_on_images(self) -> bool:
+        """False when the training catalog had no item images (Amazon metadata, Shopee without its
+        image folder): the closeup tower then never saw an image feature, so image queries and
+        item images mean nothing to this model. Manifests without the count: True."""
+        count = self.manifest.get("items_with_images")
+        return count is None or int(count) > 0
+
+    @property
     def image_dim(self) -> int:
         return int(self.manifest["image_dim"])
 

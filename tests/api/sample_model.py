@@ -84,7 +84,7 @@ def preprocess_in_process(cfg) -> None:
 
     start = time.perf_counter()
     catalog, items = P.load_catalog(cfg)
-    eng = P.prepare_engagements(cfg, catalog.layout, items)
+    eng = P.prepare_engagements(cfg, catalog.layout, items, catalog.links)
     vocab = P.build_vocab(items, cfg)
     queries = P.unique_search_queries(eng.splits)
     dim = BACKBONES[cfg.image.backbone].dim

@@ -26,6 +26,9 @@ from itemsage.data.engagement import SPLITS
 from itemsage.data.features_io import resolve
 
 PAIR_COLUMNS = ["surface", "task", "query_key", "item_idx"]
+# The query group of closeup pairs whose viewed item has no image: the item itself, through the
+# item tower (``ItemSageModel.embed_query_batch``), as Serve's /similar queries such an item.
+ITEM_QUERY = "item"
 
 
 class ItemImages(Protocol):
@@ -34,6 +37,11 @@ class ItemImages(Protocol):
 
     @property
     def first_image_feat(self) -> torch.Tensor: ...
+
+    @property
+    def has_image(self) -> torch.Tensor: ...
+
+    def gather(self, item_idx: torch.Tensor) -> Any: ...
 
 
 class FeaturesError(ValueError):
@@ -116,6 +124,8 @@ class QueryFeatures:
     first_image: torch.Tensor
     user_feat: torch.Tensor | None
     search_text: np.ndarray | None = None
+    # The item store: closeup queries of items without an image are the items themselves.
+    items: ItemImages | None = None
 
     @classmethod
     def load(cls, features: str, store: ItemImages, with_text: bool = False) -> QueryFeatures:
@@ -128,6 +138,7 @@ class QueryFeatures:
             first_image=store.first_image_feat,
             user_feat=_dense_by_index(fs, _join(root, "users.parquet"), "user_idx", "user_feat"),
             search_text=_strings_by_index(fs, queries, "query_idx", "text") if with_text else None,
+            items=store,
         )
 
     def texts(self, keys: torch.Tensor | np.ndarray) -> list[str]:
@@ -158,16 +169,37 @@ class QueryFeatures:
     ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """``{surface: (row positions, features)}`` for a mixed batch (``ItemSageModel.forward``).
 
+        Closeup queries whose item has no image form the :data:`ITEM_QUERY` group instead, whose
+        "features" are the items' gathered features (an ``ItemBatch``) for the item tower: a
+        text-only catalog (Amazon metadata) still learns from its item-to-item engagement.
         Surfaces in ``always`` get a group even when the batch has none of their queries (zero
         rows): their tower then still takes part in the step, with a zero gradient, which is what
         lets DDP run without searching the graph for unused parameters every step.
         """
-        out = {}
+        out: dict[str, tuple[torch.Tensor, Any]] = {}
+        surfaces = np.asarray(surfaces)
+        keys = np.asarray(keys, dtype=np.int64)
+        imageless = self.imageless(surfaces, keys)
         for s in SURFACES:
-            rows = np.flatnonzero(surfaces == s)
+            rows = np.flatnonzero((surfaces == s) & ~imageless)
             if rows.size or s in always:
                 feats = self.for_surface(s, keys[rows]).to(device, non_blocking=True)
                 out[s] = (torch.from_numpy(rows).to(device), feats)
+        rows = np.flatnonzero(imageless)
+        if rows.size:
+            assert self.items is not None  # imageless() finds rows only with a store
+            batch = self.items.gather(torch.from_numpy(keys[rows])).to(device, non_blocking=True)
+            out[ITEM_QUERY] = (torch.from_numpy(rows).to(device), batch)
+        return out
+
+    def imageless(self, surfaces: np.ndarray, keys: np.ndarray) -> np.ndarray:
+        """Mask of the closeup rows whose viewed item has no image (queried by the item tower)."""
+        closeup = np.asarray(surfaces) == "closeup"
+        if self.items is None or not closeup.any():
+            return np.zeros(len(closeup), dtype=bool)
+        out = closeup.copy()
+        has_image = self.items.has_image[torch.from_numpy(np.asarray(keys, dtype=np.int64)[closeup])]
+        out[closeup] = ~has_image.numpy()
         return out
 
 

@@ -12,11 +12,13 @@ writes to ``rejects.jsonl``.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -387,6 +389,31 @@ def get_backbone(name: str, weights_path: str | None = None, device: str | torch
         )
     trunk = spec.build(weights_path)
     return ImageBackbone(name, spec, trunk).to(device)
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a local file, read in 1 MiB chunks (a ResNet-50 state dict is ~100 MB)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def weights_record(weights_path: str | None) -> dict[str, Any] | None:
+    """What a features manifest records about the backbone's weights file (None: packaged weights).
+
+    ``path`` is absolute, so a model trained from these features can find the same file again
+    wherever it is loaded on this machine; ``sha256`` lets a loader elsewhere check that a file
+    pointed to by an override holds the same weights (other weights make other features, and the
+    item embeddings in an index would no longer match the queries). URIs are recorded as given.
+    """
+    if not weights_path:
+        return None
+    if "://" in weights_path:
+        return {"path": weights_path, "sha256": None}
+    p = Path(weights_path).expanduser().absolute()
+    return {"path": str(p), "sha256": file_sha256(p) if p.is_file() else None}
 
 
 def featurize_images(backbone: ImageBackbone, images: list[Image.Image], batch_size: int) -> np.ndarray:

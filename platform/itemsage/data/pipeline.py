@@ -57,7 +57,7 @@ from itemsage.data.featurize import (
     text_feature_dataset,
     text_rows,
 )
-from itemsage.data.images import BACKBONES
+from itemsage.data.images import BACKBONES, weights_record
 from itemsage.data.text import Vocab
 
 logger = logging.getLogger(__name__)
@@ -449,8 +449,9 @@ def map_pairs(
 ) -> tuple[pa.Table, list[Reject]]:
     """Engagement rows -> (surface, action, task, query_key, item_idx, source).
 
-    Rows whose query has no features are dropped with a reject: a closeup query item whose images
-    all failed to decode, a home user whose history holds no train item.
+    Rows whose query has no features are dropped with a reject: a closeup query item that is not an
+    item of the catalog, a home user whose history holds no train item. (A closeup query item
+    without an image is kept: its item features are the query.)
     """
     surface = pairs["surface"].astype(str).to_numpy()
     query = pairs["query"].astype(str).to_numpy()
@@ -460,16 +461,17 @@ def map_pairs(
     key[search] = [query_index[q] for q in query[search]]
     key[closeup] = [item_index.get(q, -1) for q in query[closeup]]
     key[home] = [users.index.get(q, -1) for q in query[home]]
-    bad_closeup = closeup.copy()
-    bad_closeup[closeup] = (key[closeup] < 0) | (n_images[np.maximum(key[closeup], 0)] == 0)
+    # A closeup query item without an image is kept: the item tower embeds it as the query
+    # (features_read.ITEM_QUERY), so text-only catalogs keep their item-to-item engagement.
+    bad_closeup = closeup & (key < 0)
     bad_home = home & (key < 0)
     item_ids = pairs["item_id"].tolist()
     rejects = [
         Reject(
             "pairs",
             item_ids[i],
-            "closeup_query_without_image",
-            f"closeup query item {query[i]!r} has no featurized image",
+            "unknown_query_item",
+            f"closeup query item {query[i]!r} is not in the catalog",
         )
         for i in np.flatnonzero(bad_closeup)
     ]
@@ -557,6 +559,7 @@ def manifest(cfg: PreprocessConfig, summary: PreprocessSummary, f: FeatureSet) -
         "catalog_source": f.catalog.source,
         "engagement_source": summary.engagement_source,
         "backbone": cfg.image.backbone,
+        "backbone_weights": weights_record(cfg.image.weights_path),
         "image_dim": f.image_dim,
         "text_query_dim": MINILM_DIM,
         "text_fields": list(TEXT_FIELDS),

@@ -126,9 +126,10 @@ def embed_queries(
                 if s == "search" and text_encoder is not None:
                     # The one search-query text path (the API, evaluation and Serve use it too).
                     feats = search_query_features(text_encoder, qf.texts(keys)).to(device)
+                    emb = model.embed_queries(s, feats).float().cpu()
                 else:
-                    feats = qf.for_surface(s, keys).to(device)
-                emb = model.embed_queries(s, feats).float().cpu()
+                    # As training groups them: closeup items without an image query by the item tower.
+                    emb = model.embed_query_batch(qf.groups(val.surfaces[r], keys, device), len(r)).float().cpu()
             if out is None:
                 out = torch.zeros(len(val), emb.shape[1])
             out[torch.from_numpy(r)] = emb

@@ -47,7 +47,9 @@ def model_preprocess_config(tm: TrainedModel, catalog: str, layout: str = "auto"
             f"compute them for a new catalog (supported: {', '.join(sorted(BACKBONES))})"
         )
     pcfg = tm.config.preprocess
-    image = pcfg.image.replace(backbone=backbone, max_images_per_item=tm.max_images)
+    # The weights file resolved for this machine, not the training config's path (which may name
+    # another backbone's file, or none when the features were preprocessed with another config).
+    image = pcfg.image.replace(backbone=backbone, max_images_per_item=tm.max_images, weights_path=tm.image_weights_path)
     return pcfg.replace(catalog=str(catalog), layout=layout, image=image, **changes)
 
 

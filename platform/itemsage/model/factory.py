@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from itemsage.config import TEXT_FIELDS, LossConfig, ModelConfig
+from itemsage.data.features_read import ITEM_QUERY
 from itemsage.model.baselines import build_item_tower
 from itemsage.model.batch import ItemBatch
 from itemsage.model.cms import CountMinSketch, allgather_ids
@@ -20,8 +21,9 @@ from itemsage.model.item_tower import ItemSageTower
 from itemsage.model.loss import SampledSoftmaxLoss
 from itemsage.model.query_towers import QueryTowers
 
-# Per surface: (row positions in the batch [n_s], frozen query features [n_s, in_dim]).
-QueryGroups = Mapping[str, tuple[torch.Tensor, torch.Tensor]]
+# Per surface: (row positions in the batch [n_s], frozen query features [n_s, in_dim]); for the
+# ITEM_QUERY group, the query items' features instead.
+QueryGroups = Mapping[str, tuple[torch.Tensor, torch.Tensor | ItemBatch]]
 
 
 class ItemSageModel(nn.Module):
@@ -57,13 +59,20 @@ class ItemSageModel(nn.Module):
         return self.query_towers(surface, feats)
 
     def embed_query_batch(self, queries: QueryGroups, batch_size: int) -> torch.Tensor:
-        """Embed a mixed-surface batch: each surface's rows go through its own tower, in row order."""
+        """Embed a mixed-surface batch: each surface's rows go through its own tower, in row order;
+        the :data:`~itemsage.data.features_read.ITEM_QUERY` group (items without an image as
+        closeup queries) through the item tower."""
         covered = sum(int(rows.numel()) for rows, _ in queries.values())
         if covered != batch_size:
             raise ValueError(f"query groups cover {covered} rows, batch has {batch_size}")
         out: torch.Tensor | None = None
         for surface, (rows, feats) in queries.items():
-            emb = self.embed_queries(surface, feats)
+            if surface == ITEM_QUERY:
+                assert isinstance(feats, ItemBatch), type(feats)
+                emb = self.embed_items(feats)
+            else:
+                assert isinstance(feats, torch.Tensor), type(feats)
+                emb = self.embed_queries(surface, feats)
             if out is None:
                 out = emb.new_zeros(batch_size, emb.shape[1])
             out = out.index_put((rows.to(emb.device),), emb)

@@ -174,12 +174,16 @@ def features_dir(manifest: dict[str, Any], override: str | None, base_dir: str |
     return features
 
 
-def load_bundle(ref: ModelRef, features: str | None = None, device: str = "cpu") -> ModelBundle:
-    """Load a model version and its features' item store (heavy: call off the event loop)."""
+def load_bundle(
+    ref: ModelRef, features: str | None = None, device: str = "cpu", image_weights_path: str | None = None
+) -> ModelBundle:
+    """Load a model version and its features' item store (heavy: call off the event loop).
+
+    ``image_weights_path``: ``serve.image_weights_path`` (see ``TrainedModel.image_weights_path``)."""
     from itemsage.model import ItemFeatureStore
     from itemsage.trained import load_trained
 
-    trained = load_trained(ref, device=device)
+    trained = load_trained(ref, device=device, image_weights_path=image_weights_path)
     feats = features_dir(trained.manifest, features)
     store = ItemFeatureStore.load(feats, max_images=trained.max_images, text_fields=trained.manifest.get("text_fields"))
     ids = store.item_ids or []

@@ -195,7 +195,7 @@ class _EncoderBase:
 
         self.cfg = serve_config(serve_cfg)
         self.base_dir = base_dir
-        self.enc = LocalEncoders(self.cfg, _device())
+        self.enc = LocalEncoders(self.cfg, _device(), base_dir=base_dir)
 
     async def reconfigure(self, user_config: Mapping[str, Any]) -> None:
         cfg = dict(user_config or {})

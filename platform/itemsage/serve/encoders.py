@@ -27,8 +27,9 @@ from itemsage.config import ServeConfig
 from itemsage.data.images import BACKBONES, ImageBackbone, ImageDecodeError, get_backbone, load_image
 from itemsage.model import ItemFeatureStore
 from itemsage.serve.bundle import ModelBundle
-from itemsage.serve.errors import BadRequestError, InvalidImageError, PayloadTooLargeError
+from itemsage.serve.errors import BadRequestError, InvalidImageError, NotReadyError, PayloadTooLargeError
 from itemsage.serve.uploads import read_allowed_file
+from itemsage.trained.image_weights import ImageWeightsError
 
 # ------------------------------------------------------------------------------ backbones
 
@@ -36,16 +37,17 @@ from itemsage.serve.uploads import read_allowed_file
 class Backbones:
     """The frozen MiniLM text encoder and image backbones of this process, built on first use.
 
-    Building is guarded by a lock because batches run in worker threads: two first requests
-    must not build (and hold) two copies of a backbone.
+    Image backbones are keyed by name *and* weights file: two versions trained from different
+    ResNet-50 files need two backbones, versions sharing one file share it. Building is guarded
+    by a lock because batches run in worker threads: two first requests must not build (and
+    hold) two copies of a backbone.
     """
 
-    def __init__(self, device: str = "cpu", weights_paths: Mapping[str, str] | None = None) -> None:
+    def __init__(self, device: str = "cpu") -> None:
         self.device = device
-        self.weights_paths = dict(weights_paths or {})
         self._lock = threading.Lock()
         self._text: Any = None
-        self._images: dict[str, ImageBackbone] = {}
+        self._images: dict[tuple[str, str | None], ImageBackbone] = {}
 
     @property
     def text(self) -> Any:
@@ -59,7 +61,8 @@ class Backbones:
     def has_image(self, name: str) -> bool:
         return name in BACKBONES
 
-    def image(self, name: str) -> ImageBackbone:
+    def image(self, name: str, weights: str | None = None) -> ImageBackbone:
+        """Backbone ``name`` with ``weights`` (a local file; None: its packaged weights)."""
         if name not in BACKBONES:
             # The model is fine, the request asks for what it cannot do: a client error.
             raise BadRequestError(
@@ -67,13 +70,13 @@ class Backbones:
                 "at serving time; image queries are not available"
             )
         with self._lock:
-            if name not in self._images:
-                self._images[name] = get_backbone(name, self.weights_paths.get(name), self.device)
-            return self._images[name]
+            if (name, weights) not in self._images:
+                self._images[name, weights] = get_backbone(name, weights, self.device)
+            return self._images[name, weights]
 
-    def pixels(self, data: bytes, name: str, max_pixels: int) -> torch.Tensor:
+    def pixels(self, data: bytes, name: str, max_pixels: int, weights: str | None = None) -> torch.Tensor:
         """Decode and preprocess one image for backbone ``name`` -> [3, S, S] (4xx on bad input)."""
-        backbone = self.image(name)
+        backbone = self.image(name, weights)
         try:
             img = load_image(data, max_pixels)
         except ImageDecodeError as e:
@@ -83,11 +86,11 @@ class Backbones:
         return backbone.preprocess(img)
 
     @torch.inference_mode()
-    def image_feats(self, pixels: Sequence[torch.Tensor], name: str) -> torch.Tensor:
+    def image_feats(self, pixels: Sequence[torch.Tensor], name: str, weights: str | None = None) -> torch.Tensor:
         """[N, dim] backbone features of preprocessed images, one forward for all of them."""
         if not pixels:
             return torch.zeros(0, BACKBONES[name].dim) if name in BACKBONES else torch.zeros(0, 0)
-        backbone = self.image(name)
+        backbone = self.image(name, weights)
         return backbone(torch.stack(list(pixels)).to(self.device)).float().cpu()
 
     def text_feats(self, texts: Sequence[str], encoder: Any = None) -> torch.Tensor:
@@ -142,6 +145,8 @@ class PreparedItem:
     tokens: dict[str, list[int]]
     pixels: list[torch.Tensor]
     title: str = ""
+    # The image backbone's weights file the pixels are for (None: packaged weights).
+    weights: str | None = None
 
 
 def image_payloads(payload: Mapping[str, Any], cfg: ServeConfig) -> list[bytes]:
@@ -154,6 +159,25 @@ def image_payloads(payload: Mapping[str, Any], cfg: ServeConfig) -> list[bytes]:
     return out
 
 
+def image_weights(bundle: ModelBundle) -> str | None:
+    """The version's image-backbone weights file here (None: packaged): recorded at training,
+    overridable by ``serve.image_weights_path``. Missing or different weights are this server's
+    misconfiguration, not the client's: 503 naming the file and the setting."""
+    try:
+        return bundle.trained.image_weights_path
+    except ImageWeightsError as e:
+        raise NotReadyError(f"image features are unavailable: {e}") from None
+
+
+def check_image_input(bundle: ModelBundle, what: str) -> None:
+    """422 when this version cannot use an image at all (before any decoding)."""
+    if not bundle.trained_on_images:
+        raise BadRequestError(
+            f"model version {bundle.ref.version} was trained on a catalog without item images, so it has "
+            f"no use for {what}; search by text, or ask /similar for a catalog item_id"
+        )
+
+
 def prepare_item(
     payload: Mapping[str, Any], bundle: ModelBundle, backbones: Backbones, cfg: ServeConfig
 ) -> PreparedItem:
@@ -164,16 +188,23 @@ def prepare_item(
             f"this model was trained on {bundle.image_backbone!r} image features, which cannot be computed "
             "at serving time; send the item without images"
         )
-    pixels = [backbones.pixels(b, bundle.image_backbone, cfg.max_image_pixels) for b in images[: bundle.max_images]]
+    if images:
+        check_image_input(bundle, "item images (send the item without them)")
+    weights = image_weights(bundle) if images else None
+    pixels = [
+        backbones.pixels(b, bundle.image_backbone, cfg.max_image_pixels, weights) for b in images[: bundle.max_images]
+    ]
     tokens = {f: bundle.vocab.encode(str(payload.get(f) or "")).tolist() for f in bundle.text_fields}
-    return PreparedItem(tokens, pixels, str(payload.get("title") or ""))
+    return PreparedItem(tokens, pixels, str(payload.get("title") or ""), weights)
 
 
 @torch.inference_mode()
 def embed_prepared_items(bundle: ModelBundle, backbones: Backbones, items: Sequence[PreparedItem]) -> np.ndarray:
     """[N, D] item embeddings: one backbone forward over every image of the batch, one tower forward."""
     all_pixels = [p for it in items for p in it.pixels]
-    feats = backbones.image_feats(all_pixels, bundle.image_backbone).numpy() if all_pixels else None
+    # Every item of one version resolved the same weights file.
+    weights = next((it.weights for it in items if it.pixels), None)
+    feats = backbones.image_feats(all_pixels, bundle.image_backbone, weights).numpy() if all_pixels else None
     # The frozen encoder, as in preprocessing (items.parquet title_emb), even for a version whose
     # search queries use a fine-tuned one.
     titles = backbones.text_feats([it.title for it in items]).numpy() if bundle.uses_title_embedding else None
@@ -205,9 +236,13 @@ class LocalEncoders:
     backbone forward for all of them; only the small per-version towers run per version group.
     """
 
-    def __init__(self, cfg: ServeConfig, device: str = "cpu", cache_size: int = 2) -> None:
-        from itemsage.serve.bundle import VersionCache
+    def __init__(self, cfg: ServeConfig, device: str = "cpu", cache_size: int = 2, base_dir: str | None = None) -> None:
+        from itemsage.serve.bundle import VersionCache, absolute_path
 
+        # A relative serve.image_weights_path is relative to where the app was started (base_dir),
+        # not to a replica's working directory.
+        if cfg.image_weights_path:
+            cfg = cfg.replace(image_weights_path=absolute_path(cfg.image_weights_path, base_dir))
         self.cfg = cfg
         self.device = device
         self.backbones = Backbones(device)
@@ -219,7 +254,9 @@ class LocalEncoders:
         from itemsage.serve.bundle import load_bundle
 
         with self._lock:  # one load per version, even when several threads ask at once
-            return self._cache.get_or_load(spec, lambda: load_bundle(spec.ref, spec.features, self.device))
+            return self._cache.get_or_load(
+                spec, lambda: load_bundle(spec.ref, spec.features, self.device, self.cfg.image_weights_path)
+            )
 
     def cached(self, spec: Any) -> ModelBundle | None:
         """The bundle if already loaded, else None. Never waits: the lock may be held for seconds by
@@ -238,8 +275,10 @@ class LocalEncoders:
         bundle = self.bundle(spec)
         if text and bundle.text_encoder is None:
             _ = self.backbones.text
-        if self.backbones.has_image(bundle.image_backbone):
-            self.backbones.image(bundle.image_backbone)
+        if self.backbones.has_image(bundle.image_backbone) and bundle.trained_on_images:
+            # A missing or different weights file fails the version's load here (ImageWeightsError
+            # naming the file and the setting), not its first image request.
+            self.backbones.image(bundle.image_backbone, bundle.trained.image_weights_path)
 
     # ---- queries -----------------------------------------------------------------------------
     def text_batch(self, bundles: Sequence[ModelBundle], texts: Sequence[str]) -> list[np.ndarray]:
@@ -258,14 +297,17 @@ class LocalEncoders:
         return _per_version(bundles, run)
 
     def image_pixels(self, bundle: ModelBundle, data: bytes) -> torch.Tensor:
-        return self.backbones.pixels(data, bundle.image_backbone, self.cfg.max_image_pixels)
+        check_image_input(bundle, "image queries")
+        weights = image_weights(bundle)
+        return self.backbones.pixels(data, bundle.image_backbone, self.cfg.max_image_pixels, weights)
 
     def image_batch(self, bundles: Sequence[ModelBundle], pixels: Sequence[torch.Tensor]) -> list[np.ndarray]:
-        # Versions share the backbone only when they name the same one; group by it.
+        # Versions share the backbone only when they name the same one with the same weights file.
         out: list[np.ndarray | None] = [None] * len(bundles)
-        for name in sorted({b.image_backbone for b in bundles}):
-            idx = [i for i, b in enumerate(bundles) if b.image_backbone == name]
-            feats = self.backbones.image_feats([pixels[i] for i in idx], name)
+        keys = [(b.image_backbone, image_weights(b) or "") for b in bundles]
+        for key in sorted(set(keys)):
+            idx = [i for i, k in enumerate(keys) if k == key]
+            feats = self.backbones.image_feats([pixels[i] for i in idx], key[0], key[1] or None)
             part = _per_version(
                 [bundles[i] for i in idx], lambda b, rows, feats=feats: project(b, "closeup", feats[rows])
             )

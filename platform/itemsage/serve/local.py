@@ -66,7 +66,8 @@ class LocalEncoding:
 
 def local_retriever(cfg: ServeConfig, device: str = "cpu", base_dir: str | None = None) -> Retriever:
     """A :class:`Retriever` whose encoders run in this process."""
-    return Retriever(cfg, LocalEncoding(LocalEncoders(cfg, device)), use_gpu=device != "cpu", base_dir=base_dir)
+    encoders = LocalEncoders(cfg, device, base_dir=base_dir)
+    return Retriever(cfg, LocalEncoding(encoders), use_gpu=device != "cpu", base_dir=base_dir)
 
 
 def create_local_app(

@@ -30,6 +30,7 @@ from itemsage.config import TEXT_FIELDS, PipelineConfig, dump_config, load_confi
 from itemsage.data.features_io import resolve
 from itemsage.data.text import Vocab
 from itemsage.trained.checkpoint import STATE_FILE, load_checkpoint
+from itemsage.trained.image_weights import recorded_image_weights
 from itemsage.trained.registry import MANIFEST_FILE, WEIGHTS_FILE, ModelNotFoundError, resolve_model_dir
 
 if TYPE_CHECKING:
@@ -65,6 +66,10 @@ def model_manifest(
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "arch": m.arch,
         "image_backbone": features_manifest.get("backbone", cfg.preprocess.image.backbone),
+        # The backbone's weights file (path + sha256; None: packaged weights), see trained.image_weights.
+        "image_weights": recorded_image_weights(features_manifest, cfg),
+        # 0: trained on a text-only catalog, so its closeup tower never saw an image (None: unknown).
+        "items_with_images": (features_manifest.get("counts") or {}).get("items_with_images"),
         "text_backbone": TEXT_BACKBONE,
         "image_dim": int(features_manifest["image_dim"]),
         "text_query_dim": int(features_manifest.get("text_query_dim", 384)),

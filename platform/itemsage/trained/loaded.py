@@ -26,6 +26,7 @@ from itemsage.trained.bundle import (
     read_text_encoder_state,
     text_encoder_from_state,
 )
+from itemsage.trained.image_weights import resolve_image_weights
 from itemsage.trained.queries import embed_search_queries, frozen_text_encoder
 from itemsage.trained.registry import ModelRef, resolve_model_dir, resolve_model_ref
 
@@ -62,6 +63,9 @@ class TrainedModel(ManifestFields):
     model_dir: Path
     device: str = "cpu"
     finetuned_text_encoder: TextEncoder | None = None
+    # Where the image backbone's weights file is on this machine when not at the recorded path
+    # (load_trained's ``image_weights_path``); see :meth:`image_weights`.
+    image_weights_override: str | None = None
 
     # ------------------------------------------------------------------------ versions
 
@@ -85,8 +89,16 @@ class TrainedModel(ManifestFields):
 
     @property
     def image_weights_path(self) -> str | None:
-        """The image backbone's local weights file the model was trained with (None: packaged)."""
-        return self.config.preprocess.image.weights_path or None
+        """The image backbone's weights file on this machine (None: the packaged weights).
+
+        The file recorded at preprocessing, unless ``load_trained(image_weights_path=...)`` or
+        ``$ITEMSAGE_IMAGE_WEIGHTS`` points elsewhere. Raises
+        :class:`~itemsage.trained.image_weights.ImageWeightsError` naming the file and the settings
+        that fix it when the file is missing or holds other weights than the model was trained with.
+        """
+        image = self.config.preprocess.image
+        legacy = image.weights_path if image.backbone == self.image_backbone else None
+        return resolve_image_weights(self.manifest, self.uri, self.image_weights_override, legacy_path=legacy)
 
     @property
     def finetune_text_layers(self) -> int:
@@ -138,12 +150,16 @@ class TrainedModel(ManifestFields):
         return self.embed_query_features("home", user_feats)
 
 
-def load_trained(uri_or_dir: str | Path, device: str = "cpu", version: str | None = None) -> TrainedModel:
+def load_trained(
+    uri_or_dir: str | Path, device: str = "cpu", version: str | None = None, image_weights_path: str | None = None
+) -> TrainedModel:
     """Load a model version: ``models:/name/<N|latest>``, ``models:/name@alias``,
     ``runs:/<id>/model``, or a bundle, checkpoint or Ray Train run directory.
 
     ``device``: "cpu", "cuda" or "auto". ``version`` overrides the content-hash version of a local
-    bundle (Serve's ``model_version``). Raises :class:`~itemsage.trained.ModelNotFoundError` (a
+    bundle (Serve's ``model_version``). ``image_weights_path``: the image backbone's weights file
+    on this machine, when not at the path recorded at preprocessing (checked lazily, on first
+    use of the backbone: :attr:`TrainedModel.image_weights_path`). Raises :class:`~itemsage.trained.ModelNotFoundError` (a
     ``FileNotFoundError``) naming the reference when nothing loadable is there.
     """
     dev = pick_device(device)
@@ -168,4 +184,4 @@ def load_trained(uri_or_dir: str | Path, device: str = "cpu", version: str | Non
         encoder = text_encoder_from_state(layers, read_text_encoder_state(d, layers), str(d))
         encoder.requires_grad_(False)
         encoder = encoder.to(dev).eval()
-    return TrainedModel(model.to(dev).eval(), manifest, vocab, config, ref, d, dev, encoder)
+    return TrainedModel(model.to(dev).eval(), manifest, vocab, config, ref, d, dev, encoder, image_weights_path)
