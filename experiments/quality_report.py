@@ -9,9 +9,10 @@ latest run per (dataset, split, configuration, seed), and writes, per configurat
 ItemSage and every baseline (char-3gram TF-IDF, BM25, frozen MiniLM, frozen image features,
 frozen user features, random) as the mean ± sample standard deviation over seeds. The section
 between the `quality_report` markers of --doc is replaced (the rest of the document is kept;
-without the markers the section is appended); the chart is a PNG. Seeds: train one configuration
-several times with `train.seed=N train.name=<name>_seed<N>` (experiments/train.py), evaluate each
-model; runs are grouped by the configuration without its seed.
+without the markers the section is appended); the chart is a PNG. Seeds: `experiments/seeds.py
+--config <config> --seeds 0 1 2` trains and evaluates one configuration per seed (or train with
+`train.seed=N train.name=<name>_seed<N>` and run experiments/evaluate.py on each model); runs are
+grouped by the configuration without its seed (tag itemsage.config_hash).
 
 Exit status 2 with a one-line `error: ...` when there are no matching runs or experiments.
 """
