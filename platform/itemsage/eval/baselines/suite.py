@@ -8,7 +8,6 @@ apply (:data:`frozen.FROZEN_METHODS`) and random. Image queries have no text.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import torch
@@ -23,7 +22,6 @@ from itemsage.eval.recall import RecallTable
 from itemsage.eval.validation import ValSet
 from itemsage.model.batch import ItemFeatureStore
 
-BaselineFit = Literal["catalog", "train"]
 BASELINE_FITS: tuple[str, ...] = ("catalog", "train")
 LEXICAL_QUERIES = ("text", "item", "user")
 
