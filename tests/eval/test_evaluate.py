@@ -23,6 +23,13 @@ from itemsage.eval.evaluate import EvalError, evaluate_model  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 SURFACES = ("search", "closeup", "home")
+# Every method each probe must report (the sample catalog has images, text, queries and users).
+PROBE_METHODS = {
+    "search": ("itemsage", "tfidf", "bm25", "minilm", "random"),
+    "closeup": ("itemsage", "image", "random"),
+    "item2item": ("itemsage", "tfidf", "bm25", "minilm", "image", "random"),
+    "home": ("itemsage", "tfidf", "bm25", "minilm", "image", "user_feat", "random"),
+}
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -41,8 +48,9 @@ def result(sample_model: SampleModel, tmp_path_factory: pytest.TempPathFactory):
     out = tmp_path_factory.mktemp("eval") / "result.json"
     # The validation split: as held out as the test split (the plain training loop never looks at
     # it), and with 160 items it has hundreds of pairs where the test split has a few dozen.
-    result = evaluate_model(str(sample_model.bundle), features=str(sample_model.features), split="val",
-                            device="cpu", out=str(out))
+    result = evaluate_model(
+        str(sample_model.bundle), features=str(sample_model.features), split="val", device="cpu", out=str(out)
+    )
     return result, out
 
 
@@ -53,18 +61,35 @@ def _cli():
     return module
 
 
-def test_table_has_model_baseline_and_random_rows_per_surface(result) -> None:
+def test_every_method_for_every_applicable_probe(result) -> None:
     res, _ = result
-    for surface in SURFACES:
-        for method in ("itemsage", "frozen", "random"):
+    for probe, methods in PROBE_METHODS.items():
+        for method in methods:
             for k in (10, 50):
-                value = res.recall(method, f"{surface}/all", k)
-                assert value is not None and 0.0 <= value <= 1.0, (surface, method, k)
-            assert res.recall(method, f"{surface}/all", 10) <= res.recall(method, f"{surface}/all", 50)
+                value = res.recall(method, f"{probe}/all", k)
+                assert value is not None and 0.0 <= value <= 1.0, (probe, method, k)
+            assert res.recall(method, f"{probe}/all", 10) <= res.recall(method, f"{probe}/all", 50)
+        # Only the methods that apply: an image query has no text, only home has user features.
+        assert {m for m, t in res.table.rows if t == f"{probe}/all"} == set(methods), probe
+        ns = {res.table.rows[(m, f"{probe}/all")]["n"] for m in methods}
+        assert len(ns) == 1, probe  # the same pairs for every method
     md = res.markdown()
-    for label in ("itemsage", "frozen: MiniLM text cosine", "frozen: image-feature cosine",
-                  "frozen: user-feature cosine", "random", "R@10", "R@50"):
+    for label in (
+        "itemsage",
+        "char-3gram TF-IDF",
+        "BM25",
+        "frozen MiniLM",
+        "frozen image features",
+        "frozen user features (image + text)",
+        "random",
+        "R@10",
+        "R@50",
+        "item2item/all",
+        "item-disjoint split",
+        "TF-IDF IDF fit on every catalog item's text",
+    ):
         assert label in md
+    assert res.holdout == "item" and res.baseline_fit == "catalog" and res.identity["seed"] == "0"
     # Every pair is ranked against the whole catalog, not only the held-out items.
     assert res.num_items == 160 and res.num_pairs > 100 and res.split == "val"
 
@@ -75,14 +100,27 @@ def test_trained_model_beats_random_on_every_surface(result) -> None:
         assert res.recall("itemsage", f"{surface}/all", 10) > res.recall("random", f"{surface}/all", 10) + 0.2, surface
 
 
+def test_item_to_item_and_image_probes_share_the_closeup_pairs(result) -> None:
+    """Both probes read the closeup pairs; the frozen image baseline ranks the query item's first
+    image either way, so its numbers agree, while the model uses two different towers."""
+    res, _ = result
+    assert res.table.rows[("image", "closeup/all")] == res.table.rows[("image", "item2item/all")]
+    from itemsage.eval.evaluate import surface_summary
+
+    summary = surface_summary(res)
+    assert summary["search"]["frozen"] == summary["search"]["minilm"]
+    assert summary["home"]["frozen"] == summary["home"]["user_feat"]
+
+
 def test_json_holds_every_row(result) -> None:
     res, out = result
     data = json.loads(out.read_text())
     assert data["model_version"] == res.model_version and data["ks"] == [10, 50]
     rows = {(r["task"], r["method"]): r for r in data["rows"]}
     assert len(rows) == len(data["rows"])  # one row per (task, method)
-    assert {("search/all", "itemsage"), ("closeup/all", "frozen"), ("home/all", "random")} <= set(rows)
-    assert rows[("closeup/all", "frozen")]["label"] == "frozen: image-feature cosine"
+    assert {("search/all", "itemsage"), ("item2item/all", "bm25"), ("home/all", "random")} <= set(rows)
+    assert rows[("closeup/all", "image")]["label"] == "frozen image features"
+    assert data["holdout"] == "item" and set(data["probes"]) == set(PROBE_METHODS)
     assert rows[("search/all", "itemsage")]["recall@10"] == res.recall("itemsage", "search/all", 10)
 
 
@@ -119,13 +157,72 @@ def test_held_out_pairs_of_training_items_are_reported_apart(sample_model: Sampl
     assert other.num_unseen_pairs is None and "search/seen" not in other.table.tasks()
 
 
-def test_cli_prints_the_table_and_writes_json(sample_model: SampleModel, tmp_path: Path, capsys) -> None:
+def test_cli_prints_the_table_writes_json_and_logs_to_mlflow(sample_model: SampleModel, tmp_path: Path, capsys) -> None:
+    from mlflow.tracking import MlflowClient
+
     out = tmp_path / "r.json"
-    code = _cli().main(["--model", str(sample_model.bundle), "--features", str(sample_model.features),
-                        "--device", "cpu", "--out", str(out)])
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    code = _cli().main(
+        [
+            "--model",
+            str(sample_model.bundle),
+            "--features",
+            str(sample_model.features),
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+            "--split",
+            "val",
+            "--tracking-uri",
+            uri,
+            "--experiment",
+            "ev",
+            "--tag",
+            "purpose=test",
+            "--baseline-fit",
+            "train",
+        ]
+    )
     printed = capsys.readouterr().out
-    assert code == 0 and "| search/all | itemsage |" in printed and "frozen: user-feature cosine" in printed
-    assert json.loads(out.read_text())["num_items"] == 160
+    assert code == 0 and "| search/all | itemsage |" in printed and "frozen user features" in printed
+    assert "the training items' text only" in printed
+    data = json.loads(out.read_text())
+    assert data["num_items"] == 160 and data["baseline_fit"] == "train"
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("ev").experiment_id])
+    tags, metrics = run.data.tags, run.data.metrics
+    assert tags["purpose"] == "test" and tags["itemsage.split"] == "val" and tags["itemsage.seed"] == "0"
+    assert tags["itemsage.kind"] == "evaluation" and tags["itemsage.baseline_fit"] == "train"
+    for probe, methods in PROBE_METHODS.items():
+        for method in methods:
+            name = f"val/{probe}/all/{method}/recall_at_10"
+            assert name in metrics, name
+    row = next(r for r in data["rows"] if r["task"] == "item2item/all" and r["method"] == "tfidf")
+    assert metrics["val/item2item/all/tfidf/recall_at_10"] == row["recall@10"]
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"evaluation.json", "evaluation.md"}
+
+
+def test_text_only_catalog_gets_the_probes_that_apply(sample_model: SampleModel, tmp_path: Path) -> None:
+    """A catalog without images (Amazon, Shopee): no image probe and no image baselines; item ->
+    item still runs on the closeup pairs with the text baselines."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    features = tmp_path / "features"
+    shutil.copytree(sample_model.features, features)
+    items = pq.read_table(features / "items.parquet")
+    empty = pa.array([[] for _ in range(items.num_rows)], items.schema.field("image_feats").type)
+    items = items.set_column(items.schema.get_field_index("image_feats"), "image_feats", empty)
+    zeros = pa.array([0] * items.num_rows, pa.int32())
+    items = items.set_column(items.schema.get_field_index("n_images"), "n_images", zeros)
+    pq.write_table(items, features / "items.parquet")
+
+    res = evaluate_model(str(sample_model.bundle), features=str(features), split="val", device="cpu")
+    probes = {t.split("/")[0] for t in res.table.tasks()}
+    assert probes == {"search", "item2item", "home"}
+    assert {m for m, t in res.table.rows if t == "item2item/all"} == {"itemsage", "tfidf", "bm25", "minilm", "random"}
+    assert {m for m, t in res.table.rows if t == "home/all"} == {"itemsage", "tfidf", "bm25", "minilm", "random"}
 
 
 def test_cli_missing_model_is_one_line(tmp_path: Path, capsys) -> None:
@@ -136,11 +233,16 @@ def test_cli_missing_model_is_one_line(tmp_path: Path, capsys) -> None:
 
 def test_conflicting_inputs_are_refused(sample_model: SampleModel) -> None:
     with pytest.raises(EvalError, match="not both"):
-        evaluate_model(str(sample_model.bundle), catalog=str(sample_model.unseen_catalog),
-                       features=str(sample_model.features), device="cpu")
+        evaluate_model(
+            str(sample_model.bundle),
+            catalog=str(sample_model.unseen_catalog),
+            features=str(sample_model.features),
+            device="cpu",
+        )
     with pytest.raises(EvalError, match="engagements"):
-        evaluate_model(str(sample_model.bundle), features=str(sample_model.features),
-                       engagements="log.jsonl", device="cpu")
+        evaluate_model(
+            str(sample_model.bundle), features=str(sample_model.features), engagements="log.jsonl", device="cpu"
+        )
 
 
 @pytest.mark.slow
@@ -150,8 +252,9 @@ def test_unseen_catalog_is_preprocessed_with_the_models_vocab(sample_model: Samp
     start_ray()
     try:
         kept = tmp_path / "unseen-features"
-        res = evaluate_model(str(sample_model.bundle), catalog=str(sample_model.unseen_catalog), device="cpu",
-                             features_out=str(kept))
+        res = evaluate_model(
+            str(sample_model.bundle), catalog=str(sample_model.unseen_catalog), device="cpu", features_out=str(kept)
+        )
     finally:
         ray.shutdown()
     assert res.num_items == 60 and res.engagement_source == "synthetic" and res.catalog

@@ -1,11 +1,13 @@
-"""Offline evaluation of a trained model: Recall@10/@50 per surface and task, next to the baselines.
+"""Offline evaluation of a trained model: Recall@10/@50 per probe and task, next to the baselines.
 
 Every held-out (query, engaged item) pair of the test split ranks its engaged item against the
-*whole* evaluation catalog with exact inner-product search; the numbers come from the same code
-that validates during training (``itemsage.eval.validation``: ``model_recall`` for the model,
-``baseline_recall`` for the frozen features and a random ranking), so training curves and this
-report are directly comparable. Frozen baselines per surface: raw MiniLM text cosine (search),
-raw image-feature cosine (closeup), raw user-feature cosine (home).
+*whole* evaluation catalog with exact search, once per probe (``itemsage.eval.probes``: search =
+text query, closeup = the query item's image through the closeup tower, item2item = the query
+item through the item tower, home = a user's history). The model's embeddings come from the same
+code that validates during training (``itemsage.eval.validation``), so training curves and this
+report are comparable. Each probe also ranks the same pairs against the same candidates with the
+baselines a user tries first (``itemsage.eval.baselines``): char-3gram TF-IDF and BM25 over the
+items' text fields, frozen MiniLM, frozen image features, frozen user features (home) and random.
 
 On the model's own training features, held-out pairs whose item was a training positive ("seen")
 and those whose item was not ("unseen": new items, the cold start) also get rows of their own,
@@ -42,10 +44,14 @@ import torch
 
 from itemsage.config import TEXT_FIELDS
 from itemsage.data.features_io import resolve
-from itemsage.data.features_read import QueryFeatures, read_manifest, read_pairs
-from itemsage.eval.recall import RecallTable
+from itemsage.data.features_read import FeaturesError, QueryFeatures, read_manifest, read_pairs
+from itemsage.eval.baselines.corpus import TextCorpus
+from itemsage.eval.baselines.suite import BaselineSuite
+from itemsage.eval.probes import PROBES, Probe, probe_pairs
+from itemsage.eval.recall import RecallTable, ranks_of_targets
 from itemsage.eval.report import recall_markdown, recall_rows
-from itemsage.eval.validation import baseline_recall, build_val_set, embed_queries, model_recall
+from itemsage.eval.run_tags import run_identity
+from itemsage.eval.validation import ValSet, build_val_set, embed_items, embed_queries
 from itemsage.files import StagingDir, staging_dir
 from itemsage.index.compat import check_features_compatible
 from itemsage.index.featurize import model_preprocess_config, token_table
@@ -76,6 +82,12 @@ class EvalResult:
     num_pairs: int
     num_unseen_pairs: int | None
     seconds: float
+    # How the features held pairs out ("item": every held-out item is new, "time": later
+    # engagement), what the TF-IDF baseline's IDF was fit on, and which training run the model is.
+    holdout: str = "unknown"
+    baseline_fit: str = "catalog"
+    dataset: str = "unknown"
+    identity: dict[str, str] = field(default_factory=dict)
     created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
 
     def recall(self, method: str, task: str, k: int = 10) -> float | None:
@@ -85,7 +97,8 @@ class EvalResult:
         head = (
             f"Model {self.model_uri} (version {self.model_version}) on {self.catalog or self.features}: "
             f"{self.num_pairs:,} {self.split} pairs ({self.engagement_source}), each item ranked "
-            f"against all {self.num_items:,} items (exact search)."
+            f"against all {self.num_items:,} items (exact search); {_HOLDOUT.get(self.holdout, self.holdout)}. "
+            f"TF-IDF IDF fit on {_FITS.get(self.baseline_fit, self.baseline_fit)}; BM25 IDF on the whole catalog."
         )
         if self.num_unseen_pairs is not None:
             head += f" {self.num_unseen_pairs:,} of the pairs engage an item with no training engagement"
@@ -107,9 +120,21 @@ class EvalResult:
             "num_unseen_pairs": self.num_unseen_pairs,
             "ks": list(self.table.ks),
             "seconds": self.seconds,
+            "holdout": self.holdout,
+            "baseline_fit": self.baseline_fit,
+            "dataset": self.dataset,
+            "identity": self.identity,
+            "probes": {p.name: p.description for p in PROBES},
             "created_at": self.created_at,
             "rows": recall_rows(self.table),
         }
+
+
+_HOLDOUT = {
+    "item": "item-disjoint split, every held-out item unseen in training",
+    "time": "time split, held-out pairs of seen and unseen items",
+}
+_FITS = {"catalog": "every catalog item's text", "train": "the training items' text only"}
 
 
 # ------------------------------------------------------------------------ featurization
@@ -217,12 +242,15 @@ def evaluate_model(
     out: str | None = None,
     seed: int = 0,
     queries_out: str | None = None,
+    baseline_fit: str = "catalog",
 ) -> EvalResult:
     """Recall@``ks`` of ``model`` and the baselines on one split (see the module docstring).
 
     ``features_out`` keeps the features made from ``catalog`` (default: a temporary directory,
     removed afterwards). ``out`` writes the result as JSON. ``seed`` seeds the random baseline.
     ``queries_out`` writes the evaluated search queries and their embeddings (:func:`write_search_queries`).
+    ``baseline_fit``: "catalog" fits the TF-IDF baseline's IDF on every item's text, "train" on the
+    items no held-out pair engages only.
     """
     start = time.perf_counter()
     dev = pick_device(device)
@@ -246,10 +274,20 @@ def evaluate_model(
             if 0 < unseen < len(val):
                 val.cohorts = {SEEN: seen, UNSEEN: ~seen}
         table = RecallTable(ks=tuple(ks))
-        model_recall(tm.model, store, qf, val, torch.device(dev), table, method="itemsage", text_encoder=encoder)
+        suite = BaselineSuite.build(
+            store, qf, TextCorpus.load(feats, tm.text_fields), baseline_fit, held_out_items(feats), seed
+        )
+        item_emb = embed_items(tm.model, store, val.candidates, torch.device(dev))
+        has_image = store.has_image.numpy()
+        for probe in PROBES:
+            probe_val = probe_pairs(val, probe, has_image)
+            if probe_val is None:
+                continue
+            ranks = _model_ranks(tm, store, qf, probe, probe_val, item_emb, torch.device(dev))
+            table.add("itemsage", probe_val.tasks.tolist(), ranks, probe_val.cohorts)
+            suite.add_rows(table, probe, probe_val)
         if queries_out:
             write_search_queries(tm, qf, val, torch.device(dev), queries_out)
-        baseline_recall(store, qf, val, table, seed=seed)
     finally:
         for d in scratch:
             shutil.rmtree(d, ignore_errors=True)
@@ -265,10 +303,44 @@ def evaluate_model(
         num_pairs=len(val),
         num_unseen_pairs=unseen,
         seconds=round(time.perf_counter() - start, 3),
+        holdout=str((fmanifest.get("config") or {}).get("engagement", {}).get("split", "unknown")),
+        baseline_fit=baseline_fit,
+        dataset=str(fmanifest.get("layout", "unknown")),
+        identity=run_identity(tm),
     )
     if out:
         write_result(result, out)
     return result
+
+
+def held_out_items(features: str) -> np.ndarray:
+    """Items engaged by a val or test pair: what a statistic "from training items only" leaves out."""
+    held = [np.zeros(0, np.int64)]
+    for split in ("val", "test"):
+        try:
+            held.append(read_pairs(features, split)["item_idx"])
+        except FeaturesError:  # an empty or missing split holds nothing out
+            continue
+    return np.unique(np.concatenate(held))
+
+
+@torch.no_grad()
+def _model_ranks(
+    tm: TrainedModel,
+    store: ItemFeatureStore,
+    qf: QueryFeatures,
+    probe: Probe,
+    pairs: ValSet,
+    item_emb: torch.Tensor,
+    device: torch.device,
+) -> torch.Tensor:
+    """The model's rank of each pair's item: the probe's query tower, or for item -> item the item
+    tower on the query item as on every candidate."""
+    if probe.query == "item":
+        queries = embed_items(tm.model, store, torch.from_numpy(pairs.query_key), device)
+    else:
+        queries = embed_queries(tm.model, qf, pairs, device, text_encoder=tm.finetuned_text_encoder)
+    return ranks_of_targets(queries, item_emb, pairs.target, pairs.exclude)
 
 
 def write_search_queries(tm: TrainedModel, qf: QueryFeatures, val: Any, device: torch.device, path: str) -> None:
@@ -291,12 +363,21 @@ def write_result(result: EvalResult, path: str) -> None:
     p.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
 
 
+# The frozen features each surface's tower starts from (training validates against the same):
+# surface_summary reports them as "frozen" too.
+FROZEN_OF_SURFACE = {"search": "minilm", "closeup": "image", "home": "user_feat"}
+
+
 def surface_summary(result: EvalResult, k: int = 10) -> dict[str, dict[str, float | None]]:
-    """``{surface: {method: Recall@k of "surface/all"}}``: the headline numbers."""
+    """``{probe: {method: Recall@k of "probe/all"}}``: the headline numbers. Each surface's own
+    frozen baseline is also given as "frozen"."""
     out: dict[str, dict[str, float | None]] = {}
     for method, task in result.table.rows:
         if task.endswith("/all"):
             out.setdefault(task.split("/")[0], {})[method] = result.table.get(method, task, k)
+    for surface, methods in out.items():
+        if surface in FROZEN_OF_SURFACE and FROZEN_OF_SURFACE[surface] in methods:
+            methods["frozen"] = methods[FROZEN_OF_SURFACE[surface]]
     return out
 
 
@@ -306,6 +387,7 @@ __all__ = [
     "EvalResult",
     "evaluate_model",
     "featurize_for_model",
+    "held_out_items",
     "retokenize_features",
     "surface_summary",
     "trained_on",

@@ -9,28 +9,41 @@ from __future__ import annotations
 
 from typing import Any
 
-from itemsage.config import ACTIONS, SURFACES
+from itemsage.config import ACTIONS
+from itemsage.eval.probes import PROBE_NAMES
 from itemsage.eval.recall import RecallTable
 
-# What the "frozen" method of eval.validation.baseline_recall is on each surface.
+# What the "frozen" method of eval.validation.baseline_recall (training's validation) is on each
+# surface.
 BASELINE_LABELS: dict[str, str] = {
     "search": "frozen: MiniLM text cosine",
     "closeup": "frozen: image-feature cosine",
     "home": "frozen: user-feature cosine",
 }
-METHOD_ORDER = ("itemsage", "frozen", "random")
+# The methods of offline evaluation (itemsage.eval.baselines), in the order tables show them.
+METHOD_LABELS: dict[str, str] = {
+    "itemsage": "itemsage",  # lower case: the method name, as the training log prints it
+    "tfidf": "char-3gram TF-IDF",
+    "bm25": "BM25",
+    "minilm": "frozen MiniLM",
+    "image": "frozen image features",
+    "user_feat": "frozen user features (image + text)",
+    "frozen": "frozen features",
+    "random": "random",
+}
+METHOD_ORDER = tuple(METHOD_LABELS)
 
 
 def method_label(method: str, task: str) -> str:
     """Display name of ``method`` on ``task`` ("frozen" says which frozen features it compares)."""
     if method == "frozen":
         return BASELINE_LABELS.get(task.split("/")[0], "frozen features")
-    return method
+    return METHOD_LABELS.get(method, method)
 
 
 def _task_key(task: str) -> tuple[int, int, str]:
     surface, _, action = task.partition("/")
-    s = SURFACES.index(surface) if surface in SURFACES else len(SURFACES)
+    s = PROBE_NAMES.index(surface) if surface in PROBE_NAMES else len(PROBE_NAMES)
     # "all" first, then cohort rows (seen / unseen items), then the actions in funnel order.
     a = -2 if action == "all" else (ACTIONS.index(action) if action in ACTIONS else -1)
     return s, a, task
@@ -41,7 +54,7 @@ def _method_key(method: str) -> tuple[int, str]:
 
 
 def recall_rows(table: RecallTable) -> list[dict[str, Any]]:
-    """Rows sorted by surface, task ("all" first) and method (model, frozen baseline, random)."""
+    """Rows sorted by probe, task ("all" first) and method (model, baselines, random)."""
     rows: list[dict[str, Any]] = []
     for (method, task), values in table.rows.items():
         rows.append(

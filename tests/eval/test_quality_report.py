@@ -1,0 +1,152 @@
+"""experiments/quality_report.py on a local MLflow store holding evaluation runs logged here.
+
+The runs are real ``log_evaluation`` calls with hand-made recall tables (known ranks), so the
+expected means and spreads are known without training anything.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import statistics
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from itemsage.eval.evaluate import EvalResult
+from itemsage.eval.quality import BEGIN, END, QualityReportError, replace_section
+from itemsage.eval.recall import RecallTable
+from itemsage.eval.tracking import log_evaluation
+
+REPO = Path(__file__).resolve().parents[2]
+PAIRS = 100
+# Pairs (out of PAIRS) whose item each method ranks in the top 10, per seed: ItemSage varies with
+# the seed, the baselines do not (they are not trained).
+HITS = {
+    "itemsage": (70, 74, 78),
+    "tfidf": (65, 65, 65),
+    "bm25": (60, 60, 60),
+    "minilm": (50, 50, 50),
+    "random": (1, 1, 1),
+}
+
+
+def _result(seed: int, hits: dict[str, int], config: str = "shopee", dataset: str = "shopee") -> EvalResult:
+    table = RecallTable(ks=(10, 50))
+    tasks = ["search/click"] * PAIRS
+    for method, h in hits.items():
+        ranks = torch.tensor([0] * h + [500] * (PAIRS - h))
+        table.add(method, tasks, ranks)
+        table.add(method, ["item2item/click"] * PAIRS, ranks // 2)
+    return EvalResult(
+        table=table,
+        model_uri=f"models:/itemsage/{10 + seed}",
+        model_version=str(10 + seed),
+        features="f",
+        catalog=None,
+        engagement_source="shopee",
+        split="test",
+        num_items=1000,
+        num_pairs=2 * PAIRS,
+        num_unseen_pairs=None,
+        seconds=1.0,
+        holdout="item",
+        dataset=dataset,
+        identity={
+            "config": config,
+            "config_hash": f"hash-{config}",
+            "seed": str(seed),
+            "train_name": f"{config}_seed{seed}",
+            "model_uri": f"models:/itemsage/{10 + seed}",
+            "model_version": str(10 + seed),
+        },
+    )
+
+
+def _cli():
+    spec = importlib.util.spec_from_file_location("quality_report_cli", REPO / "experiments" / "quality_report.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> str:
+    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+    # An earlier evaluation of seed 0 that a later one replaces.
+    log_evaluation(_result(0, {m: 0 for m in HITS}), uri, "ev")
+    for i in range(3):
+        log_evaluation(_result(i, {m: h[i] for m, h in HITS.items()}), uri, "ev")
+    log_evaluation(_result(0, {"itemsage": 40, "tfidf": 30, "random": 1}, "fashion", "fashion"), uri, "ev")
+    return uri
+
+
+def test_report_regenerates_the_marked_section_and_the_chart(store: str, tmp_path: Path, capsys) -> None:
+    doc = tmp_path / "docs" / "quality.md"
+    doc.parent.mkdir()
+    doc.write_text(f"# Quality\n\nintro kept\n\n{BEGIN}\nold table\n{END}\n\n## Later section kept\n")
+    figure = tmp_path / "docs" / "figures" / "q.png"
+    args = [
+        "--tracking-uri",
+        store,
+        "--experiment",
+        "ev",
+        "--doc",
+        str(doc),
+        "--figure",
+        str(figure),
+        "--json",
+        str(tmp_path / "q.json"),
+    ]
+    assert _cli().main(args) == 0
+    text = doc.read_text()
+    assert text.startswith("# Quality\n\nintro kept\n\n") and text.endswith("## Later section kept\n")
+    assert "old table" not in text and text.count(BEGIN) == 1 and text.count(END) == 1
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "](figures/q.png)" in text
+
+    mean, sd = statistics.mean(HITS["itemsage"]) / PAIRS, statistics.stdev(HITS["itemsage"]) / PAIRS
+    assert f"**{mean:.3f} ± {sd:.3f}**" in text  # ItemSage leads: bold, mean ± spread over 3 seeds
+    assert f"| search | {PAIRS} |" in text and f"{0.65:.3f} ± 0.000" in text
+    assert f"| {mean - 0.65:+.3f} |" in text  # ItemSage minus the best baseline (TF-IDF)
+    assert "3 seed(s) (0, 1, 2)" in text and "models:/itemsage/10, models:/itemsage/11" in text
+    assert "shopee, shopee (test split, item holdout)" in text and "fashion, fashion" in text
+
+    data = json.loads((tmp_path / "q.json").read_text())
+    shopee = next(g for g in data if g["config"] == "shopee")
+    search = next(r for r in shopee["rows"] if r["probe"] == "search" and r["row"] == "all")
+    # The replaced seed-0 run (all zeros) is not averaged in.
+    assert search["methods"]["itemsage"]["values"] == [h / PAIRS for h in HITS["itemsage"]]
+    assert np.isclose(search["methods"]["itemsage"]["std"], sd)
+
+    # Re-running replaces the section instead of adding a second one.
+    assert _cli().main(args) == 0
+    assert doc.read_text().count(BEGIN) == 1
+    capsys.readouterr()
+
+
+def test_tag_filter_and_no_match(store: str, tmp_path: Path, capsys) -> None:
+    doc = tmp_path / "q.md"
+    base = ["--tracking-uri", store, "--experiment", "ev", "--doc", str(doc), "--figure", str(tmp_path / "q.png")]
+    assert _cli().main([*base, "--tag", "itemsage.dataset=fashion"]) == 0
+    text = doc.read_text()
+    assert "fashion, fashion" in text and "shopee, shopee" not in text and BEGIN in text
+    assert _cli().main([*base, "--tag", "itemsage.dataset=amazon"]) == 2
+    assert capsys.readouterr().err.startswith("error: no finished evaluation runs")
+    assert _cli().main([*base, "--experiment", "nope"]) == 2
+
+
+def test_one_marker_alone_is_refused() -> None:
+    with pytest.raises(QualityReportError, match="one quality_report marker"):
+        replace_section(f"x\n{BEGIN}\n", "table")
+    assert replace_section("# Doc\n", "table").endswith(f"{BEGIN}\ntable\n{END}\n")
+
+
+def test_help_names_the_options(capsys) -> None:
+    with pytest.raises(SystemExit) as e:
+        _cli().parse_args(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    for option in ("--tracking-uri", "--experiment", "--tag", "--doc", "--figure", "--split"):
+        assert option in out
