@@ -134,7 +134,11 @@ def test_latest_is_each_items_last_change_and_prune_keeps_it(tmp_path: Path) -> 
         log.append([up("a", 1, (b"one",)), up("b", 2)])
         log.append([up("a", 3, (b"three",)), ItemWrite.delete("b"), up("c", 4)])
         latest = log.latest()
-        assert [(c.item_id, c.op, c.seq) for c in latest] == [("a", "upsert", 3), ("b", "delete", 4), ("c", "upsert", 5)]
+        assert [(c.item_id, c.op, c.seq) for c in latest] == [
+            ("a", "upsert", 3),
+            ("b", "delete", 4),
+            ("c", "upsert", 5),
+        ]
         assert log.prune(upto=log.head()) == 2
         assert [(c.item_id, c.seq) for c in log.read_since(0)] == [("a", 3), ("b", 4), ("c", 5)]
         # the superseded image went with its change; the live one stayed
@@ -205,7 +209,11 @@ def test_postgres_log_appends_durably_and_reads_back(postgres_uri: str) -> None:
     # A new connection (another replica) sees the same log.
     with open_changelog(postgres_uri) as again:
         changes = again.read_since(0, model_version="1")
-        assert [(c.seq, c.op, c.item_id) for c in changes] == [(1, "upsert", "a"), (2, "upsert", "b"), (3, "delete", "a")]
+        assert [(c.seq, c.op, c.item_id) for c in changes] == [
+            (1, "upsert", "a"),
+            (2, "upsert", "b"),
+            (3, "delete", "a"),
+        ]
         assert np.allclose(changes[1].embedding, vec(2))
         assert again.image(changes[0].images[0]) == b"png"
         assert np.allclose(again.read_since(1, model_version="2")[0].embedding, vec(7))
