@@ -56,7 +56,7 @@ class Retriever:
         self._spec: ServingSpec | None = None
         self._swap_lock = asyncio.Lock()
         # Live catalog writes (serve.live): the change log this replica follows and writes to.
-        self.live = LiveCatalogService(cfg, encoding.item) if cfg.live.enabled else None
+        self.live = LiveCatalogService(cfg, encoding.item, base_dir) if cfg.live.enabled else None
 
     # ---- versions ------------------------------------------------------------------------------
     @property
