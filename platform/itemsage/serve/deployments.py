@@ -27,7 +27,6 @@ from itemsage.serve.bundle import ModelBundle, features_dir
 from itemsage.serve.core import ModelSpec, ServingSpec
 from itemsage.serve.endpoints import BACKEND_METHODS
 from itemsage.serve.errors import ServeError, as_serve_error
-from itemsage.serve.live import LIVE_METHODS
 from itemsage.trained import resolve_model_ref
 
 # Every replica imports this module; torch and the model code are imported only by the replicas
@@ -377,7 +376,7 @@ def forwarding(
         return wrap(method) if wrap is not None else method
 
     def decorate(cls: type) -> type:
-        for name in dict.fromkeys((*BACKEND_METHODS, *LIVE_METHODS)):
+        for name in BACKEND_METHODS:
             if name not in cls.__dict__:
                 setattr(cls, name, forwarder(name))
         return cls

@@ -49,9 +49,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("ray.serve")
 
-# The Retriever's live-catalog methods: forwarded by the Serve deployments like the endpoints'
-# backend methods, so the HTTP write endpoints (and a handle) reach them on every replica.
-LIVE_METHODS: tuple[str, ...] = ("upsert_items", "delete_items", "item_digests", "live_status")
 IMAGES_DIR = "images"
 # Names of extra (filterable) attributes: short identifiers, so they are safe as JSON keys,
 # facet names and SQL-free filter names.
