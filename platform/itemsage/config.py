@@ -266,6 +266,15 @@ class ServeConfig(Section):
     allowed_image_roots: list[str] = []
     # Idempotent reads are retried this many times when a replica dies mid-request.
     read_retries: int = 1
+    # Bearer token the write endpoints (PUT/DELETE /items/{id}, POST /items/bulk) require. Empty:
+    # read from the environment variable named by write_token_env (keeps it out of config files);
+    # both empty: writes are refused (403). Never logged (itemsage.serve.auth).
+    write_token: str = ""
+    write_token_env: str = "ITEMSAGE_WRITE_TOKEN"
+    # Reads are open by default; true: they need the same token.
+    reads_require_token: bool = False
+    # POST /items/bulk: upserts plus deletes in one request.
+    max_bulk_items: int = 1000
 
 
 class PipelineConfig(Section):

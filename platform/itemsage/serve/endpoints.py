@@ -19,11 +19,13 @@ from typing import Literal
 from pydantic import BaseModel
 
 from itemsage.serve.schemas import (
+    BulkWriteResponse,
     EmbeddingResponse,
     HealthResponse,
     ItemInfo,
     SearchResponse,
     VersionResponse,
+    WriteResponse,
 )
 
 
@@ -43,10 +45,14 @@ class Endpoint:
         tag: OpenAPI group.
         summary: what it answers, one sentence (the OpenAPI description).
         media_type: for a raw file answer, its media type(s).
+        write: a write endpoint: needs the write token (``itemsage.serve.auth``) and is never
+            retried by the Ingress (a write that fails is answered 503; the client decides).
+        multipart: the body may also come as ``multipart/form-data`` (text fields + image files);
+            the handler then reads the body itself (``itemsage.serve.write_api``).
     """
 
     name: str
-    method: Literal["GET", "POST"]
+    method: Literal["GET", "POST", "PUT", "DELETE"]
     path: str
     backend: str
     response: type[BaseModel] | None
@@ -55,6 +61,8 @@ class Endpoint:
     tag: str
     summary: str
     media_type: str | None = None
+    write: bool = False
+    multipart: bool = False
 
 
 ENDPOINTS: tuple[Endpoint, ...] = (
@@ -135,6 +143,43 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         tag="catalog",
         media_type="image/*",
         summary="The item's ``i``-th catalog image (only files the catalog itself names are served).",
+    ),
+    Endpoint(
+        name="put_item",
+        method="PUT",
+        path="/items/{item_id}",
+        backend="upsert_item",
+        request="item_write",
+        response=WriteResponse,
+        errors=(401, 403, 413, 422, 503),
+        tag="catalog writes",
+        summary="Add or replace an item (JSON, or multipart with image files); 200 once it is in the change log.",
+        write=True,
+        multipart=True,
+    ),
+    Endpoint(
+        name="delete_item",
+        method="DELETE",
+        path="/items/{item_id}",
+        backend="delete_item",
+        request=None,
+        response=WriteResponse,
+        errors=(401, 403, 404, 503),
+        tag="catalog writes",
+        summary="Remove an item; 200 once the delete is in the change log.",
+        write=True,
+    ),
+    Endpoint(
+        name="bulk_items",
+        method="POST",
+        path="/items/bulk",
+        backend="write_items",
+        request="bulk_write",
+        response=BulkWriteResponse,
+        errors=(401, 403, 404, 413, 422, 503),
+        tag="catalog writes",
+        summary="Up to max_bulk_items upserts and deletes at once: all of them, or none (4xx).",
+        write=True,
     ),
     Endpoint(
         name="healthz",

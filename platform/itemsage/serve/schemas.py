@@ -9,8 +9,9 @@ than a silently ignored key.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StringConstraints, create_model, model_validator
 
@@ -85,6 +86,26 @@ class ErrorResponse(BaseModel):
     detail: Any
 
 
+class WriteResponse(BaseModel):
+    """A write that is in the durable change log (acknowledged)."""
+
+    item_id: str
+    op: Literal["upsert", "delete"]
+    seq: int = Field(
+        description="the write's position in the change log; an answer from a replica that has applied it "
+        "carries X-Applied-Seq >= seq"
+    )
+    model_version: str | None = Field(None, description="model version that embedded the item (upserts)")
+
+
+class BulkWriteResponse(BaseModel):
+    upserted: int
+    deleted: int
+    first_seq: int = Field(description="change-log position of the request's first write")
+    last_seq: int = Field(description="change-log position of its last write (visible once applied)")
+    model_version: str | None = None
+
+
 # --------------------------------------------------------------------------------- requests
 
 
@@ -108,6 +129,8 @@ class RequestModels:
     recommend: type[BaseModel]
     embed_query: type[BaseModel]
     embed_item: type[BaseModel]
+    item_write: type[BaseModel]
+    bulk_write: type[BaseModel]
 
 
 def build_request_models(cfg: ServeConfig) -> RequestModels:
@@ -202,4 +225,72 @@ def build_request_models(cfg: ServeConfig) -> RequestModels:
                 raise ValueError(f"at most {cfg.max_item_images} images per item")
             return self
 
-    return RequestModels(SearchRequest, SimilarRequest, RecommendRequest, EmbedQueryRequest, EmbedItemRequest)
+    item_write, bulk_write = build_write_models(cfg)
+    return RequestModels(
+        SearchRequest, SimilarRequest, RecommendRequest, EmbedQueryRequest, EmbedItemRequest, item_write, bulk_write
+    )
+
+
+def build_write_models(cfg: ServeConfig) -> tuple[type[BaseModel], type[BaseModel]]:
+    """``PUT /items/{item_id}``'s body (the item; its id is in the path) and ``POST /items/bulk``'s.
+
+    An item needs a non-blank ``title`` (every catalog row has one; the item tower and the result
+    pages rely on it); the other text fields are optional. Images are base64 in JSON, files in a
+    multipart PUT (``itemsage.serve.write_api``).
+    """
+    strict = ConfigDict(extra="forbid")
+    ItemId = Annotated[str, StringConstraints(min_length=1, max_length=cfg.max_item_id_chars)]
+    Text = Annotated[str, StringConstraints(max_length=cfg.max_text_field_chars)]
+    Title = Annotated[
+        str,
+        StringConstraints(min_length=1, max_length=cfg.max_text_field_chars),
+        Field(description="required, not blank"),
+    ]
+    Images = Annotated[
+        list[str], Field(max_length=cfg.max_item_images, description="base64 image files (JPEG, PNG, WebP, ...)")
+    ]
+    Attribute = Annotated[str | float | list[str], Field(union_mode="left_to_right")]
+    Attributes = Annotated[
+        dict[str, Attribute],
+        Field(description="filterable catalog attributes (keyword, keyword list, number) by name"),
+    ]
+    fields: dict[str, Any] = {f: (Text, "") for f in TEXT_FIELDS if f != "title"}
+    ItemWriteBase = create_model(
+        "ItemWriteBase",
+        __config__=strict,
+        title=(Title, ...),
+        images=(Images, []),
+        attributes=(Attributes, {}),
+        **fields,
+    )
+
+    class ItemWrite(ItemWriteBase):  # type: ignore[misc, valid-type]
+        """A new or changed catalog item: its text fields (``title`` required), images, attributes."""
+
+        @model_validator(mode="after")
+        def _check(self) -> ItemWrite:
+            _not_blank(self.title, "title")
+            return self
+
+    class BulkItem(ItemWrite):
+        item_id: ItemId
+
+    class BulkWrite(BaseModel):
+        """Upserts and deletes, applied in one go: all valid (and every deleted id known), or nothing."""
+
+        model_config = strict
+        upsert: Annotated[list[BulkItem], Field(max_length=cfg.max_bulk_items)] = []
+        delete: Annotated[list[ItemId], Field(max_length=cfg.max_bulk_items)] = []
+
+        @model_validator(mode="after")
+        def _check(self) -> BulkWrite:
+            n = len(self.upsert) + len(self.delete)
+            if not 1 <= n <= cfg.max_bulk_items:
+                raise ValueError(f"a bulk write holds 1..{cfg.max_bulk_items} items (upserts + deletes), got {n}")
+            ids = [it.item_id for it in self.upsert] + list(self.delete)
+            repeated = sorted(i for i, n in Counter(ids).items() if n > 1)
+            if repeated:
+                raise ValueError(f"item ids named more than once in one bulk write: {repeated[:5]}")
+            return self
+
+    return ItemWrite, BulkWrite
