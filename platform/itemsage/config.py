@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Self, TypeVar
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, SecretStr, ValidationError
 
 # The 12 ItemSage text features (paper, section 3). Order matters: it is the order of the text
 # groups in the item tower's input sequence and of the ``tok_<field>`` feature columns.
@@ -269,7 +269,7 @@ class ServeConfig(Section):
     # Bearer token the write endpoints (PUT/DELETE /items/{id}, POST /items/bulk) require. Empty:
     # read from the environment variable named by write_token_env (keeps it out of config files);
     # both empty: writes are refused (403). Never logged (itemsage.serve.auth).
-    write_token: str = ""
+    write_token: SecretStr = SecretStr("")
     write_token_env: str = "ITEMSAGE_WRITE_TOKEN"
     # Reads are open by default; true: they need the same token.
     reads_require_token: bool = False

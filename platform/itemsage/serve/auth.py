@@ -38,8 +38,9 @@ class WriteToken:
     @classmethod
     def from_config(cls, cfg: ServeConfig, environ: Mapping[str, str] | None = None) -> WriteToken:
         env = os.environ if environ is None else environ
-        if cfg.write_token:
-            return cls(cfg.write_token, "serve.write_token")
+        configured = cfg.write_token.get_secret_value().strip()
+        if configured:
+            return cls(configured, "serve.write_token")
         return cls(env.get(cfg.write_token_env, "").strip(), f"${cfg.write_token_env}")
 
     @property
