@@ -25,7 +25,7 @@ from itemsage.config import ServeConfig, from_dict
 from itemsage.serve.api import Backend, ServiceUnavailableError, create_api
 from itemsage.serve.bundle import ModelBundle, features_dir
 from itemsage.serve.core import ModelSpec, ServingSpec
-from itemsage.serve.endpoints import BACKEND_METHODS
+from itemsage.serve.endpoints import BACKEND_METHODS, WRITE_METHODS
 from itemsage.serve.errors import ServeError, as_serve_error
 from itemsage.trained import resolve_model_ref
 
@@ -454,13 +454,21 @@ class HandleBackend:
 
     async def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         call = getattr(self.retriever, method)
+        # A write is not retried here: if the replica died after logging it, a retried DELETE would
+        # answer 404. The client repeats it (PUT is idempotent) after the 503.
+        retries = 0 if method in WRITE_METHODS else self.retries
         try:
-            return await _read_with_retries(lambda: call.remote(*args, **kwargs), method, self.retries)
+            return await _read_with_retries(lambda: call.remote(*args, **kwargs), method, retries)
         except Exception as exc:  # noqa: BLE001 - classified below
             err = as_serve_error(exc)
             if err is not None:
                 raise err from None
-            log.error("%s failed after %d attempts: %r", method, self.retries + 1, exc)
+            log.error("%s failed after %d attempts: %r", method, retries + 1, exc)
+            if method in WRITE_METHODS:
+                raise ServiceUnavailableError(
+                    f"{method} failed: the backend is unavailable; the write may or may not be in the change "
+                    "log, repeat it"
+                ) from None
             raise ServiceUnavailableError(f"{method} failed: the backend is unavailable, try again") from None
 
 

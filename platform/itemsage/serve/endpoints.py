@@ -207,3 +207,5 @@ ENDPOINTS: tuple[Endpoint, ...] = (
 
 # The backend methods the endpoints call, in table order: what the Ingress forwards to the Retriever.
 BACKEND_METHODS: tuple[str, ...] = tuple(dict.fromkeys(e.backend for e in ENDPOINTS))
+# The backend methods that write (never retried: a write that failed may still have been logged).
+WRITE_METHODS: frozenset[str] = frozenset(e.backend for e in ENDPOINTS if e.write)
