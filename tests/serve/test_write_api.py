@@ -38,21 +38,20 @@ class RecordingBackend:
         answer = {"surface": "search", "k": k, "results": [], "model_version": "1", "index_version": "i"}
         return {**answer, "_served": {"replica": "r1", "applied_seq": self.seq}}
 
-    async def upsert_item(self, item_id: str, payload: dict[str, Any]) -> dict[str, Any]:
-        self.calls.append(("upsert", (item_id, payload)))
-        self.seq += 1
-        return {"item_id": item_id, "op": "upsert", "seq": self.seq, "model_version": "1"}
+    async def upsert_items(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        self.calls.append(("upsert", items))
+        self.seq += len(items)
+        return {"seq": self.seq, "upserted": len(items), "model_version": "1"}
 
-    async def delete_item(self, item_id: str) -> dict[str, Any]:
-        self.calls.append(("delete", item_id))
-        self.seq += 1
-        return {"item_id": item_id, "op": "delete", "seq": self.seq, "model_version": None}
+    async def delete_items(self, item_ids: list[str]) -> dict[str, Any]:
+        self.calls.append(("delete", item_ids))
+        self.seq += len(item_ids)
+        return {"seq": self.seq, "deleted": len(item_ids)}
 
     async def write_items(self, upserts: list[dict[str, Any]], deletes: list[str]) -> dict[str, Any]:
         self.calls.append(("bulk", (upserts, deletes)))
-        first = self.seq + 1
         self.seq += len(upserts) + len(deletes)
-        return {"upserted": len(upserts), "deleted": len(deletes), "first_seq": first, "last_seq": self.seq}
+        return {"upserted": len(upserts), "deleted": len(deletes), "seq": self.seq, "model_version": "1"}
 
     async def health(self) -> dict[str, Any]:
         return {"status": "ok", "model_version": "1", "index_version": "i", "items": 1}
@@ -188,9 +187,8 @@ def test_multipart_put_carries_fields_attributes_and_images() -> None:
         headers=AUTH,
     )
     assert r.status_code == 200, r.text
-    (name, (item_id, payload)), = backend.calls
-    assert item_id == "a 1" and payload["title"] == "red sneakers" and payload["brand"] == "acme"
-    assert payload["attributes"] == {"price": 10} and payload["images"] == [image, image]
+    ((_, [item]),) = backend.calls
+    assert item == {"item_id": "a 1", "title": "red sneakers", "brand": "acme", "price": 10, "images": [image, image]}
     for bad in (
         {"data": {"title": "x", "attributes": "{nope"}},
         {"data": {"title": "x"}, "files": {"brand": ("b.txt", b"acme", "text/plain")}},
@@ -207,7 +205,8 @@ def test_json_put_decodes_images_and_bad_base64_is_422() -> None:
     image = png()
     r = c.put("/items/a1", json={**ITEM, "images": [base64.b64encode(image).decode()]}, headers=AUTH)
     assert r.status_code == 200 and r.json() == {"item_id": "a1", "op": "upsert", "seq": 1, "model_version": "1"}
-    assert backend.calls[0][1][1]["images"] == [image]
+    assert backend.calls[0][1][0]["images"] == [image]
+    assert backend.calls[0][1][0]["gender"] == "women"  # attributes go to the core beside the text fields
     assert c.put("/items/a1", json={**ITEM, "images": ["%%%"]}, headers=AUTH).status_code == 422
     assert len(backend.calls) == 1
 

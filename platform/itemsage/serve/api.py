@@ -26,7 +26,7 @@ from itemsage.serve.endpoints import ENDPOINTS
 from itemsage.serve.errors import ServeError, as_serve_error
 from itemsage.serve.schemas import ErrorResponse, RequestModels, build_request_models, build_write_models
 from itemsage.serve.uploads import decode_base64
-from itemsage.serve.write_api import openapi_request_body, read_item_write, with_served_headers
+from itemsage.serve.write_api import core_item, openapi_request_body, read_item_write, with_served_headers
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +53,8 @@ class Backend(Protocol):
     async def item_image(self, item_id: str, position: int = 0) -> tuple[bytes, str]: ...
     async def version(self) -> dict[str, Any]: ...
     async def health(self) -> dict[str, Any]: ...
-    async def upsert_item(self, item_id: str, payload: dict[str, Any]) -> dict[str, Any]: ...
-    async def delete_item(self, item_id: str) -> dict[str, Any]: ...
+    async def upsert_items(self, items: list[dict[str, Any]]) -> dict[str, Any]: ...
+    async def delete_items(self, item_ids: list[str]) -> dict[str, Any]: ...
     async def write_items(self, upserts: list[dict[str, Any]], deletes: list[str]) -> dict[str, Any]: ...
 
 
@@ -283,17 +283,19 @@ def _handlers(backend: Backend, cfg: ServeConfig) -> dict[str, Callable[..., Awa
 
     async def put_item(request: Request, item_id: str = PathParam(min_length=1, max_length=cfg.max_item_id_chars)) -> Any:
         item = await read_item_write(request, item_model, cfg)
-        return await backend.upsert_item(item_id, item)
+        done = await backend.upsert_items([core_item(item_id, item)])
+        return {"item_id": item_id, "op": "upsert", "seq": done["seq"], "model_version": done.get("model_version")}
 
     async def delete_item(item_id: str = PathParam(min_length=1, max_length=cfg.max_item_id_chars)) -> Any:
-        return await backend.delete_item(item_id)
+        done = await backend.delete_items([item_id])
+        return {"item_id": item_id, "op": "delete", "seq": done["seq"], "model_version": None}
 
     async def bulk_items(body: Any) -> Any:
         upserts = []
         for it in body.upsert:
             payload = it.model_dump()
             payload["images"] = [image_bytes(s) for s in it.images]
-            upserts.append(payload)
+            upserts.append(core_item(payload.pop("item_id"), payload))
         return await backend.write_items(upserts, list(body.delete))
 
     handlers = (

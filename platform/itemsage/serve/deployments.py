@@ -27,6 +27,7 @@ from itemsage.serve.bundle import ModelBundle, features_dir
 from itemsage.serve.core import ModelSpec, ServingSpec
 from itemsage.serve.endpoints import BACKEND_METHODS, WRITE_METHODS
 from itemsage.serve.errors import ServeError, as_serve_error
+from itemsage.serve.write_api import SERVED_KEY
 from itemsage.trained import resolve_model_ref
 
 # Every replica imports this module; torch and the model code are imported only by the replicas
@@ -385,7 +386,7 @@ def forwarding(
 
 
 @serve.deployment(name="Retriever", max_ongoing_requests=128)
-@forwarding(lambda self, name: getattr(self.core, name), wrap=client_errors_as_values)
+@forwarding(lambda self, name: self._forward(name), wrap=client_errors_as_values)
 class RetrieverDeployment:
     """FAISS retrieval over the published version; swaps versions in place via ``user_config``.
 
@@ -413,6 +414,26 @@ class RetrieverDeployment:
             base_dir=base_dir,
         )
         self._search_gate = BatchGate()
+        self.replica = serve.get_replica_context().replica_id.unique_id
+
+    def _served(self) -> dict[str, Any]:
+        """Who answers, and the change-log position its index holds: read *before* a request runs,
+        so a write at or below it is certainly in the answer (``itemsage.serve.write_api``)."""
+        state = self.core.state if self.core.loaded else None
+        return {"replica": self.replica, "applied_seq": int(getattr(state.index, "applied_seq", 0)) if state else 0}
+
+    def _forward(self, name: str) -> Callable[..., Awaitable[Any]]:
+        """The core's method ``name``; a read's answer also names this replica and its applied seq."""
+        method = getattr(self.core, name)
+        if name in WRITE_METHODS:
+            return method
+
+        async def read(*args: Any, **kwargs: Any) -> Any:
+            served = self._served()
+            answer = await method(*args, **kwargs)
+            return {**answer, SERVED_KEY: served} if isinstance(answer, dict) else answer
+
+        return read
 
     async def reconfigure(self, user_config: Mapping[str, Any]) -> None:
         """Load the configured version fully, then swap it in; in-flight requests are unaffected."""
@@ -428,10 +449,12 @@ class RetrieverDeployment:
     async def search(self, query: str, k: int) -> dict[str, Any]:
         # Concurrent searches are batched here, at the hub: a batch makes one QueryEncoder call
         # and one FAISS call, so the per-request cost of the encoder hop shrinks with load.
-        return await self._search_gate.enter(
+        served = self._served()
+        answer = await self._search_gate.enter(
             lambda: _first(self.core.search_many([query], [k])),
             lambda: self._search_batch(query, k),
         )
+        return {**answer, SERVED_KEY: served}
 
     @serve.batch(max_batch_size=DEFAULT_MAX_BATCH, batch_wait_timeout_s=DEFAULT_BATCH_WAIT_S)
     async def _search_batch(self, queries: list[str], ks: list[int]) -> list[dict[str, Any]]:

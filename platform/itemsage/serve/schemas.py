@@ -13,7 +13,18 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StringConstraints, create_model, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    StringConstraints,
+    create_model,
+    model_validator,
+)
 
 from itemsage.config import TEXT_FIELDS, ServeConfig
 
@@ -101,9 +112,8 @@ class WriteResponse(BaseModel):
 class BulkWriteResponse(BaseModel):
     upserted: int
     deleted: int
-    first_seq: int = Field(description="change-log position of the request's first write")
-    last_seq: int = Field(description="change-log position of its last write (visible once applied)")
-    model_version: str | None = None
+    seq: int = Field(description="change-log position of the request's last write: all of it is visible once applied")
+    model_version: str | None = Field(None, description="model version that embedded the upserts")
 
 
 # --------------------------------------------------------------------------------- requests
@@ -249,10 +259,12 @@ def build_write_models(cfg: ServeConfig) -> tuple[type[BaseModel], type[BaseMode
     Images = Annotated[
         list[str], Field(max_length=cfg.max_item_images, description="base64 image files (JPEG, PNG, WebP, ...)")
     ]
-    Attribute = Annotated[str | float | list[str], Field(union_mode="left_to_right")]
+    # Strict: "true" or "3" stay the strings they are.
+    Attribute = StrictBool | StrictInt | StrictFloat | StrictStr | list[StrictStr]
+    AttributeName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")]
     Attributes = Annotated[
-        dict[str, Attribute],
-        Field(description="filterable catalog attributes (keyword, keyword list, number) by name"),
+        dict[AttributeName, Attribute],
+        Field(description="filterable catalog attributes (keyword, keyword list, number, boolean) by name"),
     ]
     fields: dict[str, Any] = {f: (Text, "") for f in TEXT_FIELDS if f != "title"}
     ItemWriteBase = create_model(
@@ -270,13 +282,16 @@ def build_write_models(cfg: ServeConfig) -> tuple[type[BaseModel], type[BaseMode
         @model_validator(mode="after")
         def _check(self) -> ItemWrite:
             _not_blank(self.title, "title")
+            clash = sorted(set(self.attributes) & {*TEXT_FIELDS, "item_id", "images", "image_paths"})
+            if clash:
+                raise ValueError(f"attribute names {clash} are item fields, not attributes")
             return self
 
     class BulkItem(ItemWrite):
         item_id: ItemId
 
     class BulkWrite(BaseModel):
-        """Upserts and deletes, applied in one go: all valid (and every deleted id known), or nothing."""
+        """Upserts and deletes: every item checked and every deleted id known before any is stored."""
 
         model_config = strict
         upsert: Annotated[list[BulkItem], Field(max_length=cfg.max_bulk_items)] = []

@@ -20,6 +20,8 @@ import numpy as np
 from itemsage.config import ServeConfig
 from itemsage.serve.core import ModelSpec, RetrievalState, ServingSpec, load_state, read_catalog_image
 from itemsage.serve.errors import NotReadyError
+from itemsage.serve.live import LiveCatalogService
+from itemsage.serve.writes import write_items
 
 
 class Encoding(Protocol):
@@ -54,6 +56,8 @@ class Retriever:
         self._state: RetrievalState | None = None
         self._spec: ServingSpec | None = None
         self._swap_lock = asyncio.Lock()
+        # Live catalog writes (serve.live): the change log this replica follows and writes to.
+        self.live = LiveCatalogService(cfg, encoding.item) if cfg.live.enabled else None
 
     # ---- versions ------------------------------------------------------------------------------
     @property
@@ -80,7 +84,11 @@ class Retriever:
                 return current
             new = await asyncio.to_thread(load_state, spec, self.use_gpu, self.base_dir)
             await self.encoding.warm(new.model)
+            if self.live is not None:  # live items (re-embedded for a new model) before publishing
+                new = await self.live.attach(new, self.use_gpu)
             self._state, self._spec = new, spec  # the swap: one reference, atomic for every reader
+            if self.live is not None:
+                self.live.follow(lambda: self._state)
             return new
 
     # ---- flows ---------------------------------------------------------------------------------
@@ -104,6 +112,9 @@ class Retriever:
         state = self.state
         if item_id is not None:
             state.catalog.get(item_id)  # 404 before any encoding work
+            own = self.live.query_vector(state, item_id) if self.live is not None else None
+            if own is not None:  # written live: not in the model's feature store
+                return state.answer("item", k, state.search(own, k, exclude={item_id}))
             surface, emb = await self.encoding.similar_query(state.model, item_id)
             return state.answer(surface, k, state.search(emb, k, exclude={item_id}))
         assert image is not None
@@ -146,6 +157,29 @@ class Retriever:
     async def item_image(self, item_id: str, position: int = 0) -> tuple[bytes, str]:
         path = self.state.catalog.image_path(item_id, position)
         return await asyncio.to_thread(read_catalog_image, path, self.cfg.max_upload_bytes)
+
+    # ---- live catalog writes (serve.live) -------------------------------------------------------
+    def _live_service(self) -> LiveCatalogService:
+        if self.live is None:
+            raise NotReadyError("live catalog writes are disabled on this server (serve.live.enabled=false)")
+        return self.live
+
+    async def upsert_items(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        """Add or replace items (durably logged before this returns); see LiveCatalogService."""
+        return await self._live_service().upsert_items(self.state, items)
+
+    async def delete_items(self, item_ids: list[str]) -> dict[str, Any]:
+        return await self._live_service().delete_items(self.state, item_ids)
+
+    async def write_items(self, upserts: list[dict[str, Any]], deletes: list[str]) -> dict[str, Any]:
+        """Upserts and deletes of one request (``POST /items/bulk``); see itemsage.serve.writes."""
+        return await write_items(self._live_service(), self.state, upserts, deletes)
+
+    async def item_digests(self) -> dict[str, str]:
+        return await self._live_service().item_digests(self.state)
+
+    async def live_status(self) -> dict[str, Any]:
+        return self._live_service().status(self.state)
 
     async def version(self) -> dict[str, Any]:
         return self.state.versions()

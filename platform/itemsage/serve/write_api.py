@@ -130,6 +130,13 @@ async def _read_form(request: Request, cfg: ServeConfig) -> tuple[dict[str, Any]
     return fields, images
 
 
+def core_item(item_id: str, payload: dict[str, Any]) -> dict[str, Any]:
+    """An HTTP item (``attributes`` nested) as the core's write item (attributes beside the text
+    fields, ``itemsage.serve.live.check_item``); empty text fields are left out."""
+    item = {k: v for k, v in payload.items() if k != "attributes" and v not in ("", None)}
+    return {**item, **payload.get("attributes", {}), "item_id": item_id, "images": payload.get("images", [])}
+
+
 def with_served_headers(handler: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
     """``handler`` whose answer's :data:`SERVED_KEY` (if any) becomes the replica headers."""
     sig = inspect.signature(handler)
