@@ -126,8 +126,8 @@ def test_bad_input_stores_nothing(app: tuple[TestClient, Any]) -> None:
         (client.put, "/items/bad-3", {"json": {"brand": "acme"}}, 422),
         (client.put, "/items/bad-4", {"json": {"title": " "}}, 422),
         (client.delete, "/items/no-such-item", {}, 404),
-        (client.post, "/items/bulk", {"json": {"upsert": [{"item_id": "bad-5", "title": "ok"}], "delete": ["no-such-item"]}}, 404),
-        (client.post, "/items/bulk", {"json": {"upsert": [{"item_id": "bad-6", "title": "ok"},
+        (client.post, "/items/bulk", {"json": {"items": [{"item_id": "bad-5", "title": "ok"}], "delete": ["no-such-item"]}}, 404),
+        (client.post, "/items/bulk", {"json": {"items": [{"item_id": "bad-6", "title": "ok"},
                                                           {"item_id": "bad-7", "title": "x", "images": [not_an_image]}]}}, 422),
     ]
     for call, path, kw, status in cases:
@@ -154,9 +154,9 @@ def test_a_base_item_can_be_deleted_and_written_again(app: tuple[TestClient, Any
 def test_bulk_upserts_and_deletes(app: tuple[TestClient, Any]) -> None:
     client, retriever = app
     items = [{"item_id": f"bulk-{i}", "title": f"bulk shirt {i}", "attributes": {"sizes": ["S", "M"]}} for i in range(40)]
-    r = client.post("/items/bulk", json={"upsert": items}, headers=AUTH)
+    r = client.post("/items/bulk", json={"items": items}, headers=AUTH)
     assert r.status_code == 200 and r.json()["upserted"] == 40, r.text
-    r = client.post("/items/bulk", json={"upsert": [{"item_id": "bulk-new", "title": "new"}],
+    r = client.post("/items/bulk", json={"items": [{"item_id": "bulk-new", "title": "new"}],
                                          "delete": [f"bulk-{i}" for i in range(10)]}, headers=AUTH)
     assert r.status_code == 200 and (r.json()["upserted"], r.json()["deleted"]) == (1, 10)
     applied(retriever, r.json()["seq"])
@@ -205,3 +205,28 @@ def test_writes_are_refused_when_live_is_off(tiny_serving: dict[str, Path]) -> N
     with TestClient(create_local_app(version, ServeConfig(write_token=TOKEN)), raise_server_exceptions=False) as c:
         r = c.put("/items/x", json={"title": "x"}, headers=AUTH)
         assert r.status_code == 503 and "serve.live" in r.json()["detail"]
+
+
+def test_the_python_client_and_sync_speak_this_api(app: tuple[TestClient, Any]) -> None:
+    """``itemsage.api.catalog.ServedCatalog`` (what ``experiments/sync_catalog.py`` uses against a
+    server) through these endpoints: flat attributes go under ``attributes``, deletes through the
+    bulk endpoint, digests from ``GET /catalog/digests``."""
+    from itemsage.api.catalog import ServedCatalog
+
+    client, retriever = app
+    assert client.get("/catalog/digests").status_code == 401
+    served = ServedCatalog("http://testserver", token=TOKEN)
+    served._http.close()
+    served._http = client  # the TestClient is an httpx.Client on the in-process app
+    client.headers.update(AUTH)
+    try:
+        up = served.upsert_items([{"item_id": "py-1", "title": "py shirt", "price": 20.0, "images": [jpeg()]}])
+        gone = served.delete_items(["py-1"])
+        assert up["upserted"] == 1 and gone["deleted"] == 1 and gone["seq"] > up["seq"]
+        up = served.upsert_items([{"item_id": "py-2", "title": "py shirt 2", "gender": "women"}])
+        applied(retriever, up["seq"])
+        digests = served.item_digests()
+    finally:
+        del client.headers["Authorization"]
+    assert "py-2" in digests and "py-1" not in digests and len(digests) == retriever.state.index.ntotal
+    assert client.get("/items/py-2").json()["title"] == "py shirt 2"

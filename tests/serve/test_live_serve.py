@@ -189,12 +189,12 @@ def test_concurrent_put_and_delete_the_last_acknowledged_wins_everywhere(live: d
 def test_bulk_write_is_all_or_nothing(live: dict[str, Any]) -> None:
     url = live["url"]
     items = [{"item_id": f"live-bulk-{i}", "title": f"bulk item {i}"} for i in range(50)]
-    ok = request(url, "POST", "/items/bulk", {"upsert": items}, token=TOKEN)
+    ok = request(url, "POST", "/items/bulk", {"items": items}, token=TOKEN)
     assert ok.status == 200 and ok.body["upserted"] == 50 and ok.body["last_seq"] >= ok.body["first_seq"]
     for a in on_every_replica(url, "POST", "/search", {"query": "bulk item", "k": ALL}, ok.body["last_seq"], REPLICAS).values():
         assert {i["item_id"] for i in items} <= set(result_ids(a))
     # One unknown id among the deletes: nothing of the request is applied.
-    bad = request(url, "POST", "/items/bulk", {"upsert": [{"item_id": "live-bulk-x", "title": "x"}],
+    bad = request(url, "POST", "/items/bulk", {"items": [{"item_id": "live-bulk-x", "title": "x"}],
                                               "delete": ["live-bulk-0", "no-such-item"]}, token=TOKEN)
     assert bad.status == 404 and "no-such-item" in str(bad.body)
     for a in on_every_replica(url, "GET", "/items/live-bulk-0", None, ok.body["last_seq"], REPLICAS).values():

@@ -144,7 +144,7 @@ def test_missing_or_blank_title_is_422_and_nothing_is_written() -> None:
         assert r.status_code == 422, (body, r.text)
     r = c.put("/items/a1", files={"brand": (None, "acme")}, headers=AUTH)
     assert r.status_code == 422 and "title" in r.text
-    r = c.post("/items/bulk", json={"upsert": [{"item_id": "a", "brand": "acme"}]}, headers=AUTH)
+    r = c.post("/items/bulk", json={"items": [{"item_id": "a", "brand": "acme"}]}, headers=AUTH)
     assert r.status_code == 422
     assert backend.calls == []
 
@@ -159,7 +159,7 @@ def test_bodies_and_images_over_the_limit_are_413() -> None:
     assert r.status_code == 413, r.text
     r = c.put("/items/a1", json={"title": "x" * 30_000}, headers=AUTH)  # whole body over the limit
     assert r.status_code == 413
-    r = c.post("/items/bulk", json={"upsert": [{**ITEM, "item_id": f"i{n}"} for n in range(300)]}, headers=AUTH)
+    r = c.post("/items/bulk", json={"items": [{**ITEM, "item_id": f"i{n}"} for n in range(300)]}, headers=AUTH)
     assert r.status_code == 413
     assert backend.calls == []
 
@@ -167,13 +167,13 @@ def test_bodies_and_images_over_the_limit_are_413() -> None:
 def test_bulk_limits_and_repeated_ids() -> None:
     c, backend = client(ServeConfig(write_token=TOKEN, max_bulk_items=3))
     assert c.post("/items/bulk", json={}, headers=AUTH).status_code == 422
-    four = {"upsert": [{**ITEM, "item_id": f"i{n}"} for n in range(2)], "delete": ["d1", "d2"]}
+    four = {"items": [{**ITEM, "item_id": f"i{n}"} for n in range(2)], "delete": ["d1", "d2"]}
     assert c.post("/items/bulk", json=four, headers=AUTH).status_code == 422
-    twice = {"upsert": [{**ITEM, "item_id": "i1"}], "delete": ["i1"]}
+    twice = {"items": [{**ITEM, "item_id": "i1"}], "delete": ["i1"]}
     r = c.post("/items/bulk", json=twice, headers=AUTH)
     assert r.status_code == 422 and "i1" in r.text
     assert backend.calls == []
-    r = c.post("/items/bulk", json={"upsert": [{**ITEM, "item_id": "i1"}], "delete": ["d1"]}, headers=AUTH)
+    r = c.post("/items/bulk", json={"items": [{**ITEM, "item_id": "i1"}], "delete": ["d1"]}, headers=AUTH)
     assert r.status_code == 200 and r.json()["upserted"] == 1 and r.json()["deleted"] == 1
 
 

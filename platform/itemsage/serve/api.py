@@ -54,6 +54,7 @@ class Backend(Protocol):
     async def version(self) -> dict[str, Any]: ...
     async def health(self) -> dict[str, Any]: ...
     async def upsert_items(self, items: list[dict[str, Any]]) -> dict[str, Any]: ...
+    async def item_digests(self) -> dict[str, str]: ...
     async def delete_items(self, item_ids: list[str]) -> dict[str, Any]: ...
     async def write_items(self, upserts: list[dict[str, Any]], deletes: list[str]) -> dict[str, Any]: ...
 
@@ -292,11 +293,14 @@ def _handlers(backend: Backend, cfg: ServeConfig) -> dict[str, Callable[..., Awa
 
     async def bulk_items(body: Any) -> Any:
         upserts = []
-        for it in body.upsert:
+        for it in body.items:
             payload = it.model_dump()
             payload["images"] = [image_bytes(s) for s in it.images]
             upserts.append(core_item(payload.pop("item_id"), payload))
         return await backend.write_items(upserts, list(body.delete))
+
+    async def catalog_digests() -> Any:
+        return {"items": await backend.item_digests()}
 
     handlers = (
         search,
@@ -311,6 +315,7 @@ def _handlers(backend: Backend, cfg: ServeConfig) -> dict[str, Callable[..., Awa
         put_item,
         delete_item,
         bulk_items,
+        catalog_digests,
     )
     return {h.__name__: h for h in handlers}
 

@@ -22,6 +22,7 @@ from itemsage.serve.schemas import (
     BulkWriteResponse,
     EmbeddingResponse,
     HealthResponse,
+    ItemDigestsResponse,
     ItemInfo,
     SearchResponse,
     VersionResponse,
@@ -45,8 +46,8 @@ class Endpoint:
         tag: OpenAPI group.
         summary: what it answers, one sentence (the OpenAPI description).
         media_type: for a raw file answer, its media type(s).
-        write: a write endpoint: needs the write token (``itemsage.serve.auth``) and is never
-            retried by the Ingress (a write that fails is answered 503; the client decides).
+        write: part of the write API: needs the write token (``itemsage.serve.auth``) and is
+            never retried by the Ingress (a write that fails is answered 503; the client decides).
         multipart: the body may also come as ``multipart/form-data`` (text fields + image files);
             the handler then reads the body itself (``itemsage.serve.write_api``).
     """
@@ -179,6 +180,18 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         errors=(401, 403, 404, 413, 422, 503),
         tag="catalog writes",
         summary="Up to max_bulk_items upserts and deletes at once, all checked before any is stored.",
+        write=True,
+    ),
+    Endpoint(
+        name="catalog_digests",
+        method="GET",
+        path="/catalog/digests",
+        backend="item_digests",
+        request=None,
+        response=ItemDigestsResponse,
+        errors=(401, 403, 503),
+        tag="catalog writes",
+        summary="Content digest of every served item: what a catalog sync compares a catalog file with (write token).",
         write=True,
     ),
     Endpoint(

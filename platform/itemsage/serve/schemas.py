@@ -109,6 +109,10 @@ class WriteResponse(BaseModel):
     model_version: str | None = Field(None, description="model version that embedded the item (upserts)")
 
 
+class ItemDigestsResponse(BaseModel):
+    items: dict[str, str] = Field(description="content digest of every served item, by item id (for a catalog sync)")
+
+
 class BulkWriteResponse(BaseModel):
     upserted: int
     deleted: int
@@ -294,15 +298,15 @@ def build_write_models(cfg: ServeConfig) -> tuple[type[BaseModel], type[BaseMode
         """Upserts and deletes: every item checked and every deleted id known before any is stored."""
 
         model_config = strict
-        upsert: Annotated[list[BulkItem], Field(max_length=cfg.max_bulk_items)] = []
-        delete: Annotated[list[ItemId], Field(max_length=cfg.max_bulk_items)] = []
+        items: Annotated[list[BulkItem], Field(max_length=cfg.max_bulk_items, description="items to add or replace")] = []
+        delete: Annotated[list[ItemId], Field(max_length=cfg.max_bulk_items, description="item ids to remove")] = []
 
         @model_validator(mode="after")
         def _check(self) -> BulkWrite:
-            n = len(self.upsert) + len(self.delete)
+            n = len(self.items) + len(self.delete)
             if not 1 <= n <= cfg.max_bulk_items:
                 raise ValueError(f"a bulk write holds 1..{cfg.max_bulk_items} items (upserts + deletes), got {n}")
-            ids = [it.item_id for it in self.upsert] + list(self.delete)
+            ids = [it.item_id for it in self.items] + list(self.delete)
             repeated = sorted(i for i, n in Counter(ids).items() if n > 1)
             if repeated:
                 raise ValueError(f"item ids named more than once in one bulk write: {repeated[:5]}")
