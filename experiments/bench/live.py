@@ -41,6 +41,7 @@ import os
 import random
 import secrets
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -49,7 +50,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from loadgen import REPO, get_json, load_queries, served_version  # noqa: E402
+from loadgen import REPO, get_json, load_queries, process_cpu, served_version  # noqa: E402
 
 REPLICA = "X-Itemsage-Replica"
 APPLIED = "X-Itemsage-Applied-Seq"
@@ -81,6 +82,7 @@ class Phase:
     search_errors: int = 0
     probe_errors: int = 0
     search_latencies: list[float] = field(default_factory=list)
+    cpu_s: dict[str, float] = field(default_factory=dict)  # CPU seconds per kind of process (app started here)
 
     @property
     def rps(self) -> float:
@@ -237,9 +239,11 @@ class Bench:
         if phase.writes:
             jobs.append(self.writer(session, deadline, self.args.text_writes_per_s, "text"))
             jobs.append(self.writer(session, deadline, self.args.image_writes_per_s, "image"))
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), process_cpu()
         await asyncio.gather(*jobs)
         phase.seconds = time.perf_counter() - t0  # the writes' tail may run past the deadline
+        cpu1 = process_cpu()
+        phase.cpu_s = {k: round(cpu1[k] - cpu0.get(k, 0.0), 2) for k in sorted(cpu1)}
 
     async def settle(self, session: Any, timeout_s: float) -> None:
         """Probe until every replica has answered past the last acknowledged write (bounded)."""
@@ -298,6 +302,7 @@ async def run(url: str, token: str, args: argparse.Namespace) -> dict[str, Any]:
             await bench.phase(session, p)
             print(f"  {p.name}: {p.searches} searches in {p.seconds:.1f}s ({p.rps:.1f}/s), "
                   f"{p.search_errors} failed searches, {p.probe_errors} failed probes", flush=True)
+            print("    CPU s: " + ", ".join(f"{k} {v:.1f}" for k, v in p.cpu_s.items() if v >= 0.05), flush=True)
         await bench.settle(session, 15.0)
         claims = await bench.check_claims(session, 400)
     bench.time_to_visible()
@@ -386,6 +391,8 @@ def main() -> int:
     p.add_argument("--mlflow-tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"))
     p.add_argument("--features", default=None, help="features directory (default: the model manifest's)")
     p.add_argument("--retrievers", type=int, default=2, help="Retriever replicas of the app started here (>= 2)")
+    p.add_argument("--live-dir", default=None, help="serve.live.dir of the app started here (default: a fresh temporary one)")
+    p.add_argument("--changelog-uri", default="", help="serve.live.changelog_uri (default: SQLite in the live dir)")
     p.add_argument("--num-cpus", type=int, default=4, help="logical CPUs of the local Ray started here")
     p.add_argument("--concurrency", type=int, default=8, help="closed-loop /search clients")
     p.add_argument("--text-writes-per-s", type=float, default=20.0)
@@ -412,7 +419,10 @@ def main() -> int:
 
         version = served_version(args.model_uri, args.index_uri or args.model_uri, args.mlflow_tracking_uri, args.features)
         deployments = {"Retriever": {"num_replicas": args.retrievers}}
-        url = run_local(version, host="127.0.0.1", port=free_port(), deployments=deployments, num_cpus=args.num_cpus, timeout_s=600)
+        live_dir = args.live_dir or tempfile.mkdtemp(prefix="itemsage-live-bench-")
+        live = {"enabled": True, "dir": str(Path(live_dir).absolute()), "changelog_uri": args.changelog_uri}
+        url = run_local(version, host="127.0.0.1", port=free_port(), serve_cfg={"live": live}, deployments=deployments,
+                        num_cpus=args.num_cpus, timeout_s=600)
         print(f"serving {get_json(url + '/version')['model']['version']} at {url} with {args.retrievers} Retriever replicas")
     else:
         url, token = args.url.rstrip("/"), args.token

@@ -15,11 +15,9 @@ import base64
 import os
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-
 from conftest import start_serve_app, stop_serve_app
 from live_http import Answer, on_every_replica, request, result_ids
 
@@ -32,10 +30,11 @@ ALL = 1000  # max_k: more than the catalog holds
 
 
 @pytest.fixture(scope="module")
-def live(trained_serving: Any) -> Iterator[dict[str, Any]]:
+def live(trained_serving: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     os.environ["ITEMSAGE_WRITE_TOKEN"] = TOKEN  # before Ray starts: the replicas inherit it
+    serve_cfg = {"live": {"enabled": True, "dir": str(tmp_path_factory.mktemp("live"))}}
     try:
-        served = start_serve_app(trained_serving, deployments=DEPLOYMENTS)
+        served = start_serve_app(trained_serving, deployments=DEPLOYMENTS, serve_cfg=serve_cfg)
         yield served
     finally:
         stop_serve_app()
@@ -190,14 +189,14 @@ def test_bulk_write_is_all_or_nothing(live: dict[str, Any]) -> None:
     url = live["url"]
     items = [{"item_id": f"live-bulk-{i}", "title": f"bulk item {i}"} for i in range(50)]
     ok = request(url, "POST", "/items/bulk", {"items": items}, token=TOKEN)
-    assert ok.status == 200 and ok.body["upserted"] == 50 and ok.body["last_seq"] >= ok.body["first_seq"]
-    for a in on_every_replica(url, "POST", "/search", {"query": "bulk item", "k": ALL}, ok.body["last_seq"], REPLICAS).values():
+    assert ok.status == 200 and ok.body["upserted"] == 50
+    for a in on_every_replica(url, "POST", "/search", {"query": "bulk item", "k": ALL}, ok.body["seq"], REPLICAS).values():
         assert {i["item_id"] for i in items} <= set(result_ids(a))
     # One unknown id among the deletes: nothing of the request is applied.
     bad = request(url, "POST", "/items/bulk", {"items": [{"item_id": "live-bulk-x", "title": "x"}],
                                               "delete": ["live-bulk-0", "no-such-item"]}, token=TOKEN)
     assert bad.status == 404 and "no-such-item" in str(bad.body)
-    for a in on_every_replica(url, "GET", "/items/live-bulk-0", None, ok.body["last_seq"], REPLICAS).values():
+    for a in on_every_replica(url, "GET", "/items/live-bulk-0", None, ok.body["seq"], REPLICAS).values():
         assert a.status == 200
     assert request(url, "GET", "/items/live-bulk-x").status == 404
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hmac
 import os
 from collections.abc import Awaitable, Callable, Mapping
+from typing import Annotated
 
 from fastapi import Depends, HTTPException
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -64,7 +65,7 @@ class WriteToken:
 def token_dependency(token: WriteToken) -> Callable[..., Awaitable[None]]:
     """A FastAPI dependency that lets a request through only with ``token`` (``Depends(...)``)."""
 
-    async def require_token(credentials: HTTPAuthorizationCredentials | None = Depends(BEARER)) -> None:
+    async def require_token(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)]) -> None:
         token.check(credentials)
 
     return require_token
