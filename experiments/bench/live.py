@@ -328,6 +328,7 @@ def report(bench: Bench, phases: list[Phase], claims: dict[str, int]) -> dict[st
     ttv = {k: [w.visible_s for w in acked if w.kind == k and w.visible_s is not None] for k in ("text", "delete", "image")}
     text_ttv = ttv["text"] + ttv["delete"]
     never = [w for w in acked if w.visible_s is None]
+    t0 = min((w.sent for w in bench.writes), default=0.0)
     out = {
         "replicas": sorted(bench.samples.by_replica),
         "search_rps_without_writes": rps_reads,
@@ -347,6 +348,15 @@ def report(bench: Bench, phases: list[Phase], claims: dict[str, int]) -> dict[st
         "ttv_image_p50_s": pct(ttv["image"], 50), "ttv_image_p99_s": pct(ttv["image"], 99),
         "ttv_text_max_s": max(text_ttv, default=None), "ttv_image_max_s": max(ttv["image"], default=None),
         "never_visible": len(never),
+        "ttv_p99_s_by_kind": {k: pct(v, 99) for k, v in ttv.items()},
+        # The slowest writes, times relative to the first write: where a tail comes from.
+        "slowest": [
+            {"kind": w.kind, "item_id": w.item_id, "seq": w.seq, "sent": round(w.sent - t0, 3),
+             "acked": round(w.acked - t0, 3), "visible_s": round(w.visible_s, 3),  # type: ignore[operator]
+             "seen": {r: None if (t := bench.samples.visible_at(r, w.seq)) is None else round(t - t0, 3)  # type: ignore[arg-type]
+                      for r in sorted(bench.samples.by_replica)}}
+            for w in sorted((w for w in acked if w.visible_s is not None), key=lambda w: -w.visible_s)[:8]  # type: ignore[operator]
+        ],
         "claims_checked": claims["checked"], "claims_violated": claims["violations"],
         "phases": [{k: v for k, v in asdict(p).items() if k != "search_latencies"} for p in phases],
     }

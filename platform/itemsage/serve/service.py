@@ -33,6 +33,8 @@ class Encoding(Protocol):
     async def similar_query(self, spec: ModelSpec, item_id: str) -> tuple[str, np.ndarray]: ...
     async def history(self, spec: ModelSpec, item_ids: list[str]) -> np.ndarray: ...
     async def item(self, spec: ModelSpec, payload: dict[str, Any]) -> np.ndarray: ...
+    # An item being written to the live catalog: like ``item``, but may wait to batch with other writes.
+    async def write_item(self, spec: ModelSpec, payload: dict[str, Any]) -> np.ndarray: ...
     async def warm(self, spec: ModelSpec) -> None: ...
 
 
@@ -57,7 +59,7 @@ class Retriever:
         self._spec: ServingSpec | None = None
         self._swap_lock = asyncio.Lock()
         # Live catalog writes (serve.live): the change log this replica follows and writes to.
-        self.live = LiveCatalogService(cfg, encoding.item) if cfg.live.enabled else None
+        self.live = LiveCatalogService(cfg, encoding.write_item) if cfg.live.enabled else None
 
     # ---- versions ------------------------------------------------------------------------------
     @property
