@@ -27,7 +27,7 @@ from itemsage.serve.bundle import ModelBundle, features_dir
 from itemsage.serve.core import ModelSpec, ServingSpec
 from itemsage.serve.endpoints import BACKEND_METHODS, WRITE_METHODS
 from itemsage.serve.errors import ServeError, as_serve_error
-from itemsage.serve.write_api import SERVED_KEY
+from itemsage.serve.write_api import SERVED_KEY, served_headers
 from itemsage.trained import resolve_model_ref
 
 # Every replica imports this module; torch and the model code are imported only by the replicas
@@ -461,7 +461,13 @@ class RetrieverDeployment:
 
         async def read(*args: Any, **kwargs: Any) -> Any:
             served = self._served()
-            answer = await method(*args, **kwargs)
+            try:
+                answer = await method(*args, **kwargs)
+            except Exception as exc:  # noqa: BLE001 - a client error (404) says who answered too
+                err = as_serve_error(exc)
+                if err is not None:
+                    err.headers = served_headers(served)
+                raise
             return {**answer, SERVED_KEY: served} if isinstance(answer, dict) else answer
 
         return read

@@ -152,7 +152,8 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         backend="upsert_items",
         request="item_write",
         response=WriteResponse,
-        errors=(401, 403, 413, 422, 503),
+        # 404: an id with "/" in it matches no route (write it through /items/bulk)
+        errors=(401, 403, 404, 413, 422, 503),
         tag="catalog writes",
         summary="Add or replace an item (JSON, or multipart with image files); 200 once it is in the change log.",
         write=True,

@@ -137,6 +137,10 @@ def core_item(item_id: str, payload: dict[str, Any]) -> dict[str, Any]:
     return {**item, **payload.get("attributes", {}), "item_id": item_id, "images": payload.get("images", [])}
 
 
+def served_headers(served: dict[str, Any]) -> dict[str, str]:
+    return {REPLICA_HEADER: str(served["replica"]), APPLIED_SEQ_HEADER: str(int(served["applied_seq"]))}
+
+
 def with_served_headers(handler: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
     """``handler`` whose answer's :data:`SERVED_KEY` (if any) becomes the replica headers."""
     sig = inspect.signature(handler)
@@ -145,9 +149,7 @@ def with_served_headers(handler: Callable[..., Awaitable[Any]]) -> Callable[...,
     async def wrapper(*args: Any, served_response: Response, **kwargs: Any) -> Any:
         result = await handler(*args, **kwargs)
         if isinstance(result, dict) and SERVED_KEY in result:
-            served = result.pop(SERVED_KEY)
-            served_response.headers[REPLICA_HEADER] = str(served["replica"])
-            served_response.headers[APPLIED_SEQ_HEADER] = str(int(served["applied_seq"]))
+            served_response.headers.update(served_headers(result.pop(SERVED_KEY)))
         return result
 
     extra = inspect.Parameter("served_response", inspect.Parameter.KEYWORD_ONLY, annotation=Response)
