@@ -57,8 +57,18 @@ APPLIED = "X-Itemsage-Applied-Seq"
 TARGET_RATIO = 0.8
 TARGET_TEXT_S = 1.0
 TARGET_IMAGE_S = 2.0
-TITLES = ["linen summer shirt", "leather ankle boots", "floral maxi dress", "running shoes", "denim jacket",
-          "silk scarf", "canvas backpack", "analog steel watch", "wool beanie", "cotton chinos"]
+TITLES = [
+    "linen summer shirt",
+    "leather ankle boots",
+    "floral maxi dress",
+    "running shoes",
+    "denim jacket",
+    "silk scarf",
+    "canvas backpack",
+    "analog steel watch",
+    "wool beanie",
+    "cotton chinos",
+]
 COLOURS = ["red", "navy", "black", "olive", "white", "beige", "grey"]
 
 
@@ -122,8 +132,9 @@ def ms(v: float | None) -> str:
 
 
 class Bench:
-    def __init__(self, url: str, token: str, args: argparse.Namespace, queries: list[str], items: list[str],
-                 images: list[bytes]) -> None:
+    def __init__(
+        self, url: str, token: str, args: argparse.Namespace, queries: list[str], items: list[str], images: list[bytes]
+    ) -> None:
         self.url, self.args, self.queries, self.items, self.images = url, args, queries, items, images
         self.auth = {"Authorization": f"Bearer {token}"}
         self.samples = Samples()
@@ -162,8 +173,11 @@ class Bench:
         n = 0
         while time.perf_counter() < deadline:
             item = self.items[n % len(self.items)]
-            path, body = ("/similar", {"item_id": item, "k": 10}) if n % 2 == 0 else (
-                "/recommend", {"history": [item, self.items[(n * 31 + 1) % len(self.items)]], "k": 10})
+            path, body = (
+                ("/similar", {"item_id": item, "k": 10})
+                if n % 2 == 0
+                else ("/recommend", {"history": [item, self.items[(n * 31 + 1) % len(self.items)]], "k": 10})
+            )
             n += 1
             try:
                 async with session.post(f"{self.url}{path}", json=body) as r:
@@ -179,8 +193,11 @@ class Bench:
         import aiohttp
 
         url = f"{self.url}/items/{w.item_id}"
-        fields = {"title": f"{self.rng.choice(COLOURS)} {self.rng.choice(TITLES)}", "brand": "livebench",
-                  "product_types": "apparel"}
+        fields = {
+            "title": f"{self.rng.choice(COLOURS)} {self.rng.choice(TITLES)}",
+            "brand": "livebench",
+            "product_types": "apparel",
+        }
         try:
             if w.kind == "delete":
                 req = session.delete(url, headers=self.auth)
@@ -288,20 +305,29 @@ async def run(url: str, token: str, args: argparse.Namespace) -> dict[str, Any]:
     import aiohttp
 
     queries = load_queries(url)
-    items = sorted({h["item_id"] for q in queries[:40] for h in post_json(url, "/search", {"query": q, "k": 10})["results"]})
+    items = sorted(
+        {h["item_id"] for q in queries[:40] for h in post_json(url, "/search", {"query": q, "k": 10})["results"]}
+    )
     images = [p.read_bytes() for p in sorted(Path(args.images).glob("*.jpg"))[:20]]
     if not images and args.image_writes_per_s > 0:
         raise SystemExit(f"no *.jpg under {args.images} for the image writes")
     bench = Bench(url, token, args, queries, items, images)
-    phases = [Phase(f"{n}{i}", w, args.phase_seconds) for i, (n, w) in enumerate(
-        [("reads", False), ("writes", True), ("writes", True), ("reads", False)][: 2 * args.rounds])]
+    phases = [
+        Phase(f"{n}{i}", w, args.phase_seconds)
+        for i, (n, w) in enumerate(
+            [("reads", False), ("writes", True), ("writes", True), ("reads", False)][: 2 * args.rounds]
+        )
+    ]
     connector = aiohttp.TCPConnector(limit=args.concurrency + 64)
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as session:
         await bench.phase(session, Phase("warmup", False, args.warmup_seconds))
         for p in phases:
             await bench.phase(session, p)
-            print(f"  {p.name}: {p.searches} searches in {p.seconds:.1f}s ({p.rps:.1f}/s), "
-                  f"{p.search_errors} failed searches, {p.probe_errors} failed probes", flush=True)
+            print(
+                f"  {p.name}: {p.searches} searches in {p.seconds:.1f}s ({p.rps:.1f}/s), "
+                f"{p.search_errors} failed searches, {p.probe_errors} failed probes",
+                flush=True,
+            )
             print("    CPU s: " + ", ".join(f"{k} {v:.1f}" for k, v in p.cpu_s.items() if v >= 0.05), flush=True)
         await bench.settle(session, 15.0)
         claims = await bench.check_claims(session, 400)
@@ -325,7 +351,9 @@ def report(bench: Bench, phases: list[Phase], claims: dict[str, int]) -> dict[st
     rps_writes = sum(p.searches for p in writes) / sum(p.seconds for p in writes)
     ratio = rps_writes / rps_reads if rps_reads else 0.0
     acked = [w for w in bench.writes if w.acked is not None]
-    ttv = {k: [w.visible_s for w in acked if w.kind == k and w.visible_s is not None] for k in ("text", "delete", "image")}
+    ttv = {
+        k: [w.visible_s for w in acked if w.kind == k and w.visible_s is not None] for k in ("text", "delete", "image")
+    }
     text_ttv = ttv["text"] + ttv["delete"]
     never = [w for w in acked if w.visible_s is None]
     t0 = min((w.sent for w in bench.writes), default=0.0)
@@ -334,8 +362,10 @@ def report(bench: Bench, phases: list[Phase], claims: dict[str, int]) -> dict[st
         "search_rps_without_writes": rps_reads,
         "search_rps_with_writes": rps_writes,
         "throughput_ratio": ratio,
-        "search_p50_s": {"without": pct([x for p in reads for x in p.search_latencies], 50),
-                         "with": pct([x for p in writes for x in p.search_latencies], 50)},
+        "search_p50_s": {
+            "without": pct([x for p in reads for x in p.search_latencies], 50),
+            "with": pct([x for p in writes for x in p.search_latencies], 50),
+        },
         "failed_searches": sum(p.search_errors for p in phases),
         "failed_probes": sum(p.probe_errors for p in phases),
         "writes_sent": len(bench.writes),
@@ -344,28 +374,42 @@ def report(bench: Bench, phases: list[Phase], claims: dict[str, int]) -> dict[st
         "write_errors": bench.write_errors[:10],
         "write_latency_p50_s": pct([w.acked - w.sent for w in acked], 50),  # type: ignore[operator]
         "write_latency_p99_s": pct([w.acked - w.sent for w in acked], 99),  # type: ignore[operator]
-        "ttv_text_p50_s": pct(text_ttv, 50), "ttv_text_p99_s": pct(text_ttv, 99),
-        "ttv_image_p50_s": pct(ttv["image"], 50), "ttv_image_p99_s": pct(ttv["image"], 99),
-        "ttv_text_max_s": max(text_ttv, default=None), "ttv_image_max_s": max(ttv["image"], default=None),
+        "ttv_text_p50_s": pct(text_ttv, 50),
+        "ttv_text_p99_s": pct(text_ttv, 99),
+        "ttv_image_p50_s": pct(ttv["image"], 50),
+        "ttv_image_p99_s": pct(ttv["image"], 99),
+        "ttv_text_max_s": max(text_ttv, default=None),
+        "ttv_image_max_s": max(ttv["image"], default=None),
         "never_visible": len(never),
         "ttv_p99_s_by_kind": {k: pct(v, 99) for k, v in ttv.items()},
         # The slowest writes, times relative to the first write: where a tail comes from.
         "slowest": [
-            {"kind": w.kind, "item_id": w.item_id, "seq": w.seq, "sent": round(w.sent - t0, 3),
-             "acked": round(w.acked - t0, 3), "visible_s": round(w.visible_s, 3),  # type: ignore[operator]
-             "seen": {r: None if (t := bench.samples.visible_at(r, w.seq)) is None else round(t - t0, 3)  # type: ignore[arg-type]
-                      for r in sorted(bench.samples.by_replica)}}
+            {
+                "kind": w.kind,
+                "item_id": w.item_id,
+                "seq": w.seq,
+                "sent": round(w.sent - t0, 3),
+                "acked": round(w.acked - t0, 3),
+                "visible_s": round(w.visible_s, 3),  # type: ignore[operator]
+                "seen": {
+                    r: None if (t := bench.samples.visible_at(r, w.seq)) is None else round(t - t0, 3)  # type: ignore[arg-type]
+                    for r in sorted(bench.samples.by_replica)
+                },
+            }
             for w in sorted((w for w in acked if w.visible_s is not None), key=lambda w: -w.visible_s)[:8]  # type: ignore[operator]
         ],
-        "claims_checked": claims["checked"], "claims_violated": claims["violations"],
+        "claims_checked": claims["checked"],
+        "claims_violated": claims["violations"],
         "phases": [{k: v for k, v in asdict(p).items() if k != "search_latencies"} for p in phases],
     }
     checks = {
         f"search throughput with writes >= {TARGET_RATIO}x without": ratio >= TARGET_RATIO,
         f"text time-to-visible p99 <= {TARGET_TEXT_S:.0f} s": (out["ttv_text_p99_s"] or 1e9) <= TARGET_TEXT_S,
         f"image time-to-visible p99 <= {TARGET_IMAGE_S:.0f} s": (out["ttv_image_p99_s"] or 1e9) <= TARGET_IMAGE_S
-        if bench.args.image_writes_per_s > 0 else True,
-        "every acknowledged write visible on every replica": not never and len(out["replicas"]) >= bench.args.retrievers,
+        if bench.args.image_writes_per_s > 0
+        else True,
+        "every acknowledged write visible on every replica": not never
+        and len(out["replicas"]) >= bench.args.retrievers,
         "replica headers agree with GET /items": claims["violations"] == 0 and claims["checked"] > 0,
         "no failed request": out["failed_searches"] == 0 and out["failed_probes"] == 0 and out["writes_failed"] == 0,
     }
@@ -375,15 +419,21 @@ def report(bench: Bench, phases: list[Phase], claims: dict[str, int]) -> dict[st
 
 def print_report(r: dict[str, Any]) -> None:
     print(f"\nreplicas answering: {len(r['replicas'])}")
-    print(f"search throughput: {r['search_rps_without_writes']:.1f}/s without writes, "
-          f"{r['search_rps_with_writes']:.1f}/s with: ratio {r['throughput_ratio']:.2f}x")
+    print(
+        f"search throughput: {r['search_rps_without_writes']:.1f}/s without writes, "
+        f"{r['search_rps_with_writes']:.1f}/s with: ratio {r['throughput_ratio']:.2f}x"
+    )
     print(f"search p50: {ms(r['search_p50_s']['without'])} without, {ms(r['search_p50_s']['with'])} with writes")
     a = r["writes_acked"]
-    print(f"writes acknowledged: {a['text']} text upserts, {a['delete']} deletes, {a['image']} image upserts; "
-          f"{r['writes_failed']} failed; latency p50 {ms(r['write_latency_p50_s'])}, p99 {ms(r['write_latency_p99_s'])}")
-    print(f"time-to-visible on every replica: text p50 {ms(r['ttv_text_p50_s'])}, p99 {ms(r['ttv_text_p99_s'])} "
-          f"(max {ms(r['ttv_text_max_s'])}); image p50 {ms(r['ttv_image_p50_s'])}, p99 {ms(r['ttv_image_p99_s'])} "
-          f"(max {ms(r['ttv_image_max_s'])}); never visible: {r['never_visible']}")
+    print(
+        f"writes acknowledged: {a['text']} text upserts, {a['delete']} deletes, {a['image']} image upserts; "
+        f"{r['writes_failed']} failed; latency p50 {ms(r['write_latency_p50_s'])}, p99 {ms(r['write_latency_p99_s'])}"
+    )
+    print(
+        f"time-to-visible on every replica: text p50 {ms(r['ttv_text_p50_s'])}, p99 {ms(r['ttv_text_p99_s'])} "
+        f"(max {ms(r['ttv_text_max_s'])}); image p50 {ms(r['ttv_image_p50_s'])}, p99 {ms(r['ttv_image_p99_s'])} "
+        f"(max {ms(r['ttv_image_max_s'])}); never visible: {r['never_visible']}"
+    )
     print(f"replica headers checked against GET /items: {r['claims_checked']} checked, {r['claims_violated']} wrong")
     print(f"failed: {r['failed_searches']} searches, {r['failed_probes']} probes")
     for name, ok in r["checks"].items():
@@ -393,15 +443,23 @@ def print_report(r: dict[str, Any]) -> None:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--url", help="an app that is already up (default: start one on 127.0.0.1)")
-    p.add_argument("--token", default=os.environ.get("ITEMSAGE_WRITE_TOKEN"), help="write token for --url (default $ITEMSAGE_WRITE_TOKEN)")
+    p.add_argument(
+        "--token",
+        default=os.environ.get("ITEMSAGE_WRITE_TOKEN"),
+        help="write token for --url (default $ITEMSAGE_WRITE_TOKEN)",
+    )
     p.add_argument("--model-uri", default="models:/itemsage/latest")
     p.add_argument("--index-uri", default=None, help="default: the model URI (its logged index)")
     p.add_argument("--mlflow-tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"))
     p.add_argument("--features", default=None, help="features directory (default: the model manifest's)")
     p.add_argument("--retrievers", type=int, default=2, help="Retriever replicas of the app started here (>= 2)")
-    p.add_argument("--live-dir", default=None, help="serve.live.dir of the app started here (default: a fresh temporary one)")
+    p.add_argument(
+        "--live-dir", default=None, help="serve.live.dir of the app started here (default: a fresh temporary one)"
+    )
     p.add_argument("--changelog-uri", default="", help="serve.live.changelog_uri (default: SQLite in the live dir)")
     p.add_argument("--num-cpus", type=int, default=4, help="logical CPUs of the local Ray started here")
     p.add_argument("--concurrency", type=int, default=8, help="closed-loop /search clients")
@@ -411,7 +469,9 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=2, choices=(1, 2), help="1: A B; 2: A B B A")
     p.add_argument("--warmup-seconds", type=float, default=5.0)
     p.add_argument("--max-writes", type=int, default=5000, help="bound on writes in all")
-    p.add_argument("--images", default=str(REPO / "data" / "sample" / "fashion" / "images"), help="*.jpg for image writes")
+    p.add_argument(
+        "--images", default=str(REPO / "data" / "sample" / "fashion" / "images"), help="*.jpg for image writes"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", help="write the report here")
     args = p.parse_args()
@@ -427,13 +487,24 @@ def main() -> int:
         sys.path.insert(0, str(REPO))
         from deployments.app import run_local
 
-        version = served_version(args.model_uri, args.index_uri or args.model_uri, args.mlflow_tracking_uri, args.features)
+        version = served_version(
+            args.model_uri, args.index_uri or args.model_uri, args.mlflow_tracking_uri, args.features
+        )
         deployments = {"Retriever": {"num_replicas": args.retrievers}}
         live_dir = args.live_dir or tempfile.mkdtemp(prefix="itemsage-live-bench-")
         live = {"enabled": True, "dir": str(Path(live_dir).absolute()), "changelog_uri": args.changelog_uri}
-        url = run_local(version, host="127.0.0.1", port=free_port(), serve_cfg={"live": live}, deployments=deployments,
-                        num_cpus=args.num_cpus, timeout_s=600)
-        print(f"serving {get_json(url + '/version')['model']['version']} at {url} with {args.retrievers} Retriever replicas")
+        url = run_local(
+            version,
+            host="127.0.0.1",
+            port=free_port(),
+            serve_cfg={"live": live},
+            deployments=deployments,
+            num_cpus=args.num_cpus,
+            timeout_s=600,
+        )
+        print(
+            f"serving {get_json(url + '/version')['model']['version']} at {url} with {args.retrievers} Retriever replicas"
+        )
     else:
         url, token = args.url.rstrip("/"), args.token
         if not token:

@@ -22,7 +22,9 @@ class Answer:
     applied: int | None
 
 
-def request(url: str, method: str, path: str, body: Any = None, token: str | None = None, timeout: float = 60) -> Answer:
+def request(
+    url: str, method: str, path: str, body: Any = None, token: str | None = None, timeout: float = 60
+) -> Answer:
     data = None if body is None else json.dumps(body).encode()
     headers = {"content-type": "application/json"}
     if token is not None:
@@ -56,7 +58,9 @@ def on_every_replica(
         assert a.replica is not None and a.applied is not None, (a.status, a.body)
         if a.applied >= seq and a.replica not in got:
             got[a.replica] = a
-        assert time.monotonic() < deadline, f"only {sorted(got)} of {replicas} replicas applied seq {seq} in {timeout_s}s"
+        assert time.monotonic() < deadline, (
+            f"only {sorted(got)} of {replicas} replicas applied seq {seq} in {timeout_s}s"
+        )
     return got
 
 

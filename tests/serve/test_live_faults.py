@@ -66,22 +66,36 @@ class App:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout_s: float = 420.0) -> float:
-        env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "RAY_USAGE_STATS_ENABLED": "0",
-               "ITEMSAGE_WRITE_TOKEN": TOKEN}
+        env = {
+            **{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},
+            "RAY_USAGE_STATS_ENABLED": "0",
+            "ITEMSAGE_WRITE_TOKEN": TOKEN,
+        }
         env.setdefault("RAY_raylet_start_wait_time_s", "120")
         from itemsage.serve.fast_ingress import use_fast_serving
 
         use_fast_serving(env)
         serve_bin = Path(sys.executable).parent / "serve"
         with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen([str(serve_bin), "run", str(self.config)], cwd=REPO, env=env, stdout=out,
-                                         stderr=subprocess.STDOUT, start_new_session=True)
+            self.proc = subprocess.Popen(
+                [str(serve_bin), "run", str(self.config)],
+                cwd=REPO,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         started = time.monotonic()
         while True:
             assert self.proc.poll() is None, f"serve run exited:\n{self.log.read_text(errors='replace')[-4000:]}"
-            assert time.monotonic() - started < timeout_s, f"not healthy:\n{self.log.read_text(errors='replace')[-4000:]}"
+            assert time.monotonic() - started < timeout_s, (
+                f"not healthy:\n{self.log.read_text(errors='replace')[-4000:]}"
+            )
             try:
-                if request(self.url, "GET", "/healthz", timeout=5).status == 200 and self.running("Retriever") == REPLICAS:
+                if (
+                    request(self.url, "GET", "/healthz", timeout=5).status == 200
+                    and self.running("Retriever") == REPLICAS
+                ):
                     return time.monotonic()
             except OSError:
                 pass
@@ -154,7 +168,9 @@ class Traffic:
                 item = self.acked_live.pop(self.rng.randrange(len(self.acked_live)))
                 a = Attempt(item, "delete", None)
             else:
-                a = Attempt(f"fault-{n}", "upsert", f"fault item {n} {self.rng.choice(['shirt', 'shoe', 'watch', 'bag'])}")
+                a = Attempt(
+                    f"fault-{n}", "upsert", f"fault item {n} {self.rng.choice(['shirt', 'shoe', 'watch', 'bag'])}"
+                )
             self.attempts.append(a)
             return a
 
@@ -166,8 +182,14 @@ class Traffic:
                 return
             path = f"/items/{a.item_id}"
             try:
-                r = request(self.app.url, "PUT" if a.op == "upsert" else "DELETE", path,
-                            {"title": a.title} if a.op == "upsert" else None, token=TOKEN, timeout=60)
+                r = request(
+                    self.app.url,
+                    "PUT" if a.op == "upsert" else "DELETE",
+                    path,
+                    {"title": a.title} if a.op == "upsert" else None,
+                    token=TOKEN,
+                    timeout=60,
+                )
                 a.status = r.status
                 if r.status == 200:
                     a.seq = int(r.body["seq"])
@@ -184,7 +206,9 @@ class Traffic:
             self.writing.wait()  # a client of a dead app waits for it rather than spin on refusals
             t0 = time.monotonic()
             try:
-                status = request(self.app.url, "POST", "/search", {"query": queries[(i + n) % 5], "k": 10}, timeout=60).status
+                status = request(
+                    self.app.url, "POST", "/search", {"query": queries[(i + n) % 5], "k": 10}, timeout=60
+                ).status
             except OSError:
                 status = 0
             with self.lock:
@@ -200,10 +224,17 @@ def serve_config(trained: Any, port: int, live_dir: Path) -> dict[str, Any]:
     sys.path.insert(0, str(REPO))
     from deployments.app import serve_config_dict
 
-    version = {"model_uri": "models:/itemsage/1", "index_uri": "models:/itemsage/1", "mlflow_tracking_uri": trained.tracking_uri}
+    version = {
+        "model_uri": "models:/itemsage/1",
+        "index_uri": "models:/itemsage/1",
+        "mlflow_tracking_uri": trained.tracking_uri,
+    }
     # Snapshots every 400 changes: the restarts below start from a snapshot plus the log after it.
     serve_cfg = {"max_k": MAX_K, "live": {"enabled": True, "dir": str(live_dir), "snapshot_every": 400}}
-    deployments = {"Retriever": {"num_replicas": REPLICAS}, "QueryEncoder": {"num_replicas": 1, "autoscaling_config": None}}
+    deployments = {
+        "Retriever": {"num_replicas": REPLICAS},
+        "QueryEncoder": {"num_replicas": 1, "autoscaling_config": None},
+    }
     return serve_config_dict(version, port=port, serve_cfg=serve_cfg, deployments=deployments)
 
 
@@ -224,7 +255,9 @@ def test_acknowledged_writes_survive_sigkill(trained_serving: Any, tmp_path: Pat
         for at, what in KILLS.items():
             deadline = time.monotonic() + 600
             while traffic.done() < at:
-                assert time.monotonic() < deadline and any(t.is_alive() for t in threads[:4]), f"stuck at {traffic.done()} writes"
+                assert time.monotonic() < deadline and any(t.is_alive() for t in threads[:4]), (
+                    f"stuck at {traffic.done()} writes"
+                )
                 time.sleep(0.05)
             if what == "app":
                 killed_at = time.monotonic()
@@ -269,7 +302,9 @@ def check_after_restart(app: App, traffic: Traffic, outage: tuple[float, float] 
     assert not bad_status, [(a.op, a.item_id, a.status) for a in bad_status[:5]]
     last = max(a.seq for a in acked)  # type: ignore[type-var]
     # Each replica's whole index, with titles.
-    answers = on_every_replica(app.url, "POST", "/search", {"query": "fault item", "k": MAX_K}, last, REPLICAS, timeout_s=120)
+    answers = on_every_replica(
+        app.url, "POST", "/search", {"query": "fault item", "k": MAX_K}, last, REPLICAS, timeout_s=120
+    )
     served = {r: {h["item_id"]: h["title"] for h in a.body["results"]} for r, a in answers.items()}
     upserts = {a.item_id: a for a in traffic.attempts if a.op == "upsert"}
     deletes = {a.item_id: a for a in traffic.attempts if a.op == "delete"}
@@ -294,10 +329,18 @@ def check_after_restart(app: App, traffic: Traffic, outage: tuple[float, float] 
     failed = [(t0, t1, s) for t0, t1, s in traffic.searches if s != 200]
     outside = [f for f in failed if f[1] < outage[0] or f[0] > outage[1]]
     report.update(
-        acked=len(acked), unacked=len(unacked), searches=len(traffic.searches), failed_searches=len(failed),
-        failed_outside_app_kill=len(outside), missing=len(missing), resurrected=len(resurrected), half_there=len(half),
+        acked=len(acked),
+        unacked=len(unacked),
+        searches=len(traffic.searches),
+        failed_searches=len(failed),
+        failed_outside_app_kill=len(outside),
+        missing=len(missing),
+        resurrected=len(resurrected),
+        half_there=len(half),
         uncertain_checked=uncertain,
-        unacked_found_whole=sum(1 for a in unacked if a.op == "upsert" and all(a.item_id in s for s in served.values())),
+        unacked_found_whole=sum(
+            1 for a in unacked if a.op == "upsert" and all(a.item_id in s for s in served.values())
+        ),
     )
     print(f"[live faults] {report}")
     assert not missing, missing[:5]

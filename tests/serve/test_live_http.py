@@ -76,7 +76,9 @@ def test_put_is_served_and_delete_removes_it(app: tuple[TestClient, Any]) -> Non
     item = client.get("/items/live-a").json()
     assert item["title"] == "navy linen shirt" and item["fields"]["colors"] == "navy"
     known = search_ids(client)[0]
-    assert "live-a" in [h["item_id"] for h in client.post("/similar", json={"item_id": known, "k": ALL}).json()["results"]]
+    assert "live-a" in [
+        h["item_id"] for h in client.post("/similar", json={"item_id": known, "k": ALL}).json()["results"]
+    ]
     r = client.delete("/items/live-a", headers=AUTH)
     assert r.status_code == 200 and r.json()["op"] == "delete" and r.json()["seq"] > ack["seq"]
     applied(retriever, r.json()["seq"])
@@ -87,7 +89,10 @@ def test_put_is_served_and_delete_removes_it(app: tuple[TestClient, Any]) -> Non
 def test_a_multipart_photo_is_embedded_by_the_backbone(app: tuple[TestClient, Any]) -> None:
     client, retriever = app
     r = client.put(
-        "/items/live-photo", data={"title": "blue cotton tee"}, files={"image": ("p.jpg", jpeg(), "image/jpeg")}, headers=AUTH
+        "/items/live-photo",
+        data={"title": "blue cotton tee"},
+        files={"image": ("p.jpg", jpeg(), "image/jpeg")},
+        headers=AUTH,
     )
     assert r.status_code == 200, r.text
     applied(retriever, r.json()["seq"])
@@ -122,13 +127,34 @@ def test_bad_input_stores_nothing(app: tuple[TestClient, Any]) -> None:
     not_an_image = base64.b64encode(b"\xff\xd8\xff\xe0 a truncated jpeg").decode()
     cases = [
         (client.put, "/items/bad-1", {"json": {"title": "x", "images": [not_an_image]}}, 422),
-        (client.put, "/items/bad-2", {"data": {"title": "x"}, "files": {"image": ("a.jpg", b"GIF89a junk", "image/gif")}}, 422),
+        (
+            client.put,
+            "/items/bad-2",
+            {"data": {"title": "x"}, "files": {"image": ("a.jpg", b"GIF89a junk", "image/gif")}},
+            422,
+        ),
         (client.put, "/items/bad-3", {"json": {"brand": "acme"}}, 422),
         (client.put, "/items/bad-4", {"json": {"title": " "}}, 422),
         (client.delete, "/items/no-such-item", {}, 404),
-        (client.post, "/items/bulk", {"json": {"items": [{"item_id": "bad-5", "title": "ok"}], "delete": ["no-such-item"]}}, 404),
-        (client.post, "/items/bulk", {"json": {"items": [{"item_id": "bad-6", "title": "ok"},
-                                                          {"item_id": "bad-7", "title": "x", "images": [not_an_image]}]}}, 422),
+        (
+            client.post,
+            "/items/bulk",
+            {"json": {"items": [{"item_id": "bad-5", "title": "ok"}], "delete": ["no-such-item"]}},
+            404,
+        ),
+        (
+            client.post,
+            "/items/bulk",
+            {
+                "json": {
+                    "items": [
+                        {"item_id": "bad-6", "title": "ok"},
+                        {"item_id": "bad-7", "title": "x", "images": [not_an_image]},
+                    ]
+                }
+            },
+            422,
+        ),
     ]
     for call, path, kw, status in cases:
         r = call(path, headers=AUTH, **kw)
@@ -153,11 +179,16 @@ def test_a_base_item_can_be_deleted_and_written_again(app: tuple[TestClient, Any
 
 def test_bulk_upserts_and_deletes(app: tuple[TestClient, Any]) -> None:
     client, retriever = app
-    items = [{"item_id": f"bulk-{i}", "title": f"bulk shirt {i}", "attributes": {"sizes": ["S", "M"]}} for i in range(40)]
+    items = [
+        {"item_id": f"bulk-{i}", "title": f"bulk shirt {i}", "attributes": {"sizes": ["S", "M"]}} for i in range(40)
+    ]
     r = client.post("/items/bulk", json={"items": items}, headers=AUTH)
     assert r.status_code == 200 and r.json()["upserted"] == 40, r.text
-    r = client.post("/items/bulk", json={"items": [{"item_id": "bulk-new", "title": "new"}],
-                                         "delete": [f"bulk-{i}" for i in range(10)]}, headers=AUTH)
+    r = client.post(
+        "/items/bulk",
+        json={"items": [{"item_id": "bulk-new", "title": "new"}], "delete": [f"bulk-{i}" for i in range(10)]},
+        headers=AUTH,
+    )
     assert r.status_code == 200 and (r.json()["upserted"], r.json()["deleted"]) == (1, 10)
     applied(retriever, r.json()["seq"])
     ids = set(search_ids(client))

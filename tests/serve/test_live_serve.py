@@ -137,7 +137,9 @@ def test_a_photo_upload_is_embedded_and_served(live: dict[str, Any], sample_imag
     parts = [
         f'--{boundary}\r\nContent-Disposition: form-data; name="title"\r\n\r\nstriped cotton shirt\r\n'.encode(),
         f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="p.jpg"\r\n'
-        "Content-Type: image/jpeg\r\n\r\n".encode() + sample_image + b"\r\n",
+        "Content-Type: image/jpeg\r\n\r\n".encode()
+        + sample_image
+        + b"\r\n",
         f"--{boundary}--\r\n".encode(),
     ]
     req = urllib.request.Request(
@@ -194,11 +196,18 @@ def test_bulk_write_is_all_or_nothing(live: dict[str, Any]) -> None:
     items = [{"item_id": f"live-bulk-{i}", "title": f"bulk item {i}"} for i in range(50)]
     ok = request(url, "POST", "/items/bulk", {"items": items}, token=TOKEN)
     assert ok.status == 200 and ok.body["upserted"] == 50
-    for a in on_every_replica(url, "POST", "/search", {"query": "bulk item", "k": ALL}, ok.body["seq"], REPLICAS).values():
+    for a in on_every_replica(
+        url, "POST", "/search", {"query": "bulk item", "k": ALL}, ok.body["seq"], REPLICAS
+    ).values():
         assert {i["item_id"] for i in items} <= set(result_ids(a))
     # One unknown id among the deletes: nothing of the request is applied.
-    bad = request(url, "POST", "/items/bulk", {"items": [{"item_id": "live-bulk-x", "title": "x"}],
-                                              "delete": ["live-bulk-0", "no-such-item"]}, token=TOKEN)
+    bad = request(
+        url,
+        "POST",
+        "/items/bulk",
+        {"items": [{"item_id": "live-bulk-x", "title": "x"}], "delete": ["live-bulk-0", "no-such-item"]},
+        token=TOKEN,
+    )
     assert bad.status == 404 and "no-such-item" in str(bad.body)
     for a in on_every_replica(url, "GET", "/items/live-bulk-0", None, ok.body["seq"], REPLICAS).values():
         assert a.status == 200
@@ -218,20 +227,23 @@ def test_fuzz_the_write_endpoints_no_5xx(live: dict[str, Any]) -> None:
     operations = [
         op.ok()
         for op in schema.get_all_operations()
-        if (op.ok().method.upper(), op.ok().path) in {("PUT", "/items/{item_id}"), ("DELETE", "/items/{item_id}"), ("POST", "/items/bulk")}
+        if (op.ok().method.upper(), op.ok().path)
+        in {("PUT", "/items/{item_id}"), ("DELETE", "/items/{item_id}"), ("POST", "/items/bulk")}
     ]
     assert len(operations) == 3
     for op in operations:
 
-        @settings(max_examples=25, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck), database=None)
+        @settings(
+            max_examples=25, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck), database=None
+        )
         @given(case=op.as_strategy())
         def run(case: Any) -> None:
             case.headers = {**(case.headers or {}), "Authorization": f"Bearer {TOKEN}"}
             case.call_and_validate(
-                base_url=url, checks=[not_a_server_error, status_code_conformance, response_schema_conformance], timeout=60
+                base_url=url,
+                checks=[not_a_server_error, status_code_conformance, response_schema_conformance],
+                timeout=60,
             )
 
         run()
     assert request(url, "GET", "/healthz").status == 200
-
-

@@ -126,7 +126,10 @@ async def _too_large(send: Any, limit: int) -> None:
 # What each error status means, for the OpenAPI document (an endpoint lists its codes in ENDPOINTS).
 ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorResponse, "description": "missing or wrong bearer token"},
-    403: {"model": ErrorResponse, "description": "local image path outside the allowed roots; writes disabled (no token)"},
+    403: {
+        "model": ErrorResponse,
+        "description": "local image path outside the allowed roots; writes disabled (no token)",
+    },
     404: {"model": ErrorResponse, "description": "unknown item id"},
     413: {"model": ErrorResponse, "description": "upload or request body too large"},
     422: {"model": ErrorResponse, "description": "invalid request (validation message in detail)"},
@@ -282,7 +285,9 @@ def _handlers(backend: Backend, cfg: ServeConfig) -> dict[str, Callable[..., Awa
     async def version() -> Any:
         return await backend.version()
 
-    async def put_item(request: Request, item_id: str = PathParam(min_length=1, max_length=cfg.max_item_id_chars)) -> Any:
+    async def put_item(
+        request: Request, item_id: str = PathParam(min_length=1, max_length=cfg.max_item_id_chars)
+    ) -> Any:
         item = await read_item_write(request, item_model, cfg)
         done = await backend.upsert_items([core_item(item_id, item)])
         return {"item_id": item_id, "op": "upsert", "seq": done["seq"], "model_version": done.get("model_version")}

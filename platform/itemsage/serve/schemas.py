@@ -298,7 +298,9 @@ def build_write_models(cfg: ServeConfig) -> tuple[type[BaseModel], type[BaseMode
         """Upserts and deletes: every item checked and every deleted id known before any is stored."""
 
         model_config = strict
-        items: Annotated[list[BulkItem], Field(max_length=cfg.max_bulk_items, description="items to add or replace")] = []
+        items: Annotated[
+            list[BulkItem], Field(max_length=cfg.max_bulk_items, description="items to add or replace")
+        ] = []
         delete: Annotated[list[ItemId], Field(max_length=cfg.max_bulk_items, description="item ids to remove")] = []
 
         @model_validator(mode="after")
