@@ -254,8 +254,11 @@ class Bench:
         jobs = [self.searcher(session, phase, deadline, i) for i in range(self.args.concurrency)]
         jobs.append(self.prober(session, phase, deadline))
         if phase.writes:
-            jobs.append(self.writer(session, deadline, self.args.text_writes_per_s, "text"))
-            jobs.append(self.writer(session, deadline, self.args.image_writes_per_s, "image"))
+            # Writes stop a little before the reads, so that every write is acknowledged and seen
+            # while the full read load still samples both replicas.
+            stop = deadline - self.args.write_margin_seconds
+            jobs.append(self.writer(session, stop, self.args.text_writes_per_s, "text"))
+            jobs.append(self.writer(session, stop, self.args.image_writes_per_s, "image"))
         t0, cpu0 = time.perf_counter(), process_cpu()
         await asyncio.gather(*jobs)
         phase.seconds = time.perf_counter() - t0  # the writes' tail may run past the deadline
@@ -270,7 +273,9 @@ class Bench:
         while time.perf_counter() < deadline:
             if self.samples.by_replica and all(self.samples.claims(r, last) for r in self.samples.by_replica):
                 return
-            await self.prober(session, dummy, time.perf_counter() + 0.5)
+            # Several at once: a lone sequential client may be routed to one replica only.
+            until = time.perf_counter() + 0.5
+            await asyncio.gather(*(self.prober(session, dummy, until) for _ in range(self.args.concurrency)))
 
     async def check_claims(self, session: Any, limit: int) -> dict[str, int]:
         """GET /items/{id} for written items: a replica whose applied seq covers the item's last
@@ -468,6 +473,7 @@ def main() -> int:
     p.add_argument("--phase-seconds", type=float, default=20.0, help="length of each phase (A B B A)")
     p.add_argument("--rounds", type=int, default=2, choices=(1, 2), help="1: A B; 2: A B B A")
     p.add_argument("--warmup-seconds", type=float, default=5.0)
+    p.add_argument("--write-margin-seconds", type=float, default=3.0, help="writes stop this long before a write phase ends")
     p.add_argument("--max-writes", type=int, default=5000, help="bound on writes in all")
     p.add_argument(
         "--images", default=str(REPO / "data" / "sample" / "fashion" / "images"), help="*.jpg for image writes"

@@ -48,10 +48,11 @@ DEFAULT_MAX_BATCH = 32
 # the batch fills while the previous one runs anyway.
 DEFAULT_BATCH_WAIT_S = 0.002
 # Catalog writes wait this long for others to share an item-tower forward (user_config
-# ``write_batch_wait_s``). A write's latency matters far less than a query's, and a text item
-# alone costs ~15 ms of CPU, four in one forward ~22 ms: at 20 writes/s this halves what writes
-# take from searches on a 2-CPU box (experiments/bench/live.py).
-DEFAULT_WRITE_BATCH_WAIT_S = 0.1
+# ``write_batch_wait_s``). A write's latency matters far less than a query's (time-to-visible
+# counts from the acknowledgement), and a text item alone costs ~15 ms of CPU (MiniLM title +
+# tower), four in one forward ~22 ms: at 20 writes/s, batches of ~5 cut what writes take from
+# searches on a 2-CPU box (experiments/bench/live.py).
+DEFAULT_WRITE_BATCH_WAIT_S = 0.25
 
 
 def client_errors_as_values(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
