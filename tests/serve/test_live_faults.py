@@ -5,7 +5,7 @@ so "the whole Serve app" can be killed like a crashed machine: the ``serve run``
 process below it (GCS, raylet, controller, HAProxy, every replica) get SIGKILL at once. Then the
 same config is started again on the same live directory (SQLite change log + snapshots).
 
-During 2,000 writes from 4 clients (new items, and deletes of acknowledged ones) and a steady
+During 2,000 writes from 12 clients (new items, and deletes of acknowledged ones) and a steady
 search load from 4 clients:
 
 1. after ~500 writes one of the two Retriever replicas is SIGKILLed,
@@ -46,6 +46,9 @@ WRITES = 2000
 KILLS = {500: "Retriever", 1000: "ItemEncoder", 1500: "app"}
 MAX_K = 5000  # more than the catalog will hold: one /search returns every item of a replica
 REPLICAS = 2
+# Concurrent writers: writes wait up to write_batch_wait_s to share an item-tower forward, so more
+# writers make bigger batches and a shorter test.
+WRITERS = 12
 
 
 @dataclass
@@ -70,6 +73,8 @@ class App:
             **{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},
             "RAY_USAGE_STATS_ENABLED": "0",
             "ITEMSAGE_WRITE_TOKEN": TOKEN,
+            # The final Ctrl-C need not wait Serve's 30 s drain: nothing is in flight by then.
+            "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",
         }
         env.setdefault("RAY_raylet_start_wait_time_s", "120")
         from itemsage.serve.fast_ingress import use_fast_serving
@@ -144,7 +149,7 @@ class App:
 
 
 class Traffic:
-    """4 writer and 4 searcher threads against ``app.url`` (followed across a restart)."""
+    """Writer and 4 searcher threads against ``app.url`` (followed across a restart)."""
 
     def __init__(self, app: App) -> None:
         self.app = app
@@ -245,7 +250,7 @@ def test_acknowledged_writes_survive_sigkill(trained_serving: Any, tmp_path: Pat
     app = App(config, port, tmp_path / "serve.log")
     app.start()
     traffic = Traffic(app)
-    threads = [threading.Thread(target=traffic.writer, daemon=True) for _ in range(4)]
+    threads = [threading.Thread(target=traffic.writer, daemon=True) for _ in range(WRITERS)]
     threads += [threading.Thread(target=traffic.searcher, args=(i,), daemon=True) for i in range(4)]
     report: dict[str, Any] = {"killed": {}}
     outage: tuple[float, float] | None = None
@@ -255,7 +260,7 @@ def test_acknowledged_writes_survive_sigkill(trained_serving: Any, tmp_path: Pat
         for at, what in KILLS.items():
             deadline = time.monotonic() + 600
             while traffic.done() < at:
-                assert time.monotonic() < deadline and any(t.is_alive() for t in threads[:4]), (
+                assert time.monotonic() < deadline and any(t.is_alive() for t in threads[:WRITERS]), (
                     f"stuck at {traffic.done()} writes"
                 )
                 time.sleep(0.05)
@@ -272,7 +277,7 @@ def test_acknowledged_writes_survive_sigkill(trained_serving: Any, tmp_path: Pat
                 assert len(victims) == (REPLICAS if what == "Retriever" else 1), (what, victims)
                 victims[0].kill()
                 report["killed"][what] = victims[0].pid
-        for t in threads[:4]:
+        for t in threads[:WRITERS]:
             t.join(900)
         assert traffic.done() == WRITES
         # Every replica back (Serve replaced the killed ones), then a little more search traffic.
@@ -281,7 +286,7 @@ def test_acknowledged_writes_survive_sigkill(trained_serving: Any, tmp_path: Pat
             assert time.monotonic() < deadline, "replicas not replaced"
             time.sleep(0.5)
         traffic.stop.set()
-        for t in threads[4:]:
+        for t in threads[WRITERS:]:
             t.join(120)
         check_after_restart(app, traffic, outage, report)
     except BaseException:
