@@ -386,6 +386,11 @@ def report(bench: Bench, phases: list[Phase], claims: dict[str, int]) -> dict[st
         "ttv_text_max_s": max(text_ttv, default=None),
         "ttv_image_max_s": max(ttv["image"], default=None),
         "never_visible": len(never),
+        # The resolution of the figures: the longest a replica went without answering a read.
+        "max_sample_gap_s": {
+            r: round(float(max(np.diff(t), default=0.0)), 3) for r, (t, _) in bench.samples.by_replica.items()
+        },
+        "queue_len_cache_s": os.environ.get("RAY_SERVE_QUEUE_LENGTH_CACHE_TIMEOUT_S", "10 (Serve's default)"),
         "ttv_p99_s_by_kind": {k: pct(v, 99) for k, v in ttv.items()},
         # The slowest writes, times relative to the first write: where a tail comes from.
         "slowest": [
@@ -440,6 +445,9 @@ def print_report(r: dict[str, Any]) -> None:
         f"(max {ms(r['ttv_image_max_s'])}); never visible: {r['never_visible']}"
     )
     print(f"replica headers checked against GET /items: {r['claims_checked']} checked, {r['claims_violated']} wrong")
+    print(
+        f"longest a replica went unsampled: {r['max_sample_gap_s']} s (router queue-length cache: {r['queue_len_cache_s']} s)"
+    )
     print(f"failed: {r['failed_searches']} searches, {r['failed_probes']} probes")
     for name, ok in r["checks"].items():
         print(f"  {'PASS' if ok else 'FAIL'}  {name}")
@@ -473,7 +481,15 @@ def main() -> int:
     p.add_argument("--phase-seconds", type=float, default=20.0, help="length of each phase (A B B A)")
     p.add_argument("--rounds", type=int, default=2, choices=(1, 2), help="1: A B; 2: A B B A")
     p.add_argument("--warmup-seconds", type=float, default=5.0)
-    p.add_argument("--write-margin-seconds", type=float, default=3.0, help="writes stop this long before a write phase ends")
+    p.add_argument(
+        "--queue-len-cache-s",
+        type=float,
+        default=1.0,
+        help="RAY_SERVE_QUEUE_LENGTH_CACHE_TIMEOUT_S of the app started here (Serve's default: 10)",
+    )
+    p.add_argument(
+        "--write-margin-seconds", type=float, default=3.0, help="writes stop this long before a write phase ends"
+    )
     p.add_argument("--max-writes", type=int, default=5000, help="bound on writes in all")
     p.add_argument(
         "--images", default=str(REPO / "data" / "sample" / "fashion" / "images"), help="*.jpg for image writes"
@@ -490,6 +506,11 @@ def main() -> int:
 
         token = secrets.token_urlsafe(24)
         os.environ["ITEMSAGE_WRITE_TOKEN"] = token  # before Ray starts: the replicas inherit it
+        # Serve's router remembers each replica's queue length for 10 s by default; after a burst
+        # of writes made one Retriever look busy, it sent every read to the other one for those
+        # 10 s, so nothing could be seen of the first (measured: a 10.4 s "time-to-visible" of
+        # writes that replica had applied long before). Re-probing after 1 s keeps both sampled.
+        os.environ.setdefault("RAY_SERVE_QUEUE_LENGTH_CACHE_TIMEOUT_S", str(args.queue_len_cache_s))
         sys.path.insert(0, str(REPO))
         from deployments.app import run_local
 
