@@ -248,11 +248,12 @@ class LiveConfig(Section):
     # Off: the served index is read-only, exactly as built (writes answer 503).
     enabled: bool = False
     # Where snapshots (index versions holding the live items) and the default SQLite change log
-    # live. "": "<index dir>.live" beside a local index directory; a models:/ index has no
-    # directory of its own, so it needs this set.
+    # live. "": "live/" beside a local index directory (index versions built side by side share
+    # it, so a model swap keeps the live items); a models:/ index has no directory: set it.
     dir: str = ""
     # The durable change log: "" = SQLite at <dir>/changes.sqlite (one machine), "sqlite:///path",
-    # or "postgresql://user:password@host:port/db" for a cluster (every replica, every node).
+    # "postgresql://user:password@host:port/db" for a cluster (every replica, every node), or
+    # "env:NAME" to read that URI from the environment variable NAME (keeps the password out).
     changelog_uri: str = ""
     # How often an idle replica looks for new changes. The read is one indexed query; 50 ms keeps
     # time-to-visible far under the 1 s target without loading the log server.

@@ -28,6 +28,7 @@ import contextlib
 import dataclasses
 import logging
 import math
+import os
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
@@ -39,7 +40,7 @@ from itemsage.config import TEXT_FIELDS, LiveConfig, ServeConfig
 from itemsage.files import write_atomic
 from itemsage.index.changelog import ChangeLog, ItemWrite, item_digest, open_changelog
 from itemsage.index.live import LiveIndex, LiveItem, SnapshotStore, catch_up, compact, restore
-from itemsage.serve.bundle import Catalog, CatalogItem
+from itemsage.serve.bundle import Catalog, CatalogItem, absolute_path
 from itemsage.serve.errors import BadRequestError, ItemNotFoundError, NotReadyError, PayloadTooLargeError
 from itemsage.serve.uploads import read_allowed_file
 
@@ -174,11 +175,12 @@ def check_item(item: Mapping[str, Any], cfg: ServeConfig) -> tuple[str, dict[str
 # --------------------------------------------------------------------------------------- service
 
 
-def live_dir(cfg: LiveConfig, index_uri: str) -> Path:
-    """Where snapshots and the default SQLite log are: ``serve.live.dir``, else ``live/`` beside
-    the index directory (versions built side by side, e.g. ``artifacts/index_v1``/``_v2``, share it)."""
+def live_dir(cfg: LiveConfig, index_uri: str, base_dir: str | None = None) -> Path:
+    """Where snapshots and the default SQLite log are: ``serve.live.dir`` (relative to
+    ``base_dir``, where the app was started), else ``live/`` beside the index directory
+    (versions built side by side, e.g. ``artifacts/index_v1``/``_v2``, share it)."""
     if cfg.dir:
-        return Path(cfg.dir).expanduser().absolute()
+        return Path(absolute_path(cfg.dir, base_dir))
     if "://" in index_uri or index_uri.startswith("models:/"):
         raise ValueError(
             f"serve.live.dir must be set: the index {index_uri!r} is not a local directory to put the change log beside"
@@ -186,11 +188,26 @@ def live_dir(cfg: LiveConfig, index_uri: str) -> Path:
     return Path(index_uri).expanduser().absolute().parent / "live"
 
 
+def changelog_uri(uri: str, base_dir: str | None = None) -> str:
+    """``serve.live.changelog_uri`` as the log opener takes it: ``env:NAME`` is read from the
+    environment (a PostgreSQL password stays out of the config file: a Kubernetes secret sets
+    the variable), and a relative ``sqlite:///`` path is made absolute against ``base_dir``."""
+    if uri.startswith("env:"):
+        name = uri[len("env:") :]
+        if not os.environ.get(name):
+            raise ValueError(f"serve.live.changelog_uri names ${name}, which is not set")
+        uri = os.environ[name]
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        uri = "sqlite:///" + absolute_path(uri[len("sqlite:///") :], base_dir)
+    return uri
+
+
 class LiveCatalogService:
     """The live catalog of one Retriever: its log, snapshots, tail task and write flows."""
 
-    def __init__(self, cfg: ServeConfig, encode: ItemEncode) -> None:
+    def __init__(self, cfg: ServeConfig, encode: ItemEncode, base_dir: str | None = None) -> None:
         self.cfg = cfg
+        self.base_dir = base_dir
         self.live_cfg = cfg.live
         self.encode = encode
         self.log: ChangeLog | None = None
@@ -201,11 +218,12 @@ class LiveCatalogService:
         self._task: asyncio.Task[None] | None = None
         self._last_snapshot: dict[str, int] = {}
         self._tail_lock = asyncio.Lock()
+        self._closing = False
 
     def _open(self, index_uri: str) -> ChangeLog:
         if self.log is None:
-            root = live_dir(self.live_cfg, index_uri)
-            self.log = open_changelog(self.live_cfg.changelog_uri, root)
+            root = live_dir(self.live_cfg, index_uri, self.base_dir)
+            self.log = open_changelog(changelog_uri(self.live_cfg.changelog_uri, self.base_dir), root)
             self.store = SnapshotStore(root)
             self.images_dir = root / IMAGES_DIR
             self.images_dir.mkdir(parents=True, exist_ok=True)
@@ -254,7 +272,7 @@ class LiveCatalogService:
             self._task = asyncio.get_running_loop().create_task(self._tail(current), name="live-catalog-tail")
 
     async def _tail(self, current: Callable[[], RetrievalState | None]) -> None:
-        while True:
+        while not self._closing:
             self._wake.clear()
             state = current()
             if state is not None and isinstance(state.index, LiveIndex):
@@ -262,8 +280,11 @@ class LiveCatalogService:
                     await self.catch_up(state)
                 except Exception:  # noqa: BLE001 - a failed step is retried next poll, never fatal
                     log.exception("applying the change log failed; retrying")
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a cancellation that
+            # arrives as the wait ends, and close() would then wait for this loop forever.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.live_cfg.poll_interval_s)
+                async with asyncio.timeout(self.live_cfg.poll_interval_s):
+                    await self._wake.wait()
 
     async def catch_up(self, state: RetrievalState) -> int:
         """Apply every logged change to ``state``'s index now; returns how many were new."""
@@ -280,6 +301,9 @@ class LiveCatalogService:
         return applied
 
     async def close(self) -> None:
+        """Stop following the log and close it (the replica is going away)."""
+        self._closing = True
+        self._wake.set()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -90,6 +90,8 @@ def create_local_app(
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await retriever.swap(spec)
         yield
+        if retriever.live is not None:  # stop following the change log
+            await retriever.live.close()
 
     app.router.lifespan_context = lifespan
     return app

@@ -59,7 +59,7 @@ class Retriever:
         self._spec: ServingSpec | None = None
         self._swap_lock = asyncio.Lock()
         # Live catalog writes (serve.live): the change log this replica follows and writes to.
-        self.live = LiveCatalogService(cfg, encoding.write_item) if cfg.live.enabled else None
+        self.live = LiveCatalogService(cfg, encoding.write_item, base_dir) if cfg.live.enabled else None
 
     # ---- versions ------------------------------------------------------------------------------
     @property
