@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Self, TypeVar
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, SecretStr, ValidationError
 
 # The 12 ItemSage text features (paper, section 3). Order matters: it is the order of the text
 # groups in the item tower's input sequence and of the ``tok_<field>`` feature columns.
@@ -306,6 +306,15 @@ class ServeConfig(Section):
     # machine, when not at the path recorded at preprocessing; checked against the recorded
     # SHA-256. Empty: the recorded path, or $ITEMSAGE_IMAGE_WEIGHTS (itemsage.trained.image_weights).
     image_weights_path: str | None = None
+    # Bearer token the write endpoints (PUT/DELETE /items/{id}, POST /items/bulk) require. Empty:
+    # read from the environment variable named by write_token_env (keeps it out of config files);
+    # both empty: writes are refused (403). Never logged (itemsage.serve.auth).
+    write_token: SecretStr = SecretStr("")
+    write_token_env: str = "ITEMSAGE_WRITE_TOKEN"
+    # Reads are open by default; true: they need the same token.
+    reads_require_token: bool = False
+    # POST /items/bulk: upserts plus deletes in one request.
+    max_bulk_items: int = 1000
     live: LiveConfig = LiveConfig()
 
 

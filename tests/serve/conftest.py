@@ -51,7 +51,9 @@ def trained_serving(sample_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
     return build_trained_serving(sample_dir, tmp_path_factory.mktemp("trained_serving"))
 
 
-def start_serve_app(trained: object, version: str = "1", deployments: dict | None = None, num_cpus: int = 4) -> dict:
+def start_serve_app(
+    trained: object, version: str = "1", deployments: dict | None = None, num_cpus: int = 4, serve_cfg: dict | None = None
+) -> dict:
     """Start a local Ray (no dashboard) and deploy deployments/serve_config.yaml on 127.0.0.1 at a
     free port, serving ``models:/itemsage/<version>`` of ``trained`` (a ``TrainedServing``), the
     way ``serve run`` deploys it. The caller stops it with :func:`stop_serve_app`."""
@@ -76,7 +78,7 @@ def start_serve_app(trained: object, version: str = "1", deployments: dict | Non
     uri = f"models:/itemsage/{version}"
     spec = {"model_uri": uri, "index_uri": uri, "mlflow_tracking_uri": trained.tracking_uri}  # type: ignore[attr-defined]
     try:
-        url = run_local(spec, host="127.0.0.1", port=port, deployments=deployments, timeout_s=600)
+        url = run_local(spec, host="127.0.0.1", port=port, serve_cfg=serve_cfg, deployments=deployments, timeout_s=600)
     except BaseException:
         stop_serve_app()
         raise

@@ -54,9 +54,8 @@ class WriteError(RuntimeError):
 class ServedCatalog:
     """A served deployment's catalog, through its HTTP write endpoints.
 
-    ``POST /items/bulk`` (``{"items": [...]}``, images base64), ``POST /items/bulk/delete``
-    (``{"item_ids": [...]}``), ``GET /items/digests``; the write token goes in
-    ``Authorization: Bearer``.
+    ``POST /items/bulk`` (``{"items": [...]}`` or ``{"delete": [...]}``, images base64, attributes
+    under ``attributes``), ``GET /catalog/digests``; the write token goes in ``Authorization: Bearer``.
     """
 
     def __init__(self, url: str, token: str | None = None, timeout_s: float = 120.0) -> None:
@@ -87,7 +86,7 @@ class ServedCatalog:
     def delete_items(self, item_ids: Sequence[str]) -> dict[str, Any]:
         out: dict[str, Any] = {"deleted": 0, "seq": None}
         for chunk in _chunks(list(item_ids), BULK_ITEMS):
-            res = self._post("/items/bulk/delete", {"item_ids": chunk})
+            res = self._post("/items/bulk", {"delete": chunk})
             out["deleted"] += int(res.get("deleted", len(chunk)))
             out["seq"] = res.get("seq", out["seq"])
         return out
@@ -96,10 +95,10 @@ class ServedCatalog:
         import httpx
 
         try:
-            r = self._http.get("/items/digests")
+            r = self._http.get("/catalog/digests")
         except httpx.HTTPError as e:
-            raise WriteError(f"{self.url}/items/digests: {e}") from None
-        data = _answer(r, "/items/digests")
+            raise WriteError(f"{self.url}/catalog/digests: {e}") from None
+        data = _answer(r, "/catalog/digests")
         return dict(data.get("items", data))
 
     def close(self) -> None:
@@ -117,7 +116,14 @@ def _answer(r: Any, path: str) -> dict[str, Any]:
 
 
 def _jsonable(item: Mapping[str, Any]) -> dict[str, Any]:
-    out = {k: v for k, v in item.items() if k != "images"}
+    """An item as the HTTP API takes it: text fields at the top, the other keys (filterable
+    attributes) under ``attributes`` (a typo in a field name is then a 422, not an attribute)."""
+    top = {*TEXT_FIELDS, "item_id"}
+    out = {k: v for k, v in item.items() if k in top}
+    attributes = {k: v for k, v in item.items() if k not in top and k not in ("images", "attributes")}
+    attributes.update(item.get("attributes") or {})
+    if attributes:
+        out["attributes"] = attributes
     if item.get("images"):
         out["images"] = [base64.b64encode(bytes(b)).decode("ascii") for b in item["images"]]
     return out

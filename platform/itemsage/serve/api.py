@@ -15,15 +15,18 @@ from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from pathlib import Path
 from typing import Any, Protocol
 
-from fastapi import FastAPI, Query, Request
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from itemsage.config import ServeConfig
+from itemsage.serve.auth import WriteToken, token_dependency
 from itemsage.serve.endpoints import ENDPOINTS
 from itemsage.serve.errors import ServeError, as_serve_error
-from itemsage.serve.schemas import ErrorResponse, RequestModels, build_request_models
+from itemsage.serve.schemas import ErrorResponse, RequestModels, build_request_models, build_write_models
 from itemsage.serve.uploads import decode_base64
+from itemsage.serve.write_api import core_item, openapi_request_body, read_item_write, with_served_headers
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +53,10 @@ class Backend(Protocol):
     async def item_image(self, item_id: str, position: int = 0) -> tuple[bytes, str]: ...
     async def version(self) -> dict[str, Any]: ...
     async def health(self) -> dict[str, Any]: ...
+    async def upsert_items(self, items: list[dict[str, Any]]) -> dict[str, Any]: ...
+    async def item_digests(self) -> dict[str, str]: ...
+    async def delete_items(self, item_ids: list[str]) -> dict[str, Any]: ...
+    async def write_items(self, upserts: list[dict[str, Any]], deletes: list[str]) -> dict[str, Any]: ...
 
 
 class ServiceUnavailableError(ServeError):
@@ -118,7 +125,11 @@ async def _too_large(send: Any, limit: int) -> None:
 
 # What each error status means, for the OpenAPI document (an endpoint lists its codes in ENDPOINTS).
 ERRORS: dict[int | str, dict[str, Any]] = {
-    403: {"model": ErrorResponse, "description": "local image path outside the allowed roots"},
+    401: {"model": ErrorResponse, "description": "missing or wrong bearer token"},
+    403: {
+        "model": ErrorResponse,
+        "description": "local image path outside the allowed roots; writes disabled (no token)",
+    },
     404: {"model": ErrorResponse, "description": "unknown item id"},
     413: {"model": ErrorResponse, "description": "upload or request body too large"},
     422: {"model": ErrorResponse, "description": "invalid request (validation message in detail)"},
@@ -143,7 +154,7 @@ def create_api(
 
     @app.exception_handler(ServeError)
     async def _serve_error(_: Request, exc: ServeError) -> JSONResponse:
-        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -160,7 +171,7 @@ def create_api(
         log.exception("request failed")
         return JSONResponse({"detail": "internal error; the request was not completed"}, status_code=503)
 
-    add_endpoints(app, _handlers(backend, cfg), build_request_models(cfg))
+    add_endpoints(app, _handlers(backend, cfg), build_request_models(cfg), WriteToken.from_config(cfg), cfg)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index_page() -> Response:
@@ -175,20 +186,36 @@ def create_api(
     return app
 
 
-def add_endpoints(app: FastAPI, handlers: Mapping[str, Callable[..., Awaitable[Any]]], requests: RequestModels) -> None:
+def add_endpoints(
+    app: FastAPI,
+    handlers: Mapping[str, Callable[..., Awaitable[Any]]],
+    requests: RequestModels,
+    token: WriteToken | None = None,
+    cfg: ServeConfig | None = None,
+) -> None:
     """Register every :data:`ENDPOINTS` route on ``app``; each handler's ``body`` parameter gets the
     endpoint's request model as its annotation (the models carry the config's limits, so they
-    exist only per app)."""
+    exist only per app). Write endpoints (and, with ``cfg.reads_require_token``, the reads but the
+    ops ones) need ``token``; without a token, writes are refused (403)."""
+    token = token or WriteToken("", "serve.write_token")
+    guarded = token_dependency(token)
+    reads_guarded = cfg is not None and cfg.reads_require_token
     missing = [e.name for e in ENDPOINTS if e.name not in handlers]
     extra = sorted(set(handlers) - {e.name for e in ENDPOINTS})
     if missing or extra:
         raise ValueError(f"ENDPOINTS and the HTTP handlers disagree: no handler for {missing}, no endpoint for {extra}")
     for ep in ENDPOINTS:
         handler = handlers[ep.name]
-        if ep.request is not None:
-            _set_body_model(handler, getattr(requests, ep.request))
-        responses: dict[int | str, dict[str, Any]] = {c: ERRORS[c] for c in ep.errors}
         extra_args: dict[str, Any] = {"response_model": ep.response}
+        if ep.request is not None and ep.multipart:  # the handler reads the body (JSON or form)
+            extra_args["openapi_extra"] = openapi_request_body(getattr(requests, ep.request))
+        elif ep.request is not None:
+            _set_body_model(handler, getattr(requests, ep.request))
+        if ep.write or (reads_guarded and ep.tag != "ops"):
+            extra_args["dependencies"] = [Depends(guarded)]
+        responses: dict[int | str, dict[str, Any]] = {c: ERRORS[c] for c in ep.errors}
+        if ep.response is not None and not ep.write:
+            handler = with_served_headers(handler)
         if ep.media_type is not None:  # a raw file, not a JSON body
             responses = {200: {"content": {ep.media_type: {}}}, **responses}
             extra_args = {"response_class": Response}
@@ -217,6 +244,8 @@ def _handlers(backend: Backend, cfg: ServeConfig) -> dict[str, Callable[..., Awa
 
     def image_bytes(data: str) -> bytes:
         return decode_base64(data, cfg.max_upload_bytes)
+
+    item_model, _ = build_write_models(cfg)  # PUT reads its body itself (JSON or multipart)
 
     async def search(body: Any) -> Any:
         return await backend.search(body.query, body.k)
@@ -256,7 +285,43 @@ def _handlers(backend: Backend, cfg: ServeConfig) -> dict[str, Callable[..., Awa
     async def version() -> Any:
         return await backend.version()
 
-    handlers = (search, similar, recommend, embed_query, embed_item, item, item_image, healthz, version)
+    async def put_item(
+        request: Request, item_id: str = PathParam(min_length=1, max_length=cfg.max_item_id_chars)
+    ) -> Any:
+        item = await read_item_write(request, item_model, cfg)
+        done = await backend.upsert_items([core_item(item_id, item)])
+        return {"item_id": item_id, "op": "upsert", "seq": done["seq"], "model_version": done.get("model_version")}
+
+    async def delete_item(item_id: str = PathParam(min_length=1, max_length=cfg.max_item_id_chars)) -> Any:
+        done = await backend.delete_items([item_id])
+        return {"item_id": item_id, "op": "delete", "seq": done["seq"], "model_version": None}
+
+    async def bulk_items(body: Any) -> Any:
+        upserts = []
+        for it in body.items:
+            payload = it.model_dump()
+            payload["images"] = [image_bytes(s) for s in it.images]
+            upserts.append(core_item(payload.pop("item_id"), payload))
+        return await backend.write_items(upserts, list(body.delete))
+
+    async def catalog_digests() -> Any:
+        return {"items": await backend.item_digests()}
+
+    handlers = (
+        search,
+        similar,
+        recommend,
+        embed_query,
+        embed_item,
+        item,
+        item_image,
+        healthz,
+        version,
+        put_item,
+        delete_item,
+        bulk_items,
+        catalog_digests,
+    )
     return {h.__name__: h for h in handlers}
 
 

@@ -25,8 +25,9 @@ from itemsage.config import ServeConfig, from_dict
 from itemsage.serve.api import Backend, ServiceUnavailableError, create_api
 from itemsage.serve.bundle import ModelBundle, features_dir
 from itemsage.serve.core import ModelSpec, ServingSpec
-from itemsage.serve.endpoints import BACKEND_METHODS
+from itemsage.serve.endpoints import BACKEND_METHODS, WRITE_METHODS
 from itemsage.serve.errors import ServeError, as_serve_error
+from itemsage.serve.write_api import SERVED_KEY, served_headers
 from itemsage.trained import resolve_model_ref
 
 # Every replica imports this module; torch and the model code are imported only by the replicas
@@ -46,6 +47,12 @@ DEFAULT_MAX_BATCH = 32
 # Small: at concurrency 1 every request waits this long for company that never comes; under load
 # the batch fills while the previous one runs anyway.
 DEFAULT_BATCH_WAIT_S = 0.002
+# Catalog writes wait this long for others to share an item-tower forward (user_config
+# ``write_batch_wait_s``). A write's latency matters far less than a query's (time-to-visible
+# counts from the acknowledgement), and a text item alone costs ~15 ms of CPU (MiniLM title +
+# tower), four in one forward ~22 ms: at 20 writes/s, batches of ~5 cut what writes take from
+# searches on a 2-CPU box (experiments/bench/live.py).
+DEFAULT_WRITE_BATCH_WAIT_S = 0.25
 
 
 def client_errors_as_values(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
@@ -294,12 +301,33 @@ class QueryEncoder(_EncoderBase):
 class ItemEncoder(_EncoderBase):
     """Item-tower embeddings of new or changed items; image backbone and tower batched."""
 
-    BATCHED = ("_item_batch",)
+    BATCHED = ("_item_batch", "_write_batch")
     USES_TEXT_ENCODER = False
 
     def __init__(self, serve_cfg: Mapping[str, Any] | None = None, base_dir: str | None = None) -> None:
         super().__init__(serve_cfg, base_dir)
         self._item_gate = BatchGate()
+        self._write_batch.set_batch_wait_timeout_s(DEFAULT_WRITE_BATCH_WAIT_S)
+
+    async def reconfigure(self, user_config: Mapping[str, Any]) -> None:
+        cfg = dict(user_config or {})
+        write_wait = float(cfg.pop("write_batch_wait_s", DEFAULT_WRITE_BATCH_WAIT_S))
+        await super().reconfigure(cfg)
+        self._write_batch.set_batch_wait_timeout_s(write_wait)
+
+    @client_errors_as_values
+    async def write_item(self, spec: ModelSpec, payload: dict[str, Any]) -> np.ndarray:
+        """An item being written to the live catalog: always through the write batch, which waits
+        up to ``write_batch_wait_s`` for other writes (no lone fast path: writes trade latency for
+        CPU)."""
+        bundle = await self._bundle(spec)
+        prepared = await asyncio.to_thread(self.enc.prepare_item, bundle, payload)
+        await self._item_gate.wait()
+        return await self._write_batch(bundle, prepared)
+
+    @serve.batch(max_batch_size=DEFAULT_MAX_BATCH, batch_wait_timeout_s=DEFAULT_WRITE_BATCH_WAIT_S)
+    async def _write_batch(self, bundles: list[ModelBundle], items: list[PreparedItem]) -> list[np.ndarray]:
+        return await self._item_gate.run(self.enc.item_batch, bundles, items)
 
     @client_errors_as_values
     async def item(self, spec: ModelSpec, payload: dict[str, Any]) -> np.ndarray:
@@ -352,6 +380,11 @@ class HandleEncoding:
         call = self.items.item
         return await _read_with_retries(lambda: call.remote(spec, payload), "ItemEncoder.item", self.retries)
 
+    async def write_item(self, spec: ModelSpec, payload: dict[str, Any]) -> np.ndarray:
+        # Embedding is a pure function of the payload: retrying it on another replica is safe.
+        call = self.items.write_item
+        return await _read_with_retries(lambda: call.remote(spec, payload), "ItemEncoder.write_item", self.retries)
+
     async def warm(self, spec: ModelSpec) -> None:
         # Reaches one replica of each encoder; the others load the version on their first request
         # (or at start, from their own user_config).
@@ -385,7 +418,7 @@ def forwarding(
 
 
 @serve.deployment(name="Retriever", max_ongoing_requests=128)
-@forwarding(lambda self, name: getattr(self.core, name), wrap=client_errors_as_values)
+@forwarding(lambda self, name: self._forward(name), wrap=client_errors_as_values)
 class RetrieverDeployment:
     """FAISS retrieval over the published version; swaps versions in place via ``user_config``.
 
@@ -413,6 +446,32 @@ class RetrieverDeployment:
             base_dir=base_dir,
         )
         self._search_gate = BatchGate()
+        self.replica = serve.get_replica_context().replica_id.unique_id
+
+    def _served(self) -> dict[str, Any]:
+        """Who answers, and the change-log position its index holds: read *before* a request runs,
+        so a write at or below it is certainly in the answer (``itemsage.serve.write_api``)."""
+        state = self.core.state if self.core.loaded else None
+        return {"replica": self.replica, "applied_seq": int(getattr(state.index, "applied_seq", 0)) if state else 0}
+
+    def _forward(self, name: str) -> Callable[..., Awaitable[Any]]:
+        """The core's method ``name``; a read's answer also names this replica and its applied seq."""
+        method = getattr(self.core, name)
+        if name in WRITE_METHODS:
+            return method
+
+        async def read(*args: Any, **kwargs: Any) -> Any:
+            served = self._served()
+            try:
+                answer = await method(*args, **kwargs)
+            except Exception as exc:  # noqa: BLE001 - a client error (404) says who answered too
+                err = as_serve_error(exc)
+                if err is not None:
+                    err.headers = served_headers(served)
+                raise
+            return {**answer, SERVED_KEY: served} if isinstance(answer, dict) else answer
+
+        return read
 
     async def reconfigure(self, user_config: Mapping[str, Any]) -> None:
         """Load the configured version fully, then swap it in; in-flight requests are unaffected."""
@@ -428,10 +487,12 @@ class RetrieverDeployment:
     async def search(self, query: str, k: int) -> dict[str, Any]:
         # Concurrent searches are batched here, at the hub: a batch makes one QueryEncoder call
         # and one FAISS call, so the per-request cost of the encoder hop shrinks with load.
-        return await self._search_gate.enter(
+        served = self._served()
+        answer = await self._search_gate.enter(
             lambda: _first(self.core.search_many([query], [k])),
             lambda: self._search_batch(query, k),
         )
+        return {**answer, SERVED_KEY: served}
 
     @serve.batch(max_batch_size=DEFAULT_MAX_BATCH, batch_wait_timeout_s=DEFAULT_BATCH_WAIT_S)
     async def _search_batch(self, queries: list[str], ks: list[int]) -> list[dict[str, Any]]:
@@ -454,13 +515,21 @@ class HandleBackend:
 
     async def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         call = getattr(self.retriever, method)
+        # A write is not retried here: if the replica died after logging it, a retried DELETE would
+        # answer 404. The client repeats it (PUT is idempotent) after the 503.
+        retries = 0 if method in WRITE_METHODS else self.retries
         try:
-            return await _read_with_retries(lambda: call.remote(*args, **kwargs), method, self.retries)
+            return await _read_with_retries(lambda: call.remote(*args, **kwargs), method, retries)
         except Exception as exc:  # noqa: BLE001 - classified below
             err = as_serve_error(exc)
             if err is not None:
                 raise err from None
-            log.error("%s failed after %d attempts: %r", method, self.retries + 1, exc)
+            log.error("%s failed after %d attempts: %r", method, retries + 1, exc)
+            if method in WRITE_METHODS:
+                raise ServiceUnavailableError(
+                    f"{method} failed: the backend is unavailable; the write may or may not be in the change "
+                    "log, repeat it"
+                ) from None
             raise ServiceUnavailableError(f"{method} failed: the backend is unavailable, try again") from None
 
 

@@ -19,11 +19,14 @@ from typing import Literal
 from pydantic import BaseModel
 
 from itemsage.serve.schemas import (
+    BulkWriteResponse,
     EmbeddingResponse,
     HealthResponse,
+    ItemDigestsResponse,
     ItemInfo,
     SearchResponse,
     VersionResponse,
+    WriteResponse,
 )
 
 
@@ -43,10 +46,14 @@ class Endpoint:
         tag: OpenAPI group.
         summary: what it answers, one sentence (the OpenAPI description).
         media_type: for a raw file answer, its media type(s).
+        write: part of the write API: needs the write token (``itemsage.serve.auth``) and is
+            never retried by the Ingress (a write that fails is answered 503; the client decides).
+        multipart: the body may also come as ``multipart/form-data`` (text fields + image files);
+            the handler then reads the body itself (``itemsage.serve.write_api``).
     """
 
     name: str
-    method: Literal["GET", "POST"]
+    method: Literal["GET", "POST", "PUT", "DELETE"]
     path: str
     backend: str
     response: type[BaseModel] | None
@@ -55,6 +62,8 @@ class Endpoint:
     tag: str
     summary: str
     media_type: str | None = None
+    write: bool = False
+    multipart: bool = False
 
 
 ENDPOINTS: tuple[Endpoint, ...] = (
@@ -137,6 +146,56 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         summary="The item's ``i``-th catalog image (only files the catalog itself names are served).",
     ),
     Endpoint(
+        name="put_item",
+        method="PUT",
+        path="/items/{item_id}",
+        backend="upsert_items",
+        request="item_write",
+        response=WriteResponse,
+        # 404: an id with "/" in it matches no route (write it through /items/bulk)
+        errors=(401, 403, 404, 413, 422, 503),
+        tag="catalog writes",
+        summary="Add or replace an item (JSON, or multipart with image files); 200 once it is in the change log.",
+        write=True,
+        multipart=True,
+    ),
+    Endpoint(
+        name="delete_item",
+        method="DELETE",
+        path="/items/{item_id}",
+        backend="delete_items",
+        request=None,
+        response=WriteResponse,
+        errors=(401, 403, 404, 503),
+        tag="catalog writes",
+        summary="Remove an item; 200 once the delete is in the change log.",
+        write=True,
+    ),
+    Endpoint(
+        name="bulk_items",
+        method="POST",
+        path="/items/bulk",
+        backend="write_items",
+        request="bulk_write",
+        response=BulkWriteResponse,
+        errors=(401, 403, 404, 413, 422, 503),
+        tag="catalog writes",
+        summary="Up to max_bulk_items upserts and deletes at once, all checked before any is stored.",
+        write=True,
+    ),
+    Endpoint(
+        name="catalog_digests",
+        method="GET",
+        path="/catalog/digests",
+        backend="item_digests",
+        request=None,
+        response=ItemDigestsResponse,
+        errors=(401, 403, 503),
+        tag="catalog writes",
+        summary="Content digest of every served item: what a catalog sync compares a catalog file with (write token).",
+        write=True,
+    ),
+    Endpoint(
         name="healthz",
         method="GET",
         path="/healthz",
@@ -162,3 +221,5 @@ ENDPOINTS: tuple[Endpoint, ...] = (
 
 # The backend methods the endpoints call, in table order: what the Ingress forwards to the Retriever.
 BACKEND_METHODS: tuple[str, ...] = tuple(dict.fromkeys(e.backend for e in ENDPOINTS))
+# The backend methods that write (never retried: a write that failed may still have been logged).
+WRITE_METHODS: frozenset[str] = frozenset(e.backend for e in ENDPOINTS if e.write)

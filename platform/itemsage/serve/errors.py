@@ -15,14 +15,17 @@ class ServeError(Exception):
     """Base: an error whose ``status_code`` and ``detail`` go back to the client as-is."""
 
     status_code: int = 400
+    # Response headers to send with it (which replica answered: itemsage.serve.write_api).
+    headers: dict[str, str] | None = None
 
     def __init__(self, detail: str) -> None:
         super().__init__(detail)
         self.detail = detail
 
-    # Ray re-creates exceptions in the caller from their args; keep ``detail`` the only argument.
+    # Ray re-creates exceptions in the caller from their args; keep ``detail`` the only argument
+    # (the headers travel as state).
     def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.detail,))
+        return (type(self), (self.detail,), {"headers": self.headers} if self.headers else None)
 
 
 class BadRequestError(ServeError):

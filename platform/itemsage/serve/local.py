@@ -60,6 +60,9 @@ class LocalEncoding:
 
         return await self._run(run)
 
+    async def write_item(self, spec: ModelSpec, payload: dict[str, Any]) -> np.ndarray:
+        return await self.item(spec, payload)
+
     async def warm(self, spec: ModelSpec) -> None:
         await self._run(self.enc.warm, spec)
 

@@ -9,10 +9,22 @@ than a silently ignored key.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StringConstraints, create_model, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    StringConstraints,
+    create_model,
+    model_validator,
+)
 
 from itemsage.config import TEXT_FIELDS, ServeConfig
 
@@ -85,6 +97,29 @@ class ErrorResponse(BaseModel):
     detail: Any
 
 
+class WriteResponse(BaseModel):
+    """A write that is in the durable change log (acknowledged)."""
+
+    item_id: str
+    op: Literal["upsert", "delete"]
+    seq: int = Field(
+        description="the write's position in the change log; an answer from a replica that has applied it "
+        "carries X-Applied-Seq >= seq"
+    )
+    model_version: str | None = Field(None, description="model version that embedded the item (upserts)")
+
+
+class ItemDigestsResponse(BaseModel):
+    items: dict[str, str] = Field(description="content digest of every served item, by item id (for a catalog sync)")
+
+
+class BulkWriteResponse(BaseModel):
+    upserted: int
+    deleted: int
+    seq: int = Field(description="change-log position of the request's last write: all of it is visible once applied")
+    model_version: str | None = Field(None, description="model version that embedded the upserts")
+
+
 # --------------------------------------------------------------------------------- requests
 
 
@@ -108,6 +143,8 @@ class RequestModels:
     recommend: type[BaseModel]
     embed_query: type[BaseModel]
     embed_item: type[BaseModel]
+    item_write: type[BaseModel]
+    bulk_write: type[BaseModel]
 
 
 def build_request_models(cfg: ServeConfig) -> RequestModels:
@@ -202,4 +239,79 @@ def build_request_models(cfg: ServeConfig) -> RequestModels:
                 raise ValueError(f"at most {cfg.max_item_images} images per item")
             return self
 
-    return RequestModels(SearchRequest, SimilarRequest, RecommendRequest, EmbedQueryRequest, EmbedItemRequest)
+    item_write, bulk_write = build_write_models(cfg)
+    return RequestModels(
+        SearchRequest, SimilarRequest, RecommendRequest, EmbedQueryRequest, EmbedItemRequest, item_write, bulk_write
+    )
+
+
+def build_write_models(cfg: ServeConfig) -> tuple[type[BaseModel], type[BaseModel]]:
+    """``PUT /items/{item_id}``'s body (the item; its id is in the path) and ``POST /items/bulk``'s.
+
+    An item needs a non-blank ``title`` (every catalog row has one; the item tower and the result
+    pages rely on it); the other text fields are optional. Images are base64 in JSON, files in a
+    multipart PUT (``itemsage.serve.write_api``).
+    """
+    strict = ConfigDict(extra="forbid")
+    ItemId = Annotated[str, StringConstraints(min_length=1, max_length=cfg.max_item_id_chars)]
+    Text = Annotated[str, StringConstraints(max_length=cfg.max_text_field_chars)]
+    Title = Annotated[
+        str,
+        StringConstraints(min_length=1, max_length=cfg.max_text_field_chars),
+        Field(description="required, not blank"),
+    ]
+    Images = Annotated[
+        list[str], Field(max_length=cfg.max_item_images, description="base64 image files (JPEG, PNG, WebP, ...)")
+    ]
+    # Strict: "true" or "3" stay the strings they are.
+    Attribute = StrictBool | StrictInt | StrictFloat | StrictStr | list[StrictStr]
+    AttributeName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")]
+    Attributes = Annotated[
+        dict[AttributeName, Attribute],
+        Field(description="filterable catalog attributes (keyword, keyword list, number, boolean) by name"),
+    ]
+    fields: dict[str, Any] = {f: (Text, "") for f in TEXT_FIELDS if f != "title"}
+    ItemWriteBase = create_model(
+        "ItemWriteBase",
+        __config__=strict,
+        title=(Title, ...),
+        images=(Images, []),
+        attributes=(Attributes, {}),
+        **fields,
+    )
+
+    class ItemWrite(ItemWriteBase):  # type: ignore[misc, valid-type]
+        """A new or changed catalog item: its text fields (``title`` required), images, attributes."""
+
+        @model_validator(mode="after")
+        def _check(self) -> ItemWrite:
+            _not_blank(self.title, "title")
+            clash = sorted(set(self.attributes) & {*TEXT_FIELDS, "item_id", "images", "image_paths"})
+            if clash:
+                raise ValueError(f"attribute names {clash} are item fields, not attributes")
+            return self
+
+    class BulkItem(ItemWrite):
+        item_id: ItemId
+
+    class BulkWrite(BaseModel):
+        """Upserts and deletes: every item checked and every deleted id known before any is stored."""
+
+        model_config = strict
+        items: Annotated[
+            list[BulkItem], Field(max_length=cfg.max_bulk_items, description="items to add or replace")
+        ] = []
+        delete: Annotated[list[ItemId], Field(max_length=cfg.max_bulk_items, description="item ids to remove")] = []
+
+        @model_validator(mode="after")
+        def _check(self) -> BulkWrite:
+            n = len(self.items) + len(self.delete)
+            if not 1 <= n <= cfg.max_bulk_items:
+                raise ValueError(f"a bulk write holds 1..{cfg.max_bulk_items} items (upserts + deletes), got {n}")
+            ids = [it.item_id for it in self.items] + list(self.delete)
+            repeated = sorted(i for i, n in Counter(ids).items() if n > 1)
+            if repeated:
+                raise ValueError(f"item ids named more than once in one bulk write: {repeated[:5]}")
+            return self
+
+    return ItemWrite, BulkWrite

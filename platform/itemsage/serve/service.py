@@ -21,6 +21,7 @@ from itemsage.config import ServeConfig
 from itemsage.serve.core import ModelSpec, RetrievalState, ServingSpec, load_state, read_catalog_image
 from itemsage.serve.errors import NotReadyError
 from itemsage.serve.live import LiveCatalogService
+from itemsage.serve.writes import write_items
 
 
 class Encoding(Protocol):
@@ -32,6 +33,8 @@ class Encoding(Protocol):
     async def similar_query(self, spec: ModelSpec, item_id: str) -> tuple[str, np.ndarray]: ...
     async def history(self, spec: ModelSpec, item_ids: list[str]) -> np.ndarray: ...
     async def item(self, spec: ModelSpec, payload: dict[str, Any]) -> np.ndarray: ...
+    # An item being written to the live catalog: like ``item``, but may wait to batch with other writes.
+    async def write_item(self, spec: ModelSpec, payload: dict[str, Any]) -> np.ndarray: ...
     async def warm(self, spec: ModelSpec) -> None: ...
 
 
@@ -56,7 +59,7 @@ class Retriever:
         self._spec: ServingSpec | None = None
         self._swap_lock = asyncio.Lock()
         # Live catalog writes (serve.live): the change log this replica follows and writes to.
-        self.live = LiveCatalogService(cfg, encoding.item, base_dir) if cfg.live.enabled else None
+        self.live = LiveCatalogService(cfg, encoding.write_item, base_dir) if cfg.live.enabled else None
 
     # ---- versions ------------------------------------------------------------------------------
     @property
@@ -169,6 +172,10 @@ class Retriever:
 
     async def delete_items(self, item_ids: list[str]) -> dict[str, Any]:
         return await self._live_service().delete_items(self.state, item_ids)
+
+    async def write_items(self, upserts: list[dict[str, Any]], deletes: list[str]) -> dict[str, Any]:
+        """Upserts and deletes of one request (``POST /items/bulk``); see itemsage.serve.writes."""
+        return await write_items(self._live_service(), self.state, upserts, deletes)
 
     async def item_digests(self) -> dict[str, str]:
         return await self._live_service().item_digests(self.state)
