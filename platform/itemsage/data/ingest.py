@@ -375,12 +375,9 @@ def _first_line(path: Path) -> str:
 def _recurring_prefixes(styles: Path) -> frozenset[bytes]:
     """Title prefixes (lower case) that start at least two titles: fashion's brands."""
     prefixes = read_file_blocks([styles], _title_prefix_blocks, "FashionTitlePrefixes")
-    recurring = prefixes.groupby("prefix").count().map_batches(_recurring, batch_format="pyarrow")
+    counts = prefixes.groupby("prefix").count()
+    recurring = counts.filter(lambda row: row["count()"] >= 2).select_columns(["prefix"])
     return frozenset(row["prefix"] for row in recurring.iter_rows())
-
-
-def _recurring(counts: pa.Table) -> pa.Table:
-    return counts.filter(pc.greater_equal(counts.column("count()"), 2)).select(["prefix"])
 
 
 def read_records(
