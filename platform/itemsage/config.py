@@ -233,6 +233,33 @@ class TrainConfig(Section):
     loss: LossConfig = LossConfig()
 
 
+AttributeType = Literal["keyword", "keyword_list", "number"]
+
+
+class FilterableAttribute(Section):
+    """One catalog attribute that search requests may filter on (``itemsage.index.attributes``)."""
+
+    # catalog.parquet column it is read from; empty: the attribute's own name.
+    field: str = ""
+    # keyword: one value per item (equality, in-list); keyword_list: several values per item,
+    # split on ``separator`` (matches when any value does); number: a float (ranges).
+    type: AttributeType = "keyword"
+    separator: str = ","
+
+
+class FilterSearchConfig(Section):
+    """How a filtered search runs inside the index (docs/serving.md, "Filters", has the measurements)."""
+
+    # Filters that keep fewer than this share of the items are answered by exact search over the
+    # selected items (cheaper than walking an ANN structure where almost nothing qualifies).
+    exact_below: float = 0.02
+    # Above it, the ANN search runs with the filter's ID selector, its nprobe / efSearch widened by
+    # (1 / selectivity) ** widen_exponent (at most max_widen times): fewer items qualify per
+    # probed list, so more lists are needed for the same k.
+    widen_exponent: float = 0.5
+    max_widen: float = 8.0
+
+
 class IndexConfig(Section):
     # FAISS index-factory spec, or "auto" to pick by a recall/QPS sweep.
     spec: str = "auto"
@@ -240,6 +267,15 @@ class IndexConfig(Section):
     recall_target: float = 0.95
     k: int = 10
     use_gpu: GpuChoice = "auto"
+    # Catalog attributes requests may filter on; their bitmaps are built and saved with the index.
+    # An attribute whose column a catalog lacks (price outside the amazon layout) is left out.
+    filterable: dict[str, FilterableAttribute] = {
+        "gender": FilterableAttribute(field="size_type"),
+        "product_type": FilterableAttribute(field="product_types"),
+        "color": FilterableAttribute(field="colors", type="keyword_list"),
+        "price": FilterableAttribute(type="number"),
+    }
+    filters: FilterSearchConfig = FilterSearchConfig()
 
 
 class ServeConfig(Section):
