@@ -205,13 +205,13 @@ class ItemIndex(ABC):
         """Top-k among the selected labels, the selection applied inside the search."""
         raise UnsupportedOperationError(f"index {self.spec!r} on {self.device} cannot search with a filter")
 
-    def _vectors(self, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    def _selected_vectors(self, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
         """(vectors, labels) of those ``labels`` the index holds, for exact search over a subset;
         None when this index type cannot hand vectors back (then the selector path is used)."""
         return None
 
     def _prepare_filtering(self) -> None:
-        """Build what ``_vectors`` needs (e.g. an IVF direct map); called when attributes attach."""
+        """Build what ``_selected_vectors`` needs (e.g. an IVF direct map); called when attributes attach."""
         return None
 
     # ---- shared behaviour --------------------------------------------------------------------

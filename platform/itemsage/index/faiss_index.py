@@ -281,7 +281,7 @@ class FaissIndex(ItemIndex):
             if isinstance(idx, faiss.IndexIVF) and idx.direct_map.type == faiss.DirectMap.NoMap:
                 idx.set_direct_map_type(faiss.DirectMap.Hashtable)
 
-    def _vectors(self, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    def _selected_vectors(self, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
         if self._gpu_res is not None or not _reconstructs_exactly(self._index):
             return None
         labels = np.ascontiguousarray(labels, np.int64)

@@ -41,7 +41,7 @@ class FilterableIndex(Protocol):
         self, queries: np.ndarray, k: int, selection: Selection, widen: float
     ) -> tuple[np.ndarray, np.ndarray]: ...
 
-    def _vectors(self, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None: ...
+    def _selected_vectors(self, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None: ...
 
 
 def widen_factor(selectivity: float, policy: FilterSearchConfig) -> float:
@@ -63,7 +63,7 @@ def filtered_search(
     if selection.count == 0:
         return np.full((nq, k), -np.inf, np.float32), np.full((nq, k), -1, np.int64)
     if uses_exact(selection, index.ntotal, k, policy):
-        got = index._vectors(selection.labels())
+        got = index._selected_vectors(selection.labels())
         if got is not None:
             return exact_top_k(queries, got[0], got[1], k)
     widen = widen_factor(selection.count / max(index.ntotal, 1), policy)

@@ -93,7 +93,7 @@ class TorchExactIndex(ItemIndex):
         labels = np.where(np.isfinite(scores.cpu().numpy()), self._labels[rows.cpu().numpy()], -1)
         return scores.cpu().numpy(), labels
 
-    def _vectors(self, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    def _selected_vectors(self, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
         # Labels are kept ascending (added in label order, removal keeps the order).
         rows = np.searchsorted(self._labels, labels)
         ok = rows < self._labels.size
