@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from itemsage.config import FilterableAttribute, FilterSearchConfig
+from itemsage.config import FilterableAttribute, FilterSearchConfig, IndexConfig
 from itemsage.index.filters import (
     KEYWORD_LIST,
     NUMBER,
@@ -37,6 +37,7 @@ from itemsage.index.filters import (
     OneOf,
     Range,
 )
+from itemsage.index.idmap import IdMap
 
 ATTRIBUTES_JSON = "attributes.json"
 ATTRIBUTES_NPZ = "attributes.npz"
@@ -157,14 +158,15 @@ class AttributeTable:
         catalog_parquet: str | Path,
         label_of: Mapping[str, int],
         policy: FilterSearchConfig | None = None,
+        filesystem: Any = None,
     ) -> AttributeTable:
         """A table over the items of ``catalog.parquet`` that have a label (are in the index)."""
         import pyarrow.parquet as pq
 
         fields = sorted({s.field for s in specs.values()})
-        schema = pq.read_schema(catalog_parquet)
+        schema = pq.read_schema(catalog_parquet, filesystem=filesystem)
         cols = ["item_id", *[f for f in fields if f in schema.names and f != "item_id"]]
-        table = pq.read_table(catalog_parquet, columns=cols)
+        table = pq.read_table(catalog_parquet, columns=cols, filesystem=filesystem)
         ids = [str(i) for i in table.column("item_id").to_pylist()]
         keep = [r for r, i in enumerate(ids) if i in label_of]
         labels = np.array([label_of[ids[r]] for r in keep], np.int64)
@@ -350,6 +352,24 @@ class AttributeTable:
         if table._live.size != nbytes:
             raise ValueError(f"{directory / ATTRIBUTES_NPZ}: bitmap size {table._live.size} != {nbytes}")
         return table
+
+
+def attributes_for_index(idmap: IdMap, features: str, cfg: IndexConfig) -> AttributeTable | None:
+    """The filterable attributes (``cfg.filterable``) of an index's items, read from the features
+    directory's ``catalog.parquet``; None when nothing is declared or the directory has no catalog."""
+    from pyarrow import fs as pafs
+
+    from itemsage.data.features_io import resolve
+
+    if not cfg.filterable:
+        return None
+    fs, root = resolve(features)
+    path = f"{root}/catalog.parquet"
+    if fs.get_file_info(path).type != pafs.FileType.File:
+        return None
+    ids = idmap.item_ids()
+    label_of = dict(zip(ids, idmap.lookup(ids).tolist()))
+    return AttributeTable.from_catalog(specs_from_config(cfg.filterable), path, label_of, cfg.filters, filesystem=fs)
 
 
 def _number(v: Any) -> float:
