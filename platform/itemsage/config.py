@@ -302,6 +302,8 @@ class ServeConfig(Section):
     allowed_image_roots: list[str] = []
     # Idempotent reads are retried this many times when a replica dies mid-request.
     read_retries: int = 1
+    # Attributes one request's ``filters`` may name (each a clause; they are ANDed).
+    max_filter_clauses: int = 16
 
 
 class PipelineConfig(Section):

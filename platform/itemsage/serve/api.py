@@ -39,9 +39,12 @@ class Backend(Protocol):
     """What the handlers call: the ``backend`` methods named in ``ENDPOINTS``, as
     :class:`~itemsage.serve.service.Retriever` implements them."""
 
-    async def search(self, query: str, k: int) -> dict[str, Any]: ...
-    async def similar(self, k: int, item_id: str | None = None, image: bytes | None = None) -> dict[str, Any]: ...
-    async def recommend(self, history: list[str], k: int) -> dict[str, Any]: ...
+    async def search(self, query: str, k: int, filters: dict[str, Any] | None = None) -> dict[str, Any]: ...
+    async def similar(
+        self, k: int, item_id: str | None = None, image: bytes | None = None, filters: dict[str, Any] | None = None
+    ) -> dict[str, Any]: ...
+    async def recommend(self, history: list[str], k: int, filters: dict[str, Any] | None = None) -> dict[str, Any]: ...
+    async def facets(self) -> dict[str, Any]: ...
     async def embed_query(
         self, text: str | None = None, image: bytes | None = None, history: list[str] | None = None
     ) -> dict[str, Any]: ...
@@ -219,14 +222,14 @@ def _handlers(backend: Backend, cfg: ServeConfig) -> dict[str, Callable[..., Awa
         return decode_base64(data, cfg.max_upload_bytes)
 
     async def search(body: Any) -> Any:
-        return await backend.search(body.query, body.k)
+        return await backend.search(body.query, body.k, filters=body.filters)
 
     async def similar(body: Any) -> Any:
         image = image_bytes(body.image) if body.image is not None else None
-        return await backend.similar(body.k, item_id=body.item_id, image=image)
+        return await backend.similar(body.k, item_id=body.item_id, image=image, filters=body.filters)
 
     async def recommend(body: Any) -> Any:
-        return await backend.recommend(list(body.history), body.k)
+        return await backend.recommend(list(body.history), body.k, filters=body.filters)
 
     async def embed_query(body: Any) -> Any:
         image = image_bytes(body.image) if body.image is not None else None
@@ -256,7 +259,10 @@ def _handlers(backend: Backend, cfg: ServeConfig) -> dict[str, Callable[..., Awa
     async def version() -> Any:
         return await backend.version()
 
-    handlers = (search, similar, recommend, embed_query, embed_item, item, item_image, healthz, version)
+    async def facets() -> Any:
+        return await backend.facets()
+
+    handlers = (search, similar, recommend, embed_query, embed_item, item, item_image, healthz, version, facets)
     return {h.__name__: h for h in handlers}
 
 

@@ -25,6 +25,7 @@ from itemsage.serve.schemas import (
     SearchResponse,
     VersionResponse,
 )
+from itemsage.serve.filtering import FacetsResponse
 
 
 @dataclass(frozen=True)
@@ -157,6 +158,17 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         errors=(503,),
         tag="ops",
         summary="The model and index versions answering right now.",
+    ),
+    Endpoint(
+        name="facets",
+        method="GET",
+        path="/facets",
+        backend="facets",
+        request=None,
+        response=FacetsResponse,
+        errors=(503,),
+        tag="retrieval",
+        summary="The attributes ``filters`` may name: keyword values with item counts, number ranges.",
     ),
 )
 

@@ -15,6 +15,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StringConstraints, create_model, model_validator
 
 from itemsage.config import TEXT_FIELDS, ServeConfig
+from itemsage.serve.filtering import filters_field
 
 # -------------------------------------------------------------------------------- responses
 
@@ -126,11 +127,13 @@ def build_request_models(cfg: ServeConfig) -> RequestModels:
     # Base64 text; its size is checked after decoding (413), not by the schema (which would say 422).
     Image = Annotated[str, Field(description="base64-encoded image file (JPEG, PNG, WebP, ...)")]
     strict = ConfigDict(extra="forbid")
+    Filters = filters_field(cfg.max_filter_clauses)
 
     class SearchRequest(BaseModel):
         model_config = strict
         query: Query
         k: K = 10
+        filters: Filters = None
 
         @model_validator(mode="after")
         def _check(self) -> SearchRequest:
@@ -144,6 +147,7 @@ def build_request_models(cfg: ServeConfig) -> RequestModels:
         item_id: ItemId | None = None
         image: Image | None = None
         k: K = 10
+        filters: Filters = None
 
         @model_validator(mode="after")
         def _check(self) -> SimilarRequest:
@@ -154,6 +158,7 @@ def build_request_models(cfg: ServeConfig) -> RequestModels:
         model_config = strict
         history: History
         k: K = 10
+        filters: Filters = None
 
     class EmbedQueryRequest(BaseModel):
         """One query for one tower: text (search), image (closeup) or history (home)."""
