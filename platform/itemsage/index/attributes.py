@@ -76,12 +76,16 @@ def labels_bitmap(labels: np.ndarray, nbytes: int) -> np.ndarray:
 class Selection:
     """The labels a filter keeps: a packed bitmap (FAISS ``IDSelectorBitmap`` layout) and its count."""
 
-    def __init__(self, bitmap: np.ndarray, count: int) -> None:
+    def __init__(self, bitmap: np.ndarray, count: int, labels: np.ndarray | None = None) -> None:
         self.bitmap = bitmap
         self.count = count
+        self._labels = labels
 
     def labels(self) -> np.ndarray:
-        return bitmap_labels(self.bitmap)
+        """Sorted selected labels (known without a bitmap scan when a clause's posting list was)."""
+        if self._labels is None:
+            self._labels = bitmap_labels(self.bitmap)
+        return self._labels
 
     def contains(self, labels: np.ndarray) -> np.ndarray:
         """Per label: is it selected (vectorised bit test)."""
@@ -111,7 +115,10 @@ class AttributeTable:
             n: np.full(self._nbytes * 8, np.nan) for n, s in self.specs.items() if s.type == NUMBER
         }
         self._live = np.zeros(self._nbytes, np.uint8)  # labels with an entry (set_item'd, not removed)
-        self._lock = threading.Lock()  # writers only; readers copy what they use
+        # Sorted labels per keyword value, made on first use of a rare value: a selective filter's
+        # exact path then needs no bitmap scan. Dropped for a value when an update touches it.
+        self._postings: dict[tuple[str, str], np.ndarray] = {}
+        self._lock = threading.Lock()  # writers, and the postings cache
 
     # ---- building ------------------------------------------------------------------------------
     @classmethod
@@ -213,6 +220,7 @@ class AttributeTable:
                     if bm is None:
                         bm = self._values[name][word] = np.zeros(self._nbytes, np.uint8)
                     bm[byte] |= bit
+                    self._postings.pop((name, word), None)
             self._live[byte] |= bit
 
     def remove_item(self, label: int) -> None:
@@ -224,9 +232,11 @@ class AttributeTable:
         if label >= self._nbytes * 8:
             return
         byte, keep = label >> 3, np.uint8(~(1 << (label & 7)) & 0xFF)
-        for values in self._values.values():
-            for bm in values.values():
-                bm[byte] &= keep
+        for name, values in self._values.items():
+            for word, bm in values.items():
+                if bm[byte] & ~keep:
+                    bm[byte] &= keep
+                    self._postings.pop((name, word), None)
         for arr in self._numbers.values():
             arr[label] = np.nan
         self._live[byte] &= keep
@@ -243,11 +253,35 @@ class AttributeTable:
         if not flt:
             return None
         out: np.ndarray | None = None
+        smallest: np.ndarray | None = None  # the shortest posting list among the clauses
         for clause in flt.clauses:
             bm = self._clause(clause)
-            out = bm if out is None else np.bitwise_and(out, bm, out=out if out is not bm else None)
+            out = bm if out is None else np.bitwise_and(out, bm, out=out)
+            posting = self._posting(clause)
+            if posting is not None and (smallest is None or posting.size < smallest.size):
+                smallest = posting
         assert out is not None
-        return Selection(out, popcount(out))
+        count = popcount(out)
+        labels = None
+        if smallest is not None:
+            labels = smallest if len(flt.clauses) == 1 else smallest[Selection(out, count).contains(smallest)]
+        return Selection(out, count, labels)
+
+    def _posting(self, clause: Equals | OneOf | Range) -> np.ndarray | None:
+        """Sorted labels of a keyword equality clause whose value keeps at most 1/64 of the
+        capacity (below that a label list is smaller than the bitmap); None otherwise."""
+        if not isinstance(clause, Equals) or self.specs[clause.attribute].type == NUMBER:
+            return None
+        key = (clause.attribute, str(clause.value).strip())
+        posting = self._postings.get(key)
+        if posting is not None:
+            return posting
+        bm = self._values[clause.attribute].get(key[1])
+        if bm is None or popcount(bm) > self._nbytes * 8 // 64:
+            return None
+        with self._lock:  # no update between reading the bitmap and caching its labels
+            posting = self._postings[key] = bitmap_labels(bm)
+        return posting
 
     def _clause(self, clause: Equals | OneOf | Range) -> np.ndarray:
         spec = self.specs[clause.attribute]
