@@ -103,7 +103,10 @@ def fashion_catalog(args: argparse.Namespace) -> tuple[np.ndarray, list[str], np
     titles = items["title"].astype(str).tolist()
     t0 = time.perf_counter()
     x = TextEncoder().encode(titles, batch_size=128)
-    print(f"fashion: {len(titles):,} titles embedded with frozen MiniLM in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
+    print(
+        f"fashion: {len(titles):,} titles embedded with frozen MiniLM in {time.perf_counter() - t0:.0f}s",
+        file=sys.stderr,
+    )
     keep = np.linalg.norm(x, axis=1) > 0
     x = x[keep] / np.linalg.norm(x[keep], axis=1, keepdims=True)
     items = items[keep].reset_index(drop=True)
@@ -150,7 +153,10 @@ def run_catalog(
     build_s = time.perf_counter() - t0
     exact_ids = [[ids[j] for j in row if j >= 0] for row in flat.search(q, k)[1]]
     nprobe, base_recall = pick_nprobe(index, q, exact_ids, k, args.recall_target)
-    print(f"{name}: n={n:,} {index.spec} built in {build_s:.0f}s; nprobe={nprobe} (unfiltered recall@{k} {base_recall:.3f})", file=sys.stderr)
+    print(
+        f"{name}: n={n:,} {index.spec} built in {build_s:.0f}s; nprobe={nprobe} (unfiltered recall@{k} {base_recall:.3f})",
+        file=sys.stderr,
+    )
 
     rows = []
     for flt in filters:
@@ -158,7 +164,7 @@ def run_catalog(
         assert sel is not None
         keep: list[Any] = []
 
-        def exact_one(qi: np.ndarray) -> list[str]:
+        def exact_one(qi: np.ndarray, flt: dict[str, Any] = flt, keep: list[Any] = keep) -> list[str]:
             s = index.select(flt)
             assert s is not None
             params = faiss.SearchParameters()
@@ -167,11 +173,11 @@ def run_catalog(
             _, lab = flat.search(qi, k, params=params)
             return [ids[j] for j in lab[0] if j >= 0]
 
-        def ann_one(qi: np.ndarray) -> list[str]:
+        def ann_one(qi: np.ndarray, flt: dict[str, Any] = flt) -> list[str]:
             got, _ = index.search(qi, k, where=index.select(flt))
             return got[0]
 
-        def post_one(qi: np.ndarray) -> list[str]:
+        def post_one(qi: np.ndarray, flt: dict[str, Any] = flt) -> list[str]:
             s = index.select(flt)
             assert s is not None
             got, _ = index.search(qi, args.post_k)
@@ -201,8 +207,16 @@ def run_catalog(
         row["speedup"] = row["qps_ann"] / row["qps_exact"]
         rows.append(row)
         print(markdown_row(row), file=sys.stderr)
-    return {"catalog": name, "n": n, "dim": int(x.shape[1]), "spec": index.spec, "nprobe": nprobe,
-            "unfiltered_recall": base_recall, "build_s": build_s, "rows": rows}
+    return {
+        "catalog": name,
+        "n": n,
+        "dim": int(x.shape[1]),
+        "spec": index.spec,
+        "nprobe": nprobe,
+        "unfiltered_recall": base_recall,
+        "build_s": build_s,
+        "rows": rows,
+    }
 
 
 def markdown_row(r: dict[str, Any]) -> str:
@@ -226,12 +240,16 @@ def markdown(results: list[dict[str, Any]], k: int) -> str:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     doc = __doc__ or ""
     p = argparse.ArgumentParser(
-        description=doc.split("\n\n")[0], epilog=doc.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter
+        description=doc.split("\n\n")[0],
+        epilog=doc.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     default = FilterSearchConfig()
     p.add_argument("--n", type=int, default=1_000_000, help="synthetic catalog size (default 1,000,000)")
     p.add_argument("--dim", type=int, default=256)
-    p.add_argument("--queries", type=int, default=200, help="queries per catalog (default 200: exact search at 1M is the cost)")
+    p.add_argument(
+        "--queries", type=int, default=200, help="queries per catalog (default 200: exact search at 1M is the cost)"
+    )
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--nlist", type=int, default=1024, help="IVF lists (0: the library's ~4*sqrt(N))")
     p.add_argument("--recall-target", type=float, default=0.95, help="unfiltered recall nprobe is chosen for")
@@ -240,7 +258,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--widen-exponent", type=float, default=default.widen_exponent)
     p.add_argument("--max-widen", type=float, default=default.max_widen)
     p.add_argument("--threads", type=int, default=1, help="FAISS OpenMP threads (default 1)")
-    p.add_argument("--clock", choices=("cpu", "wall"), default="cpu", help="QPS per CPU second (default) or wall second")
+    p.add_argument(
+        "--clock", choices=("cpu", "wall"), default="cpu", help="QPS per CPU second (default) or wall second"
+    )
     p.add_argument("--fashion", default="data/fashion", help="fashion catalog (styles.csv + images/)")
     p.add_argument("--no-fashion", action="store_true")
     p.add_argument("--no-synthetic", action="store_true")
@@ -255,7 +275,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     results = []
     if not args.no_synthetic:
         x, ids, q, cols = synthetic_catalog(args)
-        results.append(run_catalog(f"synthetic {args.n // 1000}k", x, ids, q, cols, SYNTHETIC_SPECS, SYNTHETIC_FILTERS, args))
+        results.append(
+            run_catalog(f"synthetic {args.n // 1000}k", x, ids, q, cols, SYNTHETIC_SPECS, SYNTHETIC_FILTERS, args)
+        )
         del x
     if not args.no_fashion:
         if not Path(args.fashion).exists():
@@ -266,7 +288,11 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             specs = specs_from_config(IndexConfig().filterable)
             specs.pop("price")
             x, ids, q, cols = fashion_catalog(args)
-            results.append(run_catalog("fashion", x, ids, q, cols, specs, FASHION_FILTERS, args.__class__(**{**vars(args), "nlist": 0})))
+            results.append(
+                run_catalog(
+                    "fashion", x, ids, q, cols, specs, FASHION_FILTERS, args.__class__(**{**vars(args), "nlist": 0})
+                )
+            )
     print(markdown(results, args.k))
     failed = [r for res in results for r in res["rows"] if r["recall_ann"] < 0.95 or r["speedup"] < 5]
     print(f"\n{len(failed)} of {sum(len(r['rows']) for r in results)} rows miss recall >= 0.95 at >= 5x exact QPS")

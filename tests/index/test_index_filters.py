@@ -13,7 +13,6 @@ from typing import Any
 import numpy as np
 import pytest
 
-
 from itemsage.config import FilterSearchConfig
 from itemsage.index import build_index, load_index
 from itemsage.index.attributes import AttributeTable
@@ -48,9 +47,7 @@ def matches(cols: dict[str, list], row: int, filters: dict) -> bool:
             if v is None:
                 return False
             if isinstance(want, dict):
-                ok = all(
-                    {"gte": v >= b, "gt": v > b, "lte": v <= b, "lt": v < b}[op] for op, b in want.items()
-                )
+                ok = all({"gte": v >= b, "gt": v > b, "lte": v <= b, "lt": v < b}[op] for op, b in want.items())
             else:
                 ok = v in (want if isinstance(want, list) else [want])
         else:

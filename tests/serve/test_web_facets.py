@@ -22,7 +22,14 @@ from itemsage.index import load_index
 from itemsage.index.attributes import AttributeTable, specs_from_config
 
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-gpu", "--disable-component-update", "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-background-networking",
+    "--disable-gpu",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 pytestmark = pytest.mark.skipif(
     not os.access(CHROMIUM, os.X_OK),
@@ -50,8 +57,8 @@ def priced_index(tiny_serving: dict[str, Path], tmp_path_factory: pytest.TempPat
 @pytest.fixture(scope="module")
 def page_url(tiny_serving: dict[str, Path], priced_index: Path) -> Iterator[str]:
     import uvicorn
-
     from conftest import free_port
+
     from itemsage.serve.local import create_local_app
 
     app = create_local_app({"model_uri": str(tiny_serving["model_1"]), "index_uri": str(priced_index)})
@@ -90,9 +97,15 @@ def test_facet_controls_filter_the_results(page_url: str, tmp_path: Path) -> Non
             page.goto(page_url + "/", wait_until="networkidle")
             page.wait_for_selector("#facets select[data-facet=gender]")
             # A select per keyword attribute, its options the values with their counts.
-            options = page.eval_on_selector_all("#facets select[data-facet=gender] option", "os => os.map(o => o.textContent)")
+            options = page.eval_on_selector_all(
+                "#facets select[data-facet=gender] option", "os => os.map(o => o.textContent)"
+            )
             assert options == ["any"] + [f"{v['value']} ({v['count']})" for v in facets["gender"]["values"]]
-            assert page.eval_on_selector_all("#facets select", "s => s.map(e => e.dataset.facet)") == ["gender", "product_type", "color"]
+            assert page.eval_on_selector_all("#facets select", "s => s.map(e => e.dataset.facet)") == [
+                "gender",
+                "product_type",
+                "color",
+            ]
             # Min/max boxes per number attribute, with the catalog's range as placeholders.
             assert page.get_attribute("#facets input[data-facet=price][data-bound=min]", "placeholder") == "min 10"
             assert page.get_attribute("#facets input[data-facet=price][data-bound=max]", "placeholder") == "max 305"
@@ -106,7 +119,9 @@ def test_facet_controls_filter_the_results(page_url: str, tmp_path: Path) -> Non
             with page.expect_response(lambda r: r.url.endswith("/search")) as answer:
                 page.select_option("#facets select[data-facet=gender]", gender["value"])
             assert answer.value.request.post_data_json["filters"] == {"gender": gender["value"]}
-            page.wait_for_function("n => document.querySelectorAll('#results .card').length === n", arg=min(24, gender["count"]))
+            page.wait_for_function(
+                "n => document.querySelectorAll('#results .card').length === n", arg=min(24, gender["count"])
+            )
             for item in shown_items(page):
                 assert httpx.get(f"{page_url}/items/{item}").json()["fields"]["size_type"] == gender["value"]
 

@@ -358,7 +358,7 @@ class AttributeTable:
         }
         (directory / ATTRIBUTES_JSON).write_text(json.dumps(header, indent=1))
         with open(directory / ATTRIBUTES_NPZ, "wb") as f:  # a file object: see faiss_index on write errors
-            np.savez(f, **arrays)
+            np.savez(f, **arrays)  # type: ignore[arg-type]  # numpy's stub reads ** as allow_pickle
         return [ATTRIBUTES_JSON, ATTRIBUTES_NPZ]
 
     @classmethod

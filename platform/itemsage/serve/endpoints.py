@@ -18,6 +18,7 @@ from typing import Literal
 
 from pydantic import BaseModel
 
+from itemsage.serve.filtering import FacetsResponse
 from itemsage.serve.schemas import (
     EmbeddingResponse,
     HealthResponse,
@@ -25,7 +26,6 @@ from itemsage.serve.schemas import (
     SearchResponse,
     VersionResponse,
 )
-from itemsage.serve.filtering import FacetsResponse
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ the filterable attributes for the web page's facet controls.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Annotated, Any
+from typing import Any
 
 from pydantic import BaseModel, Field
 
@@ -21,17 +21,6 @@ FILTERS_DESCRIPTION = (
     '(a numeric range), e.g. {"gender": "Women", "color": ["Red", "Pink"], "price": {"lt": 50}}. '
     "Applied inside the index search; no match gives an empty result list."
 )
-
-
-def filters_field(max_clauses: int) -> Any:
-    """The request models' ``filters`` type: an object of at most ``max_clauses`` attributes.
-
-    Its values are checked against the served index's attributes (which differ per index), so
-    the schema leaves them open and :func:`select_filter` gives the 422 for a bad one."""
-    return Annotated[
-        dict[str, Any] | None,
-        Field(max_length=max_clauses, description=FILTERS_DESCRIPTION),
-    ]
 
 
 def select_filter(index: Any, filters: Mapping[str, Any] | None) -> Any:

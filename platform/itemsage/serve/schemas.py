@@ -15,7 +15,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StringConstraints, create_model, model_validator
 
 from itemsage.config import TEXT_FIELDS, ServeConfig
-from itemsage.serve.filtering import filters_field
+from itemsage.serve.filtering import FILTERS_DESCRIPTION
 
 # -------------------------------------------------------------------------------- responses
 
@@ -127,7 +127,10 @@ def build_request_models(cfg: ServeConfig) -> RequestModels:
     # Base64 text; its size is checked after decoding (413), not by the schema (which would say 422).
     Image = Annotated[str, Field(description="base64-encoded image file (JPEG, PNG, WebP, ...)")]
     strict = ConfigDict(extra="forbid")
-    Filters = filters_field(cfg.max_filter_clauses)
+    # Values are checked against the served index's attributes (itemsage.serve.filtering: 422).
+    Filters = Annotated[
+        dict[str, Any] | None, Field(max_length=cfg.max_filter_clauses, description=FILTERS_DESCRIPTION)
+    ]
 
     class SearchRequest(BaseModel):
         model_config = strict
