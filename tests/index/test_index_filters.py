@@ -128,7 +128,7 @@ def test_filtered_ivf_recall_matches_exact_filtered_search(catalog: Any) -> None
     selector inside the search keeps the recall of the unfiltered index."""
     cols = attribute_columns(len(catalog.ids))
     index = with_attributes(build_index(catalog.x, catalog.ids, "IVF64,Flat", use_gpu=False), cols)
-    index.set_search_params(nprobe=16)  # unfiltered recall@10: 0.95
+    index.set_search_params(nprobe=24)  # unfiltered recall@10: 0.98
     for filters in ({"gender": "Women"}, {"gender": "Unisex"}, {"gender": ["Men", "Unisex"], "color": "Red"}):
         sel = index.select(filters)
         assert sel is not None and not uses_exact(sel, index.ntotal, 10, index.attributes.policy)
