@@ -25,7 +25,7 @@ from PIL import Image
 
 from itemsage.serve.bundle import Catalog, absolute_path, features_dir
 from itemsage.serve.errors import InvalidImageError, ItemNotFoundError
-from itemsage.serve.filtering import facets_json, select_filter
+from itemsage.serve.filtering import facets_json, search_where, select_filter
 from itemsage.trained import ModelRef, resolve_model_ref
 
 
@@ -141,7 +141,7 @@ class RetrievalState:
         want = min(int(k) + len(exclude), self.index.ntotal)
         if want <= 0:
             return []
-        ids, scores = self.index.search(np.asarray(query, np.float32).reshape(1, -1), want, where=where)
+        ids, scores = search_where(self.index, np.asarray(query, np.float32).reshape(1, -1), want, where)
         hits = [Hit(i, float(s)) for i, s in zip(ids[0], scores[0]) if i not in exclude and np.isfinite(s)]
         return hits[:k]
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from itemsage.serve.errors import BadRequestError
+from itemsage.serve.errors import BadRequestError, NotReadyError
 
 FILTERS_DESCRIPTION = (
     "Only items matching every key (AND). Keys: the attributes GET /facets lists. A value is a "
@@ -33,6 +33,19 @@ def select_filter(index: Any, filters: Mapping[str, Any] | None) -> Any:
         return index.select(dict(filters))
     except FilterError as e:
         raise BadRequestError(str(e)) from None
+
+
+def search_where(index: Any, queries: Any, k: int, where: Any) -> Any:
+    """``index.search`` restricted to ``where``; an index that cannot filter (faiss-gpu has no ID
+    selectors) is a 503 saying so, not an internal error."""
+    if where is None:
+        return index.search(queries, k)
+    from itemsage.index.base import UnsupportedOperationError
+
+    try:
+        return index.search(queries, k, where=where)
+    except UnsupportedOperationError as e:
+        raise NotReadyError(str(e)) from None
 
 
 class FacetValue(BaseModel):
