@@ -133,11 +133,19 @@ def test_facet_controls_filter_the_results(page_url: str, tmp_path: Path) -> Non
             narrowed = shown_items(page)
             assert 0 < len(narrowed) < min(24, gender["count"])
 
-            # Nothing matches: an empty result list and a status line, not an error.
+            # An impossible range is refused with the reason, shown on the page.
             with page.expect_response(lambda r: r.url.endswith("/search")) as answer:
                 page.fill("#facets input[data-facet=price][data-bound=min]", "5000")
                 page.press("#facets input[data-facet=price][data-bound=min]", "Enter")
+            assert answer.value.status == 422
+            page.wait_for_selector("#status:has-text('the range is empty')")
+
+            # Nothing matches: an empty result list and a status line, not an error.
+            with page.expect_response(lambda r: r.url.endswith("/search")) as answer:
+                page.fill("#facets input[data-facet=price][data-bound=max]", "")
+                page.press("#facets input[data-facet=price][data-bound=max]", "Enter")
             assert answer.value.status == 200
+            assert answer.value.request.post_data_json["filters"] == {"gender": gender["value"], "price": {"gte": 5000}}
             page.wait_for_function("() => document.querySelectorAll('#results .card').length === 0")
             assert page.inner_text("#status").startswith("0 products")
             page.screenshot(path=str(tmp_path / "facets.png"))
