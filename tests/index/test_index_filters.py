@@ -161,6 +161,8 @@ def test_bad_filters_say_what_is_wrong() -> None:
         ({"color": []}, "the list of values is empty"),
         ({"price": True}, "number attribute"),
         ({"price": float("nan")}, "number attribute"),
+        ({"price": {"lt": 10**400}}, "must be a finite number"),
+        ({"gender": ["Men", {"x": 1}]}, "keyword attribute"),
     ]
     for filters, message in cases:
         with pytest.raises(FilterError, match=message.replace("(", r"\(")):

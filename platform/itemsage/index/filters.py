@@ -84,7 +84,12 @@ class Filter:
 
 
 def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    if not isinstance(v, (int, float)) or isinstance(v, bool):
+        return False
+    try:
+        return math.isfinite(v)
+    except OverflowError:  # an int beyond float range (JSON allows any digits)
+        return False
 
 
 def _scalar(spec: AttributeSpec, value: Any) -> str | float:
