@@ -212,3 +212,36 @@ def test_live_updates_change_what_a_filter_selects(catalog: Any) -> None:
     table.remove_item(int(index.idmap.lookup(["new-item"])[0]))
     ids, _ = index.search(catalog.queries[:1], 10, where=index.select({"gender": "Girls"}))
     assert ids == [[]]
+
+
+def test_any_json_filter_is_parsed_or_refused_clearly(catalog: Any) -> None:
+    """Whatever JSON a client sends as ``filters``: a selection or a FilterError, nothing else."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    index = with_attributes(
+        build_index(catalog.x[:200], catalog.ids[:200], "Flat", use_gpu=False), attribute_columns(200)
+    )
+    scalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8)
+    values = st.recursive(
+        scalars,
+        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
+        max_leaves=6,
+    )
+    keys = st.sampled_from(["gender", "color", "price", "size"]) | st.text(max_size=6)
+
+    @settings(max_examples=300, deadline=None)
+    @given(
+        st.dictionaries(
+            keys, values | st.dictionaries(st.sampled_from(["gte", "gt", "lte", "lt"]), scalars, max_size=2), max_size=3
+        )
+    )
+    def check(filters: dict) -> None:
+        try:
+            sel = index.select(filters)
+        except FilterError:
+            return
+        ids, _ = index.search(catalog.queries[:1], 5, where=sel)
+        assert len(ids[0]) <= 5
+
+    check()
