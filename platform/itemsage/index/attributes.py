@@ -252,10 +252,13 @@ class AttributeTable:
         """
         if not flt:
             return None
+        # One size for every clause: a concurrent set_item may grow the table meanwhile (it
+        # replaces the arrays before it publishes the new size, so they are never shorter).
+        nbytes = self._nbytes
         out: np.ndarray | None = None
         smallest: np.ndarray | None = None  # the shortest posting list among the clauses
         for clause in flt.clauses:
-            bm = self._clause(clause)
+            bm = self._clause(clause, nbytes)
             out = bm if out is None else np.bitwise_and(out, bm, out=out)
             posting = self._posting(clause)
             if posting is not None and (smallest is None or posting.size < smallest.size):
@@ -283,10 +286,10 @@ class AttributeTable:
             posting = self._postings[key] = bitmap_labels(bm)
         return posting
 
-    def _clause(self, clause: Equals | OneOf | Range) -> np.ndarray:
+    def _clause(self, clause: Equals | OneOf | Range, nbytes: int) -> np.ndarray:
         spec = self.specs[clause.attribute]
         if spec.type == NUMBER:
-            vals = self._numbers[clause.attribute]
+            vals = self._numbers[clause.attribute][: nbytes * 8]
             with np.errstate(invalid="ignore"):  # NaN (absent) never matches
                 if isinstance(clause, Range):
                     lo = vals > clause.lo if clause.lo_open else vals >= clause.lo
@@ -298,11 +301,11 @@ class AttributeTable:
             return np.packbits(mask, bitorder="little")
         values = self._values[clause.attribute]
         wanted_words = [clause.value] if isinstance(clause, Equals) else list(clause.values)  # type: ignore[union-attr]
-        out = np.zeros(self._nbytes, np.uint8)
+        out = np.zeros(nbytes, np.uint8)
         for w in wanted_words:
             bm = values.get(str(w).strip())
             if bm is not None:
-                np.bitwise_or(out, bm[: self._nbytes], out=out)
+                np.bitwise_or(out, bm[:nbytes], out=out)
         return out
 
     def facets(self, max_values: int = MAX_FACET_VALUES) -> list[dict[str, Any]]:
