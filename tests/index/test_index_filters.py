@@ -245,3 +245,34 @@ def test_any_json_filter_is_parsed_or_refused_clearly(catalog: Any) -> None:
         assert len(ids[0]) <= 5
 
     check()
+
+
+def test_selecting_while_a_writer_grows_the_table(catalog: Any) -> None:
+    """Searches running while set_item grows the table (new labels past its capacity) never fail."""
+    import threading
+
+    index = with_attributes(build_index(catalog.x, catalog.ids, "IVF64,Flat", use_gpu=False), attribute_columns(3000))
+    table = index.attributes
+    errors: list[BaseException] = []
+    done = threading.Event()
+
+    def write() -> None:
+        try:
+            for label in range(3000, 40_000, 7):
+                table.set_item(label, {"size_type": "Women", "colors": "Red", "price": 1.0})
+        except BaseException as e:  # noqa: BLE001 - reported by the main thread
+            errors.append(e)
+        finally:
+            done.set()
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    searches = 0
+    while not done.is_set() or searches == 0:
+        sel = index.select({"gender": ["Women", "Men"], "price": {"lt": 150}})
+        ids, _ = index.search(catalog.queries[:1], 10, where=sel)
+        assert ids[0]
+        searches += 1
+    writer.join()
+    assert not errors and searches > 0
+    assert table.select(parse_filter({"price": {"lte": 1.0}}, SPECS)).count >= (40_000 - 3000) // 7
