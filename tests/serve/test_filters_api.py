@@ -94,3 +94,27 @@ def test_bad_filters_are_a_clear_422(local_client: TestClient, filters: Any, fra
         r = local_client.post(path, json={**body, "filters": filters})
         assert r.status_code == 422, (path, r.text)
         assert fragment in r.text, r.text
+
+
+def test_fuzz_the_filtered_endpoints_no_5xx(local_client: TestClient) -> None:
+    """schemathesis over /search, /similar, /recommend (``filters`` included) and /facets,
+    in process: no 5xx, and every answer conforms to the schema."""
+    import schemathesis
+    from hypothesis import HealthCheck, given, settings
+    from schemathesis.checks import not_a_server_error
+    from schemathesis.specs.openapi.checks import response_schema_conformance, status_code_conformance
+
+    schema = schemathesis.openapi.from_asgi("/openapi.json", local_client.app)
+    wanted = {"/search", "/similar", "/recommend", "/facets"}
+    operations = [op.ok() for op in schema.get_all_operations() if op.ok().path in wanted]
+    assert len(operations) == 4
+    for op in operations:
+
+        @settings(
+            max_examples=40, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck), database=None
+        )
+        @given(case=op.as_strategy())
+        def run(case: Any) -> None:
+            case.call_and_validate(checks=[not_a_server_error, status_code_conformance, response_schema_conformance])
+
+        run()
