@@ -192,16 +192,22 @@ def run_catalog(
             seconds = max(clock.now() - start, 1e-9)
             measured[method] = (res, q.shape[0] / seconds)
         truth = measured["exact"][0]
+
+        def recall(found: list[list[str]], truth: list[list[str]] = truth) -> float:
+            if sel.count == 0:  # nothing matches: right when nothing came back
+                return float(all(not f for f in found))
+            return recall_at_k(found, truth, k)
+
         row = {
             "catalog": name,
             "filter": json.dumps(flt),
             "selectivity": sel.count / n,
             "matches": sel.count,
             "path": "exact subset" if uses_exact(sel, n, k, policy) else "IVF + selector",
-            "recall_ann": recall_at_k(measured["ann"][0], truth, k),
+            "recall_ann": recall(measured["ann"][0]),
             "qps_ann": measured["ann"][1],
             "qps_exact": measured["exact"][1],
-            "recall_post": recall_at_k(measured["post"][0], truth, k),
+            "recall_post": recall(measured["post"][0]),
             "qps_post": measured["post"][1],
         }
         row["speedup"] = row["qps_ann"] / row["qps_exact"]
