@@ -193,8 +193,8 @@ def run_catalog(
             measured[method] = (res, q.shape[0] / seconds)
         truth = measured["exact"][0]
 
-        def recall(found: list[list[str]], truth: list[list[str]] = truth) -> float:
-            if sel.count == 0:  # nothing matches: right when nothing came back
+        def recall(found: list[list[str]], truth: list[list[str]] = truth, matches: int = sel.count) -> float:
+            if matches == 0:  # nothing matches: right when nothing came back
                 return float(all(not f for f in found))
             return recall_at_k(found, truth, k)
 
