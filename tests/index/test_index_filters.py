@@ -105,7 +105,7 @@ def test_every_result_satisfies_the_filter(catalog: Any, spec: str) -> None:
 def test_fewer_matches_than_k_returns_exactly_those(catalog: Any) -> None:
     cols = attribute_columns(len(catalog.ids))
     cols["size_type"][5] = cols["size_type"][77] = cols["size_type"][2999] = "Girls"
-    for spec in ("IVF64,Flat", "HNSW16", "Flat"):
+    for spec in ("IVF64,Flat", "HNSW16", "Flat", "IVF64,PQ8", "TorchExact"):
         index = with_attributes(build_index(catalog.x, catalog.ids, spec, use_gpu=False), cols)
         ids, scores = index.search(catalog.queries[:5], 10, where=index.select({"gender": "Girls"}))
         for row, s in zip(ids, scores):

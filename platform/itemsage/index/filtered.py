@@ -31,6 +31,11 @@ from itemsage.config import FilterSearchConfig
 from itemsage.index.attributes import Selection
 
 
+# Widening that means "every IVF list" (nprobe = nlist) / the largest graph beam (MAX_EF_SEARCH).
+FULL_SCAN = 1e9
+MAX_EF_SEARCH = 4096
+
+
 class FilterableIndex(Protocol):
     """What a filtered search needs from an ``ItemIndex`` subclass."""
 
@@ -62,11 +67,14 @@ def filtered_search(
     nq = queries.shape[0]
     if selection.count == 0:
         return np.full((nq, k), -np.inf, np.float32), np.full((nq, k), -1, np.int64)
+    widen = widen_factor(selection.count / max(index.ntotal, 1), policy)
     if uses_exact(selection, index.ntotal, k, policy):
         got = index._selected_vectors(selection.labels())
         if got is not None:
             return exact_top_k(queries, got[0], got[1], k)
-    widen = widen_factor(selection.count / max(index.ntotal, 1), policy)
+        # Codes that do not give the vectors back (PQ, SQ): scan every list with the selector,
+        # so no matching item is missed (distances stay the codes' approximations).
+        widen = FULL_SCAN
     return index._search_selected(queries, k, selection, widen)
 
 
@@ -115,7 +123,7 @@ def selector_params(index: faiss.Index, sel: faiss.IDSelector, widen: float, kee
         params.nprobe = int(min(idx.nlist, math.ceil(idx.nprobe * widen)))
     elif isinstance(idx, faiss.IndexHNSW):
         params = faiss.SearchParametersHNSW()
-        params.efSearch = int(math.ceil(idx.hnsw.efSearch * widen))
+        params.efSearch = int(min(MAX_EF_SEARCH, max(idx.hnsw.efSearch, math.ceil(idx.hnsw.efSearch * widen))))
     else:
         params = faiss.SearchParameters()
     params.sel = sel
