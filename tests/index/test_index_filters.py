@@ -276,3 +276,20 @@ def test_selecting_while_a_writer_grows_the_table(catalog: Any) -> None:
     writer.join()
     assert not errors and searches > 0
     assert table.select(parse_filter({"price": {"lte": 1.0}}, SPECS)).count >= (40_000 - 3000) // 7
+
+
+def test_filter_correlated_with_the_vectors_keeps_recall(catalog: Any) -> None:
+    """An attribute that follows the embedding (like gender words in titles): the lists nearest a
+    query hold few matching items, so nprobe must follow where the matches are, not their share."""
+    x0 = catalog.x[:, 0]
+    cols = attribute_columns(len(catalog.ids))
+    cols["size_type"] = ["A" if v > np.quantile(x0, 0.8) else "B" for v in x0]  # 20%, one side
+    index = with_attributes(build_index(catalog.x, catalog.ids, "IVF64,Flat", use_gpu=False), cols)
+    index.set_search_params(nprobe=24)
+    queries = catalog.queries[catalog.queries[:, 0] < np.median(catalog.queries[:, 0])]  # the other side
+    filters = {"gender": "A"}
+    got, _ = index.search(queries, 10, where=index.select(filters))
+    sub = type(catalog)(x=catalog.x, ids=catalog.ids, queries=queries)
+    want = exact_filtered(sub, cols, filters, 10)
+    recall = np.mean([len(set(g) & set(w)) / len(w) for g, w in zip(got, want)])
+    assert recall >= 0.95, recall

@@ -76,10 +76,13 @@ def labels_bitmap(labels: np.ndarray, nbytes: int) -> np.ndarray:
 class Selection:
     """The labels a filter keeps: a packed bitmap (FAISS ``IDSelectorBitmap`` layout) and its count."""
 
-    def __init__(self, bitmap: np.ndarray, count: int, labels: np.ndarray | None = None) -> None:
+    def __init__(self, bitmap: np.ndarray, count: int, labels: np.ndarray | None = None, key: Any = None) -> None:
         self.bitmap = bitmap
         self.count = count
         self._labels = labels
+        # (table version, filter): equal keys select the same labels, so statistics about a
+        # selection (per-IVF-list counts) can be cached by it; None: not cacheable.
+        self.key = key
 
     def labels(self) -> np.ndarray:
         """Sorted selected labels (known without a bitmap scan when a clause's posting list was)."""
@@ -119,6 +122,7 @@ class AttributeTable:
         # exact path then needs no bitmap scan. Dropped for a value when an update touches it.
         self._postings: dict[tuple[str, str], np.ndarray] = {}
         self._lock = threading.Lock()  # writers, and the postings cache
+        self.version = 0  # bumped by every update: part of each Selection's cache key
 
     # ---- building ------------------------------------------------------------------------------
     @classmethod
@@ -222,11 +226,13 @@ class AttributeTable:
                     bm[byte] |= bit
                     self._postings.pop((name, word), None)
             self._live[byte] |= bit
+            self.version += 1
 
     def remove_item(self, label: int) -> None:
         """Forget one label's attributes (the item left the index); unknown labels are a no-op."""
         with self._lock:
             self._clear(int(label))
+            self.version += 1
 
     def _clear(self, label: int) -> None:
         if label >= self._nbytes * 8:
@@ -255,6 +261,7 @@ class AttributeTable:
         # One size for every clause: a concurrent set_item may grow the table meanwhile (it
         # replaces the arrays before it publishes the new size, so they are never shorter).
         nbytes = self._nbytes
+        version = self.version  # read first: an update after it makes the key stale, not wrong
         out: np.ndarray | None = None
         smallest: np.ndarray | None = None  # the shortest posting list among the clauses
         for clause in flt.clauses:
@@ -268,7 +275,7 @@ class AttributeTable:
         labels = None
         if smallest is not None:
             labels = smallest if len(flt.clauses) == 1 else smallest[Selection(out, count).contains(smallest)]
-        return Selection(out, count, labels)
+        return Selection(out, count, labels, key=(id(self), version, flt))
 
     def _posting(self, clause: Equals | OneOf | Range) -> np.ndarray | None:
         """Sorted labels of a keyword equality clause whose value keeps at most 1/64 of the

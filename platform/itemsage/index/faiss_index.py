@@ -55,7 +55,7 @@ from itemsage.index.base import (
     torch_cuda_available,
 )
 from itemsage.index.cagra import CagraIndex, cagra_degree, cuvs_available
-from itemsage.index.filtered import bitmap_selector, selector_params
+from itemsage.index.filtered import FULL_SCAN, ListProbe, bitmap_selector, selector_params
 from itemsage.index.idmap import IdMap, check_id_batch
 from itemsage.index.storage import IDS_FILE, CorruptIndexError, read_metadata, verify_files
 from itemsage.index.torch_exact import LABELS_FILE, TORCH_EXACT, VECTORS_FILE, TorchExactIndex
@@ -188,6 +188,7 @@ class FaissIndex(ItemIndex):
         self._params = _params_for(chain)
         ivf = next((i for i in chain if isinstance(i, faiss.IndexIVF)), None)
         self.nlist: int | None = int(ivf.nlist) if ivf is not None else None
+        self._probe: ListProbe | None = None  # per-list filter counts (IVF with attributes)
 
     @property
     def kind(self) -> str:
@@ -256,6 +257,8 @@ class FaissIndex(ItemIndex):
 
     def _add(self, vectors: np.ndarray, labels: np.ndarray) -> None:
         self._index.add_with_ids(vectors, labels)
+        if self._probe is not None:
+            self._probe.added(faiss.downcast_index(self._index), vectors, labels)
 
     # ---- filtered search (itemsage.index.filtered) -------------------------------------------
     def _search_selected(
@@ -269,6 +272,8 @@ class FaissIndex(ItemIndex):
         keep: list[Any] = [selection.bitmap]
         sel = bitmap_selector(selection.bitmap)
         keep.append(sel)
+        if self._probe is not None and widen < FULL_SCAN:
+            return self._probe.search(self._index, queries, k, selection, sel, widen)
         params = selector_params(self._index, sel, widen, keep)
         return self._index.search(queries, k, params=params)
 
@@ -280,6 +285,8 @@ class FaissIndex(ItemIndex):
         for idx in _unwrap(self._index):
             if isinstance(idx, faiss.IndexIVF) and idx.direct_map.type == faiss.DirectMap.NoMap:
                 idx.set_direct_map_type(faiss.DirectMap.Hashtable)
+        if isinstance(faiss.downcast_index(self._index), faiss.IndexIVF):
+            self._probe = ListProbe(faiss.downcast_index(self._index))
 
     def _selected_vectors(self, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
         if self._gpu_res is not None or not _reconstructs_exactly(self._index):

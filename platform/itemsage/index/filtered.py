@@ -30,7 +30,6 @@ import numpy as np
 from itemsage.config import FilterSearchConfig
 from itemsage.index.attributes import Selection
 
-
 # Widening that means "every IVF list" (nprobe = nlist) / the largest graph beam (MAX_EF_SEARCH).
 FULL_SCAN = 1e9
 MAX_EF_SEARCH = 4096
@@ -129,3 +128,87 @@ def selector_params(index: faiss.Index, sel: faiss.IDSelector, widen: float, kee
     params.sel = sel
     keep.append(params)
     return params
+
+
+class ListProbe:
+    """nprobe per query from where the matching items are, for an IVF index searched with a filter.
+
+    Widening nprobe by the filter's *global* selectivity assumes matching items are spread evenly
+    over the IVF lists. Real attributes are not: a query's nearest lists hold few items of another
+    gender or product type than the query's own (measured on the fashion catalog: recall 0.04-0.6).
+    So the lists are probed nearest first until they hold as many *matching* items as the widened
+    search would scan if they were spread evenly (and at least k): nprobe follows the filter's
+    local density around each query. The per-list counts of a selection come from a label -> list
+    map (one int32 per label) and are cached by the selection's key (filter + attribute version).
+    """
+
+    CACHE_SIZE = 64
+
+    def __init__(self, ivf: faiss.IndexIVF) -> None:
+        invlists = ivf.invlists
+        self.nlist = int(ivf.nlist)
+        self.list_of = np.full(max(int(ivf.ntotal), 1), -1, np.int32)
+        for lst in range(self.nlist):
+            size = invlists.list_size(lst)
+            if size:
+                ids = faiss.rev_swig_ptr(invlists.get_ids(lst), size).copy()
+                self._grow(int(ids.max()) + 1)
+                self.list_of[ids] = lst
+        self._counts: dict[Any, np.ndarray] = {}
+
+    def _grow(self, n: int) -> None:
+        if n > self.list_of.size:
+            grown = np.full(max(n, 2 * self.list_of.size), -1, np.int32)
+            grown[: self.list_of.size] = self.list_of
+            self.list_of = grown
+
+    def added(self, ivf: faiss.IndexIVF, vectors: np.ndarray, labels: np.ndarray) -> None:
+        self._grow(int(labels.max()) + 1)
+        self.list_of[labels] = ivf.quantizer.assign(vectors, 1).reshape(-1)
+
+    def counts(self, selection: Selection) -> np.ndarray:
+        """Matching items per IVF list."""
+        cached = self._counts.get(selection.key) if selection.key is not None else None
+        if cached is not None:
+            return cached
+        n = min(self.list_of.size, selection.bitmap.size * 8)
+        bits = np.unpackbits(selection.bitmap, bitorder="little", count=n).view(bool)
+        lists = self.list_of[:n][bits]
+        counts = np.bincount(lists[lists >= 0], minlength=self.nlist)
+        if selection.key is not None:
+            if len(self._counts) >= self.CACHE_SIZE:
+                self._counts.pop(next(iter(self._counts)))
+            self._counts[selection.key] = counts
+        return counts
+
+    def search(
+        self, ivf: faiss.IndexIVF, queries: np.ndarray, k: int, selection: Selection, sel: Any, widen: float
+    ) -> tuple[np.ndarray, np.ndarray]:
+        counts = self.counts(selection)
+        base = int(ivf.nprobe)
+        target = max(k, base * widen * selection.count / self.nlist)
+        dq, iq = ivf.quantizer.search(queries, self.nlist)
+        scores = np.empty((queries.shape[0], k), np.float32)
+        labels = np.empty((queries.shape[0], k), np.int64)
+        for i in range(queries.shape[0]):
+            covered = np.cumsum(counts[iq[i]])
+            nprobe = int(min(self.nlist, max(base, np.searchsorted(covered, target) + 1)))
+            params = faiss.SearchParametersIVF()
+            params.sel = sel
+            params.nprobe = nprobe
+            # The C++ call: the Python wrapper of search_preassigned refuses search parameters.
+            assign = np.ascontiguousarray(iq[i, :nprobe])
+            dis = np.ascontiguousarray(dq[i, :nprobe])
+            q = np.ascontiguousarray(queries[i : i + 1])
+            ivf.search_preassigned_c(
+                1,
+                faiss.swig_ptr(q),
+                k,
+                faiss.swig_ptr(assign),
+                faiss.swig_ptr(dis),
+                faiss.swig_ptr(scores[i]),
+                faiss.swig_ptr(labels[i]),
+                False,
+                params,
+            )
+        return scores, labels
