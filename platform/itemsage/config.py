@@ -256,9 +256,10 @@ class FilterSearchConfig(Section):
     # items is 6.6x; at 1% the selector path keeps recall 0.99 at 9-20x and gathering 10k vectors
     # is slower than exact search. The crossover lies in between.
     exact_below: float = 0.002
-    # Above it, the ANN search runs with the filter's ID selector, its nprobe / efSearch widened by
-    # (1 / selectivity) ** widen_exponent (at most max_widen times): fewer items qualify per
-    # probed list, so more lists are needed for the same k (x1.8 at 10%, x3.2 at 1%).
+    # Above it, the ANN search runs with the filter's ID selector, widened by
+    # (1 / selectivity) ** widen_exponent (at most max_widen times; x1.8 at 10%, x3.2 at 1%):
+    # efSearch for HNSW; for IVF, the lists are probed nearest first until they hold as many
+    # matching items as that many lists would if the matches were spread evenly.
     widen_exponent: float = 0.25
     max_widen: float = 8.0
 
