@@ -257,10 +257,10 @@ class FilterSearchConfig(Section):
     # is slower than exact search. The crossover lies in between.
     exact_below: float = 0.002
     # Above it, the ANN search runs with the filter's ID selector, widened by
-    # (1 / selectivity) ** widen_exponent (at most max_widen times; x1.8 at 10%, x3.2 at 1%):
+    # (1 / selectivity) ** widen_exponent (at most max_widen times; x1.4 at 50%, x3.2 at 10%, x8 at 1.6%):
     # efSearch for HNSW; for IVF, the lists are probed nearest first until they hold as many
     # matching items as that many lists would if the matches were spread evenly.
-    widen_exponent: float = 0.25
+    widen_exponent: float = 0.5
     max_widen: float = 8.0
 
 
