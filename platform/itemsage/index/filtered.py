@@ -192,7 +192,7 @@ class ListProbe:
         labels = np.empty((queries.shape[0], k), np.int64)
         for i in range(queries.shape[0]):
             covered = np.cumsum(counts[iq[i]])
-            nprobe = int(min(self.nlist, max(base, np.searchsorted(covered, target) + 1)))
+            nprobe = min(self.nlist, max(base, int(np.searchsorted(covered, target)) + 1))
             params = faiss.SearchParametersIVF()
             params.sel = sel
             params.nprobe = nprobe
