@@ -293,3 +293,20 @@ def test_filter_correlated_with_the_vectors_keeps_recall(catalog: Any) -> None:
     want = exact_filtered(sub, cols, filters, 10)
     recall = np.mean([len(set(g) & set(w)) / len(w) for g, w in zip(got, want)])
     assert recall >= 0.95, recall
+
+
+def test_items_added_later_are_found_by_the_probed_filter_search(catalog: Any) -> None:
+    """New items (add + set_item) count in the per-list statistics that pick IVF's lists."""
+    cols = attribute_columns(2700)
+    index = with_attributes(build_index(catalog.x[:2700], catalog.ids[:2700], "IVF64,Flat", use_gpu=False), cols)
+    index.set_search_params(nprobe=16)
+    assert index.select({"gender": "Men"}) is not None  # counts cached before the additions
+    new_ids = catalog.ids[2700:]
+    index.add(new_ids, catalog.x[2700:])
+    for label in index.idmap.lookup(new_ids).tolist():
+        index.attributes.set_item(label, {"size_type": "New"})
+    sel = index.select({"gender": "New"})
+    assert sel is not None and not uses_exact(sel, index.ntotal, 10, POLICY)  # the selector path
+    got, _ = index.search(catalog.x[2700:2750], 10, where=sel)
+    assert all(set(row) <= set(new_ids) for row in got)
+    assert np.mean([row[0] == i for row, i in zip(got, new_ids[:50])]) >= 0.9  # each finds itself
