@@ -219,6 +219,8 @@ def test_flatten_has_every_knob():
     flat = flatten(cfg)
     expected = _leaf_keys(PipelineConfig) - {"preprocess.engagement.action_shares"}
     expected |= {f"preprocess.engagement.action_shares.{a}" for a in cfg.preprocess.engagement.action_shares}
+    expected -= {"index.filterable"}  # a mapping of sections: one param per attribute and knob
+    expected |= {f"index.filterable.{n}.{k}" for n in cfg.index.filterable for k in ("field", "type", "separator")}
     assert set(flat) == expected
     assert flat["train.lr_decay"] == "cosine" and flat["train.val_catalog"] == "split"
 

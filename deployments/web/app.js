@@ -1,4 +1,6 @@
 // ItemSage demo page: search box -> POST /search; click a product -> POST /similar.
+// Facet controls (GET /facets): a select per keyword attribute, min/max per number; they become
+// the requests' "filters" and re-run the current search when changed.
 // Plain DOM code, no framework and no build step; every string from the API goes through
 // textContent (never innerHTML), so catalog text cannot inject markup.
 "use strict";
@@ -69,7 +71,7 @@ function status(text) {
 async function search(query) {
   status("Searching…");
   try {
-    const res = await post("/search", { query, k: K });
+    const res = await post("/search", { query, k: K, filters: currentFilters() });
     $("results-title").textContent = `“${query}”`;
     render("results", res.results);
     $("results-section").hidden = false;
@@ -83,7 +85,7 @@ async function search(query) {
 async function showSimilar(hit) {
   status("Finding similar items…");
   try {
-    const res = await post("/similar", { item_id: hit.item_id, k: 12 });
+    const res = await post("/similar", { item_id: hit.item_id, k: 12, filters: currentFilters() });
     $("similar-title").textContent = hit.title || hit.item_id;
     render("similar", res.results);
     $("similar-section").hidden = false;
@@ -94,10 +96,84 @@ async function showSimilar(hit) {
   }
 }
 
+// ---- facets -----------------------------------------------------------------------------------
+let lastQuery = "";
+
+function facetControl(attr) {
+  const label = document.createElement("label");
+  label.className = "facet";
+  label.textContent = attr.name.replace(/_/g, " ") + " ";
+  if (attr.type === "number") {
+    for (const bound of ["min", "max"]) {
+      const input = document.createElement("input");
+      input.type = "number";
+      input.step = "any";
+      input.dataset.facet = attr.name;
+      input.dataset.bound = bound;
+      input.placeholder = attr[bound] === null ? bound : `${bound} ${attr[bound]}`;
+      input.addEventListener("change", refilter);
+      label.appendChild(input);
+    }
+    return label;
+  }
+  const select = document.createElement("select");
+  select.dataset.facet = attr.name;
+  const any = document.createElement("option");
+  any.value = "";
+  any.textContent = "any";
+  select.appendChild(any);
+  for (const v of attr.values || []) {
+    const opt = document.createElement("option");
+    opt.value = v.value;
+    opt.textContent = `${v.value} (${v.count})`;
+    select.appendChild(opt);
+  }
+  select.addEventListener("change", refilter);
+  label.appendChild(select);
+  return label;
+}
+
+// The chosen facets as a "filters" object (undefined when none is set, so no key is sent).
+function currentFilters() {
+  const filters = {};
+  for (const el of document.querySelectorAll("#facets [data-facet]")) {
+    if (el.value === "") continue;
+    if (el.tagName === "SELECT") {
+      filters[el.dataset.facet] = el.value;
+    } else {
+      const range = filters[el.dataset.facet] || {};
+      range[el.dataset.bound === "min" ? "gte" : "lte"] = Number(el.value);
+      filters[el.dataset.facet] = range;
+    }
+  }
+  return Object.keys(filters).length ? filters : undefined;
+}
+
+function refilter() {
+  if (lastQuery) search(lastQuery);
+}
+
+$("facets").addEventListener("submit", (ev) => {
+  ev.preventDefault(); // Enter in a min/max box filters; it must not reload the page
+  refilter();
+});
+
+fetch("/facets")
+  .then((r) => (r.ok ? r.json() : null))
+  .then((f) => {
+    if (!f || !f.attributes.length) return;
+    $("facets").replaceChildren(...f.attributes.map(facetControl));
+    $("facets").hidden = false;
+  })
+  .catch(() => {});
+
 $("search-form").addEventListener("submit", (ev) => {
   ev.preventDefault();
   const q = $("query").value.trim();
-  if (q) search(q);
+  if (q) {
+    lastQuery = q;
+    search(q);
+  }
 });
 
 fetch("/version")

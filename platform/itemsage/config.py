@@ -244,6 +244,37 @@ class TrainConfig(Section):
     loss: LossConfig = LossConfig()
 
 
+AttributeType = Literal["keyword", "keyword_list", "number"]
+
+
+class FilterableAttribute(Section):
+    """One catalog attribute that search requests may filter on (``itemsage.index.attributes``)."""
+
+    # catalog.parquet column it is read from; empty: the attribute's own name.
+    field: str = ""
+    # keyword: one value per item (equality, in-list); keyword_list: several values per item,
+    # split on ``separator`` (matches when any value does); number: a float (ranges).
+    type: AttributeType = "keyword"
+    separator: str = ","
+
+
+class FilterSearchConfig(Section):
+    """How a filtered search runs inside the index (docs/serving.md, "Filters", has the measurements)."""
+
+    # Filters that keep fewer than this share of the items are answered by exact search over the
+    # selected items. Measured at 1M x 256 (IVF1024, experiments/bench/filters.py): at 0.1% the
+    # selector path needs nprobe x32 for recall 0.95 (1.8x exact QPS) while scoring the 1,000
+    # items is 6.6x; at 1% the selector path keeps recall 0.99 at 9-20x and gathering 10k vectors
+    # is slower than exact search. The crossover lies in between.
+    exact_below: float = 0.002
+    # Above it, the ANN search runs with the filter's ID selector, widened by
+    # (1 / selectivity) ** widen_exponent (at most max_widen times; x1.4 at 50%, x3.2 at 10%, x8 at 1.6%):
+    # efSearch for HNSW; for IVF, the lists are probed nearest first until they hold as many
+    # matching items as that many lists would if the matches were spread evenly.
+    widen_exponent: float = 0.5
+    max_widen: float = 8.0
+
+
 class IndexConfig(Section):
     # FAISS index-factory spec, or "auto" to pick by a recall/QPS sweep.
     spec: str = "auto"
@@ -251,6 +282,15 @@ class IndexConfig(Section):
     recall_target: float = 0.95
     k: int = 10
     use_gpu: GpuChoice = "auto"
+    # Catalog attributes requests may filter on; their bitmaps are built and saved with the index.
+    # An attribute whose column a catalog lacks (price outside the amazon layout) is left out.
+    filterable: dict[str, FilterableAttribute] = {
+        "gender": FilterableAttribute(field="size_type"),
+        "product_type": FilterableAttribute(field="product_types"),
+        "color": FilterableAttribute(field="colors", type="keyword_list"),
+        "price": FilterableAttribute(type="number"),
+    }
+    filters: FilterSearchConfig = FilterSearchConfig()
 
 
 class LiveConfig(Section):
@@ -316,6 +356,8 @@ class ServeConfig(Section):
     # POST /items/bulk: upserts plus deletes in one request.
     max_bulk_items: int = 1000
     live: LiveConfig = LiveConfig()
+    # Attributes one request's ``filters`` may name (each a clause; they are ANDed).
+    max_filter_clauses: int = 16
 
 
 class PipelineConfig(Section):

@@ -17,11 +17,12 @@ import pyarrow.parquet as pq
 import torch
 from safetensors.torch import save_file
 
-from itemsage.config import TEXT_FIELDS, PipelineConfig, load_config
+from itemsage.config import TEXT_FIELDS, IndexConfig, PipelineConfig, load_config
 from itemsage.data.catalog import read_catalog
 from itemsage.data.text import Vocab
 from itemsage.data.text_encoder import TextEncoder
 from itemsage.index import build_index
+from itemsage.index.attributes import attributes_for_index
 from itemsage.model import ItemFeatureStore, build_model
 from itemsage.trained.bundle import BundleFiles
 from itemsage.trained.registry import WEIGHTS_FILE
@@ -110,6 +111,8 @@ def write_index(features: Path, model_dir: Path, out: Path, model_version: str |
     with torch.inference_mode():
         emb = model.embed_items(store.gather(torch.arange(store.num_items))).numpy()
     index = build_index(emb, list(store.item_ids or []), "Flat", use_gpu=False, model_name="itemsage", model_version=model_version)
+    # The default filterable attributes (gender, product_type, color; the sample has no price).
+    index.attach_attributes(attributes_for_index(index.idmap, str(features), IndexConfig()))
     index.save(out)
     return out
 

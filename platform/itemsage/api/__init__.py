@@ -16,22 +16,26 @@ docs/python-api.md for the full walk-through.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from itemsage.config import FilterableAttribute, IndexConfig
 from itemsage.data.images import ImageBackbone, ImageDecodeError, get_backbone, load_image
+from itemsage.index import ItemIndex, build_index
+from itemsage.index.attributes import AttributeTable, specs_from_config
 from itemsage.index.compat import check_features_compatible, is_features_dir
 from itemsage.index.embed import CPU_BATCH_SIZE
 from itemsage.index.featurize import CatalogFeatures, featurize_catalog
+from itemsage.index.filters import FilterError
 from itemsage.model import ItemFeatureStore
 from itemsage.trained import ModelNotFoundError
 from itemsage.trained.loaded import TrainedModel, load_trained, pick_device
 
-__all__ = ["CatalogFeatures", "ItemSage", "ModelNotFoundError"]
+__all__ = ["CatalogFeatures", "FilterError", "ItemSage", "ModelNotFoundError"]
 
 # Decoded pixels of one query image; larger images are refused before decoding (bomb guard).
 MAX_QUERY_PIXELS = 40_000_000
@@ -121,6 +125,48 @@ class ItemSage:
         """``(item_ids, embeddings)`` of an already featurized catalog (:meth:`featurize_catalog`)."""
         store = features.store(self.trained.max_images, self.trained.text_fields)
         return features.item_ids, self._embed_store(store, batch_size)
+
+    def build_index(
+        self,
+        features: CatalogFeatures,
+        spec: str = "Flat",
+        *,
+        filterable: Mapping[str, FilterableAttribute] | None = None,
+        batch_size: int = CPU_BATCH_SIZE,
+    ) -> ItemIndex:
+        """An index (``itemsage.index``) over a featurized catalog's item embeddings, with its
+        filterable attributes (default: ``IndexConfig().filterable``) read from the catalog, so
+        :meth:`search` can take ``filters``. IVF specs ("IVF{nlist},Flat") can remove items later."""
+        ids, vectors = self.embed_features(features, batch_size)
+        index = build_index(vectors, ids, spec, use_gpu="auto" if self.device != "cpu" else False)
+        index.model_version = self.version
+        attrs = IndexConfig().filterable if filterable is None else filterable
+        labels = index.idmap.lookup(ids)
+        columns = {c: features.items[c].tolist() for c in features.items.columns}
+        index.attach_attributes(AttributeTable.from_columns(specs_from_config(attrs), labels, columns))
+        return index
+
+    def search(
+        self,
+        index: ItemIndex,
+        queries: str | Sequence[str] | np.ndarray,
+        k: int = 10,
+        filters: Mapping[str, Any] | None = None,
+    ) -> list[list[tuple[str, float]]]:
+        """Top-k ``(item_id, score)`` per query, best first, among the items matching ``filters``.
+
+        ``queries``: search texts (embedded by the search tower) or query embeddings [n, dim] of
+        any surface. ``filters`` is the HTTP API's object (``{"gender": "Women", "price":
+        {"lt": 50}}``, docs/serving.md), applied inside the index search; a filter naming an
+        attribute the index lacks, or a value of the wrong type, raises ``FilterError`` (a
+        ``ValueError``); no matching item gives empty lists.
+        """
+        if isinstance(queries, str):
+            queries = [queries]
+        where = index.select(dict(filters)) if filters else None  # bad filters fail before embedding
+        q = queries if isinstance(queries, np.ndarray) else self.embed_text_queries(list(queries))
+        ids, scores = index.search(q, k, where=where)
+        return [[(i, float(s)) for i, s in zip(row, srow)] for row, srow in zip(ids, scores)]
 
     def _embed_store(self, store: ItemFeatureStore, batch_size: int) -> np.ndarray:
         return self.trained.embed_items(store, batch_size)

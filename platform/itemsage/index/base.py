@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from itemsage.config import FilterSearchConfig
 from itemsage.files import StagingDir, fsync_dir, fsync_file, publish_dir
 
 try:
@@ -28,6 +29,9 @@ except ImportError as e:  # FAISS is an extra: exactly one of two builds (pyproj
         "FAISS=gpu` (CUDA), or pip install -e '.[cpu]' (docs/gpu.md for the GPU build)"
     ) from e
 
+from itemsage.index.attributes import AttributeTable, Selection
+from itemsage.index.filtered import filtered_search
+from itemsage.index.filters import Filter, FilterError, parse_filter
 from itemsage.index.idmap import IdMap, check_id_batch
 from itemsage.index.storage import (
     FORMAT_VERSION,
@@ -151,6 +155,8 @@ class ItemIndex(ABC):
         self.model_version: str | None = None
         self.created_at: str = _utc_now()
         self.sweep: dict[str, Any] | None = None
+        # Filterable catalog attributes (bitmaps over labels), saved with the index; None: no filters.
+        self.attributes: AttributeTable | None = None
 
     # ---- what subclasses provide -------------------------------------------------------------
     @abstractmethod
@@ -192,6 +198,22 @@ class ItemIndex(ABC):
     def kind(self) -> str:
         """Payload format on disk: "faiss" or "torch_exact"."""
 
+    # ---- filtered search (itemsage.index.filtered); overridden where the index type can -------
+    def _search_selected(
+        self, queries: np.ndarray, k: int, selection: Selection, widen: float
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k among the selected labels, the selection applied inside the search."""
+        raise UnsupportedOperationError(f"index {self.spec!r} on {self.device} cannot search with a filter")
+
+    def _selected_vectors(self, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """(vectors, labels) of those ``labels`` the index holds, for exact search over a subset;
+        None when this index type cannot hand vectors back (then the selector path is used)."""
+        return None
+
+    def _prepare_filtering(self) -> None:
+        """Build what ``_selected_vectors`` needs (e.g. an IVF direct map); called when attributes attach."""
+        return None
+
     # ---- shared behaviour --------------------------------------------------------------------
     @property
     def ntotal(self) -> int:
@@ -201,12 +223,30 @@ class ItemIndex(ABC):
     def dim(self) -> int:
         return self._dim
 
-    def search(self, queries: Any, k: int) -> tuple[list[list[str]], np.ndarray]:
+    def attach_attributes(self, table: AttributeTable | None) -> None:
+        """Make ``table`` the filterable attributes of this index (saved with it)."""
+        self.attributes = table
+        if table is not None:
+            self._prepare_filtering()
+
+    def select(self, filters: Filter | Any) -> Selection | None:
+        """The labels a filter keeps (``filters``: a parsed :class:`Filter` or the request's JSON
+        object), or None for no filter. Raises ``FilterError`` for an attribute this index cannot
+        filter on or a value of the wrong type."""
+        if filters is None or (not isinstance(filters, Filter) and not filters):
+            return None
+        if self.attributes is None:
+            raise FilterError("this index was built without filterable attributes; rebuild it to filter")
+        flt = filters if isinstance(filters, Filter) else parse_filter(filters, self.attributes.specs)
+        return self.attributes.select(flt)
+
+    def search(self, queries: Any, k: int, where: Selection | None = None) -> tuple[list[list[str]], np.ndarray]:
         """Top-k item ids and inner-product scores per query, best first.
 
         ``ids[i]`` can be shorter than k (fewer items than k, or an ANN index that found fewer,
         e.g. IVF with a small nprobe); the matching tail of ``scores[i]`` is ``-inf``. The scores
-        array has ``min(k, ntotal)`` columns.
+        array has ``min(k, ntotal)`` columns. ``where`` (from :meth:`select`) restricts the
+        search to the items a filter keeps, inside the index search (``itemsage.index.filtered``).
         """
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise ValueError(f"k must be a positive integer; got {k!r}")
@@ -214,7 +254,11 @@ class ItemIndex(ABC):
         kk = min(int(k), self.ntotal)
         if q.shape[0] == 0 or kk == 0:
             return [[] for _ in range(q.shape[0])], np.empty((q.shape[0], kk), dtype=np.float32)
-        scores, labels = self._search(q, kk)
+        if where is not None:
+            policy = self.attributes.policy if self.attributes is not None else None
+            scores, labels = filtered_search(self, q, kk, where, policy or FilterSearchConfig())
+        else:
+            scores, labels = self._search(q, kk)
         scores = np.where(labels >= 0, scores, -np.inf).astype(np.float32, copy=False)
         return self.idmap.labels_to_ids(labels), scores
 
@@ -252,6 +296,9 @@ class ItemIndex(ABC):
         if removed != len(labels):
             raise RuntimeError(f"index removed {removed} vectors for {len(labels)} ids; the index is inconsistent")
         self.idmap.release(ids)
+        if self.attributes is not None:
+            for label in labels.tolist():
+                self.attributes.remove_item(label)
 
     def metadata(self) -> dict[str, Any]:
         return {
@@ -284,6 +331,8 @@ class ItemIndex(ABC):
             stage = StagingDir.beside(target)
             tmp = Path(stage.staging)
             files = self._write_payload(tmp)
+            if self.attributes is not None:
+                files += self.attributes.write(tmp)
             (tmp / IDS_FILE).write_text(json.dumps(self.idmap.to_dict()))
             files.append(IDS_FILE)
             meta = self.metadata()

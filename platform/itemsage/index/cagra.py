@@ -23,6 +23,7 @@ from typing import Any
 import faiss
 import numpy as np
 
+from itemsage.index.attributes import Selection
 from itemsage.index.base import ItemIndex, UnsupportedOperationError
 from itemsage.index.idmap import IdMap
 
@@ -112,6 +113,25 @@ class CagraIndex(ItemIndex):
         sp.itopk_size = max(int(self._params["itopk_size"]), k)
         scores, rows = self._index.search(queries, k, params=sp)
         labels = np.where(rows >= 0, self._labels[np.clip(rows, 0, None)], -1)
+        return scores, labels
+
+    def _search_selected(
+        self, queries: np.ndarray, k: int, selection: Selection, widen: float
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The filter as a bitmap over CAGRA's row positions, applied in the graph walk."""
+        rows = np.packbits(selection.contains(self._labels), bitorder="little")
+        sp = faiss.SearchParametersCagra()
+        sp.itopk_size = int(max(self._params["itopk_size"] * widen, k))
+        sel = faiss.IDSelectorBitmap(rows.size, faiss.swig_ptr(rows))
+        sp.sel = sel
+        try:
+            scores, found = self._index.search(queries, k, params=sp)
+        except RuntimeError as e:
+            raise UnsupportedOperationError(
+                f"{self.spec}: this FAISS build cannot filter a CAGRA search ({str(e).splitlines()[-1]}); "
+                "serve filtered search from an IVF index"
+            ) from e
+        labels = np.where(found >= 0, self._labels[np.clip(found, 0, None)], -1)
         return scores, labels
 
     def _add(self, vectors: np.ndarray, labels: np.ndarray) -> None:

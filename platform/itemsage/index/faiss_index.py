@@ -44,15 +44,18 @@ from typing import Any
 import faiss
 import numpy as np
 
+from itemsage.index.attributes import ATTRIBUTES_JSON, AttributeTable, Selection
 from itemsage.index.base import (
     IndexMismatchError,
     ItemIndex,
+    UnsupportedOperationError,
     as_vectors,
     faiss_gpu_available,
     parse_use_gpu,
     torch_cuda_available,
 )
 from itemsage.index.cagra import CagraIndex, cagra_degree, cuvs_available
+from itemsage.index.filtered import FULL_SCAN, ListProbe, bitmap_selector, selector_params
 from itemsage.index.idmap import IdMap, check_id_batch
 from itemsage.index.storage import IDS_FILE, CorruptIndexError, read_metadata, verify_files
 from itemsage.index.torch_exact import LABELS_FILE, TORCH_EXACT, VECTORS_FILE, TorchExactIndex
@@ -185,6 +188,7 @@ class FaissIndex(ItemIndex):
         self._params = _params_for(chain)
         ivf = next((i for i in chain if isinstance(i, faiss.IndexIVF)), None)
         self.nlist: int | None = int(ivf.nlist) if ivf is not None else None
+        self._probe: ListProbe | None = None  # per-list filter counts (IVF with attributes)
 
     @property
     def kind(self) -> str:
@@ -253,6 +257,54 @@ class FaissIndex(ItemIndex):
 
     def _add(self, vectors: np.ndarray, labels: np.ndarray) -> None:
         self._index.add_with_ids(vectors, labels)
+        if self._probe is not None:
+            self._probe.added(faiss.downcast_index(self._index), vectors, labels)
+
+    # ---- filtered search (itemsage.index.filtered) -------------------------------------------
+    def _search_selected(
+        self, queries: np.ndarray, k: int, selection: Selection, widen: float
+    ) -> tuple[np.ndarray, np.ndarray]:
+        if self._gpu_res is not None:
+            raise UnsupportedOperationError(
+                f"index {self.spec!r} on the GPU cannot search with a filter (faiss-gpu has no ID "
+                "selectors); serve filtered search from a CPU index (use_gpu=false)"
+            )
+        keep: list[Any] = [selection.bitmap]
+        sel = bitmap_selector(selection.bitmap)
+        keep.append(sel)
+        if self._probe is not None and widen < FULL_SCAN:
+            return self._probe.search(self._index, queries, k, selection, sel, widen)
+        params = selector_params(self._index, sel, widen, keep)
+        return self._index.search(queries, k, params=params)
+
+    def _prepare_filtering(self) -> None:
+        # Exact search over a filter's few items gathers their vectors by label: IVF needs a
+        # direct map for that. A hash table (not an array) keeps remove_ids working.
+        if self._gpu_res is not None:
+            return
+        for idx in _unwrap(self._index):
+            if isinstance(idx, faiss.IndexIVF) and idx.direct_map.type == faiss.DirectMap.NoMap:
+                idx.set_direct_map_type(faiss.DirectMap.Hashtable)
+        if isinstance(faiss.downcast_index(self._index), faiss.IndexIVF):
+            self._probe = ListProbe(faiss.downcast_index(self._index))
+
+    def _selected_vectors(self, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        if self._gpu_res is not None or not _reconstructs_exactly(self._index):
+            return None
+        labels = np.ascontiguousarray(labels, np.int64)
+        if labels.size == 0:
+            return np.empty((0, self.dim), np.float32), labels
+        try:
+            return self._index.reconstruct_batch(labels), labels
+        except RuntimeError:
+            # A label with attributes but no vector (set before its add, or after a remove):
+            # drop those, found one by one only on this rare path.
+            item = self.idmap._item
+            live = np.fromiter(
+                (0 <= lab < len(item) and item[lab] is not None for lab in labels.tolist()), bool, count=labels.size
+            )
+            labels = labels[live]
+            return self._index.reconstruct_batch(labels), labels
 
     def _remove(self, labels: np.ndarray) -> int:
         if self._gpu_res is None:
@@ -282,6 +334,17 @@ class FaissIndex(ItemIndex):
             return None
         vectors = faiss.vector_to_array(chain[1].codes).view(np.float32).reshape(-1, self.dim)
         return vectors, faiss.vector_to_array(chain[0].id_map).astype(np.int64)
+
+
+def _reconstructs_exactly(index: faiss.Index) -> bool:
+    """Vectors come back as stored (flat codes, IVF-Flat, HNSW-Flat), not as PQ/SQ approximations
+    that would make the "exact" path rank by code distance: those indexes use the selector path."""
+    base = _unwrap(index)[-1]
+    if isinstance(base, faiss.IndexIVF):
+        return isinstance(base, faiss.IndexIVFFlat) and base.direct_map.type != faiss.DirectMap.NoMap
+    if isinstance(base, faiss.IndexHNSW):
+        return isinstance(faiss.downcast_index(base.storage), faiss.IndexFlat)
+    return isinstance(base, faiss.IndexFlat)
 
 
 def _train(index: faiss.Index, x: np.ndarray, spec: str, train_size: int | None, seed: int) -> None:
@@ -459,8 +522,14 @@ def load_index(
             index.set_search_params(**params)
     else:
         raise CorruptIndexError(f"{directory}: unknown index kind {meta['kind']!r}")
+    if ATTRIBUTES_JSON in meta["files"]:
+        try:
+            index.attach_attributes(AttributeTable.read(directory))
+        except (ValueError, KeyError, OSError) as e:
+            raise CorruptIndexError(f"{directory}: filterable attributes are unreadable: {e}") from e
     index.model_name = meta.get("model_name")
     index.model_version = meta.get("model_version")
+
     index.created_at = meta.get("created_at") or index.created_at
     index.sweep = meta.get("sweep")
     return index

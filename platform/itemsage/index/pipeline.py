@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from itemsage.config import IndexConfig
+from itemsage.index.attributes import attributes_for_index
 from itemsage.index.base import IndexMismatchError, ItemIndex, as_vectors
 from itemsage.index.embeddings import read_embeddings
 from itemsage.index.faiss_index import build_index
@@ -85,6 +86,23 @@ def _model_facts(model: str) -> tuple[Any, int]:
     return ref, int(load_manifest(ref.uri)["embedding_dim"])
 
 
+def _features_of(embeddings_manifest: dict[str, Any], ref: Any) -> str | None:
+    """The features directory whose catalog the embedded items came from, if known."""
+    from itemsage.data.features_io import resolve
+    from itemsage.trained import load_manifest
+
+    for candidate in (embeddings_manifest.get("source"), load_manifest(ref.uri).get("features")):
+        if not candidate:
+            continue
+        try:
+            fs, root = resolve(str(candidate))
+            if fs.get_file_info(f"{root}/catalog.parquet").type.name == "File":
+                return str(candidate)
+        except (OSError, ValueError):
+            continue
+    return None
+
+
 def build_and_log_index(
     embeddings: str,
     model: str,
@@ -96,6 +114,7 @@ def build_and_log_index(
     tracking_uri: str | None = None,
     time_budget_s: float = SWEEP_TIME_BUDGET_S,
     seed: int = 0,
+    features: str | None = None,
 ) -> IndexBuildResult:
     """Build, save and (for registry models) log the index over an embeddings directory.
 
@@ -103,7 +122,9 @@ def build_and_log_index(
     ``spec`` overrides ``cfg.spec``. Refuses embeddings made by another model version than
     ``model`` (``IndexMismatchError``) and, through the index package, NaN/inf rows
     (``NonFiniteError``), repeated ids (``DuplicateIdError``) and a dimension other than the
-    model's (``ValueError``), each with a one-line message.
+    model's (``ValueError``), each with a one-line message. The ``cfg.filterable`` attributes are
+    read from ``features``' catalog.parquet (default: the features directory the embeddings were
+    made from, else the model's) and saved with the index, for filtered search.
     """
     start = time.perf_counter()
     cfg = cfg or IndexConfig()
@@ -135,6 +156,9 @@ def build_and_log_index(
         index = build_index(x, emb.item_ids, spec, use_gpu=cfg.use_gpu)
     index.model_name = ref.name
     index.model_version = ref.version
+    source = features or _features_of(emb.manifest, ref)
+    if source:
+        index.attach_attributes(attributes_for_index(index.idmap, source, cfg))
     saved = index.save(out)
     logged = None
     if log and ref.registered:

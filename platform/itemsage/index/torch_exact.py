@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from itemsage.index.attributes import Selection
 from itemsage.index.base import ItemIndex
 from itemsage.index.idmap import IdMap
 
@@ -77,6 +78,28 @@ class TorchExactIndex(ItemIndex):
                 rows_out.append(r.cpu().numpy())
         return np.concatenate(scores_out), self._labels[np.concatenate(rows_out)]
 
+    def _search_selected(
+        self, queries: np.ndarray, k: int, selection: Selection, widen: float
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Exact search with the non-selected rows scored -inf before the top-k."""
+        import torch
+
+        allowed = torch.from_numpy(selection.contains(self._labels)).to(self._device)
+        k = min(k, max(selection.count, 1), self._labels.size)
+        with torch.inference_mode():
+            s = torch.from_numpy(queries).to(self._device) @ self._vectors.T
+            s = s.masked_fill(~allowed, float("-inf"))
+            scores, rows = torch.topk(s, k, dim=1)
+        labels = np.where(np.isfinite(scores.cpu().numpy()), self._labels[rows.cpu().numpy()], -1)
+        return scores.cpu().numpy(), labels
+
+    def _selected_vectors(self, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        # Labels are kept ascending (added in label order, removal keeps the order).
+        rows = np.searchsorted(self._labels, labels)
+        ok = rows < self._labels.size
+        ok[ok] = self._labels[rows[ok]] == labels[ok]
+        return self._vectors[_torch_index(rows[ok], self._vectors)].cpu().numpy(), labels[ok]
+
     def _add(self, vectors: np.ndarray, labels: np.ndarray) -> None:
         import torch
 
@@ -100,3 +123,9 @@ class TorchExactIndex(ItemIndex):
             with open(directory / name, "wb") as f:
                 np.save(f, array, allow_pickle=False)
         return [VECTORS_FILE, LABELS_FILE]
+
+
+def _torch_index(rows: np.ndarray, like: torch.Tensor) -> torch.Tensor:
+    import torch
+
+    return torch.from_numpy(rows.astype(np.int64)).to(like.device)

@@ -42,9 +42,12 @@ class Backend(Protocol):
     """What the handlers call: the ``backend`` methods named in ``ENDPOINTS``, as
     :class:`~itemsage.serve.service.Retriever` implements them."""
 
-    async def search(self, query: str, k: int) -> dict[str, Any]: ...
-    async def similar(self, k: int, item_id: str | None = None, image: bytes | None = None) -> dict[str, Any]: ...
-    async def recommend(self, history: list[str], k: int) -> dict[str, Any]: ...
+    async def search(self, query: str, k: int, filters: dict[str, Any] | None = None) -> dict[str, Any]: ...
+    async def similar(
+        self, k: int, item_id: str | None = None, image: bytes | None = None, filters: dict[str, Any] | None = None
+    ) -> dict[str, Any]: ...
+    async def recommend(self, history: list[str], k: int, filters: dict[str, Any] | None = None) -> dict[str, Any]: ...
+    async def facets(self) -> dict[str, Any]: ...
     async def embed_query(
         self, text: str | None = None, image: bytes | None = None, history: list[str] | None = None
     ) -> dict[str, Any]: ...
@@ -248,14 +251,14 @@ def _handlers(backend: Backend, cfg: ServeConfig) -> dict[str, Callable[..., Awa
     item_model, _ = build_write_models(cfg)  # PUT reads its body itself (JSON or multipart)
 
     async def search(body: Any) -> Any:
-        return await backend.search(body.query, body.k)
+        return await backend.search(body.query, body.k, filters=body.filters)
 
     async def similar(body: Any) -> Any:
         image = image_bytes(body.image) if body.image is not None else None
-        return await backend.similar(body.k, item_id=body.item_id, image=image)
+        return await backend.similar(body.k, item_id=body.item_id, image=image, filters=body.filters)
 
     async def recommend(body: Any) -> Any:
-        return await backend.recommend(list(body.history), body.k)
+        return await backend.recommend(list(body.history), body.k, filters=body.filters)
 
     async def embed_query(body: Any) -> Any:
         image = image_bytes(body.image) if body.image is not None else None
@@ -307,6 +310,9 @@ def _handlers(backend: Backend, cfg: ServeConfig) -> dict[str, Callable[..., Awa
     async def catalog_digests() -> Any:
         return {"items": await backend.item_digests()}
 
+    async def facets() -> Any:
+        return await backend.facets()
+
     handlers = (
         search,
         similar,
@@ -321,6 +327,7 @@ def _handlers(backend: Backend, cfg: ServeConfig) -> dict[str, Callable[..., Awa
         delete_item,
         bulk_items,
         catalog_digests,
+        facets,
     )
     return {h.__name__: h for h in handlers}
 

@@ -25,6 +25,7 @@ from PIL import Image
 
 from itemsage.serve.bundle import Catalog, absolute_path, features_dir
 from itemsage.serve.errors import InvalidImageError, ItemNotFoundError
+from itemsage.serve.filtering import facets_json, search_where, select_filter
 from itemsage.trained import ModelRef, resolve_model_ref
 
 
@@ -129,12 +130,18 @@ class RetrievalState:
     def model_version(self) -> str:
         return self.model.ref.version
 
-    def search(self, query: np.ndarray, k: int, exclude: Collection[str] = ()) -> list[Hit]:
-        """Top ``k`` items for one query embedding, leaving out ``exclude`` (e.g. the query item)."""
+    def where(self, filters: Mapping[str, Any] | None) -> Any:
+        """The index selection of a request's ``filters`` (None: no filter); 422 when the index
+        cannot filter on them (``itemsage.index.filters``)."""
+        return select_filter(self.index, filters)
+
+    def search(self, query: np.ndarray, k: int, exclude: Collection[str] = (), where: Any = None) -> list[Hit]:
+        """Top ``k`` items for one query embedding, leaving out ``exclude`` (e.g. the query item),
+        among the items ``where`` selects (:meth:`where`; the filter runs inside the index search)."""
         want = min(int(k) + len(exclude), self.index.ntotal)
         if want <= 0:
             return []
-        ids, scores = self.index.search(np.asarray(query, np.float32).reshape(1, -1), want)
+        ids, scores = search_where(self.index, np.asarray(query, np.float32).reshape(1, -1), want, where)
         hits = [Hit(i, float(s)) for i, s in zip(ids[0], scores[0]) if i not in exclude and np.isfinite(s)]
         return hits[:k]
 
@@ -197,6 +204,9 @@ class RetrievalState:
                 "model_version": None if self.index.model_version is None else str(self.index.model_version),
             },
         }
+
+    def facets(self) -> dict[str, Any]:
+        return facets_json(self.index, self.index_version)
 
     def health(self) -> dict[str, Any]:
         if self.index is None or self.index.ntotal <= 0:

@@ -484,10 +484,12 @@ class RetrieverDeployment:
         self.core.state.health()
 
     @client_errors_as_values
-    async def search(self, query: str, k: int) -> dict[str, Any]:
+    async def search(self, query: str, k: int, filters: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        served = self._served()
+        if filters:  # a filtered search has its own selector: not batched with others
+            return {**await self.core.search(query, k, filters), SERVED_KEY: served}
         # Concurrent searches are batched here, at the hub: a batch makes one QueryEncoder call
         # and one FAISS call, so the per-request cost of the encoder hop shrinks with load.
-        served = self._served()
         answer = await self._search_gate.enter(
             lambda: _first(self.core.search_many([query], [k])),
             lambda: self._search_batch(query, k),

@@ -18,6 +18,7 @@ from typing import Literal
 
 from pydantic import BaseModel
 
+from itemsage.serve.filtering import FacetsResponse
 from itemsage.serve.schemas import (
     BulkWriteResponse,
     EmbeddingResponse,
@@ -216,6 +217,17 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         errors=(503,),
         tag="ops",
         summary="The model and index versions answering right now.",
+    ),
+    Endpoint(
+        name="facets",
+        method="GET",
+        path="/facets",
+        backend="facets",
+        request=None,
+        response=FacetsResponse,
+        errors=(503,),
+        tag="retrieval",
+        summary="The attributes ``filters`` may name: keyword values with item counts, number ranges.",
     ),
 )
 

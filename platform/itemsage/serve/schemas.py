@@ -27,6 +27,7 @@ from pydantic import (
 )
 
 from itemsage.config import TEXT_FIELDS, ServeConfig
+from itemsage.serve.filtering import FILTERS_DESCRIPTION
 
 # -------------------------------------------------------------------------------- responses
 
@@ -163,11 +164,16 @@ def build_request_models(cfg: ServeConfig) -> RequestModels:
     # Base64 text; its size is checked after decoding (413), not by the schema (which would say 422).
     Image = Annotated[str, Field(description="base64-encoded image file (JPEG, PNG, WebP, ...)")]
     strict = ConfigDict(extra="forbid")
+    # Values are checked against the served index's attributes (itemsage.serve.filtering: 422).
+    Filters = Annotated[
+        dict[str, Any] | None, Field(max_length=cfg.max_filter_clauses, description=FILTERS_DESCRIPTION)
+    ]
 
     class SearchRequest(BaseModel):
         model_config = strict
         query: Query
         k: K = 10
+        filters: Filters = None
 
         @model_validator(mode="after")
         def _check(self) -> SearchRequest:
@@ -181,6 +187,7 @@ def build_request_models(cfg: ServeConfig) -> RequestModels:
         item_id: ItemId | None = None
         image: Image | None = None
         k: K = 10
+        filters: Filters = None
 
         @model_validator(mode="after")
         def _check(self) -> SimilarRequest:
@@ -191,6 +198,7 @@ def build_request_models(cfg: ServeConfig) -> RequestModels:
         model_config = strict
         history: History
         k: K = 10
+        filters: Filters = None
 
     class EmbedQueryRequest(BaseModel):
         """One query for one tower: text (search), image (closeup) or history (home)."""

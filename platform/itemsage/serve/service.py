@@ -94,10 +94,11 @@ class Retriever:
             return new
 
     # ---- flows ---------------------------------------------------------------------------------
-    async def search(self, query: str, k: int) -> dict[str, Any]:
+    async def search(self, query: str, k: int, filters: Mapping[str, Any] | None = None) -> dict[str, Any]:
         state = self.state
+        where = state.where(filters)  # 422 before any encoding work
         emb = await self.encoding.text(state.model, query)
-        return state.answer("search", k, state.search(emb, k))
+        return state.answer("search", k, state.search(emb, k, where=where))
 
     async def search_many(self, queries: list[str], ks: list[int]) -> list[dict[str, Any]]:
         """Several searches on one pinned state: one encoder call, one index call.
@@ -110,27 +111,37 @@ class Retriever:
         hits = state.search_many(np.stack(embs), max(ks))
         return [state.answer("search", k, h[:k]) for k, h in zip(ks, hits)]
 
-    async def similar(self, k: int, item_id: str | None = None, image: bytes | None = None) -> dict[str, Any]:
+    async def similar(
+        self,
+        k: int,
+        item_id: str | None = None,
+        image: bytes | None = None,
+        filters: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
         state = self.state
+        where = state.where(filters)
         if item_id is not None:
             state.catalog.get(item_id)  # 404 before any encoding work
             own = self.live.query_vector(state, item_id) if self.live is not None else None
             if own is not None:  # written live: not in the model's feature store
                 return state.answer("item", k, state.search(own, k, exclude={item_id}))
             surface, emb = await self.encoding.similar_query(state.model, item_id)
-            return state.answer(surface, k, state.search(emb, k, exclude={item_id}))
+            return state.answer(surface, k, state.search(emb, k, exclude={item_id}, where=where))
         assert image is not None
         emb = await self.encoding.image(state.model, image)
-        return state.answer("closeup", k, state.search(emb, k))
+        return state.answer("closeup", k, state.search(emb, k, where=where))
 
-    async def recommend(self, history: Sequence[str], k: int) -> dict[str, Any]:
+    async def recommend(
+        self, history: Sequence[str], k: int, filters: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
         state = self.state
+        where = state.where(filters)
         ids = list(dict.fromkeys(history))  # repeats add nothing to a mean
         for i in ids:
             state.catalog.get(i)
         emb = await self.encoding.history(state.model, ids)
         # A home feed shows new things: items already in the history are left out.
-        return state.answer("home", k, state.search(emb, k, exclude=set(ids)))
+        return state.answer("home", k, state.search(emb, k, exclude=set(ids), where=where))
 
     async def embed_query(
         self, text: str | None = None, image: bytes | None = None, history: Sequence[str] | None = None
@@ -185,6 +196,9 @@ class Retriever:
 
     async def version(self) -> dict[str, Any]:
         return self.state.versions()
+
+    async def facets(self) -> dict[str, Any]:
+        return self.state.facets()
 
     async def health(self) -> dict[str, Any]:
         return self.state.health()
