@@ -289,3 +289,28 @@ def test_a_new_model_version_re_embeds_every_live_item(tmp_path: Path) -> None:
         assert calls == []
         with pytest.raises(EmbeddingVersionError, match="no item encoder"):
             restore(base_index(version="3"), "b3", "3", log, None)
+
+
+def test_filtered_search_follows_live_writes() -> None:
+    """A live item's attributes (carried in its fields) are filterable as soon as it is applied,
+    and gone with it: the filter bitmaps follow the log."""
+    from itemsage.config import FilterableAttribute
+    from itemsage.index.attributes import AttributeTable, specs_from_config
+
+    index = base_index()
+    specs = specs_from_config(
+        {"gender": FilterableAttribute(field="size_type"), "price": FilterableAttribute(type="number")}
+    )
+    labels = np.asarray(index.idmap.lookup([f"base-{i}" for i in range(N_BASE)]), np.int64)
+    index.attach_attributes(
+        AttributeTable.from_columns(specs, labels, {"size_type": ["Men"] * N_BASE, "price": [10.0] * N_BASE})
+    )
+    live = LiveIndex(index, "b1", "1")
+    v = unit(np.random.default_rng(7), 1)[0]
+    new = Change(1, "upsert", "new-w", {"title": "w", "size_type": "Women", "price": 99.5}, (), "", v, "1", 0.0)  # type: ignore[arg-type]
+    live.apply([new])
+    women = live.select({"gender": "Women"})
+    assert live.search(v[None, :], 5, where=women)[0][0] == ["new-w"]
+    assert live.search(v[None, :], 5, where=live.select({"price": {"gte": 50}}))[0][0] == ["new-w"]
+    live.apply([change(2, "delete", "new-w")])
+    assert live.search(v[None, :], 5, where=live.select({"gender": "Women"}))[0][0] == []

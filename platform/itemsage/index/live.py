@@ -47,6 +47,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from itemsage.files import StagingDir, fsync_dir, fsync_file
+from itemsage.index.attributes import AttributeTable, Selection
 from itemsage.index.base import ItemIndex, UnsupportedOperationError
 from itemsage.index.changelog import Change, ChangeLog
 from itemsage.index.idmap import IdMap
@@ -80,6 +81,22 @@ class ItemListener(Protocol):
     def set_item(self, item_id: str, label: int, fields: Mapping[str, Any]) -> None: ...
 
     def remove_item(self, item_id: str, label: int) -> None: ...
+
+
+class _AttributesFollow:
+    """The index's filter bitmaps as an ``ItemListener``: a change's fields carry the catalog
+    attributes (``size_type``, ``price`` ...) the bitmaps are built from."""
+
+    def __init__(self, index: ItemIndex) -> None:
+        self.index = index
+
+    def set_item(self, item_id: str, label: int, fields: Mapping[str, Any]) -> None:
+        assert self.index.attributes is not None
+        self.index.attributes.set_item(label, fields)
+
+    def remove_item(self, item_id: str, label: int) -> None:
+        assert self.index.attributes is not None
+        self.index.attributes.remove_item(label)
 
 
 @dataclass(frozen=True)
@@ -144,6 +161,11 @@ class LiveIndex:
         self._deleted: set[str] = set(deleted or ())
         self._vectors: dict[str, np.ndarray] = {}
         self._listeners: list[ItemListener] = []
+        if index.attributes is not None:
+            # The filter bitmaps follow every write, so a filtered search sees live items too. No
+            # replay: a snapshot saves its attributes with the index, and a base index plus the log
+            # re-applies every change through ``apply``.
+            self._listeners.append(_AttributesFollow(index))
         # Serialises applies with searches (see the module docstring). Searches from the event
         # loop and from worker threads both take it.
         self._lock = threading.RLock()
@@ -153,6 +175,15 @@ class LiveIndex:
         """``ItemIndex.search`` under the index lock (keyword arguments passed through)."""
         with self._lock:
             return self.index.search(queries, k, **kwargs)
+
+    @property
+    def attributes(self) -> AttributeTable | None:
+        return self.index.attributes
+
+    def select(self, filters: Any) -> Selection:
+        """``ItemIndex.select`` under the index lock: the selection matches the labels now applied."""
+        with self._lock:
+            return self.index.select(filters)
 
     @contextmanager
     def reading(self) -> Iterator[ItemIndex]:
