@@ -128,7 +128,8 @@ def embed_queries(
                     feats = search_query_features(text_encoder, qf.texts(keys)).to(device)
                 else:
                     feats = qf.for_surface(s, keys).to(device)
-                emb = model.embed_queries(s, feats).float().cpu()
+                tokens = qf.tokens(keys) if s == "search" and model.text_residual is not None else None
+                emb = model.embed_queries(s, feats, tokens).float().cpu()
             if out is None:
                 out = torch.zeros(len(val), emb.shape[1])
             out[torch.from_numpy(r)] = emb

@@ -10,22 +10,42 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from itemsage.config import TEXT_FIELDS, LossConfig, ModelConfig
+from itemsage.config import SURFACES, TEXT_FIELDS, LossConfig, ModelConfig
 from itemsage.model.baselines import build_item_tower
 from itemsage.model.batch import ItemBatch
 from itemsage.model.cms import CountMinSketch, allgather_ids
+from itemsage.model.hash_embedding import HashEmbeddingBag
 from itemsage.model.item_tower import ItemSageTower
 from itemsage.model.loss import SampledSoftmaxLoss
 from itemsage.model.query_towers import QueryTowers
+from itemsage.model.text_residual import TextResidual
 
 # Per surface: (row positions in the batch [n_s], frozen query features [n_s, in_dim]).
 QueryGroups = Mapping[str, tuple[torch.Tensor, torch.Tensor]]
 
+# Weight of the past in the running mean of training query embeddings (model.popularity_debias):
+# about the last 100 steps, so the mean follows the towers as they train.
+QUERY_MEAN_MOMENTUM = 0.99
+
+
+class SearchTokensMissing(ValueError):
+    """A model with ``model.text_residual`` was asked to embed search queries without their tokens."""
+
 
 class ItemSageModel(nn.Module):
-    """Item tower, query towers, loss and the count-min sketch behind the logQ correction."""
+    """Item tower, query towers, loss and the count-min sketch behind the logQ correction.
+
+    Buffers ``query_mean`` / ``query_mean_weight``: a running mean of each surface's training query
+    embeddings (bias-corrected EMA), the popularity prior that ``model.popularity_debias`` takes
+    out of query scores at evaluation and serving. Models saved before it existed load with zeros
+    (no debiasing possible, plain scores).
+    """
+
+    query_mean: torch.Tensor
+    query_mean_weight: torch.Tensor
 
     def __init__(
         self,
@@ -47,23 +67,83 @@ class ItemSageModel(nn.Module):
         self.loss_cfg = loss_cfg
         self.vocab_size = int(vocab_size)
         self.image_dim = int(image_dim)
+        # Read at evaluation and serving, not fixed at construction: the weight is a scoring choice
+        # on a trained model (model.popularity_debias in its config, recorded with it).
+        self.popularity_debias = float(model_cfg.popularity_debias)
+        self.register_buffer("query_mean", torch.zeros(len(SURFACES), model_cfg.embedding_dim))
+        self.register_buffer("query_mean_weight", torch.zeros(len(SURFACES)))
+
+    def _load_from_state_dict(self, state_dict: dict[str, torch.Tensor], prefix: str, *args: object) -> None:
+        for name in ("query_mean", "query_mean_weight"):
+            if prefix + name not in state_dict:  # a model saved before the running mean existed
+                state_dict[prefix + name] = torch.zeros_like(getattr(self, name))
+        super()._load_from_state_dict(state_dict, prefix, *args)  # type: ignore[arg-type]
+
+    @property
+    def text_residual(self) -> TextResidual | None:
+        """The item tower's pooled text path, which search queries share (``model.text_residual``)."""
+        return getattr(self.item_tower, "text_residual", None)
+
+    def mean_query(self, surface: str) -> torch.Tensor:
+        """``[embedding_dim]`` mean training query embedding of ``surface`` (zeros before training)."""
+        i = SURFACES.index(surface)
+        w = self.query_mean_weight[i]
+        return self.query_mean[i] / w if float(w) > 0 else torch.zeros_like(self.query_mean[i])
+
+    @torch.no_grad()
+    def _track_query_mean(self, queries: QueryGroups, query: torch.Tensor) -> None:
+        for surface, (rows, _) in queries.items():
+            if rows.numel() == 0:
+                continue
+            i = SURFACES.index(surface)
+            mean = query[rows.to(query.device)].float().mean(0)
+            self.query_mean[i].mul_(QUERY_MEAN_MOMENTUM).add_(mean, alpha=1 - QUERY_MEAN_MOMENTUM)
+            self.query_mean_weight[i].mul_(QUERY_MEAN_MOMENTUM).add_(1 - QUERY_MEAN_MOMENTUM)
 
     def embed_items(self, batch: ItemBatch) -> torch.Tensor:
         """``[B, embedding_dim]`` unit item embeddings (batch embedding and serving use this)."""
         return self.item_tower(batch)
 
-    def embed_queries(self, surface: str, feats: torch.Tensor) -> torch.Tensor:
-        """``[B, embedding_dim]`` unit query embeddings for one surface's frozen features."""
-        return self.query_towers(surface, feats)
+    def embed_queries(
+        self, surface: str, feats: torch.Tensor, token_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``[B, embedding_dim]`` unit query embeddings for one surface's frozen features.
 
-    def embed_query_batch(self, queries: QueryGroups, batch_size: int) -> torch.Tensor:
-        """Embed a mixed-surface batch: each surface's rows go through its own tower, in row order."""
+        ``token_ids``: ``[B, L]`` vocabulary ids of search queries' text, padded with -1
+        (``itemsage.data.query_tokens``); required for search with ``model.text_residual``, where
+        they go through the item tower's pooled text path. Outside training, with
+        ``popularity_debias`` > 0, the surface's mean training query is taken out (cold start).
+        """
+        out = self.query_towers(surface, feats)
+        residual = self.text_residual
+        if surface == "search" and residual is not None:
+            if token_ids is None:
+                raise SearchTokensMissing(
+                    "this model embeds search queries with their text tokens (model.text_residual): "
+                    "pass the query's token ids (itemsage.data.query_tokens.query_token_ids)"
+                )
+            embedding = self.item_tower.text_embedding
+            assert isinstance(embedding, HashEmbeddingBag)  # both towers own one; narrows for mypy
+            text = residual.embed_tokens(embedding, token_ids.to(out.device))
+            out = F.normalize(out + text.to(out.dtype) * float(self.model_cfg.use_text), dim=-1)
+        if not self.training and self.popularity_debias > 0:
+            out = F.normalize(out - self.popularity_debias * self.mean_query(surface).to(out.dtype), dim=-1)
+        return out
+
+    def embed_query_batch(
+        self, queries: QueryGroups, batch_size: int, search_token_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Embed a mixed-surface batch: each surface's rows go through its own tower, in row order.
+
+        ``search_token_ids``: ``[n_search, L]`` padded token ids of the search group's rows, in
+        the group's order (needed with ``model.text_residual``).
+        """
         covered = sum(int(rows.numel()) for rows, _ in queries.values())
         if covered != batch_size:
             raise ValueError(f"query groups cover {covered} rows, batch has {batch_size}")
         out: torch.Tensor | None = None
         for surface, (rows, feats) in queries.items():
-            emb = self.embed_queries(surface, feats)
+            emb = self.embed_queries(surface, feats, search_token_ids if surface == "search" else None)
             if out is None:
                 out = emb.new_zeros(batch_size, emb.shape[1])
             out = out.index_put((rows.to(emb.device),), emb)
@@ -79,6 +159,7 @@ class ItemSageModel(nn.Module):
         item_logq: torch.Tensor | None = None,
         rand_items: ItemBatch | None = None,
         rand_ids: torch.Tensor | None = None,
+        search_token_ids: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """The training objective for one batch (see :class:`SampledSoftmaxLoss` for the outputs).
 
@@ -90,7 +171,9 @@ class ItemSageModel(nn.Module):
             if self.training:
                 self.sketch.update(allgather_ids(item_ids))
             item_logq = self.sketch.log_probability(item_ids)
-        query = self.embed_query_batch(queries, items.batch_size)
+        query = self.embed_query_batch(queries, items.batch_size, search_token_ids)
+        if self.training:
+            self._track_query_mean(queries, query)
         pos = self.embed_items(items)
         rand = self.embed_items(rand_items) if rand_items is not None else None
         return self.loss(query, pos, item_ids, item_logq, rand, rand_ids)
@@ -103,9 +186,23 @@ def build_model(
     image_dim: int,
     num_text_fields: int = len(TEXT_FIELDS),
     text_dim: int = 384,
+    token_idf: torch.Tensor | None = None,
 ) -> ItemSageModel:
-    """Build the model named by ``cfg.arch`` with the loss and sketch sized by ``loss_cfg``."""
+    """Build the model named by ``cfg.arch`` with the loss and sketch sized by ``loss_cfg``.
+
+    ``token_idf``: ``[vocab_size]`` IDF over the training items (``itemsage.model.text_prior``);
+    required to start a new model with ``cfg.text_init = "idf"``, not needed to rebuild one whose
+    weights are loaded next.
+    """
+    if not 0.0 <= cfg.token_dropout < 1.0:
+        raise ValueError(f"model.token_dropout must be in [0, 1), got {cfg.token_dropout}")
+    if cfg.popularity_debias < 0:
+        raise ValueError(f"model.popularity_debias must be >= 0, got {cfg.popularity_debias}")
     item_tower = build_item_tower(cfg, vocab_size, image_dim, num_text_fields)
+    if token_idf is not None:
+        if cfg.text_init != "idf":
+            raise ValueError(f"token_idf given but model.text_init is {cfg.text_init!r}, not 'idf'")
+        item_tower.text_embedding.init_from_idf(token_idf)
     query_towers = QueryTowers(image_dim, text_dim, cfg.embedding_dim, cfg.hidden_dim, cfg.query_residual)
     if isinstance(item_tower, ItemSageTower) and item_tower.title_skip is not None:
         # Tied: an item's title and a search query go through the very same projection (a siamese

@@ -25,6 +25,7 @@ import torch
 
 from itemsage.config import ServeConfig
 from itemsage.data.images import BACKBONES, ImageBackbone, ImageDecodeError, get_backbone, load_image
+from itemsage.data.query_tokens import query_token_ids
 from itemsage.model import ItemFeatureStore
 from itemsage.serve.bundle import ModelBundle
 from itemsage.serve.errors import BadRequestError, InvalidImageError, PayloadTooLargeError
@@ -105,10 +106,16 @@ class Backbones:
 
 
 @torch.inference_mode()
-def project(bundle: ModelBundle, surface: str, feats: torch.Tensor) -> np.ndarray:
-    """Frozen query features -> unit query embeddings with this version's ``surface`` tower."""
+def project(bundle: ModelBundle, surface: str, feats: torch.Tensor, texts: Sequence[str] = ()) -> np.ndarray:
+    """Frozen query features -> unit query embeddings with this version's ``surface`` tower.
+
+    ``texts``: the search queries themselves, tokenized with the version's vocab for a model whose
+    search tower reads tokens too (``model.text_residual``)."""
     dev = next(bundle.model.parameters()).device
-    return bundle.model.embed_queries(surface, feats.to(dev)).float().cpu().numpy()
+    tokens = None
+    if surface == "search" and bundle.model.text_residual is not None:
+        tokens = query_token_ids(bundle.vocab, texts)
+    return bundle.model.embed_queries(surface, feats.to(dev), tokens).float().cpu().numpy()
 
 
 def user_feats(bundle: ModelBundle, histories: Sequence[Sequence[str]]) -> torch.Tensor:
@@ -253,7 +260,7 @@ class LocalEncoders:
                 feats = shared[[position[i] for i in rows]]  # type: ignore[index]
             else:
                 feats = self.backbones.text_feats([texts[i] for i in rows], b.text_encoder)
-            return project(b, "search", feats)
+            return project(b, "search", feats, [texts[i] for i in rows])
 
         return _per_version(bundles, run)
 
