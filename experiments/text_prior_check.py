@@ -114,6 +114,9 @@ def main() -> None:
     p.add_argument("--buckets", default="50000", help="comma-separated model.hash_buckets values")
     p.add_argument("--text-gates", default="1", help="comma-separated starting weights of the pooled text "
                    "path against the MiniLM title skip (the learned gate's value at step 0)")
+    p.add_argument("--models", default="", help="comma-separated trained models (models:/itemsage/N or a "
+                   "bundle dir) to score with the same probes")
+    p.add_argument("--skip-init", action="store_true", help="only baselines and --models")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="")
     args = p.parse_args()
@@ -164,6 +167,9 @@ def main() -> None:
     print(f"baselines done ({time.perf_counter() - t0:.0f} s)", flush=True)
 
     cpu = torch.device("cpu")
+    qi = ti = torch.zeros(0, dtype=torch.int64)
+    if i2i is not None:
+        qi, ti = torch.from_numpy(i2i[0]), torch.from_numpy(i2i[1])
     settings = [
         (dim, buckets, title_on, gate)
         for dim in [int(d) for d in args.hash_dims.split(",")]
@@ -171,7 +177,18 @@ def main() -> None:
         for title_on in (False, True)
         for gate in ([float(g) for g in args.text_gates.split(",")] if title_on else [1.0])
     ]
-    for dim, buckets, title_on, gate in settings:
+    for ref in [m for m in args.models.split(",") if m]:
+        from itemsage.trained import load_trained
+
+        tm = load_trained(ref, device="cpu")
+        emb = embed_items(tm.model, store, every, cpu)
+        q = embed_queries(tm.model, qf, val, cpu)
+        name = f"trained {ref}"
+        rows[name] = {"search": recall(ranks_of_targets(q, emb, val.target, val.exclude))}
+        if i2i is not None:
+            rows[name]["item2item"] = recall(ranks_of_targets(emb[qi], emb, ti, qi))
+        print(f"{name}: {rows[name]} ({time.perf_counter() - t0:.0f} s)", flush=True)
+    for dim, buckets, title_on, gate in [] if args.skip_init else settings:
             name = f"init h{dim} b{buckets // 1000}k" + (f" +MiniLM skip, text x{gate:g}" if title_on else " text only")
             cfg = ModelConfig(hash_dim=dim, hidden_dim=128, num_heads=8, ffn_dim=512, head_hidden_dim=512,
                               hash_buckets=buckets, max_images=4, text_init="idf", text_residual=True,

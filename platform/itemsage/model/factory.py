@@ -77,7 +77,7 @@ class ItemSageModel(nn.Module):
         for name in ("query_mean", "query_mean_weight"):
             if prefix + name not in state_dict:  # a model saved before the running mean existed
                 state_dict[prefix + name] = torch.zeros_like(getattr(self, name))
-        super()._load_from_state_dict(state_dict, prefix, *args)  # type: ignore[arg-type]
+        super()._load_from_state_dict(state_dict, prefix, *args)
 
     @property
     def text_residual(self) -> TextResidual | None:
@@ -97,6 +97,8 @@ class ItemSageModel(nn.Module):
                 continue
             i = SURFACES.index(surface)
             mean = query[rows.to(query.device)].float().mean(0)
+            if not bool(torch.isfinite(mean).all()):
+                continue  # a NaN step is skipped by the optimizer; it must not poison the mean either
             self.query_mean[i].mul_(QUERY_MEAN_MOMENTUM).add_(mean, alpha=1 - QUERY_MEAN_MOMENTUM)
             self.query_mean_weight[i].mul_(QUERY_MEAN_MOMENTUM).add_(1 - QUERY_MEAN_MOMENTUM)
 
