@@ -185,8 +185,10 @@ def main() -> None:
         q = embed_queries(tm.model, qf, val, cpu)
         name = f"trained {ref}"
         rows[name] = {"search": recall(ranks_of_targets(q, emb, val.target, val.exclude))}
-        if i2i is not None:
-            rows[name]["item2item"] = recall(ranks_of_targets(emb[qi], emb, ti, qi))
+        if i2i is not None:  # the query item as Serve's /similar embeds it (its debiasing included)
+            with torch.no_grad():
+                q_items = tm.model.embed_item_queries(emb[qi])
+            rows[name]["item2item"] = recall(ranks_of_targets(q_items, emb, ti, qi))
         print(f"{name}: {rows[name]} ({time.perf_counter() - t0:.0f} s)", flush=True)
     for dim, buckets, title_on, gate in [] if args.skip_init else settings:
             name = f"init h{dim} b{buckets // 1000}k" + (f" +MiniLM skip, text x{gate:g}" if title_on else " text only")

@@ -184,6 +184,11 @@ def test_popularity_debias_is_recorded_with_the_model_and_applied_outside_traini
     model.eval()
     plain = model.query_towers("search", feats)
     torch.testing.assert_close(model.embed_queries("search", feats), F.normalize(plain - 0.5 * mean, dim=-1))
+    # Items used as queries ("more like this") lose the mean engaged item the same way.
+    item_mean = model.mean_query("item")
+    assert float(item_mean.norm()) > 0.1
+    items = F.normalize(torch.randn(3, 256), dim=-1)
+    torch.testing.assert_close(model.embed_item_queries(items), F.normalize(items - 0.5 * item_mean, dim=-1))
     # Recorded: the running mean travels in the state dict and comes back with it.
     state = model.state_dict()
     again = build_model(cfg, LossConfig(random_negatives=False), vocab_size=VOCAB, image_dim=8)

@@ -31,6 +31,10 @@ QueryGroups = Mapping[str, tuple[torch.Tensor, torch.Tensor]]
 QUERY_MEAN_MOMENTUM = 0.99
 
 
+# Rows of the running means: one per surface's queries, and the engaged (positive) items.
+MEAN_ROWS: tuple[str, ...] = (*SURFACES, "item")
+
+
 class SearchTokensMissing(ValueError):
     """A model with ``model.text_residual`` was asked to embed search queries without their tokens."""
 
@@ -39,8 +43,9 @@ class ItemSageModel(nn.Module):
     """Item tower, query towers, loss and the count-min sketch behind the logQ correction.
 
     Buffers ``query_mean`` / ``query_mean_weight``: a running mean of each surface's training query
-    embeddings (bias-corrected EMA), the popularity prior that ``model.popularity_debias`` takes
-    out of query scores at evaluation and serving. Models saved before it existed load with zeros
+    embeddings, and in the last row of the engaged items' embeddings (bias-corrected EMAs): the
+    popularity prior that ``model.popularity_debias`` takes out of query scores at evaluation and
+    serving (the last row for an item used as the query, "more like this" without an image). Models saved before it existed load with zeros
     (no debiasing possible, plain scores).
     """
 
@@ -70,13 +75,18 @@ class ItemSageModel(nn.Module):
         # Read at evaluation and serving, not fixed at construction: the weight is a scoring choice
         # on a trained model (model.popularity_debias in its config, recorded with it).
         self.popularity_debias = float(model_cfg.popularity_debias)
-        self.register_buffer("query_mean", torch.zeros(len(SURFACES), model_cfg.embedding_dim))
-        self.register_buffer("query_mean_weight", torch.zeros(len(SURFACES)))
+        self.register_buffer("query_mean", torch.zeros(len(MEAN_ROWS), model_cfg.embedding_dim))
+        self.register_buffer("query_mean_weight", torch.zeros(len(MEAN_ROWS)))
 
     def _load_from_state_dict(self, state_dict: dict[str, torch.Tensor], prefix: str, *args: object) -> None:
         for name in ("query_mean", "query_mean_weight"):
-            if prefix + name not in state_dict:  # a model saved before the running mean existed
-                state_dict[prefix + name] = torch.zeros_like(getattr(self, name))
+            mine = getattr(self, name)
+            saved = state_dict.get(prefix + name)
+            if saved is None:  # a model saved before the running means existed
+                state_dict[prefix + name] = torch.zeros_like(mine)
+            elif saved.shape[0] < mine.shape[0]:  # saved before the "item" row: none for it
+                pad = mine.new_zeros((mine.shape[0] - saved.shape[0], *saved.shape[1:]))
+                state_dict[prefix + name] = torch.cat([saved.to(mine.dtype), pad])
         super()._load_from_state_dict(state_dict, prefix, *args)
 
     @property
@@ -85,22 +95,34 @@ class ItemSageModel(nn.Module):
         return getattr(self.item_tower, "text_residual", None)
 
     def mean_query(self, surface: str) -> torch.Tensor:
-        """``[embedding_dim]`` mean training query embedding of ``surface`` (zeros before training)."""
-        i = SURFACES.index(surface)
+        """``[embedding_dim]`` mean training query embedding of ``surface``, or of the engaged items
+        for ``"item"`` (zeros before training)."""
+        if surface not in MEAN_ROWS:
+            raise KeyError(f"no running mean for {surface!r}; expected one of {MEAN_ROWS}")
+        i = MEAN_ROWS.index(surface)
         w = self.query_mean_weight[i]
         return self.query_mean[i] / w if float(w) > 0 else torch.zeros_like(self.query_mean[i])
 
+    def debias(self, surface: str, query: torch.Tensor) -> torch.Tensor:
+        """``normalize(query - popularity_debias * mean_query(surface))`` outside training; else as is."""
+        if self.training or self.popularity_debias <= 0:
+            return query
+        return F.normalize(query - self.popularity_debias * self.mean_query(surface).to(query.dtype), dim=-1)
+
+    def embed_item_queries(self, item_emb: torch.Tensor) -> torch.Tensor:
+        """Item embeddings used as queries ("more like this"), popularity-debiased like a surface's."""
+        return self.debias("item", item_emb)
+
     @torch.no_grad()
-    def _track_query_mean(self, queries: QueryGroups, query: torch.Tensor) -> None:
-        for surface, (rows, _) in queries.items():
-            if rows.numel() == 0:
-                continue
-            i = SURFACES.index(surface)
-            mean = query[rows.to(query.device)].float().mean(0)
-            if not bool(torch.isfinite(mean).all()):
-                continue  # a NaN step is skipped by the optimizer; it must not poison the mean either
-            self.query_mean[i].mul_(QUERY_MEAN_MOMENTUM).add_(mean, alpha=1 - QUERY_MEAN_MOMENTUM)
-            self.query_mean_weight[i].mul_(QUERY_MEAN_MOMENTUM).add_(1 - QUERY_MEAN_MOMENTUM)
+    def _track_mean(self, row: str, emb: torch.Tensor) -> None:
+        if emb.shape[0] == 0:
+            return
+        mean = emb.float().mean(0)
+        if not bool(torch.isfinite(mean).all()):
+            return  # a NaN step is skipped by the optimizer; it must not poison the mean either
+        i = MEAN_ROWS.index(row)
+        self.query_mean[i].mul_(QUERY_MEAN_MOMENTUM).add_(mean, alpha=1 - QUERY_MEAN_MOMENTUM)
+        self.query_mean_weight[i].mul_(QUERY_MEAN_MOMENTUM).add_(1 - QUERY_MEAN_MOMENTUM)
 
     def embed_items(self, batch: ItemBatch) -> torch.Tensor:
         """``[B, embedding_dim]`` unit item embeddings (batch embedding and serving use this)."""
@@ -128,9 +150,7 @@ class ItemSageModel(nn.Module):
             assert isinstance(embedding, HashEmbeddingBag)  # both towers own one; narrows for mypy
             text = residual.embed_tokens(embedding, token_ids.to(out.device))
             out = F.normalize(out + text.to(out.dtype) * float(self.model_cfg.use_text), dim=-1)
-        if not self.training and self.popularity_debias > 0:
-            out = F.normalize(out - self.popularity_debias * self.mean_query(surface).to(out.dtype), dim=-1)
-        return out
+        return self.debias(surface, out)
 
     def embed_query_batch(
         self, queries: QueryGroups, batch_size: int, search_token_ids: torch.Tensor | None = None
@@ -174,9 +194,11 @@ class ItemSageModel(nn.Module):
                 self.sketch.update(allgather_ids(item_ids))
             item_logq = self.sketch.log_probability(item_ids)
         query = self.embed_query_batch(queries, items.batch_size, search_token_ids)
-        if self.training:
-            self._track_query_mean(queries, query)
         pos = self.embed_items(items)
+        if self.training:
+            for surface, (rows, _) in queries.items():
+                self._track_mean(surface, query[rows.to(query.device)].detach())
+            self._track_mean("item", pos.detach())
         rand = self.embed_items(rand_items) if rand_items is not None else None
         return self.loss(query, pos, item_ids, item_logq, rand, rand_ids)
 

@@ -289,7 +289,10 @@ class LocalEncoders:
         feats = closeup_feats(bundle, item_id)
         if feats is not None:
             return "closeup", project(bundle, "closeup", feats)[0]
-        return "item", catalog_item_embeddings(bundle, [item_id])[0]
+        emb = torch.from_numpy(catalog_item_embeddings(bundle, [item_id]))
+        dev = next(bundle.model.parameters()).device
+        with torch.inference_mode():  # popularity-debiased like every query (model.popularity_debias)
+            return "item", bundle.model.embed_item_queries(emb.to(dev)).float().cpu().numpy()[0]
 
     # ---- items -------------------------------------------------------------------------------
     def prepare_item(self, bundle: ModelBundle, payload: Mapping[str, Any]) -> PreparedItem:
