@@ -202,3 +202,33 @@ def test_popularity_debias_is_recorded_with_the_model_and_applied_outside_traini
     # Off (the default): plain scores even with a running mean.
     model.popularity_debias = 0.0
     torch.testing.assert_close(model.embed_queries("search", feats), plain)
+
+
+def test_new_keys_round_trip_through_the_config_and_bad_values_fail() -> None:
+    from itemsage.config import ConfigError, PipelineConfig, from_dict, load_config, to_dict
+
+    keys = [
+        "train.model.text_init=idf",
+        "train.model.text_residual=true",
+        "train.model.token_dropout=0.1",
+        "train.model.popularity_debias=0.5",
+        "train.hash_lr_scale=0.1",
+    ]
+    cfg = load_config(PipelineConfig, None, keys)
+    m = cfg.train.model
+    assert (m.text_init, m.text_residual, m.token_dropout, m.popularity_debias) == ("idf", True, 0.1, 0.5)
+    assert cfg.train.hash_lr_scale == 0.1
+    assert from_dict(PipelineConfig, to_dict(cfg)) == cfg
+    # Defaults keep the paper's start and plain scores.
+    d = PipelineConfig().train
+    assert (d.model.text_init, d.model.text_residual, d.model.token_dropout, d.model.popularity_debias) == (
+        "random", False, 0.0, 0.0
+    )
+    assert d.hash_lr_scale == 1.0
+    with pytest.raises(ConfigError, match="text_init"):
+        load_config(PipelineConfig, None, ["train.model.text_init=tfidf"])
+    with pytest.raises(ValueError, match="token_dropout"):
+        build_model(ModelConfig(**SMALL, token_dropout=1.0), LossConfig(), vocab_size=VOCAB, image_dim=8)
+    with pytest.raises(ValueError, match="popularity_debias"):
+        build_model(ModelConfig(**SMALL, popularity_debias=-1.0), LossConfig(), vocab_size=VOCAB, image_dim=8)
+
