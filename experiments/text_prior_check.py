@@ -112,6 +112,7 @@ def main() -> None:
     p.add_argument("--split", default="test")
     p.add_argument("--hash-dims", default="64,256")
     p.add_argument("--buckets", default="50000", help="comma-separated model.hash_buckets values")
+    p.add_argument("--embedding-dim", type=int, default=256, help="model.embedding_dim of the init settings")
     p.add_argument("--text-gates", default="1", help="comma-separated starting weights of the pooled text "
                    "path against the MiniLM title skip (the learned gate's value at step 0)")
     p.add_argument("--models", default="", help="comma-separated trained models (models:/itemsage/N or a "
@@ -192,7 +193,7 @@ def main() -> None:
         print(f"{name}: {rows[name]} ({time.perf_counter() - t0:.0f} s)", flush=True)
     for dim, buckets, title_on, gate in [] if args.skip_init else settings:
             name = f"init h{dim} b{buckets // 1000}k" + (f" +MiniLM skip, text x{gate:g}" if title_on else " text only")
-            cfg = ModelConfig(hash_dim=dim, hidden_dim=128, num_heads=8, ffn_dim=512, head_hidden_dim=512,
+            cfg = ModelConfig(embedding_dim=args.embedding_dim, hash_dim=dim, hidden_dim=128, num_heads=8, ffn_dim=512, head_hidden_dim=512,
                               hash_buckets=buckets, max_images=4, text_init="idf", text_residual=True,
                               use_title_embedding=title_on, title_skip=title_on)
             torch.manual_seed(args.seed)
@@ -207,6 +208,14 @@ def main() -> None:
             if i2i is not None:
                 rows[name]["item2item"] = recall(ranks_of_targets(emb[qi], emb, ti, qi))
             print(f"{name}: {rows[name]} ({time.perf_counter() - t0:.0f} s)", flush=True)
+            if not title_on:
+                # The pooled text path alone on both sides (the query's MiniLM projection left out):
+                # how much of TF-IDF the random projection keeps.
+                with torch.no_grad():
+                    q_text = model.text_residual.embed_tokens(model.item_tower.text_embedding, qf.tokens(val.query_key))
+                name = f"init h{dim} b{buckets // 1000}k projection alone (query text path only)"
+                rows[name] = {"search": recall(ranks_of_targets(q_text, emb, val.target, val.exclude))}
+                print(f"{name}: {rows[name]}", flush=True)
 
     probes = ["search"] + (["item2item"] if i2i is not None else [])
     print(f"\nRecall@{K}, {args.split} split ({len(val)} search pairs"
