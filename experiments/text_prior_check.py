@@ -113,10 +113,17 @@ def main() -> None:
     p.add_argument("--hash-dims", default="64,256")
     p.add_argument("--buckets", default="50000", help="comma-separated model.hash_buckets values")
     p.add_argument("--embedding-dim", type=int, default=256, help="model.embedding_dim of the init settings")
-    p.add_argument("--text-gates", default="1", help="comma-separated starting weights of the pooled text "
-                   "path against the MiniLM title skip (the learned gate's value at step 0)")
-    p.add_argument("--models", default="", help="comma-separated trained models (models:/itemsage/N or a "
-                   "bundle dir) to score with the same probes")
+    p.add_argument(
+        "--text-gates",
+        default="1",
+        help="comma-separated starting weights of the pooled text "
+        "path against the MiniLM title skip (the learned gate's value at step 0)",
+    )
+    p.add_argument(
+        "--models",
+        default="",
+        help="comma-separated trained models (models:/itemsage/N or a bundle dir) to score with the same probes",
+    )
     p.add_argument("--skip-init", action="store_true", help="only baselines and --models")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="")
@@ -130,8 +137,11 @@ def main() -> None:
     pool = negative_pool(store.num_items, heldout_items(feats))
     idf = training_idf(store, pool, vocab_size)
     df = document_frequency(store, pool, vocab_size)
-    print(f"{store.num_items} items, {pool.numel()} training items, vocab {vocab_size}, "
-          f"{int((df == 0).sum())} tokens in no training item", flush=True)
+    print(
+        f"{store.num_items} items, {pool.numel()} training items, vocab {vocab_size}, "
+        f"{int((df == 0).sum())} tokens in no training item",
+        flush=True,
+    )
     qf = QueryFeatures.load(feats, store, with_text=True, with_tokens=True)
     val = build_val_set(read_pairs(feats, args.split), store.num_items, "all")
     i2i = item2item_pairs(feats, args.split)
@@ -151,8 +161,10 @@ def main() -> None:
     qtok = qf.tokens(val.query_key).numpy()
     q_rows = np.repeat(np.arange(qtok.shape[0]), qtok.shape[1])
     valid = qtok.reshape(-1) >= 0
-    qm = sp.csr_matrix((np.ones(int(valid.sum()), np.float32), (q_rows[valid], qtok.reshape(-1)[valid])),
-                       shape=(qtok.shape[0], vocab_size))
+    qm = sp.csr_matrix(
+        (np.ones(int(valid.sum()), np.float32), (q_rows[valid], qtok.reshape(-1)[valid])),
+        shape=(qtok.shape[0], vocab_size),
+    )
     qm.sum_duplicates()
     qm = qm.multiply(idf.numpy()[None, :]).tocsr()
     qm = sp.diags(1.0 / np.maximum(np.sqrt(np.asarray(qm.multiply(qm).sum(1))).ravel(), 1e-12)) @ qm
@@ -192,34 +204,47 @@ def main() -> None:
             rows[name]["item2item"] = recall(ranks_of_targets(q_items, emb, ti, qi))
         print(f"{name}: {rows[name]} ({time.perf_counter() - t0:.0f} s)", flush=True)
     for dim, buckets, title_on, gate in [] if args.skip_init else settings:
-            name = f"init h{dim} b{buckets // 1000}k" + (f" +MiniLM skip, text x{gate:g}" if title_on else " text only")
-            cfg = ModelConfig(embedding_dim=args.embedding_dim, hash_dim=dim, hidden_dim=128, num_heads=8, ffn_dim=512, head_hidden_dim=512,
-                              hash_buckets=buckets, max_images=4, text_init="idf", text_residual=True,
-                              use_title_embedding=title_on, title_skip=title_on)
-            torch.manual_seed(args.seed)
-            model = build_model(cfg, LossConfig(), vocab_size, store.image_dim, store.num_text_fields,
-                                token_idf=idf).eval()
-            assert model.text_residual is not None
+        name = f"init h{dim} b{buckets // 1000}k" + (f" +MiniLM skip, text x{gate:g}" if title_on else " text only")
+        cfg = ModelConfig(
+            embedding_dim=args.embedding_dim,
+            hash_dim=dim,
+            hidden_dim=128,
+            num_heads=8,
+            ffn_dim=512,
+            head_hidden_dim=512,
+            hash_buckets=buckets,
+            max_images=4,
+            text_init="idf",
+            text_residual=True,
+            use_title_embedding=title_on,
+            title_skip=title_on,
+        )
+        torch.manual_seed(args.seed)
+        model = build_model(cfg, LossConfig(), vocab_size, store.image_dim, store.num_text_fields, token_idf=idf).eval()
+        assert model.text_residual is not None
+        with torch.no_grad():
+            model.text_residual.gate.fill_(gate)
+        emb = embed_items(model, store, every, cpu)
+        q = embed_queries(model, qf, val, cpu)
+        rows[name] = {"search": recall(ranks_of_targets(q, emb, val.target, val.exclude))}
+        if i2i is not None:
+            rows[name]["item2item"] = recall(ranks_of_targets(emb[qi], emb, ti, qi))
+        print(f"{name}: {rows[name]} ({time.perf_counter() - t0:.0f} s)", flush=True)
+        if not title_on:
+            # The pooled text path alone on both sides (the query's MiniLM projection left out):
+            # how much of TF-IDF the random projection keeps.
             with torch.no_grad():
-                model.text_residual.gate.fill_(gate)
-            emb = embed_items(model, store, every, cpu)
-            q = embed_queries(model, qf, val, cpu)
-            rows[name] = {"search": recall(ranks_of_targets(q, emb, val.target, val.exclude))}
-            if i2i is not None:
-                rows[name]["item2item"] = recall(ranks_of_targets(emb[qi], emb, ti, qi))
-            print(f"{name}: {rows[name]} ({time.perf_counter() - t0:.0f} s)", flush=True)
-            if not title_on:
-                # The pooled text path alone on both sides (the query's MiniLM projection left out):
-                # how much of TF-IDF the random projection keeps.
-                with torch.no_grad():
-                    q_text = model.text_residual.embed_tokens(model.item_tower.text_embedding, qf.tokens(val.query_key))
-                name = f"init h{dim} b{buckets // 1000}k projection alone (query text path only)"
-                rows[name] = {"search": recall(ranks_of_targets(q_text, emb, val.target, val.exclude))}
-                print(f"{name}: {rows[name]}", flush=True)
+                q_text = model.text_residual.embed_tokens(model.item_tower.text_embedding, qf.tokens(val.query_key))
+            name = f"init h{dim} b{buckets // 1000}k projection alone (query text path only)"
+            rows[name] = {"search": recall(ranks_of_targets(q_text, emb, val.target, val.exclude))}
+            print(f"{name}: {rows[name]}", flush=True)
 
     probes = ["search"] + (["item2item"] if i2i is not None else [])
-    print(f"\nRecall@{K}, {args.split} split ({len(val)} search pairs"
-          + (f", {len(i2i[0])} item2item pairs" if i2i is not None else "") + f"), against all {store.num_items} items")
+    print(
+        f"\nRecall@{K}, {args.split} split ({len(val)} search pairs"
+        + (f", {len(i2i[0])} item2item pairs" if i2i is not None else "")
+        + f"), against all {store.num_items} items"
+    )
     print("| method | " + " | ".join(probes) + " |")
     print("|---|" + "---:|" * len(probes))
     for name, r in rows.items():

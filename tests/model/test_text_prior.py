@@ -156,7 +156,7 @@ def test_search_queries_go_through_the_item_text_path() -> None:
         items = model.embed_items(store.gather(torch.arange(store.num_items)))
     # A query made of a listing's own tokens finds that listing first despite its unrelated MiniLM
     # features: the text path carries the lexical match.
-    assert float((( q @ items.T).argmax(1) == torch.arange(len(bags))).float().mean()) >= 0.9
+    assert float(((q @ items.T).argmax(1) == torch.arange(len(bags))).float().mean()) >= 0.9
     # Closeup and home do not read tokens.
     assert model.embed_queries("closeup", torch.randn(2, 8)).shape == (2, 256)
 
@@ -222,7 +222,10 @@ def test_new_keys_round_trip_through_the_config_and_bad_values_fail() -> None:
     # Defaults keep the paper's start and plain scores.
     d = PipelineConfig().train
     assert (d.model.text_init, d.model.text_residual, d.model.token_dropout, d.model.popularity_debias) == (
-        "random", False, 0.0, 0.0
+        "random",
+        False,
+        0.0,
+        0.0,
     )
     assert d.hash_lr_scale == 1.0
     with pytest.raises(ConfigError, match="text_init"):
@@ -231,4 +234,3 @@ def test_new_keys_round_trip_through_the_config_and_bad_values_fail() -> None:
         build_model(ModelConfig(**SMALL, token_dropout=1.0), LossConfig(), vocab_size=VOCAB, image_dim=8)
     with pytest.raises(ValueError, match="popularity_debias"):
         build_model(ModelConfig(**SMALL, popularity_debias=-1.0), LossConfig(), vocab_size=VOCAB, image_dim=8)
-

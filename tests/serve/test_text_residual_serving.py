@@ -20,8 +20,17 @@ from itemsage.serve.encoders import project
 
 TITLES = ["red leather boots", "blue cotton shirt", "green wool scarf", "black running shoes"]
 CFG = dict(
-    embedding_dim=32, hidden_dim=32, num_heads=2, ffn_dim=64, head_hidden_dim=64, hash_buckets=256,
-    hash_dim=32, max_images=2, use_image=False, text_residual=True, popularity_debias=0.5,
+    embedding_dim=32,
+    hidden_dim=32,
+    num_heads=2,
+    ffn_dim=64,
+    head_hidden_dim=64,
+    hash_buckets=256,
+    hash_dim=32,
+    max_images=2,
+    use_image=False,
+    text_residual=True,
+    popularity_debias=0.5,
 )
 
 
@@ -34,7 +43,9 @@ def _model_and_vocab() -> tuple[Any, Vocab]:
     feats = torch.randn(4, 384)
     tokens = query_token_ids(vocab, TITLES)
     model.train()
-    model({"search": (torch.arange(4), feats)}, store.gather(torch.arange(4)), torch.arange(4), None, None, None, tokens)
+    model(
+        {"search": (torch.arange(4), feats)}, store.gather(torch.arange(4)), torch.arange(4), None, None, None, tokens
+    )
     return model.eval(), vocab
 
 
@@ -48,9 +59,9 @@ def test_serving_tokenizes_search_queries_with_the_versions_vocab() -> None:
         direct = model.embed_queries("search", feats, query_token_ids(vocab, TITLES)).numpy()
         other_words = model.embed_queries("search", feats, query_token_ids(vocab, TITLES[::-1])).numpy()
         undebiased = F.normalize(
-            model.query_towers("search", feats) + model.text_residual.embed_tokens(
-                model.item_tower.text_embedding, query_token_ids(vocab, TITLES)
-            ), dim=-1
+            model.query_towers("search", feats)
+            + model.text_residual.embed_tokens(model.item_tower.text_embedding, query_token_ids(vocab, TITLES)),
+            dim=-1,
         ).numpy()
     np.testing.assert_allclose(served, direct, atol=1e-6)
     assert not np.allclose(served, other_words, atol=1e-3)  # the words matter, not only MiniLM
@@ -63,8 +74,12 @@ def test_evaluation_embeds_search_queries_with_their_tokens() -> None:
     table = QueryTokenTable.encode(vocab, TITLES)
     qf = QueryFeatures(text_emb=feats, first_image=torch.zeros(4, 8), user_feat=None, search_tokens=table)
     val = ValSet(
-        surfaces=np.array(["search"] * 4), tasks=np.array(["search/click"] * 4), query_key=np.arange(4),
-        candidates=torch.arange(4), target=torch.arange(4), exclude=torch.full((4,), -1),
+        surfaces=np.array(["search"] * 4),
+        tasks=np.array(["search/click"] * 4),
+        query_key=np.arange(4),
+        candidates=torch.arange(4),
+        target=torch.arange(4),
+        exclude=torch.full((4,), -1),
     )
     got = embed_queries(model, qf, val, torch.device("cpu"))
     with torch.no_grad():

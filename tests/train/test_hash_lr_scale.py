@@ -7,7 +7,9 @@ import pytest
 from itemsage.config import TEXT_FIELDS, ModelConfig, TrainConfig
 from itemsage.train.loop import build_train_module, make_optimizer
 
-SMALL = dict(embedding_dim=32, hidden_dim=32, num_heads=2, ffn_dim=64, head_hidden_dim=64, hash_buckets=256, hash_dim=32)
+SMALL = dict(
+    embedding_dim=32, hidden_dim=32, num_heads=2, ffn_dim=64, head_hidden_dim=64, hash_buckets=256, hash_dim=32
+)
 VOCAB = 100
 
 

@@ -30,7 +30,6 @@ QueryGroups = Mapping[str, tuple[torch.Tensor, torch.Tensor]]
 # about the last 100 steps, so the mean follows the towers as they train.
 QUERY_MEAN_MOMENTUM = 0.99
 
-
 # Rows of the running means: one per surface's queries, and the engaged (positive) items.
 MEAN_ROWS: tuple[str, ...] = (*SURFACES, "item")
 
@@ -45,8 +44,8 @@ class ItemSageModel(nn.Module):
     Buffers ``query_mean`` / ``query_mean_weight``: a running mean of each surface's training query
     embeddings, and in the last row of the engaged items' embeddings (bias-corrected EMAs): the
     popularity prior that ``model.popularity_debias`` takes out of query scores at evaluation and
-    serving (the last row for an item used as the query, "more like this" without an image). Models saved before it existed load with zeros
-    (no debiasing possible, plain scores).
+    serving (the last row for an item used as the query, "more like this" without an image).
+    Models saved before the running means existed load with zeros (plain scores).
     """
 
     query_mean: torch.Tensor
@@ -128,9 +127,7 @@ class ItemSageModel(nn.Module):
         """``[B, embedding_dim]`` unit item embeddings (batch embedding and serving use this)."""
         return self.item_tower(batch)
 
-    def embed_queries(
-        self, surface: str, feats: torch.Tensor, token_ids: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def embed_queries(self, surface: str, feats: torch.Tensor, token_ids: torch.Tensor | None = None) -> torch.Tensor:
         """``[B, embedding_dim]`` unit query embeddings for one surface's frozen features.
 
         ``token_ids``: ``[B, L]`` vocabulary ids of search queries' text, padded with -1
