@@ -125,6 +125,12 @@ def main() -> None:
         help="comma-separated trained models (models:/itemsage/N or a bundle dir) to score with the same probes",
     )
     p.add_argument("--skip-init", action="store_true", help="only baselines and --models")
+    p.add_argument(
+        "--debias",
+        default="",
+        help="comma-separated model.popularity_debias weights to score "
+        "each of --models with (default: the weight recorded with the model)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="")
     args = p.parse_args()
@@ -195,14 +201,17 @@ def main() -> None:
 
         tm = load_trained(ref, device="cpu")
         emb = embed_items(tm.model, store, every, cpu)
-        q = embed_queries(tm.model, qf, val, cpu)
-        name = f"trained {ref}"
-        rows[name] = {"search": recall(ranks_of_targets(q, emb, val.target, val.exclude))}
-        if i2i is not None:  # the query item as Serve's /similar embeds it (its debiasing included)
-            with torch.no_grad():
-                q_items = tm.model.embed_item_queries(emb[qi])
-            rows[name]["item2item"] = recall(ranks_of_targets(q_items, emb, ti, qi))
-        print(f"{name}: {rows[name]} ({time.perf_counter() - t0:.0f} s)", flush=True)
+        weights = [float(w) for w in args.debias.split(",")] if args.debias else [tm.model.popularity_debias]
+        for w in weights:
+            tm.model.popularity_debias = w
+            q = embed_queries(tm.model, qf, val, cpu)
+            name = f"trained {ref}" + (f", popularity_debias {w:g}" if args.debias else "")
+            rows[name] = {"search": recall(ranks_of_targets(q, emb, val.target, val.exclude))}
+            if i2i is not None:  # the query item as Serve's /similar embeds it (its debiasing included)
+                with torch.no_grad():
+                    q_items = tm.model.embed_item_queries(emb[qi])
+                rows[name]["item2item"] = recall(ranks_of_targets(q_items, emb, ti, qi))
+            print(f"{name}: {rows[name]} ({time.perf_counter() - t0:.0f} s)", flush=True)
     for dim, buckets, title_on, gate in [] if args.skip_init else settings:
         name = f"init h{dim} b{buckets // 1000}k" + (f" +MiniLM skip, text x{gate:g}" if title_on else " text only")
         cfg = ModelConfig(
