@@ -50,6 +50,7 @@ class ConfigError(ValueError):
 # Closed sets of choices: a wrong value fails at load time with the allowed ones in the message.
 LrDecay = Literal["cosine", "linear", "constant"]
 ValCatalog = Literal["split", "all"]
+TextInit = Literal["random", "idf"]
 Optimizer = Literal["adamw", "lamb"]
 PlacementStrategy = Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"]
 LR_DECAYS: tuple[str, ...] = typing.get_args(LrDecay)
@@ -186,6 +187,29 @@ class ModelConfig(Section):
     # Start every query projection (and so the tied title skip) as a similarity-preserving linear
     # map plus a zero-initialised MLP, so step 0 already ranks like the frozen features.
     query_residual: bool = True
+    # How the hash embedding starts (docs/quality.md, "A text path that starts at TF-IDF").
+    # "random": the paper's N(0, 1/dim) table with equal per-token weights. "idf": each token's
+    # weights start at its inverse document frequency over the training items (held-out items never
+    # count), so a bag of tokens starts as a Gaussian random projection of its TF-IDF vector, which
+    # preserves TF-IDF cosine (Johnson-Lindenstrauss).
+    text_init: TextInit = "random"
+    # Add the L2-normalised sum of an item's token bags (all text fields) to its output through a
+    # linear map that starts orthogonal (like query_residual), and add the same path, with the same
+    # weights, over the tokens of a search query's text. With the head's output layer starting at
+    # zero, step 0 ranks by the title skip plus the (TF-)IDF projection: training starts where a
+    # lexical baseline is instead of rediscovering it. Needs search queries' token ids everywhere a
+    # search query is embedded (training, evaluation, the API, Serve).
+    text_residual: bool = False
+    # Drop each token of a bag with this probability in training (inverted dropout: kept tokens are
+    # scaled by 1 / (1 - p)), so the table cannot key a training item on one rare token. Never at
+    # evaluation or serving.
+    token_dropout: float = 0.0
+    # Popularity-debiased query scores for new items (cold start): in evaluation and serving, each
+    # surface's query embedding q becomes q - popularity_debias * m, with m the running mean of that
+    # surface's training query embeddings (kept in the model). An item's score then loses its mean
+    # score over training queries times this weight, the popularity learned for items seen in
+    # training, which a new item cannot have. 0 = plain scores.
+    popularity_debias: float = 0.0
 
 
 class LossConfig(Section):
@@ -226,6 +250,10 @@ class TrainConfig(Section):
     weight_decay: float = 0.01
     warmup_steps: int = 30
     grad_clip: float = 1.0
+    # Learning-rate multiplier of the hash embedding (table and per-token weights). Below 1 it keeps
+    # a similarity-preserving start (model.text_init = "idf") close to where it began, so the table
+    # refines the lexical similarity instead of memorising training items; 0 freezes it.
+    hash_lr_scale: float = 1.0
     checkpoint_every: int = 50
     eval_every: int = 50
     keep_checkpoints: int = 2

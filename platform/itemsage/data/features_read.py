@@ -24,6 +24,8 @@ import torch
 from itemsage.config import SURFACES
 from itemsage.data.engagement import SPLITS
 from itemsage.data.features_io import resolve
+from itemsage.data.query_tokens import QueryTokenTable
+from itemsage.data.text import Vocab
 
 PAIR_COLUMNS = ["surface", "task", "query_key", "item_idx"]
 # The query group of closeup pairs whose viewed item has no image: the item itself, through the
@@ -117,7 +119,9 @@ class QueryFeatures:
     feature (``ItemFeatureStore.first_image_feat``) by ``item_idx``; home: ``users.parquet``
     ``user_feat`` by ``user_idx``. A surface whose file is absent has ``None`` and fails on use.
     ``search_text`` (the raw query strings, by ``query_idx``) is only loaded for SearchSage-style
-    fine-tuning, where the text encoder runs inside the training step.
+    fine-tuning, where the text encoder runs inside the training step. ``search_tokens`` (the
+    query texts as vocabulary ids, ``itemsage.data.query_tokens``) only for models whose search
+    tower reads tokens (``model.text_residual``).
     """
 
     text_emb: torch.Tensor | None
@@ -126,20 +130,40 @@ class QueryFeatures:
     search_text: np.ndarray | None = None
     # The item store: closeup queries of items without an image are the items themselves.
     items: ItemImages | None = None
+    search_tokens: QueryTokenTable | None = None
 
     @classmethod
-    def load(cls, features: str, store: ItemImages, with_text: bool = False) -> QueryFeatures:
+    def load(
+        cls, features: str, store: ItemImages, with_text: bool = False, with_tokens: bool = False
+    ) -> QueryFeatures:
         """``store``: the ``ItemFeatureStore`` of the same features directory, whose first image
-        per item is the closeup query table (already in memory there)."""
+        per item is the closeup query table (already in memory there). ``with_tokens`` tokenizes
+        the query texts with the directory's ``vocab.json`` (the model's, once evaluation has
+        re-tokenized a foreign catalog)."""
         fs, root = features_location(features)
         queries = _join(root, "queries.parquet")
+        texts = _strings_by_index(fs, queries, "query_idx", "text") if (with_text or with_tokens) else None
+        tokens = None
+        if with_tokens and texts is not None:
+            vocab_path = _join(root, "vocab.json")
+            if not _exists(fs, vocab_path):
+                raise FeaturesError(f"features directory {features!r} has no vocab.json to tokenize queries with")
+            location = vocab_path if "://" not in features else features.rstrip("/") + "/vocab.json"
+            tokens = QueryTokenTable.encode(Vocab.load(location), texts.tolist())
         return cls(
             text_emb=_dense_by_index(fs, queries, "query_idx", "text_emb"),
             first_image=store.first_image_feat,
             user_feat=_dense_by_index(fs, _join(root, "users.parquet"), "user_idx", "user_feat"),
-            search_text=_strings_by_index(fs, queries, "query_idx", "text") if with_text else None,
+            search_text=texts if with_text else None,
+            search_tokens=tokens,
             items=store,
         )
+
+    def tokens(self, keys: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """``[n, L]`` padded token ids of the search queries ``keys`` (``query_idx``)."""
+        if self.search_tokens is None:
+            raise FeaturesError("search query tokens were not loaded (QueryFeatures.load(with_tokens=True))")
+        return self.search_tokens.rows(keys)
 
     def texts(self, keys: torch.Tensor | np.ndarray) -> list[str]:
         """Raw search query strings for ``query_idx`` keys (fine-tuning only)."""

@@ -263,7 +263,12 @@ def evaluate_model(
         feats = _features_for(tm, catalog, features, layout, engagements, features_out, scratch)
         fmanifest = check_features_compatible(feats, tm)
         store = ItemFeatureStore.load(feats, max_images=tm.max_images, text_fields=tm.text_fields)
-        qf = QueryFeatures.load(feats, store, with_text=encoder is not None or queries_out is not None)
+        qf = QueryFeatures.load(
+            feats,
+            store,
+            with_text=encoder is not None or queries_out is not None,
+            with_tokens=tm.model.text_residual is not None,
+        )
         pairs = read_pairs(feats, split)
         # "all": the engaged item competes with every item of the catalog, not only held-out ones.
         val = build_val_set(pairs, store.num_items, catalog="all")

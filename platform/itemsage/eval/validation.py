@@ -126,10 +126,14 @@ def embed_queries(
                 if s == "search" and text_encoder is not None:
                     # The one search-query text path (the API, evaluation and Serve use it too).
                     feats = search_query_features(text_encoder, qf.texts(keys)).to(device)
-                    emb = model.embed_queries(s, feats).float().cpu()
+                    tokens = qf.tokens(keys) if model.text_residual is not None else None
+                    emb = model.embed_queries(s, feats, tokens).float().cpu()
                 else:
                     # As training groups them: closeup items without an image query by the item tower.
-                    emb = model.embed_query_batch(qf.groups(val.surfaces[r], keys, device), len(r)).float().cpu()
+                    tokens = qf.tokens(keys) if s == "search" and model.text_residual is not None else None
+                    emb = (
+                        model.embed_query_batch(qf.groups(val.surfaces[r], keys, device), len(r), tokens).float().cpu()
+                    )
             if out is None:
                 out = torch.zeros(len(val), emb.shape[1])
             out[torch.from_numpy(r)] = emb

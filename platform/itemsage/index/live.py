@@ -180,7 +180,7 @@ class LiveIndex:
     def attributes(self) -> AttributeTable | None:
         return self.index.attributes
 
-    def select(self, filters: Any) -> Selection:
+    def select(self, filters: Any) -> Selection | None:
         """``ItemIndex.select`` under the index lock: the selection matches the labels now applied."""
         with self._lock:
             return self.index.select(filters)

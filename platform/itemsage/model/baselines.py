@@ -17,6 +17,7 @@ from itemsage.config import TEXT_FIELDS, ModelConfig
 from itemsage.model.batch import TEXT_QUERY_DIM, ItemBatch
 from itemsage.model.hash_embedding import HashEmbeddingBag
 from itemsage.model.item_tower import ItemSageTower, title_input
+from itemsage.model.text_residual import TextResidual
 
 ARCHS = ("itemsage", "mlp")
 
@@ -42,7 +43,9 @@ class ConcatMLPTower(nn.Module):
         self.cfg = cfg
         self.image_dim = int(image_dim)
         self.num_text_fields = int(num_text_fields)
-        self.text_embedding = HashEmbeddingBag(vocab_size, cfg.hash_buckets, cfg.hash_dim, cfg.hash_seeds)
+        self.text_embedding = HashEmbeddingBag(
+            vocab_size, cfg.hash_buckets, cfg.hash_dim, cfg.hash_seeds, token_dropout=cfg.token_dropout
+        )
         in_dim = self.image_dim + self.num_text_fields * cfg.hash_dim
         in_dim += TEXT_QUERY_DIM if cfg.use_title_embedding else 0
         self.mlp = nn.Sequential(
@@ -54,6 +57,15 @@ class ConcatMLPTower(nn.Module):
             nn.GELU(),
             nn.Linear(cfg.hidden_dim, cfg.embedding_dim),
         )
+        self.text_residual: TextResidual | None = None
+        if cfg.text_residual:
+            # As in the transformer tower: the MLP starts at 0 and the pooled text path alone makes
+            # the first embedding, so the ablation compares the two towers from the same start.
+            self.text_residual = TextResidual(cfg.hash_dim, cfg.embedding_dim)
+            last = self.mlp[-1]
+            assert isinstance(last, nn.Linear)  # built just above; narrows the type for mypy
+            nn.init.zeros_(last.weight)
+            nn.init.zeros_(last.bias)
 
     def forward(self, batch: ItemBatch) -> torch.Tensor:
         b, f = batch.batch_size, self.num_text_fields
@@ -76,7 +88,10 @@ class ConcatMLPTower(nn.Module):
         if self.cfg.use_title_embedding:
             parts.append(title_input(batch).to(dtype) * float(self.cfg.use_text))
         x = torch.cat(parts, dim=1)
-        return F.normalize(self.mlp(x), dim=-1)
+        out = self.mlp(x)
+        if self.text_residual is not None:
+            out = out + self.text_residual(text.sum(1)) * float(self.cfg.use_text)
+        return F.normalize(out, dim=-1)
 
 
 # Either item tower: both read the same ItemBatch and carry their ModelConfig as ``cfg``.

@@ -10,24 +10,48 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from itemsage.config import TEXT_FIELDS, LossConfig, ModelConfig
+from itemsage.config import SURFACES, TEXT_FIELDS, LossConfig, ModelConfig
 from itemsage.data.features_read import ITEM_QUERY
 from itemsage.model.baselines import build_item_tower
 from itemsage.model.batch import ItemBatch
 from itemsage.model.cms import CountMinSketch, allgather_ids
+from itemsage.model.hash_embedding import HashEmbeddingBag
 from itemsage.model.item_tower import ItemSageTower
 from itemsage.model.loss import SampledSoftmaxLoss
 from itemsage.model.query_towers import QueryTowers
+from itemsage.model.text_residual import TextResidual
 
 # Per surface: (row positions in the batch [n_s], frozen query features [n_s, in_dim]); for the
 # ITEM_QUERY group, the query items' features instead.
 QueryGroups = Mapping[str, tuple[torch.Tensor, torch.Tensor | ItemBatch]]
 
+# Weight of the past in the running mean of training query embeddings (model.popularity_debias):
+# about the last 100 steps, so the mean follows the towers as they train.
+QUERY_MEAN_MOMENTUM = 0.99
+
+# Rows of the running means: one per surface's queries, and the engaged (positive) items.
+MEAN_ROWS: tuple[str, ...] = (*SURFACES, "item")
+
+
+class SearchTokensMissing(ValueError):
+    """A model with ``model.text_residual`` was asked to embed search queries without their tokens."""
+
 
 class ItemSageModel(nn.Module):
-    """Item tower, query towers, loss and the count-min sketch behind the logQ correction."""
+    """Item tower, query towers, loss and the count-min sketch behind the logQ correction.
+
+    Buffers ``query_mean`` / ``query_mean_weight``: a running mean of each surface's training query
+    embeddings, and in the last row of the engaged items' embeddings (bias-corrected EMAs): the
+    popularity prior that ``model.popularity_debias`` takes out of query scores at evaluation and
+    serving (the last row for an item used as the query, "more like this" without an image).
+    Models saved before the running means existed load with zeros (plain scores).
+    """
+
+    query_mean: torch.Tensor
+    query_mean_weight: torch.Tensor
 
     def __init__(
         self,
@@ -49,19 +73,94 @@ class ItemSageModel(nn.Module):
         self.loss_cfg = loss_cfg
         self.vocab_size = int(vocab_size)
         self.image_dim = int(image_dim)
+        # Read at evaluation and serving, not fixed at construction: the weight is a scoring choice
+        # on a trained model (model.popularity_debias in its config, recorded with it).
+        self.popularity_debias = float(model_cfg.popularity_debias)
+        self.register_buffer("query_mean", torch.zeros(len(MEAN_ROWS), model_cfg.embedding_dim))
+        self.register_buffer("query_mean_weight", torch.zeros(len(MEAN_ROWS)))
+
+    def _load_from_state_dict(self, state_dict: dict[str, torch.Tensor], prefix: str, *args: object) -> None:
+        for name in ("query_mean", "query_mean_weight"):
+            mine = getattr(self, name)
+            saved = state_dict.get(prefix + name)
+            if saved is None:  # a model saved before the running means existed
+                state_dict[prefix + name] = torch.zeros_like(mine)
+            elif saved.shape[0] < mine.shape[0]:  # saved before the "item" row: none for it
+                pad = mine.new_zeros((mine.shape[0] - saved.shape[0], *saved.shape[1:]))
+                state_dict[prefix + name] = torch.cat([saved.to(mine.dtype), pad])
+        super()._load_from_state_dict(state_dict, prefix, *args)
+
+    @property
+    def text_residual(self) -> TextResidual | None:
+        """The item tower's pooled text path, which search queries share (``model.text_residual``)."""
+        return getattr(self.item_tower, "text_residual", None)
+
+    def mean_query(self, surface: str) -> torch.Tensor:
+        """``[embedding_dim]`` mean training query embedding of ``surface``, or of the engaged items
+        for ``"item"`` (zeros before training)."""
+        if surface not in MEAN_ROWS:
+            raise KeyError(f"no running mean for {surface!r}; expected one of {MEAN_ROWS}")
+        i = MEAN_ROWS.index(surface)
+        w = self.query_mean_weight[i]
+        return self.query_mean[i] / w if float(w) > 0 else torch.zeros_like(self.query_mean[i])
+
+    def debias(self, surface: str, query: torch.Tensor) -> torch.Tensor:
+        """``normalize(query - popularity_debias * mean_query(surface))`` outside training; else as is."""
+        if self.training or self.popularity_debias <= 0:
+            return query
+        return F.normalize(query - self.popularity_debias * self.mean_query(surface).to(query.dtype), dim=-1)
+
+    def embed_item_queries(self, item_emb: torch.Tensor) -> torch.Tensor:
+        """Item embeddings used as queries ("more like this"), popularity-debiased like a surface's."""
+        return self.debias("item", item_emb)
+
+    @torch.no_grad()
+    def _track_mean(self, row: str, emb: torch.Tensor) -> None:
+        if emb.shape[0] == 0:
+            return
+        mean = emb.float().mean(0)
+        if not bool(torch.isfinite(mean).all()):
+            return  # a NaN step is skipped by the optimizer; it must not poison the mean either
+        i = MEAN_ROWS.index(row)
+        self.query_mean[i].mul_(QUERY_MEAN_MOMENTUM).add_(mean, alpha=1 - QUERY_MEAN_MOMENTUM)
+        self.query_mean_weight[i].mul_(QUERY_MEAN_MOMENTUM).add_(1 - QUERY_MEAN_MOMENTUM)
 
     def embed_items(self, batch: ItemBatch) -> torch.Tensor:
         """``[B, embedding_dim]`` unit item embeddings (batch embedding and serving use this)."""
         return self.item_tower(batch)
 
-    def embed_queries(self, surface: str, feats: torch.Tensor) -> torch.Tensor:
-        """``[B, embedding_dim]`` unit query embeddings for one surface's frozen features."""
-        return self.query_towers(surface, feats)
+    def embed_queries(self, surface: str, feats: torch.Tensor, token_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """``[B, embedding_dim]`` unit query embeddings for one surface's frozen features.
 
-    def embed_query_batch(self, queries: QueryGroups, batch_size: int) -> torch.Tensor:
+        ``token_ids``: ``[B, L]`` vocabulary ids of search queries' text, padded with -1
+        (``itemsage.data.query_tokens``); required for search with ``model.text_residual``, where
+        they go through the item tower's pooled text path. Outside training, with
+        ``popularity_debias`` > 0, the surface's mean training query is taken out (cold start).
+        """
+        out = self.query_towers(surface, feats)
+        residual = self.text_residual
+        if surface == "search" and residual is not None:
+            if token_ids is None:
+                raise SearchTokensMissing(
+                    "this model embeds search queries with their text tokens (model.text_residual): "
+                    "pass the query's token ids (itemsage.data.query_tokens.query_token_ids)"
+                )
+            embedding = self.item_tower.text_embedding
+            assert isinstance(embedding, HashEmbeddingBag)  # both towers own one; narrows for mypy
+            text = residual.embed_tokens(embedding, token_ids.to(out.device))
+            out = F.normalize(out + text.to(out.dtype) * float(self.model_cfg.use_text), dim=-1)
+        return self.debias(surface, out)
+
+    def embed_query_batch(
+        self, queries: QueryGroups, batch_size: int, search_token_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Embed a mixed-surface batch: each surface's rows go through its own tower, in row order;
         the :data:`~itemsage.data.features_read.ITEM_QUERY` group (items without an image as
-        closeup queries) through the item tower."""
+        closeup queries) through the item tower.
+
+        ``search_token_ids``: ``[n_search, L]`` padded token ids of the search group's rows, in
+        the group's order (needed with ``model.text_residual``).
+        """
         covered = sum(int(rows.numel()) for rows, _ in queries.values())
         if covered != batch_size:
             raise ValueError(f"query groups cover {covered} rows, batch has {batch_size}")
@@ -72,7 +171,7 @@ class ItemSageModel(nn.Module):
                 emb = self.embed_items(feats)
             else:
                 assert isinstance(feats, torch.Tensor), type(feats)
-                emb = self.embed_queries(surface, feats)
+                emb = self.embed_queries(surface, feats, search_token_ids if surface == "search" else None)
             if out is None:
                 out = emb.new_zeros(batch_size, emb.shape[1])
             out = out.index_put((rows.to(emb.device),), emb)
@@ -88,6 +187,7 @@ class ItemSageModel(nn.Module):
         item_logq: torch.Tensor | None = None,
         rand_items: ItemBatch | None = None,
         rand_ids: torch.Tensor | None = None,
+        search_token_ids: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """The training objective for one batch (see :class:`SampledSoftmaxLoss` for the outputs).
 
@@ -99,8 +199,12 @@ class ItemSageModel(nn.Module):
             if self.training:
                 self.sketch.update(allgather_ids(item_ids))
             item_logq = self.sketch.log_probability(item_ids)
-        query = self.embed_query_batch(queries, items.batch_size)
+        query = self.embed_query_batch(queries, items.batch_size, search_token_ids)
         pos = self.embed_items(items)
+        if self.training:
+            for surface, (rows, _) in queries.items():
+                self._track_mean(surface, query[rows.to(query.device)].detach())
+            self._track_mean("item", pos.detach())
         rand = self.embed_items(rand_items) if rand_items is not None else None
         return self.loss(query, pos, item_ids, item_logq, rand, rand_ids)
 
@@ -112,9 +216,23 @@ def build_model(
     image_dim: int,
     num_text_fields: int = len(TEXT_FIELDS),
     text_dim: int = 384,
+    token_idf: torch.Tensor | None = None,
 ) -> ItemSageModel:
-    """Build the model named by ``cfg.arch`` with the loss and sketch sized by ``loss_cfg``."""
+    """Build the model named by ``cfg.arch`` with the loss and sketch sized by ``loss_cfg``.
+
+    ``token_idf``: ``[vocab_size]`` IDF over the training items (``itemsage.model.text_prior``);
+    required to start a new model with ``cfg.text_init = "idf"``, not needed to rebuild one whose
+    weights are loaded next.
+    """
+    if not 0.0 <= cfg.token_dropout < 1.0:
+        raise ValueError(f"model.token_dropout must be in [0, 1), got {cfg.token_dropout}")
+    if cfg.popularity_debias < 0:
+        raise ValueError(f"model.popularity_debias must be >= 0, got {cfg.popularity_debias}")
     item_tower = build_item_tower(cfg, vocab_size, image_dim, num_text_fields)
+    if token_idf is not None:
+        if cfg.text_init != "idf":
+            raise ValueError(f"token_idf given but model.text_init is {cfg.text_init!r}, not 'idf'")
+        item_tower.text_embedding.init_from_idf(token_idf)
     query_towers = QueryTowers(image_dim, text_dim, cfg.embedding_dim, cfg.hidden_dim, cfg.query_residual)
     if isinstance(item_tower, ItemSageTower) and item_tower.title_skip is not None:
         # Tied: an item's title and a search query go through the very same projection (a siamese

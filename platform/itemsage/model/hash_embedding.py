@@ -40,6 +40,7 @@ class HashEmbeddingBag(nn.Module):
         num_buckets: int = 100_000,
         dim: int = 256,
         seeds: Sequence[int] = (17, 31),
+        token_dropout: float = 0.0,
     ) -> None:
         super().__init__()
         if vocab_size <= 0:
@@ -48,6 +49,9 @@ class HashEmbeddingBag(nn.Module):
         self.num_buckets = int(num_buckets)
         self.dim = int(dim)
         self.seeds = tuple(int(s) for s in seeds)
+        if not 0.0 <= token_dropout < 1.0:
+            raise ValueError(f"token_dropout must be in [0, 1), got {token_dropout}")
+        self.token_dropout = float(token_dropout)
         # N(0, 1/dim) rows: a bag of n tokens then has norm ~sqrt(n), which the per-group projection
         # and the pre-norm transformer absorb.
         self.table = nn.Parameter(torch.randn(self.num_buckets, self.dim) * self.dim**-0.5)
@@ -63,6 +67,23 @@ class HashEmbeddingBag(nn.Module):
     def num_hashes(self) -> int:
         return len(self.seeds)
 
+    @torch.no_grad()
+    def init_from_idf(self, idf: torch.Tensor) -> None:
+        """Start every token's weights at its IDF, so a bag is a random projection of its TF-IDF.
+
+        A token's embedding is then ``idf(v) * g(v)`` with ``g(v) = (E[h0(v)] + E[h1(v)]) / sqrt(k)``,
+        a Gaussian vector of unit expected norm (rows are N(0, 1/dim)); a bag's sum is ``G @ tfidf``
+        for a random Gaussian ``G``, which keeps TF-IDF inner products up to 1/sqrt(dim) noise
+        (Johnson-Lindenstrauss). Tokens sharing one of their rows (hash collisions) add a little
+        spurious similarity, as in any hashing trick.
+        """
+        if idf.shape != (self.vocab_size,):
+            raise ValueError(f"idf must have shape ({self.vocab_size},), got {tuple(idf.shape)}")
+        if not bool(torch.isfinite(idf).all()) or bool((idf < 0).any()):
+            raise ValueError("idf weights must be finite and non-negative")
+        weights = idf.to(self.importance.dtype) / self.num_hashes**0.5
+        self.importance.copy_(weights.unsqueeze(1).expand(-1, self.num_hashes))
+
     def forward(self, ids: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
         """Bags of token ids -> ``[num_bags, dim]`` sums; empty bags give zeros.
 
@@ -76,7 +97,12 @@ class HashEmbeddingBag(nn.Module):
         valid = (ids >= 0) & (ids < self.vocab_size)
         safe = torch.where(valid, ids, torch.zeros_like(ids))
         rows = self.buckets[safe].reshape(-1)  # [T*k], token-major
-        weights = self.importance[safe] * valid.unsqueeze(1).to(self.importance.dtype)
+        keep = valid.to(self.importance.dtype)
+        if self.training and self.token_dropout > 0:
+            # Inverted dropout over whole tokens (both of a token's rows go together), training only.
+            drop = torch.rand(ids.shape, device=ids.device) < self.token_dropout
+            keep = keep * (~drop).to(keep.dtype) / (1.0 - self.token_dropout)
+        weights = self.importance[safe] * keep.unsqueeze(1)
         return F.embedding_bag(
             rows,
             self.table,
@@ -101,4 +127,7 @@ class HashEmbeddingBag(nn.Module):
         return torch.stack(out) if out else self.table.new_zeros(0, self.dim)
 
     def extra_repr(self) -> str:
-        return f"vocab_size={self.vocab_size}, num_buckets={self.num_buckets}, dim={self.dim}, seeds={self.seeds}"
+        return (
+            f"vocab_size={self.vocab_size}, num_buckets={self.num_buckets}, dim={self.dim}, seeds={self.seeds}, "
+            f"token_dropout={self.token_dropout}"
+        )

@@ -20,6 +20,7 @@ from itemsage.config import TEXT_FIELDS, ModelConfig
 from itemsage.model.batch import TEXT_QUERY_DIM, ItemBatch
 from itemsage.model.hash_embedding import HashEmbeddingBag
 from itemsage.model.query_towers import QueryProjection
+from itemsage.model.text_residual import TextResidual
 
 
 class GroupedLinear(nn.Module):
@@ -51,8 +52,17 @@ class EmbeddingHead(nn.Module):
         self.fc1 = nn.Linear(in_dim, hidden_dim)
         self.fc2 = nn.Linear(hidden_dim, out_dim)
 
+    def raw(self, x: torch.Tensor) -> torch.Tensor:
+        """The output before L2 normalisation (residual paths are added to it first)."""
+        return self.fc2(F.gelu(self.fc1(self.norm(x))))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.fc2(F.gelu(self.fc1(self.norm(x)))), dim=-1)
+        return F.normalize(self.raw(x), dim=-1)
+
+    def zero_output(self) -> None:
+        """Start the head at 0, so the residual paths alone make the initial embedding."""
+        nn.init.zeros_(self.fc2.weight)
+        nn.init.zeros_(self.fc2.bias)
 
 
 def title_input(batch: ItemBatch) -> torch.Tensor:
@@ -89,7 +99,9 @@ class ItemSageTower(nn.Module):
         self.image_dim = int(image_dim)
         self.num_text_fields = int(num_text_fields)
         h = cfg.hidden_dim
-        self.text_embedding = HashEmbeddingBag(vocab_size, cfg.hash_buckets, cfg.hash_dim, cfg.hash_seeds)
+        self.text_embedding = HashEmbeddingBag(
+            vocab_size, cfg.hash_buckets, cfg.hash_dim, cfg.hash_seeds, token_dropout=cfg.token_dropout
+        )
         self.cls = nn.Parameter(torch.randn(cfg.hash_dim) * cfg.hash_dim**-0.5)
         self.cls_proj = nn.Linear(cfg.hash_dim, h)
         self.image_proj = nn.Linear(self.image_dim, h)
@@ -112,6 +124,10 @@ class ItemSageTower(nn.Module):
         if cfg.use_title_embedding and cfg.title_skip:
             self.title_skip = QueryProjection(TEXT_QUERY_DIM, cfg.embedding_dim, cfg.hidden_dim)
             self.title_gate = nn.Parameter(torch.ones(()))
+        self.text_residual: TextResidual | None = None
+        if cfg.text_residual:
+            self.text_residual = TextResidual(cfg.hash_dim, cfg.embedding_dim)
+            self.head.zero_output()
 
     def forward(self, batch: ItemBatch) -> torch.Tensor:
         b, f = batch.batch_size, self.num_text_fields
@@ -140,6 +156,14 @@ class ItemSageTower(nn.Module):
         tokens = torch.cat(parts, dim=1)
         present = torch.cat(masks, dim=1)
         hidden = self.encoder(tokens, src_key_padding_mask=~present)
+        if self.text_residual is not None:
+            # One normalisation over head + residuals: the head starts at 0 (a normalised zero has
+            # no usable gradient), so the title skip and the pooled text make the first embedding.
+            out = self.head.raw(hidden[:, 0])
+            out = out + self.text_residual(bags.sum(1)) * float(self.cfg.use_text)
+            if self.title_skip is not None:
+                out = out + self.title_gate.to(out.dtype) * self.title_skip(title) * has_title.to(out.dtype)
+            return F.normalize(out, dim=-1)
         out = self.head(hidden[:, 0])
         if self.title_skip is not None:
             skip = self.title_skip(title) * has_title.to(out.dtype)

@@ -25,6 +25,7 @@ import torch
 
 from itemsage.config import ServeConfig
 from itemsage.data.images import BACKBONES, ImageBackbone, ImageDecodeError, get_backbone, load_image
+from itemsage.data.query_tokens import query_token_ids
 from itemsage.model import ItemFeatureStore
 from itemsage.serve.bundle import ModelBundle
 from itemsage.serve.errors import BadRequestError, InvalidImageError, NotReadyError, PayloadTooLargeError
@@ -108,10 +109,16 @@ class Backbones:
 
 
 @torch.inference_mode()
-def project(bundle: ModelBundle, surface: str, feats: torch.Tensor) -> np.ndarray:
-    """Frozen query features -> unit query embeddings with this version's ``surface`` tower."""
+def project(bundle: ModelBundle, surface: str, feats: torch.Tensor, texts: Sequence[str] = ()) -> np.ndarray:
+    """Frozen query features -> unit query embeddings with this version's ``surface`` tower.
+
+    ``texts``: the search queries themselves, tokenized with the version's vocab for a model whose
+    search tower reads tokens too (``model.text_residual``)."""
     dev = next(bundle.model.parameters()).device
-    return bundle.model.embed_queries(surface, feats.to(dev)).float().cpu().numpy()
+    tokens = None
+    if surface == "search" and bundle.model.text_residual is not None:
+        tokens = query_token_ids(bundle.vocab, texts)
+    return bundle.model.embed_queries(surface, feats.to(dev), tokens).float().cpu().numpy()
 
 
 def user_feats(bundle: ModelBundle, histories: Sequence[Sequence[str]]) -> torch.Tensor:
@@ -292,7 +299,7 @@ class LocalEncoders:
                 feats = shared[[position[i] for i in rows]]  # type: ignore[index]
             else:
                 feats = self.backbones.text_feats([texts[i] for i in rows], b.text_encoder)
-            return project(b, "search", feats)
+            return project(b, "search", feats, [texts[i] for i in rows])
 
         return _per_version(bundles, run)
 
@@ -324,7 +331,10 @@ class LocalEncoders:
         feats = closeup_feats(bundle, item_id)
         if feats is not None:
             return "closeup", project(bundle, "closeup", feats)[0]
-        return "item", catalog_item_embeddings(bundle, [item_id])[0]
+        emb = torch.from_numpy(catalog_item_embeddings(bundle, [item_id]))
+        dev = next(bundle.model.parameters()).device
+        with torch.inference_mode():  # popularity-debiased like every query (model.popularity_debias)
+            return "item", bundle.model.embed_item_queries(emb.to(dev)).float().cpu().numpy()[0]
 
     # ---- items -------------------------------------------------------------------------------
     def prepare_item(self, bundle: ModelBundle, payload: Mapping[str, Any]) -> PreparedItem:

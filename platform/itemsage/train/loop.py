@@ -34,6 +34,7 @@ from itemsage.data.features_read import QueryFeatures, read_pairs
 from itemsage.eval.validation import baseline_recall, build_val_set, model_recall, recall_metrics
 from itemsage.files import write_atomic
 from itemsage.model import ItemFeatureStore, ItemSageModel, MultiTaskBatcher, build_model
+from itemsage.model.text_prior import training_idf
 from itemsage.train.data import cached_cycle, heldout_items, sample_negatives
 from itemsage.train.lamb import Lamb
 from itemsage.train.schedule import build_scheduler
@@ -126,11 +127,16 @@ def make_optimizer(module: nn.Module, tc: TrainConfig) -> torch.optim.Optimizer:
     decay: list[nn.Parameter] = []
     no_decay: list[nn.Parameter] = []
     encoder: list[nn.Parameter] = []
+    hashed: list[nn.Parameter] = []
+    if tc.hash_lr_scale < 0:
+        raise ValueError(f"train.hash_lr_scale must be >= 0, got {tc.hash_lr_scale}")
     for name, p in module.named_parameters():
         if not p.requires_grad:
             continue
         if name.startswith(("text_encoder.", "module.text_encoder.")):
             encoder.append(p)
+        elif ".text_embedding." in name and tc.hash_lr_scale != 1.0:
+            hashed.append(p)
         else:
             (decay if p.ndim >= 2 else no_decay).append(p)
     groups: list[dict[str, Any]] = [
@@ -139,6 +145,10 @@ def make_optimizer(module: nn.Module, tc: TrainConfig) -> torch.optim.Optimizer:
     ]
     if encoder:
         groups.append({"params": encoder, "weight_decay": tc.weight_decay, "lr": tc.lr * TEXT_ENCODER_LR_SCALE})
+    if hashed:
+        # The hash table and per-token weights (train.hash_lr_scale): decay would pull an IDF start
+        # towards 0, so the smaller step size alone keeps them near it.
+        groups.append({"params": hashed, "weight_decay": 0.0, "lr": tc.lr * tc.hash_lr_scale})
     if tc.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=tc.lr)
     if tc.optimizer == "lamb":
@@ -169,12 +179,15 @@ class TrainModule(nn.Module):
         rand_items: Any = None,
         rand_ids: torch.Tensor | None = None,
         search_tokens: Mapping[str, torch.Tensor] | None = None,
+        search_token_ids: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
+        """``search_tokens``: MiniLM tokenizer output (fine-tuning); ``search_token_ids``: the
+        search rows' vocabulary ids for the pooled text path (``model.text_residual``)."""
         if self.text_encoder is not None and search_tokens is not None and "search" in queries:
             rows, _ = queries["search"]
             feats = self.text_encoder(search_tokens["input_ids"], search_tokens["attention_mask"])
             queries = {**queries, "search": (rows, feats)}
-        return self.model(queries, items, item_ids, item_logq, rand_items, rand_ids)
+        return self.model(queries, items, item_ids, item_logq, rand_items, rand_ids, search_token_ids)
 
     def text_encoder_state(self) -> dict[str, torch.Tensor]:
         """The fine-tuned encoder layers' tensors (the frozen rest ships with the pip package)."""
@@ -195,9 +208,18 @@ def build_train_module(
     image_dim: int,
     num_text_fields: int,
     text_state: Mapping[str, torch.Tensor] | None = None,
+    token_idf: torch.Tensor | None = None,
 ) -> TrainModule:
-    """The model (and, when fine-tuning, the MiniLM encoder with ``text_state`` loaded)."""
-    model = build_model(tc.model, tc.loss, vocab_size=vocab_size, image_dim=image_dim, num_text_fields=num_text_fields)
+    """The model (and, when fine-tuning, the MiniLM encoder with ``text_state`` loaded);
+    ``token_idf`` starts the hash embedding at IDF (``model.text_init = "idf"``, a new run)."""
+    model = build_model(
+        tc.model,
+        tc.loss,
+        vocab_size=vocab_size,
+        image_dim=image_dim,
+        num_text_fields=num_text_fields,
+        token_idf=token_idf,
+    )
     encoder = None
     layers = tc.model.finetune_text_layers
     if layers > 0:
@@ -208,6 +230,15 @@ def build_train_module(
 
             encoder = TextEncoder(trainable_layers=layers)
     return TrainModule(model, encoder)
+
+
+def initial_token_idf(tc: TrainConfig, store: ItemFeatureStore, vocab_size: int) -> torch.Tensor | None:
+    """IDF over the training items (the random-negative pool: held-out items never count) when a new
+    run starts its hash embedding at IDF (``model.text_init = "idf"``), else None."""
+    if tc.model.text_init != "idf":
+        return None
+    pool = negative_pool(store.num_items, heldout_items(tc.features))
+    return training_idf(store, pool, vocab_size)
 
 
 def negative_pool(num_items: int, heldout: np.ndarray) -> torch.Tensor:
@@ -311,6 +342,10 @@ class Stepper:
             rand_ids = sample_negatives(self.neg_pool, self.tc.loss.num_random_negatives, self.generator)
             rand_items = self.store.gather(rand_ids).to(dev, non_blocking=True)
             rand_ids = rand_ids.to(dev)
+        search_token_ids = None
+        if "search" in queries and unwrap(self.model).model.text_residual is not None:
+            keys = np.asarray(batch["query_key"])[np.asarray(batch["surface"]) == "search"]
+            search_token_ids = self.qf.tokens(keys).to(dev, non_blocking=True)
         search_tokens = None
         if self.text_encoder is not None and "search" in queries and queries["search"][0].numel():
             keys = np.asarray(batch["query_key"])[np.asarray(batch["surface"]) == "search"]
@@ -318,7 +353,7 @@ class Stepper:
             search_tokens = {k: v.to(dev, non_blocking=True) for k, v in tok.items()}
         autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda")
         with autocast:
-            out = self.model(queries, items, ids.to(dev), None, rand_items, rand_ids, search_tokens)
+            out = self.model(queries, items, ids.to(dev), None, rand_items, rand_ids, search_tokens, search_token_ids)
         loss = out["loss"]
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -397,7 +432,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     torch.manual_seed(tc.seed)  # identical initial weights on every rank (DDP also broadcasts them)
     store = ItemFeatureStore.load(tc.features, max_images=tc.model.max_images)
-    qf = QueryFeatures.load(tc.features, store, with_text=tc.model.finetune_text_layers > 0)
+    qf = QueryFeatures.load(
+        tc.features, store, with_text=tc.model.finetune_text_layers > 0, with_tokens=tc.model.text_residual
+    )
 
     state: TrainState | None = None
     checkpoint = ray.train.get_checkpoint()
@@ -405,7 +442,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         with checkpoint.as_directory() as d:
             state = load_checkpoint(d)
     module = build_train_module(
-        tc, spec.vocab_size, store.image_dim, store.num_text_fields, state.text_encoder if state else None
+        tc,
+        spec.vocab_size,
+        store.image_dim,
+        store.num_text_fields,
+        state.text_encoder if state else None,
+        token_idf=None if state is not None else initial_token_idf(tc, store, spec.vocab_size),
     )
     if state is not None:
         module.model.load_state_dict(state.model)

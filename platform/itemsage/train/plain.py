@@ -26,6 +26,7 @@ from itemsage.train.loop import (
     TrainModule,
     build_train_module,
     freeze_untrained_towers,
+    initial_token_idf,
     make_optimizer,
     negative_pool,
     pair_batches,
@@ -69,8 +70,11 @@ def setup_plain(cfg: PipelineConfig, device: str | torch.device = "cpu") -> Plai
     bundle = BundleFiles(cfg, manifest)
     torch.manual_seed(tc.seed)
     store = ItemFeatureStore.load(tc.features, max_images=tc.model.max_images)
-    qf = QueryFeatures.load(tc.features, store, with_text=tc.model.finetune_text_layers > 0)
-    module = build_train_module(tc, bundle.vocab.size, store.image_dim, store.num_text_fields).to(dev)
+    qf = QueryFeatures.load(
+        tc.features, store, with_text=tc.model.finetune_text_layers > 0, with_tokens=tc.model.text_residual
+    )
+    idf = initial_token_idf(tc, store, bundle.vocab.size)
+    module = build_train_module(tc, bundle.vocab.size, store.image_dim, store.num_text_fields, token_idf=idf).to(dev)
     pairs = read_pairs(tc.features, "train", tc.surfaces)
     tasks = sorted(task_counts(pairs))
     surfaces = trained_surfaces(tasks, tc)

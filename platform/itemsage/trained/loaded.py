@@ -133,7 +133,7 @@ class TrainedModel(ManifestFields):
             return np.zeros((0, self.embedding_dim), np.float32)
         if any(not t.strip() for t in texts):
             raise ValueError("empty search query: every text must contain something to search for")
-        return embed_search_queries(self.model, self.text_encoder, texts).numpy()
+        return embed_search_queries(self.model, self.text_encoder, texts, self.vocab).numpy()
 
     @torch.inference_mode()
     def embed_query_features(self, surface: str, feats: torch.Tensor) -> np.ndarray:

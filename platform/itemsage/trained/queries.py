@@ -14,7 +14,10 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from itemsage.data.query_tokens import query_token_ids
+
 if TYPE_CHECKING:
+    from itemsage.data.text import Vocab
     from itemsage.data.text_encoder import TextEncoder
     from itemsage.model import ItemSageModel
 
@@ -52,8 +55,18 @@ def search_query_features(encoder: TextEncoder, texts: Sequence[str], batch_size
 
 
 @torch.inference_mode()
-def embed_search_queries(model: ItemSageModel, encoder: TextEncoder, texts: Sequence[str]) -> torch.Tensor:
-    """``[N, embedding_dim]`` float32 CPU unit search-query embeddings: features, then the tower."""
+def embed_search_queries(
+    model: ItemSageModel, encoder: TextEncoder, texts: Sequence[str], vocab: Vocab | None = None
+) -> torch.Tensor:
+    """``[N, embedding_dim]`` float32 CPU unit search-query embeddings: features, then the tower.
+
+    ``vocab``: the model's vocabulary, needed when its search tower reads the query's tokens too
+    (``model.text_residual``)."""
     feats = search_query_features(encoder, texts)
     dev = next(model.parameters()).device
-    return model.embed_queries("search", feats.to(dev)).float().cpu()
+    tokens = None
+    if model.text_residual is not None:
+        if vocab is None:
+            raise ValueError("this model's search tower reads query tokens (model.text_residual): pass its vocab")
+        tokens = query_token_ids(vocab, texts)
+    return model.embed_queries("search", feats.to(dev), tokens).float().cpu()
