@@ -260,6 +260,6 @@ def test_unseen_catalog_is_preprocessed_with_the_models_vocab(sample_model: Samp
     assert res.num_items == 60 and res.engagement_source == "synthetic" and res.catalog
     assert (kept / "vocab.json").read_bytes() == (sample_model.bundle / "vocab.json").read_bytes()
     assert json.loads((kept / "manifest.json").read_text())["vocab_from"] == str(sample_model.bundle)
-    for surface in ("search", "home"):
+    for surface, frozen in (("search", "minilm"), ("home", "user_feat")):
         assert res.recall("itemsage", f"{surface}/all", 10) is not None
-        assert res.recall("frozen", f"{surface}/all", 10) is not None
+        assert res.recall(frozen, f"{surface}/all", 10) is not None
