@@ -818,6 +818,18 @@ def _normalise(
     return items, (pd.DataFrame(links, columns=list(LINK_COLUMNS), dtype=str) if source.has_links else None)
 
 
+def resolve_layout(path: Path, layout: str) -> str:
+    """``layout``, or the detected one for "auto"; a ``CatalogError`` for an unknown layout or a
+    missing path (both readers, ``read_catalog`` and the Ray Data ingest, start here)."""
+    if layout == "auto":
+        return detect_layout(path)
+    if layout not in LAYOUTS:
+        raise _layout_error(path, f"unknown layout {layout!r}")
+    if not path.exists():
+        raise _layout_error(path, "the path does not exist")
+    return layout
+
+
 def read_catalog(
     path: str | Path,
     layout: str = "auto",
@@ -833,12 +845,7 @@ def read_catalog(
     ``imageURL`` basenames are looked up as local files; without it Amazon items are text-only.
     """
     p = Path(path)
-    if layout == "auto":
-        layout = detect_layout(p)
-    elif layout not in LAYOUTS:
-        raise _layout_error(p, f"unknown layout {layout!r}")
-    elif not p.exists():
-        raise _layout_error(p, "the path does not exist")
+    layout = resolve_layout(p, layout)
     rejects: list[Reject] = []
     if layout == "amazon":
         source = _read_amazon(p, rejects, Path(images_dir).absolute() if images_dir else None)

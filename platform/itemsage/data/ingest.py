@@ -40,7 +40,6 @@ from itemsage.config import TEXT_FIELDS, PreprocessConfig
 from itemsage.data.amazon import AMAZON_CONSTANTS, amazon_files, file_label, parse_amazon_line
 from itemsage.data.catalog import (
     FASHION_CONSTANTS,
-    LAYOUTS,
     LINK_COLUMNS,
     MAX_FIELD_CHARS,
     SHOPEE_CONSTANTS,
@@ -52,7 +51,6 @@ from itemsage.data.catalog import (
     _title_prefix,
     check_fashion_header,
     check_shopee_header,
-    detect_layout,
     duplicate_reject,
     fashion_images_dir,
     fashion_raw,
@@ -64,6 +62,7 @@ from itemsage.data.catalog import (
     parse_json_object,
     raw_item_id,
     read_csv_rows,
+    resolve_layout,
     shopee_images_dir,
     shopee_raw,
     shopee_train,
@@ -541,12 +540,7 @@ def ingest_catalog(
     """
     rows_per_block = rows_per_block or max(1, lines_per_block // 4)
     p = Path(path)
-    if layout == "auto":
-        layout = detect_layout(p)
-    elif layout not in LAYOUTS:
-        raise _layout_error(p, f"unknown layout {layout!r}")
-    elif not p.exists():
-        raise _layout_error(p, "the path does not exist")
+    layout = resolve_layout(p, layout)
     settings = ReadSettings(
         layout, max_images, max_field_chars, str(Path(images_dir).absolute()) if images_dir else None
     )
