@@ -20,8 +20,8 @@ import ray
 from tests.data.test_preprocess import start_small_ray
 
 from itemsage.config import EngagementConfig, PreprocessConfig
-from itemsage.data.engagement import item_splits
 from itemsage.data.pipeline import run_preprocess
+from itemsage.data.splits import item_splits
 
 SAMPLE = Path(__file__).resolve().parents[2] / "data" / "sample" / "amazon"
 USERS = 30

@@ -12,17 +12,10 @@ import pytest
 
 from itemsage.config import ACTIONS, EngagementConfig
 from itemsage.data.catalog import read_catalog
-from itemsage.data.engagement import (
-    ENGAGEMENT_COLUMNS,
-    EngagementError,
-    build_user_histories,
-    read_engagements,
-    shopee_pairs,
-    split_by_item,
-    split_by_time,
-    stable_unit,
-    synthesize_engagements,
-)
+from itemsage.data.engagement import ENGAGEMENT_COLUMNS, EngagementError, read_engagements
+from itemsage.data.shopee_pairs import shopee_pairs
+from itemsage.data.splits import build_user_histories, split_by_item, split_by_time, stable_unit
+from itemsage.data.synthetic_engagement import synthesize_engagements
 
 SAMPLE = Path(__file__).resolve().parents[2] / "data" / "sample"
 SMALL = EngagementConfig(num_users=60, search_pairs=800, closeup_pairs=800, home_pairs=400)

@@ -23,11 +23,12 @@ from tests.support.ray_local import start_small_ray
 from itemsage.config import TEXT_FIELDS, EngagementConfig, PreprocessConfig, TextConfig
 from itemsage.data.catalog import CatalogReadResult, read_catalog
 from itemsage.data.copurchase import link_pairs
-from itemsage.data.engagement import item_splits, shopee_pairs
 from itemsage.data.ingest import collect_catalog, ingest_catalog, rejects_summary
 from itemsage.data.ingest_stages import build_training_vocab, training_vocab
 from itemsage.data.pair_derivation import collect_pairs, link_pair_dataset, shopee_pair_dataset
 from itemsage.data.partitions import partition_of
+from itemsage.data.shopee_pairs import shopee_pairs
+from itemsage.data.splits import item_splits
 from itemsage.data.text import Vocab
 from itemsage.data.vocab_count import block_token_counts, caps_of, count_vocab, reduce_partition, select_vocab
 

@@ -22,11 +22,11 @@ from tests.support.ray_local import start_small_ray
 
 from itemsage.config import TEXT_FIELDS, EngagementConfig, ImageConfig, PreprocessConfig
 from itemsage.data.catalog import CatalogError, read_catalog
-from itemsage.data.engagement import item_splits
-from itemsage.data.featurize import plan_stages
 from itemsage.data.features_io import staged_output
+from itemsage.data.featurize import plan_stages
 from itemsage.data.images import get_backbone, load_image
 from itemsage.data.pipeline import run_preprocess
+from itemsage.data.splits import item_splits
 from itemsage.data.text import Vocab
 
 N_ITEMS = 14
@@ -393,10 +393,9 @@ def test_failed_write_keeps_the_previous_output(tmp_path):
     out = tmp_path / "features"
     out.mkdir()
     (out / "manifest.json").write_text('{"run": 1}')
-    with pytest.raises(RuntimeError, match="disk full"):
-        with staged_output(str(out)) as staged:
-            staged.write_json("manifest.json", {"run": 2})
-            raise RuntimeError("disk full")
+    with pytest.raises(RuntimeError, match="disk full"), staged_output(str(out)) as staged:
+        staged.write_json("manifest.json", {"run": 2})
+        raise RuntimeError("disk full")
     assert json.loads((out / "manifest.json").read_text()) == {"run": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["features"]
 

@@ -39,7 +39,7 @@ import numpy as np
 import pandas as pd
 
 from itemsage.data.amazon import iter_lines, parse_record
-from itemsage.data.engagement import ENGAGEMENT_COLUMNS, EngagementError
+from itemsage.data.engagement import ENGAGEMENT_COLUMNS, EngagementError, engagement_frame
 from itemsage.data.rejects import Reject, fix_utf8
 
 STAGE = "engagement"
@@ -51,13 +51,6 @@ REVIEW_ACTION = "review"
 REVIEW_SOURCE = "amazon_reviews"
 # Example asins named in an aggregated reject.
 EXAMPLES = 5
-
-
-def _frame(columns: dict[str, Any]) -> pd.DataFrame:
-    df = pd.DataFrame(columns, columns=ENGAGEMENT_COLUMNS)
-    for c in ENGAGEMENT_COLUMNS:
-        df[c] = df[c].astype("float64" if c == "timestamp" else str)
-    return df
 
 
 def _outside_reject(reason: str, what: str, outside: pd.Series, total: int) -> Reject:
@@ -91,7 +84,7 @@ def link_pairs(links: pd.DataFrame, item_ids: Iterable[str]) -> tuple[pd.DataFra
             rejects.append(_outside_reject("link_outside_catalog", f"{action} links", outside, int(mine.sum())))
     kept = df[inside]
     n = len(kept)
-    pairs = _frame(
+    pairs = engagement_frame(
         {
             "surface": [LINK_SURFACE] * n,
             "action": kept["action"].to_numpy(),
@@ -190,7 +183,7 @@ def read_reviews(path: str | Path, item_ids: Iterable[str]) -> tuple[pd.DataFram
         rejects.append(_outside_reject("review_outside_catalog", "reviews", outside, len(reviews)))
     kept = reviews[inside]
     k = len(kept)
-    pairs = _frame(
+    pairs = engagement_frame(
         {
             "surface": [REVIEW_SURFACE] * k,
             "action": [REVIEW_ACTION] * k,

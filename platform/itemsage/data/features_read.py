@@ -22,9 +22,9 @@ import pyarrow.parquet as pq
 import torch
 
 from itemsage.config import SURFACES
-from itemsage.data.engagement import SPLITS
 from itemsage.data.features_io import resolve
 from itemsage.data.query_tokens import QueryTokenTable
+from itemsage.data.splits import SPLITS
 from itemsage.data.text import Vocab
 
 PAIR_COLUMNS = ["surface", "task", "query_key", "item_idx"]

@@ -21,10 +21,11 @@ import pandas as pd
 
 from itemsage.config import TEXT_FIELDS, PreprocessConfig
 from itemsage.data.copurchase import read_reviews
-from itemsage.data.engagement import ENGAGEMENT_COLUMNS, item_splits
+from itemsage.data.engagement import ENGAGEMENT_COLUMNS
 from itemsage.data.ingest import CatalogIngest, ingest_catalog
 from itemsage.data.pair_derivation import collect_pairs, link_pair_dataset, shopee_pair_dataset
 from itemsage.data.rejects import Reject
+from itemsage.data.splits import item_splits
 from itemsage.data.text import Vocab
 from itemsage.data.vocab_count import count_vocab, train_items
 

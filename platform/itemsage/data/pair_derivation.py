@@ -29,9 +29,10 @@ import pyarrow.compute as pc
 
 from itemsage.data.copurchase import EXAMPLES, LINK_ACTIONS, LINK_SOURCE, LINK_SURFACE
 from itemsage.data.copurchase import STAGE as ENGAGEMENT_STAGE
-from itemsage.data.engagement import ENGAGEMENT_COLUMNS, shopee_pairs
+from itemsage.data.engagement import ENGAGEMENT_COLUMNS
 from itemsage.data.partitions import by_key
 from itemsage.data.rejects import Reject
+from itemsage.data.shopee_pairs import shopee_pairs
 
 PAIR_SCHEMA = pa.schema(
     [(c, pa.float64() if c == "timestamp" else pa.string()) for c in ENGAGEMENT_COLUMNS]

@@ -28,8 +28,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from itemsage.config import TEXT_FIELDS, PreprocessConfig, TextConfig
-from itemsage.data.engagement import item_splits
 from itemsage.data.partitions import by_key
+from itemsage.data.splits import item_splits
 from itemsage.data.text import Vocab, _check_config, tokenize
 
 # Items counted per block: larger blocks repeat tokens more within a block, so fewer (kind, token)
