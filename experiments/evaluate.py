@@ -40,7 +40,7 @@ except ImportError:  # a plain checkout (e.g. a job's working dir) without `pip 
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    from itemsage.data.catalog import LAYOUTS  # every layout the readers know
+    from itemsage.data.layouts import LAYOUTS  # every layout the readers know
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument(

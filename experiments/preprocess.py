@@ -39,8 +39,8 @@ except ImportError:  # a plain checkout (e.g. a job's working dir) without `pip 
 
 from itemsage.cluster.address import RayAddressError, check_ray_address  # noqa: E402
 from itemsage.config import ConfigError, PipelineConfig, PreprocessConfig, load_config  # noqa: E402
-from itemsage.data.catalog import CatalogError  # noqa: E402
 from itemsage.data.engagement import EngagementError  # noqa: E402
+from itemsage.data.layouts import CatalogError  # noqa: E402
 
 SECTIONS = ("preprocess", "train", "index", "serve")
 

@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 
 from itemsage.config import TEXT_FIELDS
-from itemsage.data.catalog import LINK_COLUMNS, CatalogError, detect_layout, read_catalog
+from itemsage.data.catalog import read_catalog
+from itemsage.data.layouts import CatalogError, detect_layout
+from itemsage.data.raw_items import LINK_COLUMNS
 
 SAMPLE = Path(__file__).resolve().parents[2] / "data" / "sample" / "amazon"
 SAMPLE_PRODUCTS = 300  # 150 per category (experiments/make_amazon_sample.py)

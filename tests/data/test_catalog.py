@@ -12,14 +12,9 @@ import pandas as pd
 import pytest
 
 from itemsage.config import TEXT_FIELDS
-from itemsage.data.catalog import (
-    LAYOUTS,
-    CatalogError,
-    CatalogReadResult,
-    Reject,
-    detect_layout,
-    read_catalog,
-)
+from itemsage.data.catalog import CatalogReadResult, read_catalog
+from itemsage.data.layouts import LAYOUTS, CatalogError, detect_layout
+from itemsage.data.rejects import Reject
 
 SAMPLE = Path(__file__).resolve().parents[2] / "data" / "sample"
 FASHION_HEADER = ("id,gender,masterCategory,subCategory,articleType,baseColour,season,year,usage,"

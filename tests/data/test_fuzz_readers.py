@@ -39,8 +39,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from itemsage.config import ACTIONS, SURFACES, TEXT_FIELDS
-from itemsage.data.catalog import MAX_FIELD_CHARS, CatalogError, CatalogReadResult, Reject, read_catalog
+from itemsage.data.catalog import CatalogReadResult, read_catalog
 from itemsage.data.engagement import ENGAGEMENT_COLUMNS, EngagementError, read_engagements
+from itemsage.data.layouts import CatalogError
+from itemsage.data.raw_items import MAX_FIELD_CHARS
+from itemsage.data.rejects import Reject
 
 SAMPLE_IMAGES = Path(__file__).resolve().parents[2] / "data" / "sample" / "fashion" / "images"
 

@@ -21,10 +21,11 @@ import ray
 from tests.support.ray_local import start_small_ray
 
 from itemsage.config import TEXT_FIELDS, EngagementConfig, ImageConfig, PreprocessConfig
-from itemsage.data.catalog import CatalogError, read_catalog
+from itemsage.data.catalog import read_catalog
 from itemsage.data.features_io import staged_output
 from itemsage.data.featurize import plan_stages
 from itemsage.data.images import get_backbone, load_image
+from itemsage.data.layouts import CatalogError
 from itemsage.data.pipeline import run_preprocess
 from itemsage.data.splits import item_splits
 from itemsage.data.text import Vocab

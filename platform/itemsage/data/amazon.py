@@ -74,7 +74,7 @@ from itemsage.config import TEXT_FIELDS
 from itemsage.data.rejects import Reject, fix_utf8
 
 STAGE = "catalog"
-# Values every Amazon product shares; filled in after the emptiness check (catalog._Source).
+# Values every Amazon product shares; filled in after the emptiness check (catalog.Source).
 AMAZON_CONSTANTS: dict[str, str] = {"merchant_domain": "amazon.com"}
 # File names the layout reads: meta_<Category>.json[.gz] (the public release) or
 # <Category>/meta.json[.gz] (one folder per category).

@@ -20,7 +20,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from itemsage.config import ACTIONS, SURFACES
-from itemsage.data.catalog import Reject, fix_utf8, parse_json_object, read_csv_rows, read_text
+from itemsage.data.records import parse_json_object, read_csv_rows, read_text
+from itemsage.data.rejects import Reject, fix_utf8
 
 ENGAGEMENT_COLUMNS: list[str] = ["surface", "action", "query", "item_id", "user_id", "timestamp", "source"]
 STAGE = "engagement"

@@ -38,35 +38,7 @@ import pyarrow.parquet as pq
 
 from itemsage.config import TEXT_FIELDS, PreprocessConfig
 from itemsage.data.amazon import AMAZON_CONSTANTS, amazon_files, file_label, parse_amazon_line
-from itemsage.data.catalog import (
-    FASHION_CONSTANTS,
-    LINK_COLUMNS,
-    MAX_FIELD_CHARS,
-    SHOPEE_CONSTANTS,
-    STAGE,
-    CatalogReadResult,
-    _amazon_images,
-    _layout_error,
-    _RawItem,
-    _title_prefix,
-    check_fashion_header,
-    check_shopee_header,
-    duplicate_reject,
-    fashion_images_dir,
-    fashion_raw,
-    fashion_styles,
-    generic_files,
-    generic_raw,
-    item_group,
-    normalise_raw,
-    parse_json_object,
-    raw_item_id,
-    read_csv_rows,
-    resolve_layout,
-    shopee_images_dir,
-    shopee_raw,
-    shopee_train,
-)
+from itemsage.data.catalog import CatalogReadResult
 from itemsage.data.ingest_read import (
     FILE_SHIFT,
     iter_raw_lines,
@@ -75,7 +47,36 @@ from itemsage.data.ingest_read import (
     read_file_blocks,
     strip_newline,
 )
+from itemsage.data.layout_amazon import amazon_images
+from itemsage.data.layout_fashion import (
+    FASHION_CONSTANTS,
+    check_fashion_header,
+    fashion_images_dir,
+    fashion_raw,
+    fashion_styles,
+    title_prefix,
+)
+from itemsage.data.layout_generic import generic_files, generic_raw
+from itemsage.data.layout_shopee import (
+    SHOPEE_CONSTANTS,
+    check_shopee_header,
+    shopee_images_dir,
+    shopee_raw,
+    shopee_train,
+)
+from itemsage.data.layouts import layout_error, resolve_layout
 from itemsage.data.partitions import by_key
+from itemsage.data.raw_items import (
+    LINK_COLUMNS,
+    MAX_FIELD_CHARS,
+    STAGE,
+    RawItem,
+    duplicate_reject,
+    item_group,
+    normalise_raw,
+    raw_item_id,
+)
+from itemsage.data.records import parse_json_object, read_csv_rows
 from itemsage.data.rejects import Reject
 
 LINK_ACTIONS: tuple[str, ...] = ("also_buy", "also_view")
@@ -146,7 +147,7 @@ class _RecordRows:
     def record(
         self,
         order: int,
-        raw: _RawItem,
+        raw: RawItem,
         parse_rejects: list[Reject],
         constants: dict[str, str],
         has_group_key: bool = False,
@@ -243,11 +244,11 @@ def parse_lines(batch: pa.Table, settings: ReadSettings, labels: list[str], fold
                 if parse_rejects:
                     rows.rejects_only(order, parse_rejects)
                 continue
-            raw = _RawItem(
+            raw = RawItem(
                 where=where,
                 item_id=product.item_id,
                 fields=product.fields,
-                image_paths=_amazon_images(product.image_names, images_dir),
+                image_paths=amazon_images(product.image_names, images_dir),
                 numeric={"price": math.nan if product.price is None else product.price},
                 links={"also_buy": product.also_buy, "also_view": product.also_view},
             )
@@ -333,9 +334,7 @@ def _title_prefix_blocks(file_index: int, path: str) -> Any:
         _decoded_lines(path), [], stage=STAGE, id_column="id", free_text_column="productDisplayName"
     )
     prefixes = [
-        p.lower().encode("utf-8", "surrogateescape")
-        for _, r in records
-        if (p := _title_prefix(r["productDisplayName"]))
+        p.lower().encode("utf-8", "surrogateescape") for _, r in records if (p := title_prefix(r["productDisplayName"]))
     ]
     yield pa.table({"prefix": pa.array(prefixes, type=pa.binary())})
 
@@ -359,9 +358,9 @@ def _check_parquet(file: Path) -> None:
     try:
         names = pq.ParquetFile(file).schema_arrow.names
     except (pa.ArrowException, OSError) as e:
-        raise _layout_error(file, f"not a readable Parquet file ({e})") from e
+        raise layout_error(file, f"not a readable Parquet file ({e})") from e
     if "item_id" not in names:
-        raise _layout_error(file, "a generic catalog needs an item_id column")
+        raise layout_error(file, "a generic catalog needs an item_id column")
 
 
 def _first_line(path: Path) -> str:
@@ -386,7 +385,7 @@ def read_records(
     if layout in ("amazon", "generic"):
         files = amazon_files(path) if layout == "amazon" else generic_files(path)
         if layout == "amazon" and not files:
-            raise _layout_error(
+            raise layout_error(
                 path, "layout 'amazon' needs meta_<Category>.json[.gz] or <Category>/meta.json[.gz] files"
             )
         # Every file keeps its index in the catalog's file order, so "first row wins" sees the

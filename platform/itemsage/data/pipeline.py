@@ -31,7 +31,7 @@ import pyarrow.compute as pc
 import ray
 
 from itemsage.config import TEXT_FIELDS, PreprocessConfig, to_dict
-from itemsage.data.catalog import LAYOUTS, CatalogError, CatalogReadResult, Reject, detect_layout, read_catalog
+from itemsage.data.catalog import CatalogReadResult, read_catalog
 from itemsage.data.copurchase import amazon_engagements
 from itemsage.data.engagement import read_engagements
 from itemsage.data.features_io import staged_output
@@ -52,6 +52,8 @@ from itemsage.data.featurize import (
 from itemsage.data.images import BACKBONES, weights_record
 from itemsage.data.ingest import CatalogIngest, collect_catalog
 from itemsage.data.ingest_stages import DerivedPairs, build_training_vocab, derive_pairs, ingest_for, training_vocab
+from itemsage.data.layouts import LAYOUTS, CatalogError, detect_layout
+from itemsage.data.rejects import Reject
 from itemsage.data.shopee_pairs import shopee_pairs
 from itemsage.data.splits import SPLITS, build_user_histories, item_splits, split_by_item, split_by_time
 from itemsage.data.synthetic_engagement import synthesize_engagements

@@ -49,8 +49,8 @@ import numpy as np
 import pandas as pd
 
 from itemsage.config import ACTIONS, EngagementConfig
-from itemsage.data.catalog import GENDER_WORDS
 from itemsage.data.engagement import ENGAGEMENT_COLUMNS, engagement_frame
+from itemsage.data.layout_fashion import GENDER_WORDS
 
 # 2023-11-14T22:13:20Z: an arbitrary, fixed origin for synthetic timestamps.
 SYNTHETIC_EPOCH = 1_700_000_000

@@ -31,8 +31,8 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from itemsage.config import TEXT_FIELDS
-from itemsage.data.catalog import Reject
 from itemsage.data.features_io import resolve, staged_output
+from itemsage.data.rejects import Reject
 from itemsage.index.compat import check_features_compatible, is_features_dir
 from itemsage.index.embeddings import (
     EMBEDDINGS_FORMAT,

@@ -17,7 +17,6 @@ import pandas as pd
 import pyarrow as pa
 
 from itemsage.config import TEXT_FIELDS, PreprocessConfig
-from itemsage.data.catalog import Reject
 from itemsage.data.featurize import (
     MINILM_DIM,
     ImageFeaturizer,
@@ -27,6 +26,7 @@ from itemsage.data.featurize import (
     list_array,
 )
 from itemsage.data.images import BACKBONES
+from itemsage.data.rejects import Reject
 from itemsage.data.text import Vocab
 from itemsage.index.tower_udf import EmbedError
 from itemsage.model import ItemFeatureStore
