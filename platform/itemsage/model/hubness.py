@@ -18,8 +18,10 @@ from __future__ import annotations
 import torch
 
 # A bank row at least this close to the item is the item itself (the bank holds the catalog's
-# embeddings computed by the same tower, equal up to float noise). At most one such row is skipped.
-SELF_MATCH_COSINE = 0.999
+# embeddings computed by the same tower, equal up to float noise; under bfloat16 autocast on a GPU
+# that noise reaches ~1e-3, hence not 0.9999). At most one such row is skipped, so a listing with a
+# near-identical copy in the bank still counts that copy, as a new listing would.
+SELF_MATCH_COSINE = 0.99
 
 
 def neighbour_similarity(x: torch.Tensor, bank: torch.Tensor, neighbours: int, chunk: int = 4096) -> torch.Tensor:
