@@ -382,7 +382,9 @@ class AttributeTable:
             a["name"]: AttributeSpec(a["name"], a["field"], a["type"], a.get("separator", ","))
             for a in header["attributes"]
         }
-        table = cls(specs, FilterSearchConfig(**header.get("policy", {})))
+        # A policy knob an older build saved and this one no longer has (exact_below) is dropped.
+        saved = {k: v for k, v in header.get("policy", {}).items() if k in FilterSearchConfig.model_fields}
+        table = cls(specs, FilterSearchConfig(**saved))
         nbytes = int(header["nbytes"])
         table._nbytes = nbytes
         with np.load(directory / ATTRIBUTES_NPZ, allow_pickle=False) as npz:
