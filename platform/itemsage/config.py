@@ -293,7 +293,7 @@ class FilterSearchConfig(Section):
     # a label-ordered copy (label_vectors) and scored in one matrix product, cost ~ matches x dim.
     # Above it the IVF search with the filter's ID selector is cheaper (crossover measured by
     # experiments/bench/filters.py, docs/serving.md "Filtered recall and QPS").
-    exact_max_matches: int = 5000
+    exact_max_matches: int = 2000
     # Keep that copy (row = label, following adds and removes): as much memory again as an
     # IVF-Flat index's vectors (1 GiB at 1M x 256). Off: the exact path gathers through the index
     # (FAISS reconstruct_batch, ~0.3 us per vector), same answers, slower.
