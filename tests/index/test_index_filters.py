@@ -339,6 +339,7 @@ def test_exact_path_follows_adds_and_removes(catalog: Any) -> None:
         want = [[catalog.ids[keep[j]] for j in row] for row in np.argsort(-s, axis=1, kind="stable")[:, :10]]
         assert got == want
         assert np.allclose(scores, -np.sort(-s, axis=1)[:, :10], atol=1e-5)
+        assert index._probe is not None and index._probe.sizes.sum() == index.ntotal  # list sizes follow
         answers.append(got)
     assert answers[0] == answers[1]
 
@@ -373,3 +374,26 @@ def test_probed_ivf_search_answers_a_batch_as_one_query_at_a_time(catalog: Any) 
         one = [index.search(catalog.queries[i : i + 1], 10, where=sel) for i in range(30)]
         assert batch == [ids[0] for ids, _ in one]
         assert np.allclose(batch_scores, np.concatenate([s for _, s in one]))
+
+
+def test_live_snapshot_keeps_the_filter_attributes(catalog: Any, tmp_path: Path) -> None:
+    """A live index's snapshot saves the filter bitmaps with the live items' attributes: a replica
+    restarted from it filters as before."""
+    from itemsage.index.changelog import Change
+    from itemsage.index.live import LiveIndex
+
+    n = 500
+    index = build_index(catalog.x[:n], catalog.ids[:n], "IVF16,Flat", use_gpu=False, model_version="1")
+    with_attributes(index, attribute_columns(n))
+    live = LiveIndex(index, "b1", "1")
+    v = catalog.x[n]
+    fields = {"title": "t", "size_type": "Girls", "colors": "Teal", "price": 3.0}
+    live.apply([Change(1, "upsert", "new-item", fields, (), "", v, "1", 0.0)])  # type: ignore[arg-type]
+    live.save(tmp_path / "snap")
+    back = LiveIndex.load(tmp_path / "snap")
+    assert back.attributes is not None
+    for filters in ({"gender": "Girls", "color": "Teal"}, FILTERS[1]):
+        want, _ = live.search(catalog.queries[:5], 10, where=live.select(filters))
+        got, _ = back.search(catalog.queries[:5], 10, where=back.select(filters))
+        assert got == want
+    assert got == want and back.search(v[None, :], 1, where=back.select({"gender": "Girls"}))[0] == [["new-item"]]

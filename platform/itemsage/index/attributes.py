@@ -336,6 +336,17 @@ class AttributeTable:
             out.append(entry)
         return out
 
+    def copy(self) -> AttributeTable:
+        """An independent copy (a snapshot saved while writes go on changes nothing of it)."""
+        with self._lock:
+            out = AttributeTable(self.specs, self.policy)
+            out._nbytes = self._nbytes
+            out._values = {n: {v: bm.copy() for v, bm in vals.items()} for n, vals in self._values.items()}
+            out._numbers = {n: a.copy() for n, a in self._numbers.items()}
+            out._live = self._live.copy()
+            out.version = self.version
+            return out
+
     # ---- storage -------------------------------------------------------------------------------
     def write(self, directory: Path) -> list[str]:
         """Write ``attributes.json`` and ``attributes.npz`` into ``directory``; their names."""
