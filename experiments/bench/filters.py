@@ -166,6 +166,7 @@ def run_catalog(
         widen_exponent=args.widen_exponent,
         max_widen=args.max_widen,
         max_density_boost=args.max_density_boost,
+        min_probe_per_k=args.min_probe_per_k,
     )
     labels = index.idmap.lookup(ids)
     index.attach_attributes(AttributeTable.from_columns(specs, labels, columns, policy))
@@ -312,6 +313,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--widen-exponent", type=float, default=default.widen_exponent)
     p.add_argument("--max-widen", type=float, default=default.max_widen)
     p.add_argument("--max-density-boost", type=float, default=default.max_density_boost)
+    p.add_argument("--min-probe-per-k", type=float, default=default.min_probe_per_k)
     p.add_argument("--threads", type=int, default=1, help="FAISS OpenMP threads (default 1)")
     p.add_argument(
         "--clock", choices=("cpu", "wall"), default="cpu", help="QPS per CPU second (default) or wall second"

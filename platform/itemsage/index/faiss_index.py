@@ -279,7 +279,9 @@ class FaissIndex(ItemIndex):
         keep.append(sel)
         if self._probe is not None and widen < FULL_SCAN:
             policy = self.attributes.policy if self.attributes is not None else FilterSearchConfig()
-            return self._probe.search(self._index, queries, k, selection, sel, widen, policy.max_density_boost)
+            return self._probe.search(
+                self._index, queries, k, selection, sel, widen, policy.max_density_boost, policy.min_probe_per_k
+            )
         params = selector_params(self._index, sel, widen, keep)
         return self._index.search(queries, k, params=params)
 

@@ -141,7 +141,7 @@ class ListProbe:
     * the lists are probed nearest first, skipping lists without a matching item (scanning one
       only tests its items against the selector), until they hold ``target`` matching items;
     * ``target`` is what the widened search would scan were the matches spread evenly
-      (``nprobe * widen * matches / nlist``, at least k), times a *density boost*: how many times
+      (``nprobe * widen * matches / nlist``, at least ``min_probe_per_k * k``), times a *density boost*: how many times
       rarer the matches are in the query's own ``nprobe`` nearest lists than in the catalog
       (1 when the filter is independent of the embedding, up to ``max_density_boost``). A query
       far from the filter's region must look further; one inside it needs no more than usual.
@@ -221,6 +221,7 @@ class ListProbe:
         sel: Any,
         widen: float,
         max_density_boost: float,
+        min_per_k: float = 1.0,
     ) -> tuple[np.ndarray, np.ndarray]:
         counts = self.counts(selection)
         base = int(ivf.nprobe)
@@ -229,7 +230,7 @@ class ListProbe:
         share = selection.count / max(int(self.sizes.sum()), 1)
         local = per_list[:, :base].sum(axis=1) / np.maximum(self.sizes[iq[:, :base]].sum(axis=1), 1)
         boost = np.clip(share / np.maximum(local, 1e-12), 1.0, max(1.0, max_density_boost))
-        target = np.maximum(k, base * widen * selection.count / self.nlist * boost)
+        target = np.maximum(min_per_k * k, base * widen * selection.count / self.nlist) * boost
         reach = (np.cumsum(per_list, axis=1) < target[:, None]).sum(axis=1)
         take = (per_list > 0) & (np.arange(self.nlist)[None, :] <= reach[:, None])
         width = max(1, int(take.sum(axis=1).max()))
