@@ -1,19 +1,21 @@
 """Filtered search inside the index: FAISS ID selectors in the ANN search, exact search when selective.
 
 Given the :class:`~itemsage.index.attributes.Selection` of a filter (a bitmap over index labels),
-a search runs one of two ways, chosen by the filter's *measured* selectivity (selected / ntotal):
+a search runs one of two ways, chosen by the filter's match count:
 
-* **ANN with the selector** (selectivity >= ``FilterSearchConfig.exact_below``): the bitmap becomes
-  a FAISS ``IDSelectorBitmap`` passed in the search parameters (``SearchParametersIVF`` with
-  ``nprobe``, ``SearchParametersHNSW`` with ``efSearch``, plain ``SearchParameters`` for flat codes;
-  through ``IndexIDMap2``, ``IndexPreTransform`` and ``IndexRefine`` wrappers), so non-matching
-  items are skipped while the lists / graph are scanned and the top-k is taken among matching items
-  only. As fewer items match, each probed list holds fewer candidates, so ``nprobe`` / ``efSearch``
-  are widened by ``(1 / selectivity) ** widen_exponent`` (capped at ``max_widen`` and ``nlist``).
-* **Exact over the selected items** (selectivity below the threshold, or at most k matches): their
-  vectors are gathered by label and scored with one matrix product. Walking an ANN structure where
-  almost nothing qualifies costs more than scoring the few items that do (and a graph walk loses
-  recall there); scoring m items costs m dot products, independent of the catalog size.
+* **ANN with the selector** (more than ``FilterSearchConfig.exact_max_matches`` matches): the
+  bitmap becomes a FAISS ``IDSelectorBitmap`` passed in the search parameters
+  (``SearchParametersIVF``, ``SearchParametersHNSW`` with ``efSearch``, plain ``SearchParameters``
+  for flat codes; through ``IndexIDMap2``, ``IndexPreTransform`` and ``IndexRefine`` wrappers), so
+  non-matching items are skipped while the lists / graph are scanned and the top-k is taken among
+  matching items only. As fewer items match, each probed list holds fewer candidates, so the search
+  widens by ``(1 / selectivity) ** widen_exponent`` (capped at ``max_widen``): efSearch for HNSW;
+  an IVF index picks its lists per query from where the matching items are (:class:`ListProbe`).
+* **Exact over the selected items** (at most ``exact_max_matches``, or at most k): their vectors
+  are gathered by label (from a label-ordered copy, ``itemsage.index.label_vectors``) and scored
+  with one matrix product. Walking an ANN structure where almost nothing qualifies costs more than
+  scoring the few items that do (and a graph walk loses recall there); scoring m items costs m dot
+  products, independent of the catalog size.
 
 ``experiments/bench/filters.py`` measures both paths against exact filtered search and a
 post-filter baseline; docs/serving.md ("Filters") has the table the threshold was chosen from.
@@ -167,9 +169,13 @@ class ListProbe:
         self._counts: dict[Any, np.ndarray] = {}
         # The coarse centroids (fixed once trained): ranking all nlist lists per query is one
         # matrix product and an argsort (half the quantizer's search with k = nlist at 1,024 lists).
-        self.centroids = (
-            ivf.quantizer.reconstruct_n(0, self.nlist) if ivf.metric_type == faiss.METRIC_INNER_PRODUCT else None
-        )
+        # A quantizer that cannot give them back keeps its own search.
+        self.centroids: np.ndarray | None = None
+        if ivf.metric_type == faiss.METRIC_INNER_PRODUCT:
+            try:
+                self.centroids = ivf.quantizer.reconstruct_n(0, self.nlist)
+            except RuntimeError:
+                self.centroids = None
 
     def _ranked_lists(self, ivf: faiss.IndexIVF, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Every list per query, nearest first, with its coarse score."""
