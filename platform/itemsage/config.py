@@ -303,18 +303,29 @@ class FilterableAttribute(Section):
 class FilterSearchConfig(Section):
     """How a filtered search runs inside the index (docs/serving.md, "Filters", has the measurements)."""
 
-    # Filters that keep fewer than this share of the items are answered by exact search over the
-    # selected items. Measured at 1M x 256 (IVF1024, experiments/bench/filters.py): at 0.1% the
-    # selector path needs nprobe x32 for recall 0.95 (1.8x exact QPS) while scoring the 1,000
-    # items is 6.6x; at 1% the selector path keeps recall 0.99 at 9-20x and gathering 10k vectors
-    # is slower than exact search. The crossover lies in between.
-    exact_below: float = 0.002
+    # Filters that keep at most this many items are answered exactly: their vectors gathered from
+    # a label-ordered copy (label_vectors) and scored in one matrix product, cost ~ matches x dim.
+    # Above it the IVF search with the filter's ID selector is cheaper (crossover measured by
+    # experiments/bench/filters.py, docs/serving.md "Filtered recall and QPS").
+    exact_max_matches: int = 2000
+    # Keep that copy (row = label, following adds and removes): as much memory again as an
+    # IVF-Flat index's vectors (1 GiB at 1M x 256). Off: the exact path gathers through the index
+    # (FAISS reconstruct_batch, ~0.3 us per vector), same answers, slower.
+    label_vectors: bool = True
     # Above it, the ANN search runs with the filter's ID selector, widened by
-    # (1 / selectivity) ** widen_exponent (at most max_widen times; x1.4 at 50%, x3.2 at 10%, x8 at 1.6%):
-    # efSearch for HNSW; for IVF, the lists are probed nearest first until they hold as many
-    # matching items as that many lists would if the matches were spread evenly.
-    widen_exponent: float = 0.5
+    # (1 / selectivity) ** widen_exponent, at most max_widen times (x1.2 at 50%, x1.8 at 10%, x3.2
+    # at 1%; 0.5 reached the same recall at 1M x 256 for twice the probing): efSearch for HNSW; for
+    # IVF, the lists holding matches are probed nearest first until they hold as many matching
+    # items as that many lists would if the matches were spread evenly, and at least
+    # min_probe_per_k per requested result (a filter whose matches cluster needs more than its
+    # global share suggests), ...
+    widen_exponent: float = 0.25
     max_widen: float = 8.0
+    min_probe_per_k: float = 10.0
+    # ... times how many times rarer the matches are in the query's own nearest lists than in the
+    # catalog (at most this): attributes that follow the embedding (gender, article type) leave
+    # few matches near a query of another kind, so it must look further (itemsage.index.filtered).
+    max_density_boost: float = 16.0
 
 
 class IndexConfig(Section):

@@ -66,9 +66,9 @@ def exact_filtered(cat: Any, cols: dict[str, list], filters: dict, k: int) -> li
     return [[cat.ids[j] for j in row if np.isfinite(scores[q, j])] for q, row in enumerate(order)]
 
 
-# At 3,000 items the default threshold (0.2%, measured at 1M) would leave 6 items for the exact
-# path; 2% sends the rare "Boys" (1%) there and keeps every other filter on the selector path.
-POLICY = FilterSearchConfig(exact_below=0.02)
+# At 3,000 items the default threshold (measured at 1M) would send every filter to the exact
+# path; 60 items sends the rare "Boys" (1%) there and keeps every other filter on the selector path.
+POLICY = FilterSearchConfig(exact_max_matches=60)
 
 
 def with_attributes(index, cols):  # noqa: ANN001, ANN201
@@ -139,7 +139,7 @@ def test_filtered_ivf_recall_matches_exact_filtered_search(catalog: Any) -> None
 
 
 def test_threshold_switches_to_exact_search(catalog: Any) -> None:
-    """Below ``exact_below`` the answer is exact even on a coarse IVF (nprobe=1)."""
+    """At most ``exact_max_matches`` matches: the answer is exact even on a coarse IVF (nprobe=1)."""
     cols = attribute_columns(len(catalog.ids))
     index = with_attributes(build_index(catalog.x, catalog.ids, "IVF64,Flat", use_gpu=False), cols)
     index.set_search_params(nprobe=1)
@@ -310,3 +310,90 @@ def test_items_added_later_are_found_by_the_probed_filter_search(catalog: Any) -
     got, _ = index.search(catalog.x[2700:2750], 10, where=sel)
     assert all(set(row) <= set(new_ids) for row in got)
     assert np.mean([row[0] == i for row, i in zip(got, new_ids[:50])]) >= 0.9  # each finds itself
+
+
+def test_exact_path_follows_adds_and_removes(catalog: Any) -> None:
+    """The exact path scores a label-ordered copy of the vectors; it follows the index's writes,
+    and its answers are the brute-force filtered top-k, with the copy or without it."""
+    n = 2500
+    cols = attribute_columns(n)
+    answers = []
+    for copy in (True, False):
+        index = build_index(catalog.x[:n], catalog.ids[:n], "IVF64,Flat", use_gpu=False)
+        index.set_search_params(nprobe=1)
+        policy = FilterSearchConfig(exact_max_matches=60, label_vectors=copy)
+        labels = index.idmap.lookup(index.idmap.item_ids())
+        index.attach_attributes(AttributeTable.from_columns(SPECS, labels, cols, policy))
+        assert (index._label_vectors is not None) == copy
+        new_ids = catalog.ids[n : n + 20]
+        index.add(new_ids, catalog.x[n : n + 20])
+        for label in index.idmap.lookup(new_ids).tolist():
+            index.attributes.set_item(label, {"size_type": "Boys"})
+        gone = [i for r, i in enumerate(catalog.ids[:n]) if cols["size_type"][r] == "Boys"][:5]
+        index.remove(gone)
+        sel = index.select({"gender": "Boys"})
+        assert sel is not None and uses_exact(sel, index.ntotal, 10, policy)
+        got, scores = index.search(catalog.queries, 10, where=sel)
+        keep = [r for r in range(n + 20) if r >= n or (cols["size_type"][r] == "Boys" and catalog.ids[r] not in gone)]
+        s = catalog.queries @ catalog.x[keep].T
+        want = [[catalog.ids[keep[j]] for j in row] for row in np.argsort(-s, axis=1, kind="stable")[:, :10]]
+        assert got == want
+        assert np.allclose(scores, -np.sort(-s, axis=1)[:, :10], atol=1e-5)
+        assert index._probe is not None and index._probe.sizes.sum() == index.ntotal  # list sizes follow
+        answers.append(got)
+    assert answers[0] == answers[1]
+
+
+def test_label_vectors_grow_remove_and_drop_what_the_index_lacks() -> None:
+    from itemsage.index.label_vectors import LabelVectors
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((10, 4)).astype(np.float32)
+    lv = LabelVectors(4)
+    lv.add(x[:3], np.array([0, 1, 2]))
+    lv.add(x[3:], np.arange(100, 107))  # past the capacity: grows
+    assert len(lv) == 10 and lv.nbytes >= 107 * 4 * 4
+    lv.remove(np.array([1, 103, 10_000]))  # an unknown label is ignored
+    got, held = lv.gather(np.array([0, 1, 2, 50, 103, 106, 5000]))
+    assert held.tolist() == [0, 2, 106]
+    assert np.array_equal(got, x[[0, 2, 9]])
+    with pytest.raises(ValueError, match="non-negative"):
+        lv.add(x[:1], np.array([-1]))
+
+
+def test_probed_ivf_search_answers_a_batch_as_one_query_at_a_time(catalog: Any) -> None:
+    """The per-list probing runs every query of a batch in one FAISS call (rows probing fewer
+    lists padded): the same answers as one query per call."""
+    cols = attribute_columns(len(catalog.ids))
+    index = with_attributes(build_index(catalog.x, catalog.ids, "IVF64,Flat", use_gpu=False), cols)
+    index.set_search_params(nprobe=4)
+    for filters in FILTERS[:3]:
+        sel = index.select(filters)
+        assert sel is not None and not uses_exact(sel, index.ntotal, 10, POLICY)
+        batch, batch_scores = index.search(catalog.queries[:30], 10, where=sel)
+        one = [index.search(catalog.queries[i : i + 1], 10, where=sel) for i in range(30)]
+        assert batch == [ids[0] for ids, _ in one]
+        assert np.allclose(batch_scores, np.concatenate([s for _, s in one]))
+
+
+def test_live_snapshot_keeps_the_filter_attributes(catalog: Any, tmp_path: Path) -> None:
+    """A live index's snapshot saves the filter bitmaps with the live items' attributes: a replica
+    restarted from it filters as before."""
+    from itemsage.index.changelog import Change
+    from itemsage.index.live import LiveIndex
+
+    n = 500
+    index = build_index(catalog.x[:n], catalog.ids[:n], "IVF16,Flat", use_gpu=False, model_version="1")
+    with_attributes(index, attribute_columns(n))
+    live = LiveIndex(index, "b1", "1")
+    v = catalog.x[n]
+    fields = {"title": "t", "size_type": "Girls", "colors": "Teal", "price": 3.0}
+    live.apply([Change(1, "upsert", "new-item", fields, (), "", v, "1", 0.0)])  # type: ignore[arg-type]
+    live.save(tmp_path / "snap")
+    back = LiveIndex.load(tmp_path / "snap")
+    assert back.attributes is not None
+    for filters in ({"gender": "Girls", "color": "Teal"}, FILTERS[1]):
+        want, _ = live.search(catalog.queries[:5], 10, where=live.select(filters))
+        got, _ = back.search(catalog.queries[:5], 10, where=back.select(filters))
+        assert got == want
+    assert got == want and back.search(v[None, :], 1, where=back.select({"gender": "Girls"}))[0] == [["new-item"]]

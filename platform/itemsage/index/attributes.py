@@ -336,6 +336,17 @@ class AttributeTable:
             out.append(entry)
         return out
 
+    def copy(self) -> AttributeTable:
+        """An independent copy (a snapshot saved while writes go on changes nothing of it)."""
+        with self._lock:
+            out = AttributeTable(self.specs, self.policy)
+            out._nbytes = self._nbytes
+            out._values = {n: {v: bm.copy() for v, bm in vals.items()} for n, vals in self._values.items()}
+            out._numbers = {n: a.copy() for n, a in self._numbers.items()}
+            out._live = self._live.copy()
+            out.version = self.version
+            return out
+
     # ---- storage -------------------------------------------------------------------------------
     def write(self, directory: Path) -> list[str]:
         """Write ``attributes.json`` and ``attributes.npz`` into ``directory``; their names."""
@@ -382,7 +393,9 @@ class AttributeTable:
             a["name"]: AttributeSpec(a["name"], a["field"], a["type"], a.get("separator", ","))
             for a in header["attributes"]
         }
-        table = cls(specs, FilterSearchConfig(**header.get("policy", {})))
+        # A policy knob an older build saved and this one no longer has (exact_below) is dropped.
+        saved = {k: v for k, v in header.get("policy", {}).items() if k in FilterSearchConfig.model_fields}
+        table = cls(specs, FilterSearchConfig(**saved))
         nbytes = int(header["nbytes"])
         table._nbytes = nbytes
         with np.load(directory / ATTRIBUTES_NPZ, allow_pickle=False) as npz:

@@ -44,6 +44,7 @@ from typing import Any
 import faiss
 import numpy as np
 
+from itemsage.config import FilterSearchConfig
 from itemsage.index.attributes import ATTRIBUTES_JSON, AttributeTable, Selection
 from itemsage.index.base import (
     IndexMismatchError,
@@ -57,6 +58,7 @@ from itemsage.index.base import (
 from itemsage.index.cagra import CagraIndex, cagra_degree, cuvs_available
 from itemsage.index.filtered import FULL_SCAN, ListProbe, bitmap_selector, selector_params
 from itemsage.index.idmap import IdMap, check_id_batch
+from itemsage.index.label_vectors import LabelVectors
 from itemsage.index.storage import IDS_FILE, CorruptIndexError, read_metadata, verify_files
 from itemsage.index.torch_exact import LABELS_FILE, TORCH_EXACT, VECTORS_FILE, TorchExactIndex
 
@@ -189,6 +191,7 @@ class FaissIndex(ItemIndex):
         ivf = next((i for i in chain if isinstance(i, faiss.IndexIVF)), None)
         self.nlist: int | None = int(ivf.nlist) if ivf is not None else None
         self._probe: ListProbe | None = None  # per-list filter counts (IVF with attributes)
+        self._label_vectors: LabelVectors | None = None  # the exact filtered path's vectors
 
     @property
     def kind(self) -> str:
@@ -259,6 +262,8 @@ class FaissIndex(ItemIndex):
         self._index.add_with_ids(vectors, labels)
         if self._probe is not None:
             self._probe.added(faiss.downcast_index(self._index), vectors, labels)
+        if self._label_vectors is not None:
+            self._label_vectors.add(vectors, labels)
 
     # ---- filtered search (itemsage.index.filtered) -------------------------------------------
     def _search_selected(
@@ -273,7 +278,10 @@ class FaissIndex(ItemIndex):
         sel = bitmap_selector(selection.bitmap)
         keep.append(sel)
         if self._probe is not None and widen < FULL_SCAN:
-            return self._probe.search(self._index, queries, k, selection, sel, widen)
+            policy = self.attributes.policy if self.attributes is not None else FilterSearchConfig()
+            return self._probe.search(
+                self._index, queries, k, selection, sel, widen, policy.max_density_boost, policy.min_probe_per_k
+            )
         params = selector_params(self._index, sel, widen, keep)
         return self._index.search(queries, k, params=params)
 
@@ -287,10 +295,15 @@ class FaissIndex(ItemIndex):
                 idx.set_direct_map_type(faiss.DirectMap.Hashtable)
         if isinstance(faiss.downcast_index(self._index), faiss.IndexIVF):
             self._probe = ListProbe(faiss.downcast_index(self._index))
+        keep_copy = self.attributes is None or self.attributes.policy.label_vectors
+        if keep_copy and self._label_vectors is None and _reconstructs_exactly(self._index):
+            self._label_vectors = _label_vectors_of(self._index, self.idmap.labels(), self.dim)
 
     def _selected_vectors(self, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
         if self._gpu_res is not None or not _reconstructs_exactly(self._index):
             return None
+        if self._label_vectors is not None:
+            return self._label_vectors.gather(labels)
         labels = np.ascontiguousarray(labels, np.int64)
         if labels.size == 0:
             return np.empty((0, self.dim), np.float32), labels
@@ -308,12 +321,17 @@ class FaissIndex(ItemIndex):
 
     def _remove(self, labels: np.ndarray) -> int:
         if self._gpu_res is None:
-            return int(self._index.remove_ids(labels))
-        # GPU indexes cannot delete in place: round-trip through the CPU (costly, but correct).
-        cpu = faiss.index_gpu_to_cpu(self._index)
-        removed = int(cpu.remove_ids(labels))
-        self._index = faiss.index_cpu_to_gpu(self._gpu_res, 0, cpu)
-        self._apply_params(self._params)
+            removed = int(self._index.remove_ids(labels))
+        else:
+            # GPU indexes cannot delete in place: round-trip through the CPU (costly, but correct).
+            cpu = faiss.index_gpu_to_cpu(self._index)
+            removed = int(cpu.remove_ids(labels))
+            self._index = faiss.index_cpu_to_gpu(self._gpu_res, 0, cpu)
+            self._apply_params(self._params)
+        if self._label_vectors is not None:
+            self._label_vectors.remove(labels)
+        if self._probe is not None:
+            self._probe.removed(labels)
         return removed
 
     def memory_bytes(self) -> int:
@@ -334,6 +352,15 @@ class FaissIndex(ItemIndex):
             return None
         vectors = faiss.vector_to_array(chain[1].codes).view(np.float32).reshape(-1, self.dim)
         return vectors, faiss.vector_to_array(chain[0].id_map).astype(np.int64)
+
+
+def _label_vectors_of(index: faiss.Index, labels: np.ndarray, dim: int, chunk: int = 65_536) -> LabelVectors:
+    """A :class:`LabelVectors` holding every vector of ``index`` (``labels``: the labels it holds)."""
+    out = LabelVectors(dim, capacity=int(labels.max()) + 1 if labels.size else 0)
+    for start in range(0, labels.size, chunk):
+        part = labels[start : start + chunk]
+        out.add(index.reconstruct_batch(part), part)
+    return out
 
 
 def _reconstructs_exactly(index: faiss.Index) -> bool:

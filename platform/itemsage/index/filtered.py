@@ -1,19 +1,21 @@
 """Filtered search inside the index: FAISS ID selectors in the ANN search, exact search when selective.
 
 Given the :class:`~itemsage.index.attributes.Selection` of a filter (a bitmap over index labels),
-a search runs one of two ways, chosen by the filter's *measured* selectivity (selected / ntotal):
+a search runs one of two ways, chosen by the filter's match count:
 
-* **ANN with the selector** (selectivity >= ``FilterSearchConfig.exact_below``): the bitmap becomes
-  a FAISS ``IDSelectorBitmap`` passed in the search parameters (``SearchParametersIVF`` with
-  ``nprobe``, ``SearchParametersHNSW`` with ``efSearch``, plain ``SearchParameters`` for flat codes;
-  through ``IndexIDMap2``, ``IndexPreTransform`` and ``IndexRefine`` wrappers), so non-matching
-  items are skipped while the lists / graph are scanned and the top-k is taken among matching items
-  only. As fewer items match, each probed list holds fewer candidates, so ``nprobe`` / ``efSearch``
-  are widened by ``(1 / selectivity) ** widen_exponent`` (capped at ``max_widen`` and ``nlist``).
-* **Exact over the selected items** (selectivity below the threshold, or at most k matches): their
-  vectors are gathered by label and scored with one matrix product. Walking an ANN structure where
-  almost nothing qualifies costs more than scoring the few items that do (and a graph walk loses
-  recall there); scoring m items costs m dot products, independent of the catalog size.
+* **ANN with the selector** (more than ``FilterSearchConfig.exact_max_matches`` matches): the
+  bitmap becomes a FAISS ``IDSelectorBitmap`` passed in the search parameters
+  (``SearchParametersIVF``, ``SearchParametersHNSW`` with ``efSearch``, plain ``SearchParameters``
+  for flat codes; through ``IndexIDMap2``, ``IndexPreTransform`` and ``IndexRefine`` wrappers), so
+  non-matching items are skipped while the lists / graph are scanned and the top-k is taken among
+  matching items only. As fewer items match, each probed list holds fewer candidates, so the search
+  widens by ``(1 / selectivity) ** widen_exponent`` (capped at ``max_widen``): efSearch for HNSW;
+  an IVF index picks its lists per query from where the matching items are (:class:`ListProbe`).
+* **Exact over the selected items** (at most ``exact_max_matches``, or at most k): their vectors
+  are gathered by label (from a label-ordered copy, ``itemsage.index.label_vectors``) and scored
+  with one matrix product. Walking an ANN structure where almost nothing qualifies costs more than
+  scoring the few items that do (and a graph walk loses recall there); scoring m items costs m dot
+  products, independent of the catalog size.
 
 ``experiments/bench/filters.py`` measures both paths against exact filtered search and a
 post-filter baseline; docs/serving.md ("Filters") has the table the threshold was chosen from.
@@ -56,7 +58,7 @@ def widen_factor(selectivity: float, policy: FilterSearchConfig) -> float:
 
 
 def uses_exact(selection: Selection, ntotal: int, k: int, policy: FilterSearchConfig) -> bool:
-    return selection.count <= k or selection.count < policy.exact_below * ntotal
+    return selection.count <= max(k, policy.exact_max_matches)
 
 
 def filtered_search(
@@ -131,15 +133,23 @@ def selector_params(index: faiss.Index, sel: faiss.IDSelector, widen: float, kee
 
 
 class ListProbe:
-    """nprobe per query from where the matching items are, for an IVF index searched with a filter.
+    """Which IVF lists a filtered search probes, per query, from where the matching items are.
 
     Widening nprobe by the filter's *global* selectivity assumes matching items are spread evenly
     over the IVF lists. Real attributes are not: a query's nearest lists hold few items of another
-    gender or product type than the query's own (measured on the fashion catalog: recall 0.04-0.6).
-    So the lists are probed nearest first until they hold as many *matching* items as the widened
-    search would scan if they were spread evenly (and at least k): nprobe follows the filter's
-    local density around each query. The per-list counts of a selection come from a label -> list
-    map (one int32 per label) and are cached by the selection's key (filter + attribute version).
+    gender or product type than the query's own (measured on the fashion catalog: recall 0.04-0.6
+    that way). So, per query:
+
+    * the lists are probed nearest first, skipping lists without a matching item (scanning one
+      only tests its items against the selector), until they hold ``target`` matching items;
+    * ``target`` is what the widened search would scan were the matches spread evenly
+      (``nprobe * widen * matches / nlist``, at least ``min_probe_per_k * k``), times a *density boost*: how many times
+      rarer the matches are in the query's own ``nprobe`` nearest lists than in the catalog
+      (1 when the filter is independent of the embedding, up to ``max_density_boost``). A query
+      far from the filter's region must look further; one inside it needs no more than usual.
+
+    Per-list match counts of a selection come from a label -> list map (one int32 per label,
+    following adds and removes) and are cached by the selection's key (filter + attribute version).
     """
 
     CACHE_SIZE = 64
@@ -148,13 +158,32 @@ class ListProbe:
         invlists = ivf.invlists
         self.nlist = int(ivf.nlist)
         self.list_of = np.full(max(int(ivf.ntotal), 1), -1, np.int32)
+        self.sizes = np.zeros(self.nlist, np.int64)
         for lst in range(self.nlist):
             size = invlists.list_size(lst)
             if size:
                 ids = faiss.rev_swig_ptr(invlists.get_ids(lst), size).copy()
                 self._grow(int(ids.max()) + 1)
                 self.list_of[ids] = lst
+                self.sizes[lst] = size
         self._counts: dict[Any, np.ndarray] = {}
+        # The coarse centroids (fixed once trained): ranking all nlist lists per query is one
+        # matrix product and an argsort (half the quantizer's search with k = nlist at 1,024 lists).
+        # A quantizer that cannot give them back keeps its own search.
+        self.centroids: np.ndarray | None = None
+        if ivf.metric_type == faiss.METRIC_INNER_PRODUCT:
+            try:
+                self.centroids = ivf.quantizer.reconstruct_n(0, self.nlist)
+            except RuntimeError:
+                self.centroids = None
+
+    def _ranked_lists(self, ivf: faiss.IndexIVF, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Every list per query, nearest first, with its coarse score."""
+        if self.centroids is None:
+            return ivf.quantizer.search(queries, self.nlist)
+        scores = queries @ self.centroids.T
+        order = np.argsort(-scores, axis=1)
+        return scores[np.arange(queries.shape[0])[:, None], order], order
 
     def _grow(self, n: int) -> None:
         if n > self.list_of.size:
@@ -164,7 +193,15 @@ class ListProbe:
 
     def added(self, ivf: faiss.IndexIVF, vectors: np.ndarray, labels: np.ndarray) -> None:
         self._grow(int(labels.max()) + 1)
-        self.list_of[labels] = ivf.quantizer.assign(vectors, 1).reshape(-1)
+        lists = ivf.quantizer.assign(vectors, 1).reshape(-1)
+        self.list_of[labels] = lists
+        np.add.at(self.sizes, lists, 1)
+
+    def removed(self, labels: np.ndarray) -> None:
+        labels = labels[(labels >= 0) & (labels < self.list_of.size)]
+        lists = self.list_of[labels]
+        np.subtract.at(self.sizes, lists[lists >= 0], 1)
+        self.list_of[labels] = -1
 
     def counts(self, selection: Selection) -> np.ndarray:
         """Matching items per IVF list."""
@@ -182,33 +219,49 @@ class ListProbe:
         return counts
 
     def search(
-        self, ivf: faiss.IndexIVF, queries: np.ndarray, k: int, selection: Selection, sel: Any, widen: float
+        self,
+        ivf: faiss.IndexIVF,
+        queries: np.ndarray,
+        k: int,
+        selection: Selection,
+        sel: Any,
+        widen: float,
+        max_density_boost: float,
+        min_per_k: float = 1.0,
     ) -> tuple[np.ndarray, np.ndarray]:
         counts = self.counts(selection)
         base = int(ivf.nprobe)
-        target = max(k, base * widen * selection.count / self.nlist)
-        dq, iq = ivf.quantizer.search(queries, self.nlist)
-        scores = np.empty((queries.shape[0], k), np.float32)
-        labels = np.empty((queries.shape[0], k), np.int64)
-        for i in range(queries.shape[0]):
-            covered = np.cumsum(counts[iq[i]])
-            nprobe = min(self.nlist, max(base, int(np.searchsorted(covered, target)) + 1))
-            params = faiss.SearchParametersIVF()
-            params.sel = sel
-            params.nprobe = nprobe
-            # The C++ call: the Python wrapper of search_preassigned refuses search parameters.
-            assign = np.ascontiguousarray(iq[i, :nprobe])
-            dis = np.ascontiguousarray(dq[i, :nprobe])
-            q = np.ascontiguousarray(queries[i : i + 1])
-            ivf.search_preassigned_c(
-                1,
-                faiss.swig_ptr(q),
-                k,
-                faiss.swig_ptr(assign),
-                faiss.swig_ptr(dis),
-                faiss.swig_ptr(scores[i]),
-                faiss.swig_ptr(labels[i]),
-                False,
-                params,
-            )
+        dq, iq = self._ranked_lists(ivf, queries)
+        per_list = counts[iq]
+        share = selection.count / max(int(self.sizes.sum()), 1)
+        local = per_list[:, :base].sum(axis=1) / np.maximum(self.sizes[iq[:, :base]].sum(axis=1), 1)
+        boost = np.clip(share / np.maximum(local, 1e-12), 1.0, max(1.0, max_density_boost))
+        target = np.maximum(min_per_k * k, base * widen * selection.count / self.nlist) * boost
+        reach = (np.cumsum(per_list, axis=1) < target[:, None]).sum(axis=1)
+        take = (per_list > 0) & (np.arange(self.nlist)[None, :] <= reach[:, None])
+        width = max(1, int(take.sum(axis=1).max()))
+        first = np.argsort(~take, axis=1, kind="stable")[:, :width]
+        rows = np.arange(queries.shape[0])[:, None]  # plain fancy indexing: take_along_axis costs more per call
+        assign = np.ascontiguousarray(np.where(take[rows, first], iq[rows, first], -1), np.int64)
+        dis = np.ascontiguousarray(dq[rows, first], np.float32)
+        params = faiss.SearchParametersIVF()
+        params.sel = sel
+        params.nprobe = width
+        nq = queries.shape[0]
+        scores = np.empty((nq, k), np.float32)
+        labels = np.empty((nq, k), np.int64)
+        q = np.ascontiguousarray(queries, np.float32)
+        # All queries in one call (FAISS skips the -1 padding of rows that probe fewer lists);
+        # the C++ call: the Python wrapper of search_preassigned refuses search parameters.
+        ivf.search_preassigned_c(
+            nq,
+            faiss.swig_ptr(q),
+            k,
+            faiss.swig_ptr(assign),
+            faiss.swig_ptr(dis),
+            faiss.swig_ptr(scores),
+            faiss.swig_ptr(labels),
+            False,
+            params,
+        )
         return scores, labels

@@ -395,6 +395,8 @@ def _copy_index(index: ItemIndex) -> ItemIndex:
     copy = FaissIndex(
         faiss.clone_index(index.cpu_index()), index.spec, index.dim, IdMap.from_dict(index.idmap.to_dict())
     )
+    # The filter bitmaps too: a snapshot without them would come back unable to filter.
+    copy.attributes = index.attributes.copy() if index.attributes is not None else None
     copy.model_name, copy.model_version, copy.created_at, copy.sweep = (
         index.model_name,
         index.model_version,
