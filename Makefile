@@ -40,9 +40,11 @@ browser:  ## install Debian's chromium for the web-page test (needs root; skippe
 demo: $(STAMP)  ## run the whole pipeline on the bundled sample (data/sample)
 	$(PY) experiments/pipeline.py --config $(CONFIG)
 
-# CI runs `make test`: every suite, the end-to-end ones included. Two pytest-xdist workers: the
-# suites that start Ray in subprocesses (multi-node cluster, fault injection) run beside
-# those that start it in the pytest process (groups in tests/support/xdist_groups.py); 885-908 s on 2 cores (2026-12-04, lint included).
+# CI runs `make test`: every suite, the end-to-end ones included. Two pytest-xdist workers; each
+# module that starts Ray or Serve, and each set of modules sharing a trained model, runs whole on one
+# worker, heaviest group first (tests/support/xdist_groups.py). 2026-12-04: 1691 s on 2 cores when one
+# worker carried every in-process Ray suite; with the groups both workers stay busy to the end (a
+# full run on the shared, loaded box: ~1650 s for ~80% of the work; not yet timed whole on an idle one).
 XDIST ?= -n 2 --dist loadgroup
 test: $(STAMP) browser lint-imports lint  ## all tests: import contracts, lint and type checks, unit, integration, end-to-end, multi-node cluster (what CI runs)
 	$(PY) -m pytest $(XDIST)

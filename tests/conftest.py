@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
-from tests.support.xdist_groups import xdist_group
+from tests.support.xdist_groups import schedule_rank, xdist_group
 
 # Weights come from pip packages; make any accidental hub download fail fast instead of hanging.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -28,14 +28,25 @@ def sample_dir() -> Path:
     return SAMPLE
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under ``--dist loadgroup`` (an xdist worker sees it as ``option.loadgroup``): the tests in
+    the order the groups are handed out, heaviest first (``schedule_rank``); a stable sort, so each
+    module's tests stay together and in their own order."""
+    if getattr(config.option, "loadgroup", False) or config.getoption("dist", "no") == "loadgroup":
+        items.sort(key=lambda item: schedule_rank(item.nodeid))
+
+
 def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | None:
     """With ``--dist loadgroup`` (``make test``): xdist's own scheduler, grouping the tests as
-    :func:`tests.support.xdist_groups.xdist_group` says. The groups are named by path, not by
-    ``xdist_group`` marks: pytest-xdist 3.8 does not apply those with pytest 9 here (its worker
-    renames the items' ``_nodeid``, which no longer takes effect)."""
+    :func:`tests.support.xdist_groups.xdist_group` says and handing the groups out in collection
+    order (sorted above, heaviest first) rather than by their number of tests. The groups are named
+    by path, not by ``xdist_group`` marks: pytest-xdist 3.8 does not apply those with pytest 9 here
+    (its worker renames the items' ``_nodeid``, which no longer takes effect)."""
     if config.getoption("dist") != "loadgroup":
         return None
     from xdist.scheduler import LoadScopeScheduling
+
+    config.option.loadscopereorder = False  # as --no-loadscope-reorder: keep the order above
 
     class PathGroupScheduling(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:

@@ -1,36 +1,78 @@
-"""Which tests share a pytest-xdist worker under `make test` (see tests/conftest.py)."""
+"""How `make test` shares the suites between its two pytest-xdist workers (see tests/conftest.py)."""
 
 from __future__ import annotations
 
-# `make test` runs the suites on two pytest-xdist workers (`-n 2 --dist loadgroup`). Tests that start
-# their own Ray in subprocesses only (the 2-node `ray start` cluster, the fault-injection trainings)
-# form one group; every module that starts Ray / Serve inside the pytest process, or needs a model
-# trained there (`serve run` serves the session's trained_serving), forms the other, so each worker
-# has at most one in-process Ray at a time and the two groups (~8-12 min each on 2 cores) run beside
-# each other. The other tests go to whichever worker is free. The subprocess clusters take fresh
-# ports and private state (tests/support/ray_nodes.py), so they do not collide with the in-process one.
-SUBPROCESS_RAY = (
-    "tests/cluster/test_multinode.py",
-    "tests/train/test_fault_tolerance.py",
+# `make test` runs the suites on two pytest-xdist workers (`-n 2 --dist loadgroup`). A group is a
+# unit of work that runs whole on one worker, its tests one after another:
+#
+# - every module that starts Ray or Serve, in the pytest process or in subprocesses, so that its
+#   module fixtures (a local Ray, a Serve app, a cluster) start once; a worker runs one test at a
+#   time and each module shuts its Ray down, so a worker has at most one in-process Ray at a time
+#   (the other worker may have its own: each `ray.init` starts a local Ray of its own, and the
+#   subprocess clusters take fresh ports and private state, tests/support/ray_nodes.py);
+# - modules that share an expensive session fixture (the trained demo model `trained_serving`, the
+#   `sample_model`, `tiny_serving`), so that it is built once.
+#
+# The groups are handed out heaviest first (longest-processing-time first): each worker takes the
+# next group when it is nearly done with its last one, then the ungrouped tests fill the gaps, so
+# neither worker starts a long group while the other is finishing. The seconds are per group, as
+# measured in a full run on a loaded 2-core box (2026-12-04); only their order matters.
+GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    (
+        "trained_serving",  # ~770 s: the build (~190 s), the fault test (~280 s), soak, serve run, e2e, live
+        (
+            "tests/serve/test_live_faults.py",
+            "tests/serve/test_live_serve.py",
+            "tests/serve/test_serve_e2e.py",
+            "tests/serve/test_serve_run_cli.py",
+            "tests/serve/test_soak.py",
+        ),
+    ),
+    ("fault_tolerance", ("tests/train/test_fault_tolerance.py",)),  # ~500 s, Ray in subprocesses
+    ("sample_model", ("tests/api/", "tests/eval/test_evaluate.py", "tests/index/test_embed.py")),  # ~430 s
+    ("multinode", ("tests/cluster/test_multinode.py",)),  # ~390 s, Ray in subprocesses
+    ("ray_train", ("tests/train/test_ray_train.py",)),  # ~195 s
+    ("ingest", ("tests/data/test_ingest.py",)),  # ~190 s
+    ("packaging", ("tests/test_packaging.py",)),  # ~180 s, pip resolving both installs
+    ("preprocess", ("tests/data/test_preprocess.py",)),  # ~170 s
+    ("gpu_check", ("tests/test_gpu_check.py",)),  # ~160 s, Ray Train and Serve in a subprocess
+    ("sample_run", ("tests/train/test_sample_run.py",)),  # ~115 s
+    ("seed_backbone", ("tests/serve/test_seed_backbone.py",)),  # ~90 s
+    ("one_model_door", ("tests/test_one_model_door.py",)),  # ~75 s
+    (
+        "tiny_serving",  # ~70 s
+        (
+            "tests/serve/test_api.py",
+            "tests/serve/test_batching.py",
+            "tests/serve/test_core.py",
+            "tests/serve/test_encoders.py",
+            "tests/serve/test_filters_api.py",
+            "tests/serve/test_live_catalog.py",
+            "tests/serve/test_live_http.py",
+            "tests/serve/test_web_facets.py",
+        ),
+    ),
+    ("amazon_preprocess", ("tests/data/test_amazon_preprocess.py",)),  # ~45 s
+    ("text_only", ("tests/serve/test_text_only.py",)),  # ~45 s
+    ("train", ("tests/train/",)),  # ~50 s: the other training tests (synthetic_features, trained_checkpoint)
 )
-IN_PROCESS_RAY = (
-    "tests/api/",
-    "tests/data/test_amazon_preprocess.py",
-    "tests/data/test_ingest.py",
-    "tests/data/test_preprocess.py",
-    "tests/eval/test_evaluate.py",
-    "tests/index/test_embed.py",
-    "tests/serve/",
-    "tests/train/",
-    "tests/test_one_model_door.py",
-)
+
+
+def _group_index(nodeid: str) -> int | None:
+    path = nodeid.split("::", 1)[0]
+    for i, (_, paths) in enumerate(GROUPS):
+        if any(path == p or (p.endswith("/") and path.startswith(p)) for p in paths):
+            return i
+    return None
 
 
 def xdist_group(nodeid: str) -> str | None:
     """The group of a test id (``tests/...py::name``), or None for a test any worker may run."""
-    path = nodeid.split("::", 1)[0]
-    if path in SUBPROCESS_RAY:
-        return "subprocess_ray"
-    if path.startswith(IN_PROCESS_RAY):
-        return "in_process_ray"
-    return None
+    i = _group_index(nodeid)
+    return None if i is None else GROUPS[i][0]
+
+
+def schedule_rank(nodeid: str) -> int:
+    """Where a test's group comes in the hand-out order (heaviest first); ungrouped tests last."""
+    i = _group_index(nodeid)
+    return len(GROUPS) if i is None else i
