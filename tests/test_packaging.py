@@ -12,6 +12,7 @@ import json
 import subprocess
 import sys
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -57,24 +58,30 @@ def faiss_of(dists: dict[str, Any]) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def online() -> None:
+def resolved(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
+    """The three resolutions, run at once: each mostly waits on PyPI, so together they take about
+    as long as the slowest one instead of the sum."""
     reason = _pypi_reachable()
     if reason:
         pytest.skip(reason)
+    faiss_reqs = [ln.strip() for ln in (REPO / "requirements/faiss-gpu.txt").read_text().splitlines()
+                  if ln.strip() and not ln.startswith("#")]
+    installs = {"cpu": (".[cpu]",), "gpu": (".[gpu]",), "faiss-gpu": ("--no-deps", "--only-binary=:all:", *faiss_reqs)}
+    with ThreadPoolExecutor(len(installs)) as pool:
+        futures = {name: pool.submit(resolve, tmp_path_factory.mktemp(name), *args) for name, args in installs.items()}
+        return {name: f.result() for name, f in futures.items()}
 
 
-def test_cpu_install_has_faiss_cpu_only(online: None, tmp_path: Path) -> None:
-    dists = resolve(tmp_path, ".[cpu]")
+def test_cpu_install_has_faiss_cpu_only(resolved: dict[str, dict[str, Any]]) -> None:
+    dists = resolved["cpu"]
     assert faiss_of(dists) == ["faiss-cpu"]
     assert "torch" in dists
 
 
-def test_gpu_install_has_one_cuda13_faiss_matching_torch(online: None, tmp_path: Path) -> None:
-    dists = resolve(tmp_path, ".[gpu]")
+def test_gpu_install_has_one_cuda13_faiss_matching_torch(resolved: dict[str, dict[str, Any]]) -> None:
+    dists = resolved["gpu"]
     assert faiss_of(dists) == [], "the gpu extra must not bring a FAISS build (faiss-cpu least of all)"
-    faiss_reqs = [ln.strip() for ln in (REPO / "requirements/faiss-gpu.txt").read_text().splitlines()
-                  if ln.strip() and not ln.startswith("#")]
-    faiss = resolve(tmp_path, "--no-deps", "--only-binary=:all:", *faiss_reqs)
+    faiss = resolved["faiss-gpu"]
     assert faiss_of(faiss) == ["faiss-gpu-cuvs"] and len(faiss) == 1
     installed = {**dists, **faiss}
     assert faiss_of(installed) == ["faiss-gpu-cuvs"]
