@@ -1,7 +1,9 @@
 """The demo model, trained for real on the bundled sample, registered and indexed like production.
 
-Preprocessing is the real Ray Data pipeline over ``data/sample/fashion`` (EfficientNet-Lite0 image
-features, MiniLM, synthetic engagements); training is the project's training step run in-process
+Preprocessing is the pipeline's own functions over ``data/sample/fashion`` (EfficientNet-Lite0 image
+features, MiniLM, synthetic engagements) with the two model stages run in this process
+(``tests.api.sample_model.preprocess_in_process``: the Ray Data stages are covered by
+tests/data/test_preprocess.py, and starting their actor pools here cost minutes per run); training is the project's training step run in-process
 (:mod:`itemsage.train.plain`, the same step code as the Ray Train loop); the bundle is registered
 in a throwaway MLflow (SQLite) as ``itemsage`` twice, versions 1 and 2, each with its own index
 (Flat for version 1, HNSW for version 2) logged with ``log_index``, so serving resolves
@@ -49,19 +51,10 @@ class TrainedServing:
 
 
 def preprocess(sample_dir: Path, out: Path) -> Path:
-    import ray
-
-    from itemsage.data.pipeline import run_preprocess
+    from tests.api.sample_model import preprocess_in_process
 
     cfg = load_config(PipelineConfig, None, [f"preprocess.catalog={sample_dir / 'fashion'}", f"preprocess.output={out}"])
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        run_preprocess(cfg.preprocess)
-    finally:
-        if started:
-            ray.shutdown()
+    preprocess_in_process(cfg.preprocess)
     return out
 
 
