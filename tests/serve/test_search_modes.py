@@ -109,9 +109,7 @@ def test_filters_apply_in_every_mode(client: TestClient, mode: str) -> None:
     assert len(answer["results"]) < len(everything["results"])
 
 
-def test_live_writes_are_found_lexically(
-    tiny_serving: dict[str, Path], worded_index: Path, tmp_path: Path
-) -> None:
+def test_live_writes_are_found_lexically(tiny_serving: dict[str, Path], worded_index: Path, tmp_path: Path) -> None:
     cfg = ServeConfig(write_token=TOKEN, live=LiveConfig(enabled=True, dir=str(tmp_path / "live")))
     with client_for(tiny_serving, worded_index, cfg) as c:
         retriever = c.app.state.retriever  # type: ignore[attr-defined]

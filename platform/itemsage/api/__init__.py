@@ -152,7 +152,10 @@ class ItemSage:
         if lexical:
             fields = [f for f in self.trained.text_fields if f in features.items.columns]
             rows = features.items[fields].to_dict("records") if fields else []
-            docs = {int(lab): item_text(row, fields) for lab, row in zip(labels.tolist(), rows)}
+            docs = {
+                int(lab): item_text({str(k): v for k, v in row.items()}, fields)
+                for lab, row in zip(labels.tolist(), rows)
+            }
             index.attach_lexical(LexicalIndex(fields, docs) if fields else None)
         return index
 

@@ -241,7 +241,11 @@ class LexicalIndex:
         order = np.argsort(labels, kind="stable")
         texts = list(docs.values())
         table = pa.table({_LABEL: labels[order], _TEXT: pa.array([texts[i] for i in order.tolist()], pa.string())})
-        header = {"format": LEXICAL_FORMAT, "fields": list(self.fields), "analyzer": "regex \\w\\w+, lowercase, english stop words"}
+        header = {
+            "format": LEXICAL_FORMAT,
+            "fields": list(self.fields),
+            "analyzer": "regex \\w\\w+, lowercase, english stop words",
+        }
         table = table.replace_schema_metadata({_META_KEY: json.dumps(header).encode()})
         pq.write_table(table, directory / LEXICAL_FILE)
         return [LEXICAL_FILE]

@@ -16,6 +16,7 @@ from itemsage.config import HybridConfig
 from itemsage.serve.core import Hit, RetrievalState
 from itemsage.serve.errors import BadRequestError
 
+
 def search_mode(state: RetrievalState, mode: str | None, cfg: HybridConfig) -> str:
     """The mode this search runs in on ``state``'s index (422 for one it cannot answer)."""
     from itemsage.index.hybrid import SearchModeError, resolve_mode

@@ -34,7 +34,7 @@ SearchModeName = SearchMode
 
 MODE_DESCRIPTION = (
     "dense: the search tower and the vector index; lexical: BM25 over the items' text; hybrid: both "
-    f"rankings fused by reciprocal rank. Omitted: the server's default (serve.hybrid.default_mode)."
+    "rankings fused by reciprocal rank. Omitted: the server's default (serve.hybrid.default_mode)."
 )
 
 # -------------------------------------------------------------------------------- responses
