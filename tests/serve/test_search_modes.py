@@ -131,3 +131,14 @@ def test_live_writes_are_found_lexically(tiny_serving: dict[str, Path], worded_i
         r = c.delete("/items/live-zx", headers=AUTH)
         applied(r.json()["seq"])
         assert "live-zx" not in ids(search(c, query="plain grey raincoat", k=ALL, mode="lexical"))
+
+
+def test_batched_searches_in_mixed_modes_equal_single_ones(client: TestClient) -> None:
+    """The Serve Retriever batches concurrent searches through ``search_many``: each keeps its mode."""
+    retriever = client.app.state.retriever  # type: ignore[attr-defined]
+    queries, modes = ["black leather shoes", "red dress", "watch"], ["lexical", None, "dense"]
+    many = client.portal.call(retriever.search_many, queries, [5, 5, 5], modes)  # type: ignore[union-attr]
+    for query, mode, answer in zip(queries, modes, many):
+        single = search(client, query=query, k=5, **({"mode": mode} if mode else {}))
+        assert answer["mode"] == single["mode"] and ids(answer) == ids(single)
+    assert retriever.search_mode(None) == HybridConfig().default_mode

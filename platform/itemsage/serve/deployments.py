@@ -490,6 +490,7 @@ class RetrieverDeployment:
         served = self._served()
         if filters:  # a filtered search has its own selector: not batched with others
             return {**await self.core.search(query, k, filters, mode), SERVED_KEY: served}
+        mode = self.core.search_mode(mode)  # a mode this index cannot answer fails this request only
         # Concurrent searches are batched here, at the hub: a batch makes one QueryEncoder call
         # and one FAISS call, so the per-request cost of the encoder hop shrinks with load.
         answer = await self._search_gate.enter(

@@ -104,6 +104,11 @@ class Retriever:
         emb = await self.encoding.text(state.model, query) if needs_embedding(mode) else None
         return state.answer("search", k, mode_hits(state, mode, query, emb, k, where, self.cfg.hybrid), mode)
 
+    def search_mode(self, mode: str | None) -> str:
+        """The mode a search asking for ``mode`` runs in now (422 for one the index cannot answer):
+        checked per request before requests are batched, so one bad mode fails only its request."""
+        return search_mode(self.state, mode, self.cfg.hybrid)
+
     async def search_many(
         self, queries: list[str], ks: list[int], modes: Sequence[str | None] | None = None
     ) -> list[dict[str, Any]]:
