@@ -8,8 +8,8 @@ exact words often find what an embedding misses; ``itemsage.index.hybrid`` fuses
   index, so a filter's bitmap (``itemsage.index.attributes``) restricts lexical hits exactly as it
   restricts vectors, and a live write (``itemsage.index.live``) moves both together.
 * **Analysis.** Words of two or more word characters (Unicode ``\\w``), lower-cased, English stop
-  words dropped: bm25s's tokenizer, which the BM25 baseline uses. A query is the OR of its words,
-  each scored by BM25 (tantivy: k1 = 1.2, b = 0.75).
+  words dropped (bm25s's tokenizer, which the BM25 baseline uses), words over 255 characters too.
+  A query is the OR of its words, each scored by BM25 (tantivy: k1 = 1.2, b = 0.75).
 * **Incremental.** Adds and deletes are staged in a tantivy writer and made visible by
   :meth:`LexicalIndex.commit` (one commit per applied batch of the live catalog, ~10 ms); a search
   first commits anything staged, so a caller that never commits still reads its own writes.
@@ -40,6 +40,7 @@ _TOKENIZER = "itemsage_words"
 _LABEL, _TEXT = "label", "text"
 # tantivy's writer wants >= 15 MB per thread; one thread: writes are small batches.
 _WRITER_HEAP = 32_000_000
+MAX_WORD_CHARS = 255
 
 
 def item_text(fields: Mapping[str, Any], names: Sequence[str]) -> str:
@@ -56,6 +57,8 @@ def _analyzer() -> Any:
         tantivy.TextAnalyzerBuilder(tantivy.Tokenizer.regex(r"\w\w+"))
         .filter(tantivy.Filter.lowercase())
         .filter(tantivy.Filter.stopword("english"))
+        # tantivy refuses terms over 65,530 bytes; a "word" that long is never a search term anyway
+        .filter(tantivy.Filter.remove_long(MAX_WORD_CHARS))
         .build()
     )
 
