@@ -3,12 +3,13 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
 from itemsage.api import ItemSage, SearchModeError
-from itemsage.config import HybridConfig
+from itemsage.config import TEXT_FIELDS, HybridConfig
 from itemsage.index import load_index
 from itemsage.index.hybrid import fuse
 
@@ -25,8 +26,10 @@ def indexed(sage: ItemSage, sample_model):
 
 
 def words_of(features, item_id: str) -> set[str]:
+    """The item's words as the lexical index reads them (every text field of the catalog)."""
     row = features.items.set_index("item_id").loc[item_id]
-    return {w.lower() for f in ("title", "product_types", "colors", "brand") for w in str(row.get(f) or "").split()}
+    text = " ".join(str(row.get(f) or "") for f in TEXT_FIELDS if f in row.index)
+    return {w.lower() for w in re.findall(r"\w\w+", text)}
 
 
 def test_each_mode(sage: ItemSage, indexed) -> None:
