@@ -1,6 +1,8 @@
 // ItemSage demo page: search box -> POST /search; click a product -> POST /similar.
 // Facet controls (GET /facets): a select per keyword attribute, min/max per number; they become
 // the requests' "filters" and re-run the current search when changed.
+// The mode control picks /search's "mode" (dense | lexical | hybrid; empty: the server's default);
+// the status line says which mode answered.
 // Plain DOM code, no framework and no build step; every string from the API goes through
 // textContent (never innerHTML), so catalog text cannot inject markup.
 "use strict";
@@ -71,12 +73,12 @@ function status(text) {
 async function search(query) {
   status("Searching…");
   try {
-    const res = await post("/search", { query, k: K, filters: currentFilters() });
+    const res = await post("/search", { query, k: K, filters: currentFilters(), mode: $("mode").value || undefined });
     $("results-title").textContent = `“${query}”`;
     render("results", res.results);
     $("results-section").hidden = false;
     $("similar-section").hidden = true;
-    status(`${res.results.length} products · model ${res.model_version} · index ${res.index_version}`);
+    status(`${res.results.length} products · ${res.mode} search · model ${res.model_version} · index ${res.index_version}`);
   } catch (e) {
     status(`Search failed: ${e.message}`);
   }
@@ -166,6 +168,8 @@ fetch("/facets")
     $("facets").hidden = false;
   })
   .catch(() => {});
+
+$("mode").addEventListener("change", refilter); // the same query again, in the chosen mode
 
 $("search-form").addEventListener("submit", (ev) => {
   ev.preventDefault();

@@ -328,6 +328,16 @@ class FilterSearchConfig(Section):
     max_density_boost: float = 16.0
 
 
+class LexicalConfig(Section):
+    """The lexical (BM25, tantivy) index built beside the dense one (itemsage.index.lexical)."""
+
+    # Off: the index holds embeddings only; /search answers mode "dense" alone.
+    enabled: bool = True
+    # Catalog text fields joined into each item's document; empty: the model's text fields (the
+    # fields the BM25 baseline of the evaluation reads, itemsage.eval.baselines).
+    fields: list[str] = []
+
+
 class IndexConfig(Section):
     # FAISS index-factory spec, or "auto" to pick by a recall/QPS sweep.
     spec: str = "auto"
@@ -344,6 +354,34 @@ class IndexConfig(Section):
         "price": FilterableAttribute(type="number"),
     }
     filters: FilterSearchConfig = FilterSearchConfig()
+    lexical: LexicalConfig = LexicalConfig()
+
+
+SearchMode = Literal["dense", "lexical", "hybrid"]
+SEARCH_MODES: tuple[str, ...] = typing.get_args(SearchMode)
+
+
+class HybridConfig(Section):
+    """Search modes: dense (the search tower + FAISS), lexical (BM25 over the item text), hybrid
+    (both, fused by reciprocal rank). docs/serving.md ("Hybrid retrieval") has the measurements."""
+
+    # What /search and ItemSage.search use when a request names no mode. Chosen by measurement
+    # (docs/quality.md, "Hybrid retrieval"): Shopee search, unseen test listings against all
+    # 27,344, Recall@10 hybrid 0.774 / 0.771 vs dense 0.742 / 0.736 vs lexical 0.766 (two trainings).
+    default_mode: SearchMode = "hybrid"
+    # Reciprocal-rank fusion: score(item) = sum over modes of weight / (rrf_k + rank), rank 1-based
+    # (Cormack et al. 2009 use 60: it damps the top ranks' dominance without flattening them).
+    # experiments/hybrid_sweep.py on Shopee val: equal weights best; rrf_k 10 only +0.005 (noise).
+    rrf_k: float = 60.0
+    dense_weight: float = 1.0
+    lexical_weight: float = 1.0
+    # Each mode's ranking is read to this depth (at least k) before fusing.
+    depth: int = 100
+    # A filter keeping at most this many items restricts the lexical search with a term set of
+    # their labels inside the query; a larger one is applied to the BM25 ranking as it is read,
+    # reading further until k matching hits are found (exact either way, never a post-filtered
+    # fixed top-k).
+    term_set_max: int = 4096
 
 
 class LiveConfig(Section):
@@ -411,6 +449,7 @@ class ServeConfig(Section):
     live: LiveConfig = LiveConfig()
     # Attributes one request's ``filters`` may name (each a clause; they are ANDed).
     max_filter_clauses: int = 16
+    hybrid: HybridConfig = HybridConfig()
 
 
 class PipelineConfig(Section):

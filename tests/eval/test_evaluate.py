@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[2]
 SURFACES = ("search", "closeup", "home")
 # Every method each probe must report (the sample catalog has images, text, queries and users).
 PROBE_METHODS = {
-    "search": ("itemsage", "tfidf", "bm25", "minilm", "random"),
+    "search": ("itemsage", "hybrid", "lexical", "tfidf", "bm25", "minilm", "random"),  # + the served search modes
     "closeup": ("itemsage", "image", "random"),
     "item2item": ("itemsage", "tfidf", "bm25", "minilm", "image", "random"),
     "home": ("itemsage", "tfidf", "bm25", "minilm", "image", "user_feat", "random"),

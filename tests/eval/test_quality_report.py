@@ -150,3 +150,18 @@ def test_help_names_the_options(capsys) -> None:
     out = capsys.readouterr().out
     for option in ("--tracking-uri", "--experiment", "--tag", "--doc", "--figure", "--split"):
         assert option in out
+
+
+def test_the_served_modes_are_columns_and_hybrid_is_not_a_baseline(tmp_path: Path) -> None:
+    """hybrid (the model fused with the lexical index) is shown, but "ItemSage - best baseline" is
+    the model alone against the baselines; the lexical index alone counts as one."""
+    from itemsage.eval.quality import group_markdown, group_runs, load_runs
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    log_evaluation(_result(0, {"itemsage": 70, "hybrid": 90, "lexical": 72, "tfidf": 65, "random": 1}), uri, "ev")
+    (group,) = group_runs(load_runs(uri, ["ev"]))
+    table = group_markdown(group)
+    head = table.splitlines()[2]
+    assert "hybrid (ItemSage + lexical, RRF)" in head and "lexical index (BM25, served)" in head
+    search = next(line for line in table.splitlines() if line.startswith("| search |"))
+    assert "**0.900**" in search and search.endswith("| -0.020 |")  # 0.70 - max(0.72 lexical, 0.65)

@@ -33,7 +33,9 @@ class RecordingBackend:
         self.calls: list[tuple[str, Any]] = []
         self.seq = 0
 
-    async def search(self, query: str, k: int, filters: dict[str, Any] | None = None) -> dict[str, Any]:
+    async def search(
+        self, query: str, k: int, filters: dict[str, Any] | None = None, mode: str | None = None
+    ) -> dict[str, Any]:
         self.calls.append(("search", query))
         answer = {"surface": "search", "k": k, "results": [], "model_version": "1", "index_version": "i"}
         return {**answer, "_served": {"replica": "r1", "applied_seq": self.seq}}

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from itemsage.config import FilterableAttribute, IndexConfig
+from itemsage.config import FilterableAttribute, HybridConfig, IndexConfig
 from itemsage.data.images import ImageBackbone, ImageDecodeError, get_backbone, load_image
 from itemsage.index import ItemIndex, build_index
 from itemsage.index.attributes import AttributeTable, specs_from_config
@@ -31,11 +31,13 @@ from itemsage.index.compat import check_features_compatible, is_features_dir
 from itemsage.index.embed import CPU_BATCH_SIZE
 from itemsage.index.featurize import CatalogFeatures, featurize_catalog
 from itemsage.index.filters import FilterError
+from itemsage.index.hybrid import SearchModeError, fuse, lexical_search, resolve_mode
+from itemsage.index.lexical import LexicalIndex, item_text
 from itemsage.model import ItemFeatureStore
 from itemsage.trained import ModelNotFoundError
 from itemsage.trained.loaded import TrainedModel, load_trained, pick_device
 
-__all__ = ["CatalogFeatures", "FilterError", "ItemSage", "ModelNotFoundError"]
+__all__ = ["CatalogFeatures", "FilterError", "ItemSage", "ModelNotFoundError", "SearchModeError"]
 
 # Decoded pixels of one query image; larger images are refused before decoding (bomb guard).
 MAX_QUERY_PIXELS = 40_000_000
@@ -133,10 +135,13 @@ class ItemSage:
         *,
         filterable: Mapping[str, FilterableAttribute] | None = None,
         batch_size: int = CPU_BATCH_SIZE,
+        lexical: bool = True,
     ) -> ItemIndex:
         """An index (``itemsage.index``) over a featurized catalog's item embeddings, with its
         filterable attributes (default: ``IndexConfig().filterable``) read from the catalog, so
-        :meth:`search` can take ``filters``. IVF specs ("IVF{nlist},Flat") can remove items later."""
+        :meth:`search` can take ``filters``, and (``lexical``) a BM25 index over the items' text
+        fields, so it can search in lexical and hybrid mode. IVF specs ("IVF{nlist},Flat") can
+        remove items later."""
         ids, vectors = self.embed_features(features, batch_size)
         index = build_index(vectors, ids, spec, use_gpu="auto" if self.device != "cpu" else False)
         index.model_version = self.version
@@ -144,6 +149,14 @@ class ItemSage:
         labels = index.idmap.lookup(ids)
         columns = {c: features.items[c].tolist() for c in features.items.columns}
         index.attach_attributes(AttributeTable.from_columns(specs_from_config(attrs), labels, columns))
+        if lexical:
+            fields = [f for f in self.trained.text_fields if f in features.items.columns]
+            rows = features.items[fields].to_dict("records") if fields else []
+            docs = {
+                int(lab): item_text({str(k): v for k, v in row.items()}, fields)
+                for lab, row in zip(labels.tolist(), rows)
+            }
+            index.attach_lexical(LexicalIndex(fields, docs) if fields else None)
         return index
 
     def search(
@@ -152,6 +165,8 @@ class ItemSage:
         queries: str | Sequence[str] | np.ndarray,
         k: int = 10,
         filters: Mapping[str, Any] | None = None,
+        mode: str | None = None,
+        hybrid: HybridConfig | None = None,
     ) -> list[list[tuple[str, float]]]:
         """Top-k ``(item_id, score)`` per query, best first, among the items matching ``filters``.
 
@@ -160,13 +175,34 @@ class ItemSage:
         {"lt": 50}}``, docs/serving.md), applied inside the index search; a filter naming an
         attribute the index lacks, or a value of the wrong type, raises ``FilterError`` (a
         ``ValueError``); no matching item gives empty lists.
+
+        ``mode``: "dense" (embeddings, scores are cosines), "lexical" (BM25 over the items' text,
+        scores are BM25) or "hybrid" (both rankings fused by reciprocal rank, RRF scores), as
+        ``/search`` takes it; default ``hybrid.default_mode`` (``HybridConfig``), dense for an
+        index without a lexical index or for embedding queries. Lexical and hybrid need texts and
+        an index with a lexical index (:meth:`build_index`); else ``SearchModeError``.
         """
+        cfg = hybrid or HybridConfig()
         if isinstance(queries, str):
             queries = [queries]
         where = index.select(dict(filters)) if filters else None  # bad filters fail before embedding
-        q = queries if isinstance(queries, np.ndarray) else self.embed_text_queries(list(queries))
-        ids, scores = index.search(q, k, where=where)
-        return [[(i, float(s)) for i, s in zip(row, srow)] for row, srow in zip(ids, scores)]
+        if isinstance(queries, np.ndarray):
+            if mode not in (None, "dense"):
+                raise SearchModeError(f"search mode {mode!r} needs query texts, not embeddings")
+            mode = "dense"
+        mode = resolve_mode(index, mode, cfg)
+        texts = list(queries) if not isinstance(queries, np.ndarray) else []
+        if mode == "lexical":
+            ids, lex_scores = lexical_search(index, texts, k, where, cfg)
+            return [[(i, float(s)) for i, s in zip(row, srow)] for row, srow in zip(ids, lex_scores)]
+        q = queries if isinstance(queries, np.ndarray) else self.embed_text_queries(texts)
+        if mode == "dense":
+            ids, scores = index.search(q, k, where=where)
+            return [[(i, float(s)) for i, s in zip(row, srow)] for row, srow in zip(ids, scores)]
+        n = max(int(k), cfg.depth)
+        dense_ids, _ = index.search(q, n, where=where)
+        lex_ids, _ = lexical_search(index, texts, n, where, cfg)
+        return [fuse(d, lx, cfg)[:k] for d, lx in zip(dense_ids, lex_ids)]
 
     def _embed_store(self, store: ItemFeatureStore, batch_size: int) -> np.ndarray:
         return self.trained.embed_items(store, batch_size)

@@ -188,11 +188,12 @@ class LocalCatalog:
     def status(self) -> dict[str, Any]:
         return dict(self._run(self.retriever.live_status()))
 
-    def search(self, query: str, k: int = 10) -> dict[str, Any]:
-        """A search over the live index (every write of this process applied first)."""
+    def search(self, query: str, k: int = 10, mode: str | None = None) -> dict[str, Any]:
+        """A search over the live index (every write of this process applied first); ``mode``:
+        dense | lexical | hybrid, as ``/search`` takes it (default: the config's)."""
         assert self.retriever.live is not None
         self._run(self.retriever.live.catch_up(self.retriever.state))
-        return dict(self._run(self.retriever.search(query, k)))
+        return dict(self._run(self.retriever.search(query, k, mode=mode)))
 
     def close(self) -> None:
         if self.retriever.live is not None:

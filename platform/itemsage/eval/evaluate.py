@@ -8,6 +8,8 @@ code that validates during training (``itemsage.eval.validation``), so training 
 report are comparable. Each probe also ranks the same pairs against the same candidates with the
 baselines a user tries first (``itemsage.eval.baselines``): char-3gram TF-IDF and BM25 over the
 items' text fields, frozen MiniLM, frozen image features, frozen user features (home) and random.
+The search probe also gets the served search modes that are not the model alone
+(``itemsage.eval.modes``): the lexical index and hybrid (reciprocal-rank fusion of both).
 
 On the model's own training features, held-out pairs whose item was a training positive ("seen")
 and those whose item was not ("unseen": new items, the cold start) also get rows of their own,
@@ -47,6 +49,7 @@ from itemsage.data.features_io import resolve
 from itemsage.data.features_read import FeaturesError, QueryFeatures, read_manifest, read_pairs
 from itemsage.eval.baselines.corpus import TextCorpus
 from itemsage.eval.baselines.suite import BaselineSuite
+from itemsage.eval.modes import add_search_mode_rows
 from itemsage.eval.probes import PROBES, Probe, probe_pairs
 from itemsage.eval.recall import RecallTable, ranks_of_targets
 from itemsage.eval.report import recall_markdown, recall_rows
@@ -279,17 +282,20 @@ def evaluate_model(
             if 0 < unseen < len(val):
                 val.cohorts = {SEEN: seen, UNSEEN: ~seen}
         table = RecallTable(ks=tuple(ks))
-        suite = BaselineSuite.build(
-            store, qf, TextCorpus.load(feats, tm.text_fields), baseline_fit, held_out_items(feats), seed
-        )
+        corpus = TextCorpus.load(feats, tm.text_fields)
+        suite = BaselineSuite.build(store, qf, corpus, baseline_fit, held_out_items(feats), seed)
         item_emb = embed_items(tm.model, store, val.candidates, torch.device(dev))
         has_image = store.has_image.numpy()
         for probe in PROBES:
             probe_val = probe_pairs(val, probe, has_image)
             if probe_val is None:
                 continue
-            ranks = _model_ranks(tm, store, qf, probe, probe_val, item_emb, torch.device(dev))
+            ranks, queries = _model_ranks(tm, store, qf, probe, probe_val, item_emb, torch.device(dev))
             table.add("itemsage", probe_val.tasks.tolist(), ranks, probe_val.cohorts)
+            if probe.query == "text" and corpus.query_texts is not None:  # the served search modes
+                add_search_mode_rows(
+                    table, probe_val, queries, item_emb, corpus.item_texts, corpus.query_texts, corpus.fields
+                )
             suite.add_rows(table, probe, probe_val)
         if queries_out:
             write_search_queries(tm, qf, val, torch.device(dev), queries_out)
@@ -338,9 +344,9 @@ def _model_ranks(
     pairs: ValSet,
     item_emb: torch.Tensor,
     device: torch.device,
-) -> torch.Tensor:
-    """The model's rank of each pair's item: the probe's query tower, or for item -> item the item
-    tower on the query item as on every candidate."""
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The model's rank of each pair's item, and the pairs' query embeddings: the probe's query
+    tower, or for item -> item the item tower on the query item as on every candidate."""
     if probe.query == "item":
         # As Serve's /similar embeds an item used as the query (debiasing and hubness coordinate).
         with torch.no_grad():
@@ -349,7 +355,7 @@ def _model_ranks(
             )
     else:
         queries = embed_queries(tm.model, qf, pairs, device, text_encoder=tm.finetuned_text_encoder)
-    return ranks_of_targets(queries, item_emb, pairs.target, pairs.exclude)
+    return ranks_of_targets(queries, item_emb, pairs.target, pairs.exclude), queries
 
 
 def write_search_queries(tm: TrainedModel, qf: QueryFeatures, val: Any, device: torch.device, path: str) -> None:

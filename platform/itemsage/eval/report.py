@@ -23,6 +23,10 @@ BASELINE_LABELS: dict[str, str] = {
 # The methods of offline evaluation (itemsage.eval.baselines), in the order tables show them.
 METHOD_LABELS: dict[str, str] = {
     "itemsage": "itemsage",  # lower case: the method name, as the training log prints it
+    # The served search modes beside dense (itemsage.eval.modes): the model fused with the
+    # lexical index, and the lexical index alone (tantivy BM25, what /search mode=lexical answers).
+    "hybrid": "hybrid (ItemSage + lexical, RRF)",
+    "lexical": "lexical index (BM25, served)",
     "tfidf": "char-3gram TF-IDF",
     "bm25": "BM25",
     "minilm": "frozen MiniLM",

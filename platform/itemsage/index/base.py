@@ -33,6 +33,7 @@ from itemsage.index.attributes import AttributeTable, Selection
 from itemsage.index.filtered import filtered_search
 from itemsage.index.filters import Filter, FilterError, parse_filter
 from itemsage.index.idmap import IdMap, check_id_batch
+from itemsage.index.lexical import LexicalIndex
 from itemsage.index.storage import (
     FORMAT_VERSION,
     IDS_FILE,
@@ -157,6 +158,9 @@ class ItemIndex(ABC):
         self.sweep: dict[str, Any] | None = None
         # Filterable catalog attributes (bitmaps over labels), saved with the index; None: no filters.
         self.attributes: AttributeTable | None = None
+        # BM25 over the items' text under the same labels (itemsage.index.lexical), saved with the
+        # index; None: dense search only.
+        self.lexical: LexicalIndex | None = None
 
     # ---- what subclasses provide -------------------------------------------------------------
     @abstractmethod
@@ -229,6 +233,11 @@ class ItemIndex(ABC):
         if table is not None:
             self._prepare_filtering()
 
+    def attach_lexical(self, lexical: LexicalIndex | None) -> None:
+        """Make ``lexical`` the lexical index of this index (saved with it); its labels are this
+        index's labels."""
+        self.lexical = lexical
+
     def select(self, filters: Filter | Any) -> Selection | None:
         """The labels a filter keeps (``filters``: a parsed :class:`Filter` or the request's JSON
         object), or None for no filter. Raises ``FilterError`` for an attribute this index cannot
@@ -299,6 +308,8 @@ class ItemIndex(ABC):
         if self.attributes is not None:
             for label in labels.tolist():
                 self.attributes.remove_item(label)
+        if self.lexical is not None:
+            self.lexical.stage(remove=labels.tolist())
 
     def metadata(self) -> dict[str, Any]:
         return {
@@ -333,6 +344,8 @@ class ItemIndex(ABC):
             files = self._write_payload(tmp)
             if self.attributes is not None:
                 files += self.attributes.write(tmp)
+            if self.lexical is not None:
+                files += self.lexical.write(tmp)
             (tmp / IDS_FILE).write_text(json.dumps(self.idmap.to_dict()))
             files.append(IDS_FILE)
             meta = self.metadata()

@@ -59,6 +59,7 @@ from itemsage.index.cagra import CagraIndex, cagra_degree, cuvs_available
 from itemsage.index.filtered import FULL_SCAN, ListProbe, bitmap_selector, selector_params
 from itemsage.index.idmap import IdMap, check_id_batch
 from itemsage.index.label_vectors import LabelVectors
+from itemsage.index.lexical import LEXICAL_FILE, LexicalIndex
 from itemsage.index.storage import IDS_FILE, CorruptIndexError, read_metadata, verify_files
 from itemsage.index.torch_exact import LABELS_FILE, TORCH_EXACT, VECTORS_FILE, TorchExactIndex
 
@@ -554,6 +555,11 @@ def load_index(
             index.attach_attributes(AttributeTable.read(directory))
         except (ValueError, KeyError, OSError) as e:
             raise CorruptIndexError(f"{directory}: filterable attributes are unreadable: {e}") from e
+    if LEXICAL_FILE in meta["files"]:
+        try:
+            index.attach_lexical(LexicalIndex.read(directory))
+        except (ValueError, KeyError, OSError) as e:
+            raise CorruptIndexError(f"{directory}: the lexical index is unreadable: {e}") from e
     index.model_name = meta.get("model_name")
     index.model_version = meta.get("model_version")
 

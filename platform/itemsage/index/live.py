@@ -51,6 +51,7 @@ from itemsage.index.attributes import AttributeTable, Selection
 from itemsage.index.base import ItemIndex, UnsupportedOperationError
 from itemsage.index.changelog import Change, ChangeLog
 from itemsage.index.idmap import IdMap
+from itemsage.index.lexical import LexicalIndex, item_text
 
 _log = logging.getLogger(__name__)
 
@@ -82,6 +83,9 @@ class ItemListener(Protocol):
 
     def remove_item(self, item_id: str, label: int) -> None: ...
 
+    # Optional: ``applied()``, called once after each applied batch, still under the lock (a
+    # listener that stages changes makes them visible there: the lexical index's commit).
+
 
 class _AttributesFollow:
     """The index's filter bitmaps as an ``ItemListener``: a change's fields carry the catalog
@@ -97,6 +101,26 @@ class _AttributesFollow:
     def remove_item(self, item_id: str, label: int) -> None:
         assert self.index.attributes is not None
         self.index.attributes.remove_item(label)
+
+
+class _LexicalFollow:
+    """The index's lexical (BM25) documents as an ``ItemListener``: a change's text fields are the
+    item's document; the batch becomes searchable in one commit when it is applied."""
+
+    def __init__(self, index: ItemIndex) -> None:
+        self.index = index
+
+    def set_item(self, item_id: str, label: int, fields: Mapping[str, Any]) -> None:
+        assert self.index.lexical is not None
+        self.index.lexical.stage(add=[(label, item_text(fields, self.index.lexical.fields))])
+
+    def remove_item(self, item_id: str, label: int) -> None:
+        assert self.index.lexical is not None
+        self.index.lexical.stage(remove=[label])
+
+    def applied(self) -> None:
+        assert self.index.lexical is not None
+        self.index.lexical.commit()
 
 
 @dataclass(frozen=True)
@@ -166,6 +190,9 @@ class LiveIndex:
             # replay: a snapshot saves its attributes with the index, and a base index plus the log
             # re-applies every change through ``apply``.
             self._listeners.append(_AttributesFollow(index))
+        if index.lexical is not None:
+            # The same for the lexical index: live items are found by their words too.
+            self._listeners.append(_LexicalFollow(index))
         # Serialises applies with searches (see the module docstring). Searches from the event
         # loop and from worker threads both take it.
         self._lock = threading.RLock()
@@ -179,6 +206,10 @@ class LiveIndex:
     @property
     def attributes(self) -> AttributeTable | None:
         return self.index.attributes
+
+    @property
+    def lexical(self) -> LexicalIndex | None:
+        return self.index.lexical
 
     def select(self, filters: Any) -> Selection | None:
         """``ItemIndex.select`` under the index lock: the selection matches the labels now applied."""
@@ -322,6 +353,10 @@ class LiveIndex:
                     self._vectors[c.item_id] = vec
                     for listener in self._listeners:
                         listener.set_item(c.item_id, label, c.fields)
+            for listener in self._listeners:  # end of the batch: e.g. one lexical commit for all of it
+                done = getattr(listener, "applied", None)
+                if done is not None:
+                    done()
             for c in last.values():
                 if c.op == "delete":
                     self._items.pop(c.item_id, None)
@@ -397,6 +432,8 @@ def _copy_index(index: ItemIndex) -> ItemIndex:
     )
     # The filter bitmaps too: a snapshot without them would come back unable to filter.
     copy.attributes = index.attributes.copy() if index.attributes is not None else None
+    if index.lexical is not None:
+        copy.attach_lexical(index.lexical.copy())
     copy.model_name, copy.model_version, copy.created_at, copy.sweep = (
         index.model_name,
         index.model_version,

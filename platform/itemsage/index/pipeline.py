@@ -21,6 +21,7 @@ from itemsage.index.attributes import attributes_for_index
 from itemsage.index.base import IndexMismatchError, ItemIndex, as_vectors
 from itemsage.index.embeddings import read_embeddings
 from itemsage.index.faiss_index import build_index
+from itemsage.index.lexical import lexical_for_index
 from itemsage.index.sweep import SweepResult, sweep
 from itemsage.index.versioning import log_index
 
@@ -86,6 +87,15 @@ def _model_facts(model: str) -> tuple[Any, int]:
     return ref, int(load_manifest(ref.uri)["embedding_dim"])
 
 
+def _text_fields(ref: Any, cfg: IndexConfig) -> list[str]:
+    """The lexical index's fields: ``cfg.lexical.fields``, else the model's text fields (what the
+    evaluation's BM25 baseline reads)."""
+    from itemsage.config import TEXT_FIELDS
+    from itemsage.trained import load_manifest
+
+    return list(cfg.lexical.fields) or list(load_manifest(ref.uri).get("text_fields") or TEXT_FIELDS)
+
+
 def _features_of(embeddings_manifest: dict[str, Any], ref: Any) -> str | None:
     """The features directory whose catalog the embedded items came from, if known."""
     from itemsage.data.features_io import resolve
@@ -124,7 +134,8 @@ def build_and_log_index(
     (``NonFiniteError``), repeated ids (``DuplicateIdError``) and a dimension other than the
     model's (``ValueError``), each with a one-line message. The ``cfg.filterable`` attributes are
     read from ``features``' catalog.parquet (default: the features directory the embeddings were
-    made from, else the model's) and saved with the index, for filtered search.
+    made from, else the model's) and saved with the index, for filtered search; so is the lexical
+    (BM25) index over the items' text fields (``cfg.lexical``), for lexical and hybrid search.
     """
     start = time.perf_counter()
     cfg = cfg or IndexConfig()
@@ -159,6 +170,8 @@ def build_and_log_index(
     source = features or _features_of(emb.manifest, ref)
     if source:
         index.attach_attributes(attributes_for_index(index.idmap, source, cfg))
+        if cfg.lexical.enabled:  # BM25 beside the vectors, same labels, saved in the same directory
+            index.attach_lexical(lexical_for_index(index.idmap, source, _text_fields(ref, cfg)))
     saved = index.save(out)
     logged = None
     if log and ref.registered:

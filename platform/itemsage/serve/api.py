@@ -42,7 +42,9 @@ class Backend(Protocol):
     """What the handlers call: the ``backend`` methods named in ``ENDPOINTS``, as
     :class:`~itemsage.serve.service.Retriever` implements them."""
 
-    async def search(self, query: str, k: int, filters: dict[str, Any] | None = None) -> dict[str, Any]: ...
+    async def search(
+        self, query: str, k: int, filters: dict[str, Any] | None = None, mode: str | None = None
+    ) -> dict[str, Any]: ...
     async def similar(
         self, k: int, item_id: str | None = None, image: bytes | None = None, filters: dict[str, Any] | None = None
     ) -> dict[str, Any]: ...
@@ -251,7 +253,7 @@ def _handlers(backend: Backend, cfg: ServeConfig) -> dict[str, Callable[..., Awa
     item_model, _ = build_write_models(cfg)  # PUT reads its body itself (JSON or multipart)
 
     async def search(body: Any) -> Any:
-        return await backend.search(body.query, body.k, filters=body.filters)
+        return await backend.search(body.query, body.k, filters=body.filters, mode=body.mode)
 
     async def similar(body: Any) -> Any:
         image = image_bytes(body.image) if body.image is not None else None

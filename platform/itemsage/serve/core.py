@@ -166,10 +166,11 @@ class RetrievalState:
             "image_url": image_url(hit.item_id) if item and item.image_paths else None,
         }
 
-    def answer(self, surface: str, k: int, hits: list[Hit]) -> dict[str, Any]:
+    def answer(self, surface: str, k: int, hits: list[Hit], mode: str = "dense") -> dict[str, Any]:
         return {
             "surface": surface,
             "k": k,
+            "mode": mode,
             "results": [self.hit_json(h) for h in hits],
             "model_version": self.model_version,
             "index_version": self.index_version,

@@ -484,21 +484,24 @@ class RetrieverDeployment:
         self.core.state.health()
 
     @client_errors_as_values
-    async def search(self, query: str, k: int, filters: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    async def search(
+        self, query: str, k: int, filters: Mapping[str, Any] | None = None, mode: str | None = None
+    ) -> dict[str, Any]:
         served = self._served()
         if filters:  # a filtered search has its own selector: not batched with others
-            return {**await self.core.search(query, k, filters), SERVED_KEY: served}
+            return {**await self.core.search(query, k, filters, mode), SERVED_KEY: served}
+        mode = self.core.search_mode(mode)  # a mode this index cannot answer fails this request only
         # Concurrent searches are batched here, at the hub: a batch makes one QueryEncoder call
         # and one FAISS call, so the per-request cost of the encoder hop shrinks with load.
         answer = await self._search_gate.enter(
-            lambda: _first(self.core.search_many([query], [k])),
-            lambda: self._search_batch(query, k),
+            lambda: _first(self.core.search_many([query], [k], [mode])),
+            lambda: self._search_batch(query, k, mode),
         )
         return {**answer, SERVED_KEY: served}
 
     @serve.batch(max_batch_size=DEFAULT_MAX_BATCH, batch_wait_timeout_s=DEFAULT_BATCH_WAIT_S)
-    async def _search_batch(self, queries: list[str], ks: list[int]) -> list[dict[str, Any]]:
-        return await self._search_gate.run_async(self.core.search_many(queries, ks))
+    async def _search_batch(self, queries: list[str], ks: list[int], modes: list[str | None]) -> list[dict[str, Any]]:
+        return await self._search_gate.run_async(self.core.search_many(queries, ks, modes))
 
 
 @forwarding(lambda self, name: functools.partial(self._call, name))

@@ -26,8 +26,16 @@ from pydantic import (
     model_validator,
 )
 
-from itemsage.config import TEXT_FIELDS, ServeConfig
+from itemsage.config import TEXT_FIELDS, SearchMode, ServeConfig
 from itemsage.serve.filtering import FILTERS_DESCRIPTION
+
+# The search modes (itemsage.serve.modes): an unknown one is a 422 naming the allowed values.
+SearchModeName = SearchMode
+
+MODE_DESCRIPTION = (
+    "dense: the search tower and the vector index; lexical: BM25 over the items' text; hybrid: both "
+    "rankings fused by reciprocal rank. Omitted: the server's default (serve.hybrid.default_mode)."
+)
 
 # -------------------------------------------------------------------------------- responses
 
@@ -36,7 +44,10 @@ class Hit(BaseModel):
     """One retrieved item, with what a results page needs to show it."""
 
     item_id: str
-    score: float = Field(description="inner product of the query and item embeddings (cosine)")
+    score: float = Field(
+        description="dense: inner product of the query and item embeddings (cosine); lexical: BM25; "
+        "hybrid: reciprocal-rank-fusion score"
+    )
     title: str = ""
     product_types: str = ""
     image_url: str | None = Field(None, description="GET path of the item's first image, if it has one")
@@ -45,6 +56,7 @@ class Hit(BaseModel):
 class SearchResponse(BaseModel):
     surface: str = Field(description="query tower that embedded the query: search | closeup | home")
     k: int
+    mode: SearchModeName = Field("dense", description="retrieval that answered: dense | lexical | hybrid")
     results: list[Hit]
     model_version: str = Field(description="model version that embedded the query")
     index_version: str = Field(description="index version that was searched")
@@ -174,6 +186,7 @@ def build_request_models(cfg: ServeConfig) -> RequestModels:
         query: Query
         k: K = 10
         filters: Filters = None
+        mode: Annotated[SearchModeName | None, Field(description=MODE_DESCRIPTION)] = None
 
         @model_validator(mode="after")
         def _check(self) -> SearchRequest:

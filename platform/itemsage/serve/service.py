@@ -21,6 +21,7 @@ from itemsage.config import ServeConfig
 from itemsage.serve.core import ModelSpec, RetrievalState, ServingSpec, load_state, read_catalog_image
 from itemsage.serve.errors import NotReadyError
 from itemsage.serve.live import LiveCatalogService
+from itemsage.serve.modes import mode_hits, needs_embedding, search_mode
 from itemsage.serve.writes import write_items
 
 
@@ -94,22 +95,42 @@ class Retriever:
             return new
 
     # ---- flows ---------------------------------------------------------------------------------
-    async def search(self, query: str, k: int, filters: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    async def search(
+        self, query: str, k: int, filters: Mapping[str, Any] | None = None, mode: str | None = None
+    ) -> dict[str, Any]:
         state = self.state
         where = state.where(filters)  # 422 before any encoding work
-        emb = await self.encoding.text(state.model, query)
-        return state.answer("search", k, state.search(emb, k, where=where))
+        mode = search_mode(state, mode, self.cfg.hybrid)
+        emb = await self.encoding.text(state.model, query) if needs_embedding(mode) else None
+        return state.answer("search", k, mode_hits(state, mode, query, emb, k, where, self.cfg.hybrid), mode)
 
-    async def search_many(self, queries: list[str], ks: list[int]) -> list[dict[str, Any]]:
+    def search_mode(self, mode: str | None) -> str:
+        """The mode a search asking for ``mode`` runs in now (422 for one the index cannot answer):
+        checked per request before requests are batched, so one bad mode fails only its request."""
+        return search_mode(self.state, mode, self.cfg.hybrid)
+
+    async def search_many(
+        self, queries: list[str], ks: list[int], modes: Sequence[str | None] | None = None
+    ) -> list[dict[str, Any]]:
         """Several searches on one pinned state: one encoder call, one index call.
 
         The Serve Retriever batches concurrent ``/search`` requests through this, so a batch
-        costs one round trip to the QueryEncoder instead of one per request.
+        costs one round trip to the QueryEncoder instead of one per request. ``modes``: each
+        search's mode (None: the default); the lexical part runs per query.
         """
         state = self.state
-        embs = await self.encoding.texts(state.model, list(queries))
-        hits = state.search_many(np.stack(embs), max(ks))
-        return [state.answer("search", k, h[:k]) for k, h in zip(ks, hits)]
+        resolved = [search_mode(state, m, self.cfg.hybrid) for m in (modes or [None] * len(queries))]
+        if all(m == "dense" for m in resolved):
+            embs = await self.encoding.texts(state.model, list(queries))
+            hits = state.search_many(np.stack(embs), max(ks))
+            return [state.answer("search", k, h[:k]) for k, h in zip(ks, hits)]
+        rows = [i for i, m in enumerate(resolved) if needs_embedding(m)]
+        embedded = await self.encoding.texts(state.model, [queries[i] for i in rows]) if rows else []
+        emb_of = dict(zip(rows, embedded))
+        return [
+            state.answer("search", k, mode_hits(state, m, q, emb_of.get(i), k, None, self.cfg.hybrid), m)
+            for i, (q, k, m) in enumerate(zip(queries, ks, resolved))
+        ]
 
     async def similar(
         self,

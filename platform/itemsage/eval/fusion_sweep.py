@@ -1,0 +1,85 @@
+"""Choose the hybrid fusion's lexical weight and RRF constant on the validation split.
+
+The same measurement as the evaluation's hybrid row (:func:`itemsage.eval.modes.add_search_mode_rows`,
+the served ``LexicalIndex`` and ``fuse``), once per (lexical weight, rrf_k), on a held-out split of
+the model's features: choose on ``val``, report on ``test`` (``experiments/hybrid_sweep.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from itemsage.config import HybridConfig
+from itemsage.data.features_read import QueryFeatures, read_pairs
+from itemsage.eval.baselines.corpus import TextCorpus
+from itemsage.eval.modes import add_search_mode_rows
+from itemsage.eval.probes import PROBES, probe_pairs
+from itemsage.eval.recall import RecallTable
+from itemsage.eval.validation import build_val_set, embed_items, embed_queries
+from itemsage.model import ItemFeatureStore
+from itemsage.trained.loaded import load_trained, pick_device
+
+
+def fusion_sweep(
+    model: str,
+    features: str,
+    split: str,
+    lexical_weights: Sequence[float],
+    rrf_ks: Sequence[float],
+    depth: int = HybridConfig().depth,
+    device: str = "auto",
+) -> list[dict[str, Any]]:
+    """One row per (lexical weight, rrf_k): search-probe Recall@10/@50 of hybrid, with dense and
+    lexical alone for reference, every pair's item ranked against the whole catalog."""
+    dev = torch.device(pick_device(device))
+    tm = load_trained(model, device=str(dev))
+    store = ItemFeatureStore.load(features, max_images=tm.max_images, text_fields=tm.text_fields)
+    qf = QueryFeatures.load(
+        features, store, with_text=tm.finetuned_text_encoder is not None, with_tokens=tm.model.text_residual is not None
+    )
+    val = build_val_set(read_pairs(features, split), store.num_items, catalog="all")
+    has_image = store.has_image.numpy()
+    search = next(p for p in PROBES if p.name == "search")
+    pairs = probe_pairs(val, search, has_image)
+    if pairs is None:
+        raise ValueError(f"the {split} split of {features} has no search pairs")
+    corpus = TextCorpus.load(features, tm.text_fields)
+    if corpus.query_texts is None:
+        raise ValueError(f"{features} has no queries.parquet: the lexical side has no query text")
+    item_emb = embed_items(tm.model, store, pairs.candidates, dev)
+    queries = embed_queries(tm.model, qf, pairs, dev, text_encoder=tm.finetuned_text_encoder)
+    from itemsage.eval.recall import ranks_of_targets
+
+    dense = RecallTable(ks=(10, 50))
+    dense.add("itemsage", pairs.tasks.tolist(), ranks_of_targets(queries, item_emb, pairs.target, pairs.exclude))
+    rows = []
+    for w in lexical_weights:
+        for k in rrf_ks:
+            table = RecallTable(ks=(10, 50))
+            cfg = HybridConfig(lexical_weight=float(w), rrf_k=float(k), depth=depth)
+            add_search_mode_rows(
+                table, pairs, queries, item_emb, corpus.item_texts, corpus.query_texts, corpus.fields, cfg
+            )
+            rows.append(
+                {
+                    "split": split,
+                    "lexical_weight": float(w),
+                    "rrf_k": float(k),
+                    "pairs": len(pairs),
+                    **{f"hybrid_r@{n}": table.get("hybrid", "search/all", n) for n in (10, 50)},
+                    **{f"lexical_r@{n}": table.get("lexical", "search/all", n) for n in (10, 50)},
+                    **{f"dense_r@{n}": dense.get("itemsage", "search/all", n) for n in (10, 50)},
+                }
+            )
+    return rows
+
+
+def best(rows: Sequence[dict[str, Any]], metric: str = "hybrid_r@10") -> dict[str, Any]:
+    """The row with the highest ``metric`` (the first of equals: the sweep's order)."""
+    return max(rows, key=lambda r: (r[metric], -rows.index(r)))
+
+
+__all__ = ["best", "fusion_sweep"]

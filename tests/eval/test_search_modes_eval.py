@@ -1,0 +1,47 @@
+"""The evaluation's lexical and hybrid rows (itemsage.eval.modes) on a catalog whose rankings are
+known: each pair's rank is its item's position in the served mode's list, past every k when the
+list does not hold it."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from itemsage.config import HybridConfig
+from itemsage.eval.modes import add_search_mode_rows
+from itemsage.eval.recall import RecallTable
+from itemsage.eval.validation import ValSet
+from itemsage.index.hybrid import fuse
+
+N = 40
+
+
+def test_lexical_and_hybrid_rows_rank_what_search_would_answer() -> None:
+    rng = np.random.default_rng(0)
+    items = torch.nn.functional.normalize(torch.from_numpy(rng.standard_normal((N, 8)).astype(np.float32)), dim=1)
+    item_texts = [f"common word{i}" for i in range(N)]
+    item_texts[7] = "rare zebra lamp"
+    item_texts[9] = "zebra rug"
+    query_texts = ["zebra lamp", "nothing matches this"]
+    # pair 0: query 0 engages item 7 (lexical rank 0); its embedding points at item 3.
+    # pair 1: query 0 engages item 3 (dense rank 0, not in the lexical list).
+    # pair 2: query 1 engages item 5 (no lexical hit at all).
+    queries = torch.stack([items[3], items[3], items[5]])
+    pairs = ValSet(
+        surfaces=np.array(["search"] * 3),
+        tasks=np.array(["search/click"] * 3),
+        query_key=np.array([0, 0, 1]),
+        candidates=torch.arange(N),
+        target=torch.tensor([7, 3, 5]),
+        exclude=torch.tensor([-1, -1, -1]),
+    )
+    table = RecallTable(ks=(1, 10))
+    cfg = HybridConfig(depth=20)
+    add_search_mode_rows(table, pairs, queries, items, item_texts, query_texts, ("title",), cfg)
+    assert table.get("lexical", "search/all", 1) == 1 / 3  # only pair 0's item is the lexical top
+    dense = torch.topk(queries[0] @ items.T, 20).indices.tolist()
+    fused = [int(c) for c, _ in fuse([str(c) for c in dense], ["7", "9"], cfg)]
+    expect = [fused.index(7) < 10, fused.index(3) < 10, True]  # pair 2: lexical empty, dense rank 0
+    assert table.get("hybrid", "search/all", 10) == sum(expect) / 3
+    # at k=1 at most one of pairs 0 and 1 hits (they share the query's list), pair 2 always does
+    assert table.get("hybrid", "search/all", 1) == ((fused[0] == 7) + (fused[0] == 3) + 1) / 3

@@ -1,0 +1,96 @@
+"""The web page's search-mode control in headless Chromium, over the in-process API (no Ray).
+
+The tiny serving index gets its lexical index here (as the index pipeline builds it): the page
+sends the chosen ``mode`` with ``/search`` (none for "default mode") and its status line says which
+mode answered.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from itemsage.config import TEXT_FIELDS, HybridConfig
+from itemsage.index import load_index
+from itemsage.index.lexical import lexical_for_index
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-background-networking",
+    "--disable-gpu",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+pytestmark = pytest.mark.skipif(
+    not os.access(CHROMIUM, os.X_OK),
+    reason=f"{CHROMIUM} not installed: the web-page tests drive Debian's chromium (`make browser` installs it as root)",
+)
+
+
+@pytest.fixture(scope="module")
+def page_url(tiny_serving: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    import uvicorn
+    from conftest import free_port
+
+    from itemsage.serve.local import create_local_app
+
+    index = load_index(tiny_serving["index_1"], use_gpu=False)
+    index.attach_lexical(lexical_for_index(index.idmap, str(tiny_serving["features"]), TEXT_FIELDS))
+    saved = index.save(tmp_path_factory.mktemp("web_modes") / "index")
+    app = create_local_app({"model_uri": str(tiny_serving["model_1"]), "index_uri": str(saved)})
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:  # the lifespan loads the model and index before the port answers
+        try:
+            if httpx.get(url + "/healthz", timeout=5).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline and thread.is_alive(), "the local API did not come up"
+        time.sleep(0.2)
+    yield url
+    server.should_exit = True
+    thread.join(timeout=30)
+
+
+def test_the_mode_control_picks_the_mode_and_the_page_says_which_answered(page_url: str) -> None:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.goto(page_url + "/", wait_until="networkidle")
+            options = page.eval_on_selector_all("#mode option", "os => os.map(o => o.value)")
+            assert options == ["", "hybrid", "dense", "lexical"]
+
+            page.fill("#query", "leather shoes")
+            with page.expect_response(lambda r: r.url.endswith("/search")) as answer:
+                page.press("#query", "Enter")
+            assert "mode" not in answer.value.request.post_data_json  # the server's default
+            default = HybridConfig().default_mode
+            page.wait_for_selector(f"#status:has-text('{default} search')")
+
+            for mode in ("lexical", "dense", "hybrid"):
+                with page.expect_response(lambda r: r.url.endswith("/search")) as answer:
+                    page.select_option("#mode", mode)  # re-runs the current query in that mode
+                assert answer.value.request.post_data_json["mode"] == mode
+                assert answer.value.json()["mode"] == mode
+                page.wait_for_selector(f"#status:has-text('{mode} search')")
+                shown = page.eval_on_selector_all("#results .card", "cs => cs.map(c => c.dataset.itemId)")
+                assert shown == [h["item_id"] for h in answer.value.json()["results"]]
+        finally:
+            browser.close()
