@@ -282,7 +282,7 @@ class ChangeLog(ABC):
                 seqs = self._write_group([p.writes for p in group])
                 for p, seq in zip(group, seqs):
                     p.seq = seq
-            except BaseException as e:  # every batch of the failed transaction fails alike
+            except BaseException as e:  # noqa: BLE001 - handed to every caller of the group, which raises it
                 for p in group:
                     p.error = e
         finally:
