@@ -214,7 +214,7 @@ def changelog_uri(uri: str, base_dir: str | None = None) -> str:
 
 
 class LiveCatalogService:
-    """The live catalog of one Retriever: its log, snapshots, tail task and write flows."""
+    """The live catalog of one Retriever: its log, snapshots, tail thread and write flows."""
 
     def __init__(self, cfg: ServeConfig, encode: ItemEncode, base_dir: str | None = None) -> None:
         self.cfg = cfg
@@ -307,7 +307,7 @@ class LiveCatalogService:
         embed = self._embedder(state.model, loop) if loop is not None else None
         with self._apply_lock:
             applied = catch_up(live, self.log, embed, self.live_cfg.apply_batch)
-        self._maybe_compact(live)
+            self._maybe_compact(live)
         return applied
 
     def _maybe_compact(self, live: LiveIndex) -> None:
@@ -325,9 +325,8 @@ class LiveCatalogService:
         def run() -> None:
             try:
                 compact(live, log_, store, keep)
-            except Exception:  # noqa: BLE001 - the log still holds everything; retried later
+            except Exception:  # noqa: BLE001 - the log still holds everything; tried again after snapshot_every more
                 log.exception("compacting the live catalog failed")
-                self._last_snapshot.pop(live.base_version, None)
 
         self._compaction = threading.Thread(target=run, name="live-catalog-compaction", daemon=True)
         self._compaction.start()
@@ -388,10 +387,15 @@ class LiveCatalogService:
 
     async def _append(self, log_: ChangeLog, writes: list[ItemWrite]) -> int:
         """``log_.append(writes)`` (durable when it returns; group committed with the replica's
-        other writes in flight), then wake this replica's tail to apply it at once."""
-        seq = await asyncio.get_running_loop().run_in_executor(self._appends, log_.append, writes)
-        self._wake.set()
-        return seq
+        other writes in flight), then wake this replica's tail to apply it at once: from the
+        appending thread, not after the event loop got round to the append's result."""
+
+        def append() -> int:
+            seq = log_.append(writes)
+            self._wake.set()
+            return seq
+
+        return await asyncio.get_running_loop().run_in_executor(self._appends, append)
 
     def _read_images(self, images: list[bytes], paths: list[str]) -> list[bytes]:
         return images + [read_allowed_file(p, self.cfg.allowed_image_roots, self.cfg.max_upload_bytes) for p in paths]
