@@ -5,12 +5,15 @@ against a real server."""
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -127,6 +130,101 @@ for i in range(40):
     for name in ("p", "q"):
         own = [int(c.item_id.split("-")[1]) for c in changes if c.item_id.startswith(name)]
         assert own == list(range(40))
+
+
+class CountingLog(SqliteChangeLog):
+    """Records how many batches each commit held; ``boom`` items fail inside the transaction."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.groups: list[int] = []
+
+    def _write_group(self, batches: Any) -> list[int]:
+        self.groups.append(len(batches))
+        return super()._write_group(batches)
+
+    def _insert_change(self, cur: Any, row: tuple[Any, ...]) -> int:
+        if row[1] == "boom":
+            raise sqlite3.OperationalError("disk I/O error (simulated)")
+        return super()._insert_change(cur, row)
+
+
+def hold_write_lock(path: Path) -> sqlite3.Connection:
+    """Another writer (another replica) holding SQLite's write lock until it commits."""
+    other = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")
+    return other
+
+
+def wait_for(condition: Any, what: str) -> None:
+    deadline = time.monotonic() + 30
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting until {what}"
+        time.sleep(0.01)
+
+
+def test_appends_queued_behind_a_commit_share_the_next_one_and_reads_never_wait(tmp_path: Path) -> None:
+    """While one append waits for the write lock (another replica holds it), later appends queue
+    and then go in as one transaction, each caller getting its own batch's last seq; and reads
+    of the same log answer meanwhile (their own connection)."""
+    log = CountingLog(tmp_path / "changes.sqlite")
+    log.append([up("before")])
+    other = hold_write_lock(log.path)
+    seqs: dict[str, int] = {}
+
+    def append(name: str) -> None:
+        seqs[name] = log.append([up(f"{name}-1"), up(f"{name}-2")])
+
+    first = threading.Thread(target=append, args=("first",))
+    first.start()
+    wait_for(lambda: log.groups == [1, 1], "the first append waits for the lock")
+    rest = [threading.Thread(target=append, args=(f"t{i}",)) for i in range(6)]
+    for t in rest:
+        t.start()
+    wait_for(lambda: len(log._queue) == 6, "six appends are queued")
+    reader = threading.Thread(target=lambda: seqs.update(read=len(log.read_since(0))))
+    reader.start()
+    reader.join(timeout=20)
+    assert not reader.is_alive() and seqs["read"] == 1, "a read waited for the appends"
+    other.rollback()
+    for t in [first, *rest]:
+        t.join(timeout=60)
+    assert log.groups == [1, 1, 6]  # the first append, then everything queued behind it at once
+    changes = {c.item_id: c.seq for c in log.read_since(0)}
+    assert len(changes) == 1 + 2 * 7
+    for name, seq in seqs.items():
+        if name != "read":
+            assert changes[f"{name}-2"] == seq and changes[f"{name}-1"] == seq - 1, name
+    log.close()
+    other.close()
+
+
+def test_a_failed_group_commit_fails_every_batch_in_it_and_stores_none(tmp_path: Path) -> None:
+    log = CountingLog(tmp_path / "changes.sqlite")
+    other = hold_write_lock(log.path)
+    errors: dict[str, BaseException] = {}
+
+    def append(name: str) -> None:
+        try:
+            log.append([up(f"{name}-1"), up(name)])
+        except ChangeLogError as e:
+            errors[name] = e
+
+    first = threading.Thread(target=append, args=("first",))
+    first.start()
+    wait_for(lambda: log.groups == [1], "the first append waits for the lock")
+    rest = [threading.Thread(target=append, args=(name,)) for name in ("a", "boom", "b")]
+    for t in rest:
+        t.start()
+    wait_for(lambda: len(log._queue) == 3, "three appends are queued")
+    other.rollback()
+    for t in [first, *rest]:
+        t.join(timeout=60)
+    assert log.groups == [1, 3] and sorted(errors) == ["a", "b", "boom"]
+    assert all("disk I/O error" in str(e) for e in errors.values())
+    assert sorted(c.item_id for c in log.read_since(0)) == ["first", "first-1"]
+    log.close()
+    other.close()
 
 
 def test_latest_is_each_items_last_change_and_prune_keeps_it(tmp_path: Path) -> None:

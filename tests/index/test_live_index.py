@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +81,28 @@ def test_upsert_update_delete_by_id() -> None:
     assert "base-5" not in live and live.is_deleted("base-5") and live.ntotal == N_BASE
     assert live.live_item("new-a").fields == {"title": "new-a at 3"}  # type: ignore[union-attr]
     assert live.applied_seq == 4
+
+
+def test_each_apply_step_is_stamped_with_when_searches_see_it() -> None:
+    """``applied_steps``: the seq each step reached and when, taken after the step's lock was
+    released; replays that add nothing add no step."""
+    live = LiveIndex(base_index(), "b1", "1")
+    vecs = unit(np.random.default_rng(4), 3)
+    t0 = time.time()
+    live.apply([change(1, "upsert", "a", vecs[0]), change(2, "upsert", "b", vecs[1])])
+    with live.reading():  # a search holds the index: the next step is not visible until it ends
+        stepping = threading.Thread(target=live.apply, args=([change(4, "upsert", "c", vecs[2])],))
+        stepping.start()
+        stepping.join(timeout=0.5)
+        assert stepping.is_alive() and [s for s, _ in live.applied_steps()] == [2]
+        released = time.time()
+    stepping.join(timeout=30)
+    live.apply([change(2, "upsert", "b", vecs[1])])  # already applied: no step
+    live.apply([], upto=6)  # the log moved past pruned changes: a step
+    steps = live.applied_steps()
+    assert [s for s, _ in steps] == [2, 4, 6]
+    assert t0 <= steps[0][1] <= released <= steps[1][1] <= steps[2][1] <= time.time()
+    assert [s for s, _ in live.applied_steps(after=2)] == [4, 6]
 
 
 def test_replaying_any_prefix_again_changes_nothing() -> None:

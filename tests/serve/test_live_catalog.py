@@ -98,6 +98,28 @@ def test_writes_are_visible_on_every_replica(
     asyncio.run(run())
 
 
+def test_replicas_apply_the_log_while_their_event_loop_is_busy(tiny_serving: dict[str, Path], tmp_path: Path) -> None:
+    """The tail is a thread of its own: a replica whose event loop is busy (back-to-back search
+    batches) still applies the log, and ``applied_steps`` says when."""
+
+    async def run() -> None:
+        a, b = await replica(tiny_serving, tmp_path), await replica(tiny_serving, tmp_path)
+        try:
+            out = await a.upsert_items([item("busy-1", "navy linen shirt")])
+            # Hold the one event loop both replicas run on, without yielding, until b has applied.
+            deadline = time.monotonic() + 10 * VISIBLE_S
+            while b.state.index.applied_seq < out["seq"]:
+                assert time.monotonic() < deadline, "replica b did not apply the write while its loop was busy"
+            steps = (await b.applied_steps(after=out["seq"] - 1))["steps"]
+            assert steps and steps[0]["seq"] >= out["seq"] and steps[0]["applied_at"] <= time.time()
+            status = await b.applied_steps()
+            assert status["applied_seq"] >= out["seq"] and status["now"] >= steps[-1]["applied_at"]
+        finally:
+            await close(a, b)
+
+    asyncio.run(run())
+
+
 def test_bad_writes_store_nothing(tiny_serving: dict[str, Path], tmp_path: Path) -> None:
     async def run() -> None:
         r = await replica(tiny_serving, tmp_path)

@@ -22,6 +22,14 @@ What a change stores, and why:
   restart, reuse them instead of embedding again. A change read for a model version without a
   stored vector comes back with ``embedding=None``: it must be embedded before it is applied.
 
+Concurrency. Appends that arrive while another append is committing are **group committed**:
+the next append to start takes every batch queued meanwhile and stores them in one transaction
+(one fsync), and each caller gets the seq of its own last write. Each batch stays atomic (a
+transaction holds all of them or none), and a caller still returns only after its commit. Reads
+(the replicas' tail, :meth:`ChangeLog.read_since`) use a connection of their own, so a reader
+never waits behind an append of its own process that waits for the database's write lock (held
+by another replica).
+
 Open a log with :func:`open_changelog` (a URI from ``serve.live.changelog_uri``).
 """
 
@@ -162,11 +170,24 @@ class Change:
         )
 
 
+class _PendingAppend:
+    """One caller's batch waiting for a group commit, and what became of it."""
+
+    __slots__ = ("writes", "seq", "error", "done")
+
+    def __init__(self, writes: list[ItemWrite]) -> None:
+        self.writes = writes
+        self.seq = 0
+        self.error: BaseException | None = None
+        self.done = False
+
+
 class ChangeLog(ABC):
     """Append-only, durable, totally ordered log of item writes (SQL backed).
 
-    Thread-safe: one connection per log, used under a lock. Every method but :meth:`close` may
-    run in a worker thread (``asyncio.to_thread``) while others read.
+    Thread-safe: two connections per log, one for writes and one for reads, each used under its
+    own lock. Every method but :meth:`close` may run in a worker thread (``asyncio.to_thread``)
+    while others read or append.
     """
 
     # Placeholder style of the DB-API driver ("?" sqlite3, "%s" psycopg2).
@@ -175,11 +196,21 @@ class ChangeLog(ABC):
 
     def __init__(self, where: str) -> None:
         self.where = where
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the write connection
+        self._read_lock = threading.Lock()  # the read connection
+        # Group commit: batches queued while an append is committing, and whether one is.
+        self._queue_cond = threading.Condition()
+        self._queue: list[_PendingAppend] = []
+        self._committing = False
 
     # ---- what a backend provides ---------------------------------------------------------------
     @abstractmethod
-    def _conn(self) -> Any: ...
+    def _conn(self) -> Any:
+        """The write connection."""
+
+    @abstractmethod
+    def _read_conn(self) -> Any:
+        """The read connection (its own, so reads never queue behind an append's lock wait)."""
 
     @abstractmethod
     def _begin_append(self, cur: Any) -> None:
@@ -202,8 +233,8 @@ class ChangeLog(ABC):
 
     @contextmanager
     def _transaction(self, write: bool = False) -> Iterator[Any]:
-        with self._lock:
-            conn = self._conn()
+        with self._lock if write else self._read_lock:
+            conn = self._conn() if write else self._read_conn()
             self._start(conn, write)
             cur = conn.cursor()
             try:
@@ -227,33 +258,77 @@ class ChangeLog(ABC):
         Returns only after the commit is on disk: the caller may acknowledge the writes then.
         Every write is checked first; a bad one raises ``ValueError`` and nothing is stored. An
         empty batch stores nothing and returns :meth:`head`.
+
+        Concurrent calls are group committed (module docstring): this batch may share its
+        transaction with others queued at the same moment. Their seqs stay in call order within
+        the transaction, and an error stores none of them (each caller gets it).
         """
         writes = list(writes)
         for w in writes:
             w.check()
         if not writes:
             return self.head()
+        mine = _PendingAppend(writes)
+        with self._queue_cond:
+            self._queue.append(mine)
+            while not mine.done and self._committing:
+                self._queue_cond.wait()
+            if mine.done:  # another caller's commit included this batch
+                return self._outcome(mine)
+            # Nobody is committing: this caller commits everything queued, its own batch included.
+            group, self._queue, self._committing = self._queue, [], True
+        try:
+            try:
+                seqs = self._write_group([p.writes for p in group])
+                for p, seq in zip(group, seqs):
+                    p.seq = seq
+            except BaseException as e:  # noqa: BLE001 - handed to every caller of the group, which raises it
+                for p in group:
+                    p.error = e
+        finally:
+            with self._queue_cond:
+                for p in group:
+                    p.done = True
+                self._committing = False
+                self._queue_cond.notify_all()
+        return self._outcome(mine)
+
+    @staticmethod
+    def _outcome(p: _PendingAppend) -> int:
+        if p.error is not None:
+            raise p.error
+        return p.seq
+
+    def _write_group(self, batches: Sequence[Sequence[ItemWrite]]) -> list[int]:
+        """Store ``batches`` in one transaction; the seq of each batch's last write."""
         now = time.time()
-        last = 0
+        lasts: list[int] = []
         try:
             with self._transaction(write=True) as cur:
                 self._begin_append(cur)
-                for w in writes:
-                    digests = [image_digest(bytes(b)) for b in w.images]
-                    for d, b in zip(digests, w.images):
-                        cur.execute(
-                            self._sql("INSERT INTO images (digest, data) VALUES (?, ?) ON CONFLICT DO NOTHING"),
-                            (d, self._blob(bytes(b))),
-                        )
-                    fields = dict(w.fields) if w.op == "upsert" else {}
-                    digest = item_digest(fields, digests) if w.op == "upsert" else ""
-                    row = (w.op, w.item_id, json.dumps(fields, sort_keys=True), json.dumps(digests), digest, now)
-                    last = self._insert_change(cur, row)
-                    if w.op == "upsert":
-                        self._insert_vector(cur, last, str(w.model_version), np.asarray(w.embedding, np.float32))
+                for writes in batches:
+                    last = 0
+                    for w in writes:
+                        last = self._insert_write(cur, w, now)
+                    lasts.append(last)
         except (sqlite3.Error, OSError) as e:
             raise ChangeLogError(f"cannot append to the change log {self.where}: {e}") from e
-        return last
+        return lasts
+
+    def _insert_write(self, cur: Any, w: ItemWrite, now: float) -> int:
+        digests = [image_digest(bytes(b)) for b in w.images]
+        for d, b in zip(digests, w.images):
+            cur.execute(
+                self._sql("INSERT INTO images (digest, data) VALUES (?, ?) ON CONFLICT DO NOTHING"),
+                (d, self._blob(bytes(b))),
+            )
+        fields = dict(w.fields) if w.op == "upsert" else {}
+        digest = item_digest(fields, digests) if w.op == "upsert" else ""
+        row = (w.op, w.item_id, json.dumps(fields, sort_keys=True), json.dumps(digests), digest, now)
+        seq = self._insert_change(cur, row)
+        if w.op == "upsert":
+            self._insert_vector(cur, seq, str(w.model_version), np.asarray(w.embedding, np.float32))
+        return seq
 
     def _insert_vector(self, cur: Any, seq: int, model_version: str, vec: np.ndarray) -> None:
         cur.execute(
@@ -391,15 +466,11 @@ class SqliteChangeLog(ChangeLog):
         super().__init__(str(self.path))
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            # Transactions are managed here (BEGIN IMMEDIATE for appends), not by the module.
-            self._db = sqlite3.connect(
-                str(self.path), timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
-            )
+            self._db = self._connect()
             self._db.execute("PRAGMA journal_mode=WAL")
             # FULL: the WAL is fsynced at every commit, so a returned append survives power loss
             # (NORMAL, WAL's usual setting, may lose the last commits on a crash of the machine).
             self._db.execute("PRAGMA synchronous=FULL")
-            self._db.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
             self._db.execute("BEGIN IMMEDIATE")
             for stmt in _SQLITE_SCHEMA:
                 self._db.execute(stmt)
@@ -408,12 +479,22 @@ class SqliteChangeLog(ChangeLog):
                 (str(SCHEMA_VERSION),),
             )
             self._db.execute("COMMIT")
+            self._reader = self._connect()
         except sqlite3.Error as e:
             raise ChangeLogError(f"cannot open the change log {self.path}: {e}") from e
         _check_schema(self)
 
+    def _connect(self) -> sqlite3.Connection:
+        # Transactions are managed here (BEGIN IMMEDIATE for appends), not by the module.
+        db = sqlite3.connect(str(self.path), timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
+        db.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
+        return db
+
     def _conn(self) -> Any:
         return self._db
+
+    def _read_conn(self) -> Any:
+        return self._reader
 
     def _start(self, conn: Any, write: bool) -> None:
         # Autocommit mode with explicit transactions: BEGIN IMMEDIATE takes the write lock at the
@@ -432,8 +513,9 @@ class SqliteChangeLog(ChangeLog):
         return int(cur.lastrowid)
 
     def close(self) -> None:
-        with self._lock:
+        with self._lock, self._read_lock:
             self._db.close()
+            self._reader.close()
 
 
 # ---------------------------------------------------------------------------------- PostgreSQL
@@ -465,7 +547,8 @@ class PostgresChangeLog(ChangeLog):
         self._blob = psycopg2.Binary
         self._uri = uri.replace("postgresql+psycopg2://", "postgresql://", 1)
         self._db: Any = None
-        with self._transaction() as cur:
+        self._reader: Any = None
+        with self._transaction(write=True) as cur:
             # Two replicas starting at once must not both create the tables.
             cur.execute("SELECT pg_advisory_xact_lock(%s)", (_PG_APPEND_LOCK,))
             for stmt in _PG_SCHEMA:
@@ -476,15 +559,23 @@ class PostgresChangeLog(ChangeLog):
             )
         _check_schema(self)
 
-    def _conn(self) -> Any:
+    def _connect(self, current: Any) -> Any:
         import psycopg2
 
-        if self._db is None or self._db.closed:
-            try:
-                self._db = psycopg2.connect(self._uri, connect_timeout=10)
-            except psycopg2.Error as e:
-                raise ChangeLogError(f"cannot connect to the change log {self.where}: {str(e).strip()}") from None
+        if current is not None and not current.closed:
+            return current
+        try:
+            return psycopg2.connect(self._uri, connect_timeout=10)
+        except psycopg2.Error as e:
+            raise ChangeLogError(f"cannot connect to the change log {self.where}: {str(e).strip()}") from None
+
+    def _conn(self) -> Any:
+        self._db = self._connect(self._db)
         return self._db
+
+    def _read_conn(self) -> Any:
+        self._reader = self._connect(self._reader)
+        return self._reader
 
     def _begin_append(self, cur: Any) -> None:
         # BIGSERIAL hands out numbers at insert time, not commit time: without this lock a reader
@@ -499,20 +590,21 @@ class PostgresChangeLog(ChangeLog):
         )
         return int(cur.fetchone()[0])
 
-    def append(self, writes: Sequence[ItemWrite]) -> int:
+    def _write_group(self, batches: Sequence[Sequence[ItemWrite]]) -> list[int]:
         import psycopg2
 
         try:
-            return super().append(writes)
+            return super()._write_group(batches)
         except psycopg2.Error as e:
             # A failed connection is dropped, so the next call reconnects.
             self._db = None
             raise ChangeLogError(f"cannot append to the change log {self.where}: {str(e).strip()}") from None
 
     def close(self) -> None:
-        with self._lock:
-            if self._db is not None and not self._db.closed:
-                self._db.close()
+        with self._lock, self._read_lock:
+            for db in (self._db, self._reader):
+                if db is not None and not db.closed:
+                    db.close()
 
 
 def _redact(uri: str) -> str:

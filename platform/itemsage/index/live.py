@@ -24,6 +24,11 @@ Guarantees:
   embedded by another version than the index's is refused (:class:`EmbeddingVersionError`), so no
   index ever mixes embeddings of two models.
 
+Every apply step is stamped (:meth:`LiveIndex.applied_steps`): the log position it brought the
+index to and the wall-clock time the step's lock was released, i.e. from when a search sees it.
+That is what "visible on this replica" means, measured where it happens: the live benchmark
+reads it from each replica instead of inferring it from when a read happened to reach one.
+
 Snapshots (:class:`SnapshotStore`) are index versions: the index saved with the live state and
 the ``seq`` it contains; a restart loads the newest one and replays the log after it
 (:func:`restore`). :func:`compact` writes one and folds the log (drops superseded changes).
@@ -38,6 +43,8 @@ import os
 import re
 import shutil
 import threading
+import time
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -60,6 +67,8 @@ INDEX_SUBDIR = "index"
 SNAPSHOTS_DIR = "snapshots"
 LIVE_FORMAT = 1
 _SNAPSHOT_NAME = re.compile(r"^seq-(\d{12})$")
+# Apply steps remembered for applied_steps(): at 20 writes/s, each its own step, over 8 minutes.
+APPLIED_STEPS_KEPT = 10_000
 
 # Re-embeds live items: payloads ({field: value, ..., "images": [bytes, ...]}) -> [N, D] float32
 # under the model version of the index being built. The Serve app passes the ItemEncoder
@@ -196,6 +205,9 @@ class LiveIndex:
         # Serialises applies with searches (see the module docstring). Searches from the event
         # loop and from worker threads both take it.
         self._lock = threading.RLock()
+        # (applied seq, wall-clock time it became searchable) per apply step, oldest first.
+        self._steps: deque[tuple[int, float]] = deque(maxlen=APPLIED_STEPS_KEPT)
+        self._steps_lock = threading.Lock()  # not the index lock: reading them never waits for an apply
 
     # ---- what a search sees (ItemIndex's read surface) -------------------------------------------
     def search(self, queries: Any, k: int, **kwargs: Any) -> tuple[list[list[str]], np.ndarray]:
@@ -263,6 +275,15 @@ class LiveIndex:
 
     def __contains__(self, item_id: object) -> bool:
         return item_id in self.index.idmap
+
+    def applied_steps(self, after: int = 0) -> list[tuple[int, float]]:
+        """``(seq, applied_at)`` of each remembered apply step that reached a seq above ``after``:
+        from ``applied_at`` (``time.time()``, taken once the step's lock was released) every
+        search of this index sees every change up to ``seq``. The newest
+        :data:`APPLIED_STEPS_KEPT` steps are kept."""
+        with self._steps_lock:
+            steps = list(self._steps)
+        return [s for s in steps if s[0] > after]
 
     def live_item(self, item_id: str) -> LiveItem | None:
         """The item's live record when it was written through the log, else None."""
@@ -362,8 +383,12 @@ class LiveIndex:
                     self._items.pop(c.item_id, None)
                     self._vectors.pop(c.item_id, None)
                     self._deleted.add(c.item_id)
+            before = self._applied
             top = max([self._applied, *(c.seq for c in fresh), *([upto] if upto is not None else [])])
             self._applied = int(top)
+        if self._applied > before:  # stamped after the lock is released: searches see it from now
+            with self._steps_lock:
+                self._steps.append((self._applied, time.time()))
         return len(fresh)
 
     # ---- snapshots -------------------------------------------------------------------------------

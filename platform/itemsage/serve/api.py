@@ -62,6 +62,7 @@ class Backend(Protocol):
     async def item_digests(self) -> dict[str, str]: ...
     async def delete_items(self, item_ids: list[str]) -> dict[str, Any]: ...
     async def write_items(self, upserts: list[dict[str, Any]], deletes: list[str]) -> dict[str, Any]: ...
+    async def applied_steps(self, after: int = 0) -> dict[str, Any]: ...
 
 
 class ServiceUnavailableError(ServeError):
@@ -315,6 +316,9 @@ def _handlers(backend: Backend, cfg: ServeConfig) -> dict[str, Callable[..., Awa
     async def facets() -> Any:
         return await backend.facets()
 
+    async def live_applied(after: int = Query(0, ge=0, description="only steps past this seq")) -> Any:
+        return await backend.applied_steps(after)
+
     handlers = (
         search,
         similar,
@@ -330,6 +334,7 @@ def _handlers(backend: Backend, cfg: ServeConfig) -> dict[str, Callable[..., Awa
         bulk_items,
         catalog_digests,
         facets,
+        live_applied,
     )
     return {h.__name__: h for h in handlers}
 

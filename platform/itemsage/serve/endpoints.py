@@ -20,6 +20,7 @@ from pydantic import BaseModel
 
 from itemsage.serve.filtering import FacetsResponse
 from itemsage.serve.schemas import (
+    AppliedStepsResponse,
     BulkWriteResponse,
     EmbeddingResponse,
     HealthResponse,
@@ -217,6 +218,17 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         errors=(503,),
         tag="ops",
         summary="The model and index versions answering right now.",
+    ),
+    Endpoint(
+        name="live_applied",
+        method="GET",
+        path="/live/applied",
+        backend="applied_steps",
+        request=None,
+        response=AppliedStepsResponse,
+        errors=(422, 503),
+        tag="ops",
+        summary="When the answering replica applied each recent change-log step (time-to-visible, measured where it happens).",
     ),
     Endpoint(
         name="facets",

@@ -8,10 +8,13 @@ replica). With ``serve.live.enabled``:
   state the request pinned (the ItemEncoder deployment batches concurrent writes as it batches
   queries), then appended to the durable change log; the answer (the HTTP 200) comes after the
   append returned, i.e. after the write is on disk.
-* **Every replica follows the log** (:meth:`~LiveCatalogService.follow`): a background task reads
-  the changes after its index's applied seq every ``poll_interval_s`` (at once after a write of
-  its own) and applies them to its :class:`~itemsage.index.live.LiveIndex` under the index lock,
-  so a search never sees half a batch.
+* **Every replica follows the log** (:meth:`~LiveCatalogService.follow`): a thread of its own
+  reads the changes after its index's applied seq every ``poll_interval_s`` (at once after a
+  write of its own) and applies them to its :class:`~itemsage.index.live.LiveIndex` under the
+  index lock, so a search never sees half a batch. A thread, not a task on the replica's event
+  loop: under search load the loop runs batches back to back, and a timer on it fires late; the
+  apply itself is a few FAISS calls that release the GIL. Snapshots (compactions) run in another
+  thread, so saving a large index never holds the tail up.
 * **Start and version swaps** (:meth:`~LiveCatalogService.attach`): the newest snapshot of the
   base index plus the log after it; for a new model version the base index is that model's and
   every live item is re-embedded with it (vectors stored in the log for the other replicas) before
@@ -24,13 +27,15 @@ index versions built side by side share it), or in PostgreSQL (``serve.live.chan
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import math
 import os
 import re
+import threading
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -54,6 +59,12 @@ IMAGES_DIR = "images"
 # facet names and SQL-free filter names.
 _ATTRIBUTE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+# Threads that may wait in ChangeLog.append at once (per replica). Concurrent appends are group
+# committed, so they mostly wait for one commit; on the default executor (a few threads on a
+# small machine) a burst of writes would be cut into many small commits and would hold up
+# every other to_thread call of the replica meanwhile.
+APPEND_THREADS = 64
 
 # Embeds one item payload with one pinned model version: ``Encoding.item``.
 ItemEncode = Callable[["ModelSpec", dict[str, Any]], Awaitable[np.ndarray]]
@@ -203,7 +214,7 @@ def changelog_uri(uri: str, base_dir: str | None = None) -> str:
 
 
 class LiveCatalogService:
-    """The live catalog of one Retriever: its log, snapshots, tail task and write flows."""
+    """The live catalog of one Retriever: its log, snapshots, tail thread and write flows."""
 
     def __init__(self, cfg: ServeConfig, encode: ItemEncode, base_dir: str | None = None) -> None:
         self.cfg = cfg
@@ -214,10 +225,13 @@ class LiveCatalogService:
         self.store: SnapshotStore | None = None
         self.images_dir: Path | None = None
         self._root: Path | None = None
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # where the item encoder is called from
+        self._wake = threading.Event()
+        self._tail: threading.Thread | None = None
+        self._compaction: threading.Thread | None = None
         self._last_snapshot: dict[str, int] = {}
-        self._tail_lock = asyncio.Lock()
+        self._apply_lock = threading.Lock()  # the tail thread and a write's read-your-writes catch-up
+        self._appends = ThreadPoolExecutor(APPEND_THREADS, thread_name_prefix="live-append")
         self._closing = False
 
     def _open(self, index_uri: str) -> ChangeLog:
@@ -267,47 +281,72 @@ class LiveCatalogService:
 
     # ---- following the log ---------------------------------------------------------------------
     def follow(self, current: Callable[[], RetrievalState | None]) -> None:
-        """Start the background task that keeps ``current()``'s live index up with the log."""
-        if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._tail(current), name="live-catalog-tail")
+        """Start the thread that keeps ``current()``'s live index up with the log (called on the
+        replica's event loop, which item embeddings the log lacks are computed through)."""
+        self._loop = asyncio.get_running_loop()
+        if self._tail is None or not self._tail.is_alive():
+            self._tail = threading.Thread(target=self._follow, args=(current,), name="live-catalog-tail", daemon=True)
+            self._tail.start()
 
-    async def _tail(self, current: Callable[[], RetrievalState | None]) -> None:
+    def _follow(self, current: Callable[[], RetrievalState | None]) -> None:
         while not self._closing:
             self._wake.clear()
             state = current()
             if state is not None and isinstance(state.index, LiveIndex):
                 try:
-                    await self.catch_up(state)
+                    self._catch_up(state)
                 except Exception:  # noqa: BLE001 - a failed step is retried next poll, never fatal
                     log.exception("applying the change log failed; retrying")
-            # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a cancellation that
-            # arrives as the wait ends, and close() would then wait for this loop forever.
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.live_cfg.poll_interval_s):
-                    await self._wake.wait()
+            self._wake.wait(self.live_cfg.poll_interval_s)
+
+    def _catch_up(self, state: RetrievalState, loop: asyncio.AbstractEventLoop | None = None) -> int:
+        """Apply every logged change to ``state``'s index (blocking; any thread but the loop's)."""
+        live = state.index
+        assert isinstance(live, LiveIndex) and self.log is not None
+        loop = loop or self._loop
+        embed = self._embedder(state.model, loop) if loop is not None else None
+        with self._apply_lock:
+            applied = catch_up(live, self.log, embed, self.live_cfg.apply_batch)
+            self._maybe_compact(live)
+        return applied
+
+    def _maybe_compact(self, live: LiveIndex) -> None:
+        """Start a compaction (snapshot + log fold) in its own thread every ``snapshot_every``
+        changes; the tail keeps applying meanwhile (the snapshot copies the index under its lock,
+        then saves the copy)."""
+        if live.applied_seq - self._last_snapshot.get(live.base_version, 0) < self.live_cfg.snapshot_every:
+            return
+        if self._compaction is not None and self._compaction.is_alive():
+            return  # the next step starts one once this is done
+        assert self.store is not None and self.log is not None
+        self._last_snapshot[live.base_version] = live.applied_seq
+        store, log_, keep = self.store, self.log, self.live_cfg.keep_snapshots
+
+        def run() -> None:
+            try:
+                compact(live, log_, store, keep)
+            except Exception:  # noqa: BLE001 - the log still holds everything; tried again after snapshot_every more
+                log.exception("compacting the live catalog failed")
+
+        self._compaction = threading.Thread(target=run, name="live-catalog-compaction", daemon=True)
+        self._compaction.start()
 
     async def catch_up(self, state: RetrievalState) -> int:
         """Apply every logged change to ``state``'s index now; returns how many were new."""
-        live = state.index
-        if self.log is None or not isinstance(live, LiveIndex):
+        if self.log is None or not isinstance(state.index, LiveIndex):
             raise NotReadyError("live writes are not enabled on this server (serve.live.enabled)")
-        async with self._tail_lock:  # the tail task and a write's read-your-writes check
-            embed = self._embedder(state.model, asyncio.get_running_loop())
-            applied = await asyncio.to_thread(catch_up, live, self.log, embed, self.live_cfg.apply_batch)
-            if live.applied_seq - self._last_snapshot.get(live.base_version, 0) >= self.live_cfg.snapshot_every:
-                assert self.store is not None
-                self._last_snapshot[live.base_version] = live.applied_seq
-                await asyncio.to_thread(compact, live, self.log, self.store, self.live_cfg.keep_snapshots)
-        return applied
+        return await asyncio.to_thread(self._catch_up, state, asyncio.get_running_loop())
 
     async def close(self) -> None:
-        """Stop following the log and close it (the replica is going away)."""
+        """Stop following the log, let a running compaction finish, close the log (the replica
+        is going away)."""
         self._closing = True
         self._wake.set()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for thread in (self._tail, self._compaction):
+            if thread is not None:
+                # Off the loop: the tail may be waiting for an item embedding computed on it.
+                await asyncio.to_thread(thread.join)
+        await asyncio.to_thread(self._appends.shutdown)
         if self.log is not None:
             self.log.close()
 
@@ -343,9 +382,20 @@ class LiveCatalogService:
             ItemWrite.upsert(item_id, fields, emb, state.model_version, imgs)
             for (item_id, fields, _, _), imgs, emb in zip(writes_in, images, embeddings)
         ]
-        seq = await asyncio.to_thread(log_.append, writes)
-        self._wake.set()
+        seq = await self._append(log_, writes)
         return {"seq": seq, "upserted": len(writes), "item_ids": list(by_id), "model_version": state.model_version}
+
+    async def _append(self, log_: ChangeLog, writes: list[ItemWrite]) -> int:
+        """``log_.append(writes)`` (durable when it returns; group committed with the replica's
+        other writes in flight), then wake this replica's tail to apply it at once: from the
+        appending thread, not after the event loop got round to the append's result."""
+
+        def append() -> int:
+            seq = log_.append(writes)
+            self._wake.set()
+            return seq
+
+        return await asyncio.get_running_loop().run_in_executor(self._appends, append)
 
     def _read_images(self, images: list[bytes], paths: list[str]) -> list[bytes]:
         return images + [read_allowed_file(p, self.cfg.allowed_image_roots, self.cfg.max_upload_bytes) for p in paths]
@@ -383,8 +433,7 @@ class LiveCatalogService:
         if unknown:
             shown = ", ".join(repr(u) for u in unknown[:5])
             raise ItemNotFoundError(f"unknown item id{'s' if len(unknown) > 1 else ''} {shown}; nothing was deleted")
-        seq = await asyncio.to_thread(log_.append, [ItemWrite.delete(i) for i in ids])
-        self._wake.set()
+        seq = await self._append(log_, [ItemWrite.delete(i) for i in ids])
         return {"seq": seq, "deleted": len(ids), "item_ids": ids}
 
     # ---- reads for clients ---------------------------------------------------------------------
@@ -400,6 +449,13 @@ class LiveCatalogService:
             "model_version": live.model_version,
             "changelog": log_.where,
         }
+
+    def applied_steps(self, state: RetrievalState, after: int = 0) -> dict[str, Any]:
+        """This replica's recent apply steps past ``after`` (:meth:`LiveIndex.applied_steps`),
+        its applied seq, and its clock now."""
+        live, _ = self._live(state)
+        steps = [{"seq": seq, "applied_at": at} for seq, at in live.applied_steps(after)]
+        return {"applied_seq": live.applied_seq, "now": time.time(), "steps": steps}
 
     async def item_digests(self, state: RetrievalState) -> dict[str, str]:
         """Content digest (:func:`~itemsage.index.changelog.item_digest`) of every served item:

@@ -126,6 +126,17 @@ class ItemDigestsResponse(BaseModel):
     items: dict[str, str] = Field(description="content digest of every served item, by item id (for a catalog sync)")
 
 
+class AppliedStep(BaseModel):
+    seq: int = Field(description="change-log position the replica's index reached in this apply step")
+    applied_at: float = Field(description="Unix time (the replica's clock) from which its searches see it")
+
+
+class AppliedStepsResponse(BaseModel):
+    applied_seq: int = Field(description="the last change this replica has applied")
+    now: float = Field(description="Unix time on the replica when it answered (to estimate clock offset)")
+    steps: list[AppliedStep] = Field(description="its recent apply steps past ``after``, oldest first")
+
+
 class BulkWriteResponse(BaseModel):
     upserted: int
     deleted: int

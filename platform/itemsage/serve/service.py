@@ -12,6 +12,7 @@ while :meth:`Retriever.swap` publishes a new one.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
@@ -214,6 +215,14 @@ class Retriever:
 
     async def live_status(self) -> dict[str, Any]:
         return self._live_service().status(self.state)
+
+    async def applied_steps(self, after: int = 0) -> dict[str, Any]:
+        """When this replica applied each recent change-log step (``GET /live/applied``); an index
+        without live writes is the log's empty start: seq 0, no steps."""
+        state = self.state
+        if self.live is None:
+            return {"applied_seq": 0, "now": time.time(), "steps": []}
+        return self.live.applied_steps(state, after)
 
     async def version(self) -> dict[str, Any]:
         return self.state.versions()
