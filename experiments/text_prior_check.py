@@ -131,6 +131,13 @@ def main() -> None:
         help="comma-separated model.popularity_debias weights to score "
         "each of --models with (default: the weight recorded with the model)",
     )
+    p.add_argument(
+        "--hubness",
+        default="",
+        help="comma-separated weight:neighbours pairs (e.g. 0.5:1,0.5:2): score each of --models "
+        "also with model.hubness_weight / hubness_neighbors set so, the bank being every item's "
+        "embedding (what experiments/hubness_bank.py stores), without writing a bundle",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="")
     args = p.parse_args()
@@ -218,6 +225,24 @@ def main() -> None:
                     q_items = tm.model.embed_item_queries(emb[qi])
                 rows[name]["item2item"] = recall(ranks_of_targets(q_items, emb, ti, qi))
             print(f"{name}: {rows[name]} ({time.perf_counter() - t0:.0f} s)", flush=True)
+        if args.hubness:
+            from itemsage.model.hubness import neighbour_similarity
+
+            tm.model.popularity_debias = float(tm.config.train.model.popularity_debias)
+            d = tm.config.train.model.embedding_dim
+            plain = emb[:, :d]
+            q = embed_queries(tm.model, qf, val, cpu)[:, :d]
+            q = torch.cat([q, torch.ones(q.shape[0], 1)], dim=1)
+            with torch.no_grad():
+                q_items = torch.cat([tm.model.embed_item_queries(emb[qi])[:, :d], torch.ones(qi.numel(), 1)], dim=1)
+            for pair in args.hubness.split(","):
+                w, r = float(pair.split(":")[0]), int(pair.split(":")[1])
+                items = torch.cat([plain, -w * neighbour_similarity(plain, plain, r)[:, None]], dim=1)
+                name = f"trained {ref}, hubness weight {w:g}, {r} neighbour(s)"
+                rows[name] = {"search": recall(ranks_of_targets(q, items, val.target, val.exclude))}
+                if i2i is not None:
+                    rows[name]["item2item"] = recall(ranks_of_targets(q_items, items, ti, qi))
+                print(f"{name}: {rows[name]}", flush=True)
     for dim, buckets, title_on, gate in [] if args.skip_init else settings:
         name = f"init h{dim} b{buckets // 1000}k" + (f" +MiniLM skip, text x{gate:g}" if title_on else " text only")
         cfg = ModelConfig(

@@ -210,6 +210,20 @@ class ModelConfig(Section):
     # score over training queries times this weight, the popularity learned for items seen in
     # training, which a new item cannot have. 0 = plain scores.
     popularity_debias: float = 0.0
+    # Hubness-corrected scores for new items (cold start without popularity; docs/quality.md,
+    # "Cold start: hubness-corrected scores"): in evaluation and serving, an item's score for any
+    # query is q . x - hubness_weight * h(x), where h(x) is the mean cosine of x to its
+    # hubness_neighbors nearest catalog items (CSLS, Conneau et al. 2018), against a bank of catalog
+    # item embeddings stored in the model after training (no engagement is read). Training pulls
+    # the items it saw into dense neighbourhoods where they outscore new items for every nearby
+    # query; h(x) takes that density out. The correction rides on one extra coordinate (items
+    # -hubness_weight * h(x), queries 1), so served embeddings have embedding_dim + 1 values when
+    # this is on and any inner-product index applies it exactly. 0 = plain scores.
+    hubness_weight: float = 0.0
+    hubness_neighbors: int = 1
+    # At most this many catalog items (a seeded random sample beyond) in the stored bank:
+    # embedding_dim * 4 bytes each in the model file.
+    hubness_bank_size: int = 100_000
 
 
 class LossConfig(Section):

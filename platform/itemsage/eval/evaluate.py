@@ -342,7 +342,11 @@ def _model_ranks(
     """The model's rank of each pair's item: the probe's query tower, or for item -> item the item
     tower on the query item as on every candidate."""
     if probe.query == "item":
-        queries = embed_items(tm.model, store, torch.from_numpy(pairs.query_key), device)
+        # As Serve's /similar embeds an item used as the query (debiasing and hubness coordinate).
+        with torch.no_grad():
+            queries = tm.model.embed_item_queries(
+                embed_items(tm.model, store, torch.from_numpy(pairs.query_key), device)
+            )
     else:
         queries = embed_queries(tm.model, qf, pairs, device, text_encoder=tm.finetuned_text_encoder)
     return ranks_of_targets(queries, item_emb, pairs.target, pairs.exclude)

@@ -19,6 +19,7 @@ from itemsage.model.baselines import build_item_tower
 from itemsage.model.batch import ItemBatch
 from itemsage.model.cms import CountMinSketch, allgather_ids
 from itemsage.model.hash_embedding import HashEmbeddingBag
+from itemsage.model.hubness import neighbour_similarity
 from itemsage.model.item_tower import ItemSageTower
 from itemsage.model.loss import SampledSoftmaxLoss
 from itemsage.model.query_towers import QueryTowers
@@ -48,10 +49,17 @@ class ItemSageModel(nn.Module):
     popularity prior that ``model.popularity_debias`` takes out of query scores at evaluation and
     serving (the last row for an item used as the query, "more like this" without an image).
     Models saved before the running means existed load with zeros (plain scores).
+
+    Buffer ``hubness_bank``: unit embeddings of catalog items (``model.hubness_weight``), set after
+    training (:meth:`set_hubness_bank`); empty until then and in models saved without one. With
+    ``hubness_weight`` > 0, outside training every embedding gets one more coordinate: items
+    ``-hubness_weight * h(x)`` (:func:`~itemsage.model.hubness.neighbour_similarity` against the
+    bank, 0 while it is empty), queries 1, so an inner product scores ``q . x - w h(x)``.
     """
 
     query_mean: torch.Tensor
     query_mean_weight: torch.Tensor
+    hubness_bank: torch.Tensor
 
     def __init__(
         self,
@@ -78,8 +86,16 @@ class ItemSageModel(nn.Module):
         self.popularity_debias = float(model_cfg.popularity_debias)
         self.register_buffer("query_mean", torch.zeros(len(MEAN_ROWS), model_cfg.embedding_dim))
         self.register_buffer("query_mean_weight", torch.zeros(len(MEAN_ROWS)))
+        self.hubness_weight = float(model_cfg.hubness_weight)
+        self.hubness_neighbors = int(model_cfg.hubness_neighbors)
+        self.register_buffer("hubness_bank", torch.zeros(0, model_cfg.embedding_dim))
 
     def _load_from_state_dict(self, state_dict: dict[str, torch.Tensor], prefix: str, *args: object) -> None:
+        bank = state_dict.get(prefix + "hubness_bank")
+        if bank is None:  # saved before the bank existed, or without one: plain scores
+            bank = state_dict[prefix + "hubness_bank"] = self.hubness_bank.new_zeros(0, self.hubness_bank.shape[1])
+        # The bank's size is the saved catalog's: take its shape before copying.
+        self.hubness_bank = self.hubness_bank.new_zeros(bank.shape)
         for name in ("query_mean", "query_mean_weight"):
             mine = getattr(self, name)
             saved = state_dict.get(prefix + name)
@@ -111,8 +127,43 @@ class ItemSageModel(nn.Module):
         return F.normalize(query - self.popularity_debias * self.mean_query(surface).to(query.dtype), dim=-1)
 
     def embed_item_queries(self, item_emb: torch.Tensor) -> torch.Tensor:
-        """Item embeddings used as queries ("more like this"), popularity-debiased like a surface's."""
-        return self.debias("item", item_emb)
+        """Item embeddings used as queries ("more like this"), popularity-debiased like a surface's.
+        Takes the item side as :meth:`embed_items` returns it (its hubness coordinate, if any, is
+        dropped) and returns the query side."""
+        return self._as_query(self.debias("item", self._item_vector(item_emb)))
+
+    @property
+    def hubness_on(self) -> bool:
+        """Whether embeddings carry the hubness coordinate (``model.hubness_weight`` > 0, not training)."""
+        return self.hubness_weight > 0 and not self.training
+
+    @property
+    def output_dim(self) -> int:
+        """Width of the embeddings outside training: ``embedding_dim``, + 1 with the hubness coordinate."""
+        return int(self.model_cfg.embedding_dim) + (1 if self.hubness_weight > 0 else 0)
+
+    def _item_vector(self, emb: torch.Tensor) -> torch.Tensor:
+        """The ``embedding_dim`` unit part of an item embedding (without its hubness coordinate)."""
+        return emb[:, : self.model_cfg.embedding_dim] if emb.shape[1] > self.model_cfg.embedding_dim else emb
+
+    def _as_query(self, query: torch.Tensor) -> torch.Tensor:
+        if not self.hubness_on:
+            return query
+        return torch.cat([query, query.new_ones(query.shape[0], 1)], dim=1)
+
+    @torch.no_grad()
+    def set_hubness_bank(self, item_emb: torch.Tensor) -> None:
+        """Store ``[m, embedding_dim]`` unit catalog item embeddings (from :meth:`embed_item_vectors`)
+        as the bank that :data:`model.hubness_weight` scores against."""
+        if item_emb.ndim != 2 or item_emb.shape[1] != self.model_cfg.embedding_dim:
+            raise ValueError(
+                f"a hubness bank needs [m, {self.model_cfg.embedding_dim}] item embeddings, got {tuple(item_emb.shape)}"
+            )
+        self.hubness_bank = item_emb.detach().float().to(self.query_mean.device).contiguous()
+
+    def embed_item_vectors(self, batch: ItemBatch) -> torch.Tensor:
+        """``[B, embedding_dim]`` unit item embeddings without the hubness coordinate (the bank's rows)."""
+        return self.item_tower(batch)
 
     @torch.no_grad()
     def _track_mean(self, row: str, emb: torch.Tensor) -> None:
@@ -126,8 +177,13 @@ class ItemSageModel(nn.Module):
         self.query_mean_weight[i].mul_(QUERY_MEAN_MOMENTUM).add_(1 - QUERY_MEAN_MOMENTUM)
 
     def embed_items(self, batch: ItemBatch) -> torch.Tensor:
-        """``[B, embedding_dim]`` unit item embeddings (batch embedding and serving use this)."""
-        return self.item_tower(batch)
+        """``[B, embedding_dim]`` unit item embeddings (batch embedding and serving use this); with
+        the hubness coordinate appended outside training (``[B, output_dim]``)."""
+        x = self.item_tower(batch)
+        if not self.hubness_on:
+            return x
+        h = neighbour_similarity(x, self.hubness_bank, self.hubness_neighbors)
+        return torch.cat([x, (-self.hubness_weight * h).to(x.dtype)[:, None]], dim=1)
 
     def embed_queries(self, surface: str, feats: torch.Tensor, token_ids: torch.Tensor | None = None) -> torch.Tensor:
         """``[B, embedding_dim]`` unit query embeddings for one surface's frozen features.
@@ -149,7 +205,7 @@ class ItemSageModel(nn.Module):
             assert isinstance(embedding, HashEmbeddingBag)  # both towers own one; narrows for mypy
             text = residual.embed_tokens(embedding, token_ids.to(out.device))
             out = F.normalize(out + text.to(out.dtype) * float(self.model_cfg.use_text), dim=-1)
-        return self.debias(surface, out)
+        return self._as_query(self.debias(surface, out))
 
     def embed_query_batch(
         self, queries: QueryGroups, batch_size: int, search_token_ids: torch.Tensor | None = None
@@ -168,7 +224,7 @@ class ItemSageModel(nn.Module):
         for surface, (rows, feats) in queries.items():
             if surface == ITEM_QUERY:
                 assert isinstance(feats, ItemBatch), type(feats)
-                emb = self.embed_items(feats)
+                emb = self._as_query(self.embed_item_vectors(feats))
             else:
                 assert isinstance(feats, torch.Tensor), type(feats)
                 emb = self.embed_queries(surface, feats, search_token_ids if surface == "search" else None)
@@ -200,12 +256,12 @@ class ItemSageModel(nn.Module):
                 self.sketch.update(allgather_ids(item_ids))
             item_logq = self.sketch.log_probability(item_ids)
         query = self.embed_query_batch(queries, items.batch_size, search_token_ids)
-        pos = self.embed_items(items)
+        pos = self.embed_item_vectors(items)
         if self.training:
             for surface, (rows, _) in queries.items():
                 self._track_mean(surface, query[rows.to(query.device)].detach())
             self._track_mean("item", pos.detach())
-        rand = self.embed_items(rand_items) if rand_items is not None else None
+        rand = self.embed_item_vectors(rand_items) if rand_items is not None else None
         return self.loss(query, pos, item_ids, item_logq, rand, rand_ids)
 
 
@@ -228,6 +284,12 @@ def build_model(
         raise ValueError(f"model.token_dropout must be in [0, 1), got {cfg.token_dropout}")
     if cfg.popularity_debias < 0:
         raise ValueError(f"model.popularity_debias must be >= 0, got {cfg.popularity_debias}")
+    if cfg.hubness_weight < 0:
+        raise ValueError(f"model.hubness_weight must be >= 0, got {cfg.hubness_weight}")
+    if cfg.hubness_neighbors < 1:
+        raise ValueError(f"model.hubness_neighbors must be >= 1, got {cfg.hubness_neighbors}")
+    if cfg.hubness_bank_size < 1:
+        raise ValueError(f"model.hubness_bank_size must be >= 1, got {cfg.hubness_bank_size}")
     item_tower = build_item_tower(cfg, vocab_size, image_dim, num_text_fields)
     if token_idf is not None:
         if cfg.text_init != "idf":

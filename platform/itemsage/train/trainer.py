@@ -39,6 +39,7 @@ from itemsage.train.loop import (
 from itemsage.train.tracking import Tracker, resolve_tracking_uri
 from itemsage.trained.bundle import write_bundle
 from itemsage.trained.checkpoint import META_FILE
+from itemsage.trained.hubness_bank import attach_hubness_bank
 from itemsage.trained.registry import REGISTERED_MODEL, register_bundle
 
 
@@ -475,6 +476,9 @@ def run_training(
     try:
         bundle_dir = side_path(run_dir, "model") if "://" not in run_dir else tempfile.mkdtemp(prefix="itemsage-model-")
         write_bundle(_local_dir(best.checkpoint, stack), bundle_dir)
+        if cfg.train.model.hubness_weight > 0:
+            # The catalog's embeddings by the best checkpoint, stored with it (model.hubness_weight).
+            attach_hubness_bank(bundle_dir, cfg.train.features)
         version = None
         do_register = tc.register_model if register is None else register
         if uri and run_id and do_register:

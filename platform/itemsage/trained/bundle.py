@@ -73,7 +73,9 @@ def model_manifest(
         "text_backbone": TEXT_BACKBONE,
         "image_dim": int(features_manifest["image_dim"]),
         "text_query_dim": int(features_manifest.get("text_query_dim", 384)),
-        "embedding_dim": m.embedding_dim,
+        # The width of what the towers return outside training: + 1 with the hubness coordinate
+        # (model.hubness_weight), which indexes and query vectors then carry too.
+        "embedding_dim": m.embedding_dim + (1 if m.hubness_weight > 0 else 0),
         "vocab_size": vocab.size,
         "vocab_sizes": vocab.sizes,
         "hash_buckets": m.hash_buckets,
