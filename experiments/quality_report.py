@@ -23,6 +23,7 @@ import argparse
 import json
 import shlex
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 try:
@@ -74,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         command = "python experiments/quality_report.py " + " ".join(
             shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)
         )
-        written = write_report(groups, args.doc, args.figure, args.k, command.strip())
+        today = datetime.now(UTC).strftime("%Y-%m-%d")
+        written = write_report(groups, args.doc, args.figure, args.k, command.strip(), today)
     except (QualityReportError, ValueError) as e:
         print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
         return 2

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import statistics
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import pytest
 import torch
 
 from itemsage.eval.evaluate import EvalResult
-from itemsage.eval.quality import BEGIN, END, QualityReportError, replace_section
+from itemsage.eval.quality import BEGIN, END, TRAIN_SECONDS_TAG, QualityReportError, replace_section
 from itemsage.eval.recall import RecallTable
 from itemsage.eval.tracking import log_evaluation
 
@@ -78,7 +79,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> str:
     # An earlier evaluation of seed 0 that a later one replaces.
     log_evaluation(_result(0, {m: 0 for m in HITS}), uri, "ev")
     for i in range(3):
-        log_evaluation(_result(i, {m: h[i] for m, h in HITS.items()}), uri, "ev")
+        log_evaluation(_result(i, {m: h[i] for m, h in HITS.items()}), uri, "ev", {TRAIN_SECONDS_TAG: str(300 + i)})
     log_evaluation(_result(0, {"itemsage": 40, "tfidf": 30, "random": 1}, "fashion", "fashion"), uri, "ev")
     return uri
 
@@ -112,12 +113,15 @@ def test_report_regenerates_the_marked_section_and_the_chart(store: str, tmp_pat
     assert f"| {mean - 0.65:+.3f} |" in text  # ItemSage minus the best baseline (TF-IDF)
     assert "3 seed(s) (0, 1, 2)" in text and "models:/itemsage/10, models:/itemsage/11" in text
     assert "shopee, shopee (test split, item holdout)" in text and "fashion, fashion" in text
+    assert "Training wall time per seed: 300 / 301 / 302 s." in text  # as experiments/seeds.py tags it
+    assert re.search(r"Regenerated on \d{4}-\d{2}-\d{2} by `python experiments/quality_report.py ", text)
 
     data = json.loads((tmp_path / "q.json").read_text())
     shopee = next(g for g in data if g["config"] == "shopee")
     search = next(r for r in shopee["rows"] if r["probe"] == "search" and r["row"] == "all")
     # The replaced seed-0 run (all zeros) is not averaged in.
     assert search["methods"]["itemsage"]["values"] == [h / PAIRS for h in HITS["itemsage"]]
+    assert shopee["train_seconds"] == ["300", "301", "302"]
     assert np.isclose(search["methods"]["itemsage"]["std"], sd)
 
     # Re-running replaces the section instead of adding a second one.
