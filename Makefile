@@ -74,7 +74,7 @@ clean:  ## remove run outputs (keeps .venv)
 
 # Lint, format and type checks of the library (pyproject.toml: [tool.ruff], [tool.mypy]); about a
 # minute, so `test` runs them before any suite starts.
-lint: $(STAMP)  ## ruff (lint + format check) and mypy on platform/
-	$(VENV)/bin/ruff check platform
+lint: $(STAMP)  ## ruff lint on everything, ruff format check and mypy on platform/
+	$(VENV)/bin/ruff check platform experiments deployments tests
 	$(VENV)/bin/ruff format --check platform
 	$(VENV)/bin/mypy

@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
             built = build_and_log_index(embeddings, model_uri, index_dir, cfg=cfg.index)
             print(built)
             done.append(f"index         {index_dir}  ({time.perf_counter() - t:.0f} s)")
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - any stage's error: name it and what is reusable
         # Name the failed stage; everything listed before it is complete and reusable.
         print(f"\nerror in stage {current}: {type(e).__name__}: {e}", file=sys.stderr)
         print("completed:\n" + "\n".join(done), file=sys.stderr)

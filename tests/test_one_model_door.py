@@ -150,8 +150,8 @@ def test_ray_serve_agrees(served_version: dict[str, str], evaluated) -> None:
     import urllib.request
 
     import ray
-
     from deployments.app import run_local, shutdown_local
+
     from itemsage.cluster.ports import free_port
 
     texts, from_eval = evaluated

@@ -122,7 +122,7 @@ def measure(
         return recall
 
     walk_knobs(index, args.k, evaluate, args.recall_target)
-    del index
+    index = None  # free it (the closure holds the name) before the next spec is built
     gc.collect()
     return rows
 
@@ -195,7 +195,9 @@ def check_targets(rows: list[dict[str, Any]], n: int, args: argparse.Namespace) 
 
 
 def report_targets(t: dict[str, Any], n: int) -> str:
-    ok = lambda b: "PASS" if b else "FAIL"
+    def ok(b: bool) -> str:
+        return "PASS" if b else "FAIL"
+
     head = (f"Targets at N={n:,}: recall@k >= {t['recall_target']}, QPS >= {t['speedup_target']:g}x exact "
             f"({t['clock']} clock), index memory <= {t['memory_target_gb']:g} GB")
     c = t["chosen"]

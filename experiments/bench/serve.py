@@ -165,7 +165,7 @@ def start_baseline(args: argparse.Namespace) -> tuple[subprocess.Popen, str]:
     url = f"http://127.0.0.1:{args.baseline_port}"
     try:
         wait_healthy(url, 300, proc)
-    except BaseException:
+    except BaseException:  # noqa: BLE001 - also Ctrl-C: never leave the baseline server running
         proc.kill()
         raise RuntimeError(f"baseline server failed to start: {(proc.stderr.read() if proc.stderr else '')[-2000:]}") from None
     return proc, url

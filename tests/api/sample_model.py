@@ -111,9 +111,9 @@ def preprocess_in_process(cfg) -> None:
 
 def train_in_process(cfg, out: Path) -> tuple[Path, Path]:
     """Train ``cfg.train.max_steps`` plain-loop steps; returns (checkpoint dir, bundle dir)."""
+    from itemsage.train.plain import run_steps, setup_plain
     from itemsage.trained.bundle import write_bundle
     from itemsage.trained.checkpoint import TrainState, save_checkpoint
-    from itemsage.train.plain import run_steps, setup_plain
 
     run = setup_plain(cfg)
     outs, _ = run_steps(run, cfg.train.max_steps)

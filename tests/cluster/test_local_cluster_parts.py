@@ -9,11 +9,11 @@ import time
 from pathlib import Path
 
 import pytest
-
 from tests.support.e2e import ClusterE2EReport, first_error_line, worker_nodes_from_log, worker_nodes_from_run_dir
 from tests.support.jobs import WORKING_DIR_EXCLUDES, git_ignored, runtime_env
-from itemsage.cluster.ports import free_ports
 from tests.support.procs import MARKER_ENV, marked_pids, terminate, wait_for
+
+from itemsage.cluster.ports import free_ports
 
 HEAD = "012581c551c91854e0a4481e331ee3176559dbb8b59a352159389fe4"
 WORKER = "eb46ea695bcbf8b2098915fb210b97c9aada43077639d83dd1584a2f"

@@ -11,7 +11,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from tests.support.e2e import ClusterE2EConfig, run_cluster_e2e
 from tests.support.postgres import PostgresUnavailable
 

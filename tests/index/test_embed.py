@@ -39,9 +39,9 @@ from itemsage.index.embeddings import (  # noqa: E402
     plan_incremental,
     read_embeddings,
 )
+from itemsage.index.pipeline import build_and_log_index  # noqa: E402
 from itemsage.index.tower_udf import EMBEDDINGS_SCHEMA, EmbedError  # noqa: E402
 from itemsage.trained import load_trained  # noqa: E402
-from itemsage.index.pipeline import build_and_log_index  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 DIM = 256

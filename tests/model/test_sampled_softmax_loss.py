@@ -31,15 +31,15 @@ def _reference(q, p, ids, logq, r, rids, scale, in_batch, random, use_logq) -> t
                     continue  # the row's own item under another row: not a negative
                 logit = scale * float(q[i] @ p[j]) - (logq[j] if use_logq else 0.0)
                 cands.append((j == i, logit))
-            pos = next(l for is_pos, l in cands if is_pos)
-            ib += -pos + math.log(sum(math.exp(l) for _, l in cands))
+            pos = next(logit for is_pos, logit in cands if is_pos)
+            ib += -pos + math.log(sum(math.exp(logit) for _, logit in cands))
         ib /= b
     if random:
         r = _unit(r)
         for i in range(b):
             logits = [scale * float(q[i] @ p[i])]
             logits += [scale * float(q[i] @ r[k]) for k in range(len(r)) if rids[k] != ids[i]]
-            rd += -logits[0] + math.log(sum(math.exp(l) for l in logits))
+            rd += -logits[0] + math.log(sum(math.exp(logit) for logit in logits))
         rd /= b
     return ib, rd
 

@@ -65,6 +65,7 @@ def start_serve_app(
     if repo not in sys.path:
         sys.path.insert(0, repo)
     from deployments.app import run_local
+
     from itemsage.serve.fast_ingress import use_fast_serving
 
     if ray.is_initialized():
@@ -87,7 +88,6 @@ def start_serve_app(
 
 def stop_serve_app() -> None:
     import ray
-
     from deployments.app import shutdown_local
 
     if ray.is_initialized():

@@ -14,8 +14,8 @@ from itemsage.config import ServeConfig
 from itemsage.serve.bundle import VersionCache
 from itemsage.serve.core import ServingSpec, load_state
 from itemsage.serve.encoders import LocalEncoders
-from itemsage.serve.uploads import decode_base64, read_allowed_file
 from itemsage.serve.errors import BadRequestError, ForbiddenPathError, InvalidImageError, PayloadTooLargeError
+from itemsage.serve.uploads import decode_base64, read_allowed_file
 
 
 def test_decode_base64() -> None:

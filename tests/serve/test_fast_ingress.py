@@ -13,10 +13,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from tests.support.procs import wait_for
 from tests.support.ray_nodes import LocalRayCluster
-from itemsage.serve.fast_ingress import FAST_SERVE_ENV, HAPROXY_PORT_KEYS, haproxy_pids, stop_leftover_haproxy, use_fast_serving
+
+from itemsage.serve.fast_ingress import (
+    FAST_SERVE_ENV,
+    HAPROXY_PORT_KEYS,
+    haproxy_pids,
+    stop_leftover_haproxy,
+    use_fast_serving,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 

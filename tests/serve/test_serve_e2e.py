@@ -21,7 +21,6 @@ from typing import Any
 
 import psutil
 import pytest
-
 from conftest import free_port
 
 pytestmark = pytest.mark.slow
@@ -64,6 +63,7 @@ def served(trained_serving: Any) -> Any:
 
     sys.path.insert(0, str(REPO))
     from deployments.app import run_local, shutdown_local
+
     from itemsage.serve.fast_ingress import use_fast_serving
 
     if ray.is_initialized():

@@ -18,7 +18,6 @@ from typing import Any
 import psutil
 import pytest
 import yaml
-
 from conftest import free_port
 
 from itemsage.serve.fast_ingress import use_fast_serving

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from conftest import start_serve_app, stop_serve_app
 
 pytestmark = pytest.mark.slow

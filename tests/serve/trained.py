@@ -59,9 +59,9 @@ def preprocess(sample_dir: Path, out: Path) -> Path:
 
 
 def train_bundle(features: Path, out: Path) -> Path:
+    from itemsage.train.plain import run_steps, setup_plain
     from itemsage.trained.bundle import write_bundle
     from itemsage.trained.checkpoint import TrainState, save_checkpoint
-    from itemsage.train.plain import run_steps, setup_plain
 
     cfg = load_config(PipelineConfig, None, [f"train.features={features}", f"train.storage_path={out / 'runs'}", *TRAIN_OVERRIDES])
     run = setup_plain(cfg)

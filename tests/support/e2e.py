@@ -28,14 +28,14 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from itemsage.cluster.ports import free_port
-from itemsage.config import PipelineConfig, load_config
-
 from tests.support.jobs import JobResult, submit
 from tests.support.mlflow_server import MlflowServer
 from tests.support.postgres import PostgresServer, find_bin_dir, install
 from tests.support.procs import MARKER_ENV, marked_pids, run, terminate, wait_for
 from tests.support.ray_nodes import LocalRayCluster, NodeSpec, run_env
+
+from itemsage.cluster.ports import free_port
+from itemsage.config import PipelineConfig, load_config
 
 REGISTERED_MODEL = "itemsage"
 # What the training workers print (itemsage.train.loop); the job log carries it to the driver.
@@ -360,7 +360,7 @@ class _Run:
         for what, step in steps:
             try:
                 step()
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 - one failed stop must not skip the others
                 self.say(f"teardown of {what} failed: {type(e).__name__}: {e}")
         # Whatever survived (a daemon that ignored its stop) carries one of our markers.
         leftovers = [p for part in ("ray", "mlflow", "postgres") for p in marked_pids(f"{self.id}-{part}")]

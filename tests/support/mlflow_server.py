@@ -13,9 +13,9 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from itemsage.cluster.ports import free_port
-
 from tests.support.procs import Service, wait_for
+
+from itemsage.cluster.ports import free_port
 
 
 @dataclass

@@ -19,9 +19,9 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from itemsage.cluster.ports import free_port
-
 from tests.support.procs import run, wait_for
+
+from itemsage.cluster.ports import free_port
 
 SERVER_TOOLS = ("initdb", "pg_ctl", "postgres")
 RUN_AS = "postgres"  # the Debian package's system user; created when missing

@@ -33,10 +33,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.support.procs import MARKER_ENV, marked_pids, run, terminate, wait_for
+
 from itemsage.cluster.ports import free_ports
 from itemsage.serve.fast_ingress import use_fast_serving
-
-from tests.support.procs import MARKER_ENV, marked_pids, run, terminate, wait_for
 
 # Per-node ports `ray start` would otherwise take from fixed defaults (two nodes on one machine,
 # and other Ray instances, would collide on them).

@@ -99,11 +99,7 @@ def write_synthetic_features(
     split_of = np.where(np.arange(num_items) % 10 == 0, "val", np.where(np.arange(num_items) % 10 == 1, "test", "train"))
     rows: dict[str, list[dict]] = {"train": [], "val": [], "test": []}
     with_img_items = np.flatnonzero(n_images > 0)
-    for surface, n_keys, key_cluster in (
-        ("search", n_queries, q_cluster),
-        ("closeup", None, None),
-        ("home", n_users, u_cluster),
-    ):
+    for surface, key_cluster in (("search", q_cluster), ("closeup", None), ("home", u_cluster)):
         for _ in range(pairs_per_surface):
             item = int(rng.integers(num_items))
             c = cluster[item]
@@ -210,8 +206,8 @@ def trained_checkpoint(synthetic_features: Path, tmp_path_factory: pytest.TempPa
     """A real checkpoint directory (state.pt + bundle files) after 20 in-process training steps."""
     import torch
 
-    from itemsage.trained.checkpoint import TrainState, save_checkpoint
     from itemsage.train.plain import run_steps, setup_plain
+    from itemsage.trained.checkpoint import TrainState, save_checkpoint
 
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("ckpt")

@@ -6,11 +6,11 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from itemsage.model import ItemFeatureStore
+from itemsage.train.loop import make_optimizer
+from itemsage.train.schedule import build_scheduler
 from itemsage.trained import ModelNotFoundError, load_trained, register_bundle
 from itemsage.trained.bundle import write_bundle
 from itemsage.trained.checkpoint import latest_checkpoint_dir, load_checkpoint, read_meta
-from itemsage.train.loop import make_optimizer
-from itemsage.train.schedule import build_scheduler
 
 
 def _embeddings(model, features: Path) -> torch.Tensor:
@@ -87,7 +87,7 @@ def test_registered_versions_load_from_mlflow_uris(trained_checkpoint: Path, tmp
     assert versions == ["1", "2"]
     assert client.get_run(run_id).data.tags["itemsage.registered_version"] == "2"
     _tm = load_trained("models:/itemsage/2")
-    model, manifest, vocab = _tm.model, _tm.manifest, _tm.vocab
+    manifest, vocab = _tm.manifest, _tm.vocab
     assert manifest["step"] == 20 and vocab.size == manifest["vocab_size"]
     manifest_run = load_trained(f"runs:/{run_id}/model").manifest
     assert json.dumps(manifest_run, sort_keys=True) == json.dumps(manifest, sort_keys=True)

@@ -2,13 +2,12 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
 
-from itemsage.eval.recall import RecallTable
 from itemsage.data.features_read import FeaturesError, QueryFeatures, read_pairs
+from itemsage.eval.recall import RecallTable
 from itemsage.eval.validation import baseline_recall, build_val_set, recall_metrics
 from itemsage.model import ItemFeatureStore
 from itemsage.train.data import TrainInputError, cached_cycle, heldout_items, sample_negatives

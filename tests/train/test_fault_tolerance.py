@@ -9,6 +9,7 @@ the checkpoint step on (``itemsage.train.loop.step_seeds``), so a correct resume
 clean run's numbers; see ``_check_against_clean`` for the tolerances.
 """
 
+import contextlib
 import json
 import os
 import signal
@@ -98,10 +99,8 @@ def _kill_session(sid: int, timeout: float = 60) -> list[str]:
     deadline = time.monotonic() + timeout
     while (left := _session_processes(sid)) and time.monotonic() < deadline:
         for pid in left:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         time.sleep(0.1)
     assert not _session_processes(sid), f"processes of the killed driver survive: {_session_processes(sid)}"
     return alive

@@ -10,9 +10,9 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
+from itemsage.train.trainer import NonFiniteLossError, checkpoint_metas, run_training
 from itemsage.trained import load_trained
 from itemsage.trained.checkpoint import load_checkpoint
-from itemsage.train.trainer import NonFiniteLossError, checkpoint_metas, run_training
 
 pytestmark = pytest.mark.slow
 

@@ -9,8 +9,8 @@ from mlflow.tracking import MlflowClient
 
 from itemsage.config import PipelineConfig, load_config
 from itemsage.model import ItemFeatureStore
-from itemsage.trained import load_trained
 from itemsage.train.trainer import run_training
+from itemsage.trained import load_trained
 
 pytestmark = pytest.mark.slow
 
