@@ -22,12 +22,11 @@ from typing import Any
 import psutil
 import pytest
 from conftest import free_port
+from tests.support.web_page import CHROMIUM, CHROMIUM_ARGS, needs_chromium
 
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-gpu", "--disable-component-update", "--disable-sync", "--no-first-run"]
 # Two Retriever and two QueryEncoder replicas (a fixed two instead of the config's 1-2
 # autoscaling), so that killing one mid-request has somewhere to retry.
 DEPLOYMENTS = {
@@ -228,10 +227,7 @@ def test_fuzz_the_openapi_schema_no_5xx(served: Any) -> None:
 
 
 # Evaluated before the module's Serve app starts, so a run without Chromium does not start it for this test.
-@pytest.mark.skipif(
-    not os.access(CHROMIUM, os.X_OK),
-    reason=f"{CHROMIUM} not installed: the web-page test drives Debian's chromium (`make browser` installs it as root)",
-)
+@needs_chromium
 def test_web_page_in_chromium(served: Any, tmp_path: Path) -> None:
     """Type a query, see product images render, click one, see similar items; screenshot saved."""
     from playwright.sync_api import sync_playwright

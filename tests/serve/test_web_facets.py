@@ -8,33 +8,18 @@ card shown must match them.
 
 from __future__ import annotations
 
-import os
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from tests.support.web_page import CHROMIUM, CHROMIUM_ARGS, local_api, needs_chromium
 
 from itemsage.index import load_index
 from itemsage.index.attributes import AttributeTable, specs_from_config
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-background-networking",
-    "--disable-gpu",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-
-pytestmark = pytest.mark.skipif(
-    not os.access(CHROMIUM, os.X_OK),
-    reason=f"{CHROMIUM} not installed: the web-page tests drive Debian's chromium (`make browser` installs it as root)",
-)
+pytestmark = needs_chromium
 
 
 @pytest.fixture(scope="module")
@@ -56,29 +41,8 @@ def priced_index(tiny_serving: dict[str, Path], tmp_path_factory: pytest.TempPat
 
 @pytest.fixture(scope="module")
 def page_url(tiny_serving: dict[str, Path], priced_index: Path) -> Iterator[str]:
-    import uvicorn
-    from conftest import free_port
-
-    from itemsage.serve.local import create_local_app
-
-    app = create_local_app({"model_uri": str(tiny_serving["model_1"]), "index_uri": str(priced_index)})
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:  # the lifespan loads the model and index before the port answers
-        try:
-            if httpx.get(url + "/healthz", timeout=5).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline and thread.is_alive(), "the local API did not come up"
-        time.sleep(0.2)
-    yield url
-    server.should_exit = True
-    thread.join(timeout=30)
+    with local_api(str(tiny_serving["model_1"]), str(priced_index)) as url:
+        yield url
 
 
 def shown_items(page: Any) -> list[str]:
