@@ -42,9 +42,9 @@ demo: $(STAMP)  ## run the whole pipeline on the bundled sample (data/sample)
 
 # CI runs `make test`: every suite, the end-to-end ones included. Two pytest-xdist workers; each
 # module that starts Ray or Serve, and each set of modules sharing a trained model, runs whole on one
-# worker, heaviest group first (tests/support/xdist_groups.py). 2026-12-04: 1691 s on 2 cores when one
-# worker carried every in-process Ray suite; with the groups both workers stay busy to the end (a
-# full run on the shared, loaded box: ~1650 s for ~80% of the work; not yet timed whole on an idle one).
+# worker, heaviest group first (tests/support/xdist_groups.py). 2026-12-04 on 2 cores: 1691 s when one
+# worker carried every in-process Ray suite; 1416 s (957 tests) with the groups, both workers busy to
+# the end. Still over the 20-minute budget: the fault test (~500 s with its trained model) is the most.
 XDIST ?= -n 2 --dist loadgroup
 test: $(STAMP) browser lint-imports lint  ## all tests: import contracts, lint and type checks, unit, integration, end-to-end, multi-node cluster (what CI runs)
 	$(PY) -m pytest $(XDIST)
