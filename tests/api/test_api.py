@@ -18,16 +18,6 @@ DIM = 256
 
 
 @pytest.fixture(scope="module")
-def sage(sample_model) -> ItemSage:
-    return ItemSage.load(sample_model.bundle, device="cpu")
-
-
-@pytest.fixture(scope="module")
-def train_features(sage: ItemSage, sample_model) -> CatalogFeatures:
-    return sage.featurize_catalog(sample_model.train_catalog, engine="local")
-
-
-@pytest.fixture(scope="module")
 def train_embeddings(sage: ItemSage, train_features: CatalogFeatures) -> tuple[list[str], np.ndarray]:
     return sage.embed_features(train_features)
 

@@ -9,17 +9,6 @@ import pytest
 from itemsage.api import FilterError, ItemSage
 
 
-@pytest.fixture(scope="module")
-def sage(sample_model) -> ItemSage:
-    return ItemSage.load(sample_model.bundle, device="cpu")
-
-
-@pytest.fixture(scope="module")
-def indexed(sage: ItemSage, sample_model):
-    features = sage.featurize_catalog(sample_model.train_catalog, engine="local")
-    return features, sage.build_index(features, "IVF{nlist},Flat")
-
-
 def test_search_with_filters_returns_only_matching_items(sage: ItemSage, indexed) -> None:
     features, index = indexed
     items = features.items.set_index("item_id")

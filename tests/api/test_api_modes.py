@@ -14,17 +14,6 @@ from itemsage.index import load_index
 from itemsage.index.hybrid import fuse
 
 
-@pytest.fixture(scope="module")
-def sage(sample_model) -> ItemSage:
-    return ItemSage.load(sample_model.bundle, device="cpu")
-
-
-@pytest.fixture(scope="module")
-def indexed(sage: ItemSage, sample_model):
-    features = sage.featurize_catalog(sample_model.train_catalog, engine="local")
-    return features, sage.build_index(features, "IVF{nlist},Flat")
-
-
 def words_of(features, item_id: str) -> set[str]:
     """The item's words as the lexical index reads them (every text field of the catalog)."""
     row = features.items.set_index("item_id").loc[item_id]
