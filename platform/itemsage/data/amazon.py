@@ -71,7 +71,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from itemsage.config import TEXT_FIELDS
-from itemsage.data.rejects import Reject, fix_utf8
+from itemsage.data.rejects import Reject, fix_utf8, non_utf8_reject
 
 STAGE = "catalog"
 # Values every Amazon product shares; filled in after the emptiness check (catalog.Source).
@@ -378,6 +378,5 @@ def _product(record: dict[str, Any], where: str) -> tuple[AmazonProduct | None, 
         also_view=[fix_utf8(a)[0] for a in also_view],
     )
     if non_utf8:
-        detail = f"{where}: bytes that are not UTF-8 in {', '.join(non_utf8)} were replaced by U+FFFD"
-        return product, Reject(STAGE, asin, "non_utf8_text", detail)
+        return product, non_utf8_reject(STAGE, asin, where, non_utf8)
     return product, None

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 from itemsage.config import ACTIONS, SURFACES
 from itemsage.data.records import parse_json_object, read_csv_rows, read_text
-from itemsage.data.rejects import Reject, fix_utf8
+from itemsage.data.rejects import Reject, fix_utf8, non_utf8_reject
 
 ENGAGEMENT_COLUMNS: list[str] = ["surface", "action", "query", "item_id", "user_id", "timestamp", "source"]
 STAGE = "engagement"
@@ -155,14 +155,7 @@ def read_engagements(path: str | Path, known_item_ids: Iterable[str]) -> tuple[p
                 rejects.append(Reject(STAGE, item_id or None, reason, f"{where}: {detail}"))
                 continue
             if non_utf8:
-                rejects.append(
-                    Reject(
-                        STAGE,
-                        item_id,
-                        "non_utf8_text",
-                        f"{where}: bytes that are not UTF-8 in {', '.join(non_utf8)} were replaced by U+FFFD",
-                    )
-                )
+                rejects.append(non_utf8_reject(STAGE, item_id, where, non_utf8))
             ts = _timestamp(rec.get("timestamp"))
             if ts is None:
                 rejects.append(

@@ -16,7 +16,7 @@ from typing import Any
 import pandas as pd
 
 from itemsage.config import TEXT_FIELDS, TextConfig
-from itemsage.data.rejects import Reject, fix_utf8
+from itemsage.data.rejects import Reject, fix_utf8, non_utf8_reject
 
 STAGE = "catalog"
 # One default, in config.py: the tokenizer truncates with the same limit.
@@ -87,14 +87,7 @@ def normalise_raw(
             value = value[:max_field_chars]
         fields[name] = value
     if non_utf8:
-        rejects.append(
-            Reject(
-                STAGE,
-                item_id,
-                "non_utf8_text",
-                f"{raw.where}: bytes that are not UTF-8 in {', '.join(non_utf8)} were replaced by U+FFFD",
-            )
-        )
+        rejects.append(non_utf8_reject(STAGE, item_id, raw.where, non_utf8))
     paths: list[str] = []
     for p in raw.image_paths:
         p, _ = fix_utf8(p)

@@ -23,6 +23,12 @@ class Reject:
         return asdict(self)
 
 
+def non_utf8_reject(stage: str, item_id: str | None, where: str, fields: list[str]) -> Reject:
+    """The reject that reports ``fields`` of a record at ``where`` whose bytes ``fix_utf8`` replaced."""
+    detail = f"{where}: bytes that are not UTF-8 in {', '.join(fields)} were replaced by U+FFFD"
+    return Reject(stage, item_id, "non_utf8_text", detail)
+
+
 def fix_utf8(text: str) -> tuple[str, bool]:
     """Replace smuggled non-UTF-8 bytes (surrogates) by U+FFFD; say whether there were any."""
     try:
