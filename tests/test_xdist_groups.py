@@ -42,7 +42,7 @@ def test_modules_that_start_ray_in_process_are_grouped() -> None:
 def test_a_test_id_maps_to_its_group_and_rank() -> None:
     assert xdist_group("tests/cluster/test_multinode.py::test_pipeline_on_two_node_cluster") == "multinode"
     assert xdist_group("tests/serve/test_soak.py::test_x[1]") == "trained_serving"
-    assert xdist_group("tests/serve/test_live_faults.py::t") == "trained_serving"
+    assert xdist_group("tests/serve/test_live_faults.py::t") == "live_faults"
     assert xdist_group("tests/api/test_api.py::t") == "sample_model"
     assert xdist_group("tests/train/test_ray_train.py::t") == "ray_train"
     assert xdist_group("tests/train/test_lamb.py::t") == "train"

@@ -45,10 +45,18 @@ def local_client(tiny_serving: dict[str, Path]) -> Iterator[object]:
 
 @pytest.fixture(scope="session")
 def trained_serving(sample_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> object:
-    """The demo model trained on the sample, registered as ``itemsage`` versions 1 and 2 (slow)."""
-    from trained import build_trained_serving
+    """The demo model trained on the sample, registered as ``itemsage`` versions 1 and 2 (slow).
 
-    return build_trained_serving(sample_dir, tmp_path_factory.mktemp("trained_serving"))
+    Built once per run: under pytest-xdist the fault test and the other serving suites are two
+    groups on two workers (tests/support/xdist_groups.py), which share one build."""
+    import os
+
+    from trained import build_trained_serving, shared_trained_serving
+
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker is None:
+        return build_trained_serving(sample_dir, tmp_path_factory.mktemp("trained_serving"))
+    return shared_trained_serving(sample_dir, tmp_path_factory.getbasetemp().parent, worker)
 
 
 def start_serve_app(

@@ -37,7 +37,13 @@ def test_serve_run_config_file(trained_serving: Any, tmp_path: Path) -> None:
     config.write_text(yaml.safe_dump(serve_config_dict(version, port=port)))
     serve_bin = Path(sys.executable).parent / "serve"
     # A fresh local Ray of its own, whatever this process is connected to.
-    env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "RAY_USAGE_STATS_ENABLED": "0"}
+    env = {
+        **{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},
+        "RAY_USAGE_STATS_ENABLED": "0",
+        # The Ctrl-C below need not wait Serve's 30 s drain: nothing is in flight by then (the
+        # drain path itself is checked by test_sigterm_drains_like_ctrl_c).
+        "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",
+    }
     env.setdefault("RAY_raylet_start_wait_time_s", "120")  # a busy machine registers nodes slowly
     use_fast_serving(env)  # as documented for `serve run`; fresh HAProxy ports for this Ray
     log = tmp_path / "serve.log"

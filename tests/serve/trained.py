@@ -16,6 +16,8 @@ is trained here.
 
 from __future__ import annotations
 
+import fcntl
+import json
 import os
 import time
 from dataclasses import dataclass
@@ -117,3 +119,22 @@ def build_trained_serving(sample_dir: Path, root: Path) -> TrainedServing:
     t3 = time.perf_counter()
     print(f"[trained_serving] preprocess {t1 - t0:.0f}s, train {t2 - t1:.0f}s, register+index {t3 - t2:.0f}s")
     return TrainedServing(tracking_uri, features, versions)
+
+
+def shared_trained_serving(sample_dir: Path, base: Path, worker: str | None) -> TrainedServing:
+    """:func:`build_trained_serving` once per test run, also when pytest-xdist splits the serving
+    suites over several workers (``make test``): ``base`` is the directory the run's workers share
+    (``tmp_path_factory.getbasetemp().parent`` on a worker, ``worker`` its id). The first worker to
+    get there builds under a file lock; the others wait for it and load what it recorded."""
+    base.mkdir(parents=True, exist_ok=True)
+    record = base / "trained_serving.json"
+    with open(base / "trained_serving.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if the build fails
+        if record.exists():
+            r = json.loads(record.read_text())
+            return TrainedServing(r["tracking_uri"], Path(r["features"]), tuple(r["versions"]))
+        # A directory of this worker's own: a build that failed on another worker left its half.
+        built = build_trained_serving(sample_dir, base / f"trained_serving-{worker}")
+        fields = {"tracking_uri": built.tracking_uri, "features": str(built.features), "versions": built.versions}
+        record.write_text(json.dumps(fields))
+        return built

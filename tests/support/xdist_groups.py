@@ -11,7 +11,9 @@ from __future__ import annotations
 #   (the other worker may have its own: each `ray.init` starts a local Ray of its own, and the
 #   subprocess clusters take fresh ports and private state, tests/support/ray_nodes.py);
 # - modules that share an expensive session fixture (the trained demo model `trained_serving`, the
-#   `sample_model`, `tiny_serving`), so that it is built once.
+#   `sample_model`, `tiny_serving`), so that it is built once. The one exception is the fault test:
+#   alone it takes longer than the other serving suites together, so it is a group of its own, and
+#   the two workers share the one `trained_serving` build through the run's temporary directory.
 #
 # The groups are handed out heaviest first (longest-processing-time first): each worker takes the
 # next group when it is nearly done with its last one, then the ungrouped tests fill the gaps, so
@@ -19,28 +21,35 @@ from __future__ import annotations
 # measured in a full run on a loaded 2-core box (2026-12-04); only their order matters.
 GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     (
-        "trained_serving",  # ~770 s: the build (~190 s), the fault test (~280 s), soak, serve run, e2e, live
+        # The trained demo model's build (~200 s, shared with "live_faults" through a file lock,
+        # tests/serve/trained.py), then the live-catalog, end-to-end, `serve run` and soak suites.
+        "trained_serving",  # ~620 s
         (
-            "tests/serve/test_live_faults.py",
             "tests/serve/test_live_serve.py",
             "tests/serve/test_serve_e2e.py",
             "tests/serve/test_serve_run_cli.py",
             "tests/serve/test_soak.py",
         ),
     ),
-    ("fault_tolerance", ("tests/train/test_fault_tolerance.py",)),  # ~500 s, Ray in subprocesses
-    ("sample_model", ("tests/api/", "tests/eval/test_evaluate.py", "tests/index/test_embed.py")),  # ~430 s
+    ("sample_model", ("tests/api/", "tests/eval/test_evaluate.py", "tests/index/test_embed.py")),  # ~425 s
+    # The fault test on the other worker than "trained_serving", once the build is done: both
+    # groups above hold a worker for minutes, so this one comes third.
+    ("live_faults", ("tests/serve/test_live_faults.py",)),  # ~180 s
     ("multinode", ("tests/cluster/test_multinode.py",)),  # ~390 s, Ray in subprocesses
-    ("ray_train", ("tests/train/test_ray_train.py",)),  # ~195 s
-    ("ingest", ("tests/data/test_ingest.py",)),  # ~190 s
-    ("packaging", ("tests/test_packaging.py",)),  # ~180 s, pip resolving both installs
-    ("preprocess", ("tests/data/test_preprocess.py",)),  # ~170 s
-    ("gpu_check", ("tests/test_gpu_check.py",)),  # ~160 s, Ray Train and Serve in a subprocess
-    ("sample_run", ("tests/train/test_sample_run.py",)),  # ~115 s
-    ("seed_backbone", ("tests/serve/test_seed_backbone.py",)),  # ~90 s
-    ("one_model_door", ("tests/test_one_model_door.py",)),  # ~75 s
+    ("ray_train", ("tests/train/test_ray_train.py",)),  # ~245 s
+    ("fault_tolerance", ("tests/train/test_fault_tolerance.py",)),  # ~215 s, Ray in subprocesses
+    ("ingest", ("tests/data/test_ingest.py",)),  # ~155 s
+    ("sample_run", ("tests/train/test_sample_run.py",)),  # ~135 s
+    ("gpu_check", ("tests/test_gpu_check.py",)),  # ~115 s, Ray Train and Serve in a subprocess
+    ("preprocess", ("tests/data/test_preprocess.py",)),  # ~85 s
+    ("one_model_door", ("tests/test_one_model_door.py",)),  # ~55 s
+    ("amazon_preprocess", ("tests/data/test_amazon_preprocess.py",)),  # ~50 s
+    ("train", ("tests/train/",)),  # ~50 s: the other training tests (synthetic_features, trained_checkpoint)
+    ("text_only", ("tests/serve/test_text_only.py",)),  # ~35 s
+    ("packaging", ("tests/test_packaging.py",)),  # ~25 s, pip resolving both installs
+    ("seed_backbone", ("tests/serve/test_seed_backbone.py",)),  # ~25 s
     (
-        "tiny_serving",  # ~70 s
+        "tiny_serving",  # ~20 s
         (
             "tests/serve/test_api.py",
             "tests/serve/test_batching.py",
@@ -52,9 +61,6 @@ GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "tests/serve/test_web_facets.py",
         ),
     ),
-    ("amazon_preprocess", ("tests/data/test_amazon_preprocess.py",)),  # ~45 s
-    ("text_only", ("tests/serve/test_text_only.py",)),  # ~45 s
-    ("train", ("tests/train/",)),  # ~50 s: the other training tests (synthetic_features, trained_checkpoint)
 )
 
 
