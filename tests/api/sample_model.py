@@ -83,30 +83,35 @@ def preprocess_in_process(cfg) -> None:
     from itemsage.index.featurize import local_image_features, token_table
 
     start = time.perf_counter()
-    catalog, items = P.load_catalog(cfg)
-    eng = P.prepare_engagements(cfg, catalog.layout, items, catalog.links)
-    vocab = P.build_vocab(items, cfg)
-    queries = P.unique_search_queries(eng.splits)
+    timer = P._Timer()  # the stage times land in the features' summary, as run_preprocess's do
+    with timer("catalog"):
+        catalog, items = P.load_catalog(cfg)
+        eng = P.prepare_engagements(cfg, catalog.layout, items, catalog.links)
+        vocab = P.build_vocab(items, cfg)
+        queries = P.unique_search_queries(eng.splits)
     dim = BACKBONES[cfg.image.backbone].dim
-    images = local_image_features(items, cfg, dim, "cpu")
-    encoder = TextEncoder()
-    title_emb = encoder.encode(items["title"].astype(str).tolist())
-    query_emb = encoder.encode(queries["text"].astype(str).tolist())
-    text_items = token_table(items, vocab, title_emb)
+    with timer("images"):
+        images = local_image_features(items, cfg, dim, "cpu")
+    with timer("text"):
+        encoder = TextEncoder()
+        title_emb = encoder.encode(items["title"].astype(str).tolist())
+        query_emb = encoder.encode(queries["text"].astype(str).tolist())
+        text_items = token_table(items, vocab, title_emb)
     text_items = text_items.append_column("item_idx", pa.array(items["item_idx"].to_numpy(np.int64)))
     text = P.TextFeatures(text_items, title_emb, query_emb)
     item_index = dict(zip(items["item_id"].astype(str), items["item_idx"].astype(int)))
-    users = P.build_users(eng.histories, item_index, images.first, images.n_images, title_emb)
-    query_index = dict(zip(queries["text"], queries["query_idx"].astype(int)))
-    rejects = [*catalog.rejects, *eng.rejects, *images.rejects]
-    pairs = {}
-    for name in P.SPLITS:
-        pairs[name], dropped = P.map_pairs(eng.splits[name], item_index, query_index, users, images.n_images)
-        rejects += dropped
+    with timer("users_pairs"):
+        users = P.build_users(eng.histories, item_index, images.first, images.n_images, title_emb)
+        query_index = dict(zip(queries["text"], queries["query_idx"].astype(int)))
+        rejects = [*catalog.rejects, *eng.rejects, *images.rejects]
+        pairs = {}
+        for name in P.SPLITS:
+            pairs[name], dropped = P.map_pairs(eng.splits[name], item_index, query_index, users, images.n_images)
+            rejects += dropped
     features = P.FeatureSet(catalog, items, images, text, queries, users, pairs, vocab, rejects, eng.source, dim)
     plan = plan_stages({"CPU": 1.0}, 1)
     summary = P.summarize(cfg, features, plan, {"CPU": 1.0})
-    P.write_features(cfg, features, summary, P._Timer(), start)
+    P.write_features(cfg, features, summary, timer, start)
 
 
 def train_in_process(cfg, out: Path) -> tuple[Path, Path]:
