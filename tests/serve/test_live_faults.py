@@ -58,6 +58,7 @@ class Attempt:
     title: str | None
     status: int = 0  # 0: no answer (connection lost)
     seq: int | None = None
+    answered_at: float = 0.0  # when the answer (or the lost connection) came back
 
 
 class App:
@@ -160,6 +161,7 @@ class Traffic:
         self.writing.set()
         self.stop = threading.Event()
         self.acked_live: list[str] = []
+        self.kills: list[tuple[float, str]] = []  # (when, what), in order
         self.n = 0
         self.rng = random.Random(7)
 
@@ -203,6 +205,7 @@ class Traffic:
                             self.acked_live.append(a.item_id)
             except OSError:
                 a.status = 0
+            a.answered_at = time.monotonic()
 
     def searcher(self, i: int) -> None:
         queries = ["shirt", "black shoes", "watch", "handbag", "fault item"]
@@ -265,6 +268,7 @@ def test_acknowledged_writes_survive_sigkill(trained_serving: Any, tmp_path: Pat
                     f"stuck at {traffic.done()} writes"
                 )
                 time.sleep(0.05)
+            traffic.kills.append((time.monotonic(), what))
             if what == "app":
                 killed_at = time.monotonic()
                 traffic.writing.clear()  # new requests wait; the ones in flight fail with the app
@@ -334,10 +338,15 @@ def check_after_restart(app: App, traffic: Traffic, outage: tuple[float, float] 
             if len(there) > 1:
                 half.append(("replicas disagree", item_id))
     failed = [(t0, t1, s) for t0, t1, s in traffic.searches if s != 200]
+
+    def after_kill(t: float) -> str:  # the last kill before ``t``
+        return next((f"{what} kill" for at, what in reversed(traffic.kills) if at <= t), "no kill")
+
     outside = [f for f in failed if f[1] < outage[0] or f[0] > outage[1]]
     report.update(
         acked=len(acked),
         unacked=len(unacked),
+        unacked_after=dict(Counter(f"{a.status} after {after_kill(a.answered_at)}" for a in unacked)),
         searches=len(traffic.searches),
         failed_searches=len(failed),
         failed_outside_app_kill=len(outside),
