@@ -108,15 +108,21 @@ def build_trained_serving(sample_dir: Path, root: Path) -> TrainedServing:
     env_uri, env_features = os.environ.get("ITEMSAGE_E2E_TRACKING_URI"), os.environ.get("ITEMSAGE_E2E_FEATURES")
     if env_uri and env_features:
         return TrainedServing(env_uri, Path(env_features), ("1", "2"))
-    t0 = time.perf_counter()
-    features = preprocess(sample_dir, root / "features")
-    t1 = time.perf_counter()
-    torch.set_num_threads(2)
-    bundle = train_bundle(features, root / "train")
-    t2 = time.perf_counter()
-    tracking_uri = f"sqlite:///{root / 'mlflow.db'}"
-    versions = register(bundle, features, tracking_uri, ("Flat", "HNSW32"), root)
-    t3 = time.perf_counter()
+    # Two threads on an idle 2-core box; one under pytest-xdist, where the other worker holds a core
+    # and a second OpenMP thread would spin at barriers instead of helping (the count is restored).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
+    try:
+        t0 = time.perf_counter()
+        features = preprocess(sample_dir, root / "features")
+        t1 = time.perf_counter()
+        bundle = train_bundle(features, root / "train")
+        t2 = time.perf_counter()
+        tracking_uri = f"sqlite:///{root / 'mlflow.db'}"
+        versions = register(bundle, features, tracking_uri, ("Flat", "HNSW32"), root)
+        t3 = time.perf_counter()
+    finally:
+        torch.set_num_threads(threads)
     print(f"[trained_serving] preprocess {t1 - t0:.0f}s, train {t2 - t1:.0f}s, register+index {t3 - t2:.0f}s")
     return TrainedServing(tracking_uri, features, versions)
 
