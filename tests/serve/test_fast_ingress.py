@@ -35,11 +35,13 @@ def test_fills_in_what_is_unset_and_keeps_an_opt_out() -> None:
 
 def test_each_start_gets_free_haproxy_ports_and_a_users_port_stays() -> None:
     """A HAProxy left by an earlier Serve on this machine (or a second one running) must not stop
-    this one from starting: its stats and metrics listeners get ports nobody holds."""
+    this one from starting: its stats and metrics listeners, and the fallback proxy its HAProxy
+    forwards to while no Ingress replica runs, get ports nobody holds."""
     env: dict[str, str] = {}
     first = use_fast_serving(env)
     ports = [int(first[k]) for k in HAPROXY_PORT_KEYS]
-    assert len(set(ports)) == 2 and all(p > 0 for p in ports)
+    assert len(set(ports)) == 4 and all(p > 0 for p in ports)
+    assert {"RAY_SERVE_FALLBACK_PROXY_HTTP_PORT", "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT"} <= set(first)
     with socket.socket() as held:  # someone now holds the first stats port
         held.bind(("127.0.0.1", ports[0]))
         held.listen()

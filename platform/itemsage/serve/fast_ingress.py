@@ -23,8 +23,11 @@ Two more settings make the mode safe to start and stop repeatedly on one machine
   ``RAY_process_group_cleanup_enabled=1`` gives each Ray worker its own process group and kills
   that group when the worker exits (Ray docs, "Lifetimes of a User-Spawn Process").
 - HAProxy's read-only stats page and Prometheus metrics listen on every interface, on fixed ports
-  (8404, 9101) unless told otherwise, so a second Serve on the machine could not start. Each Ray
-  started here gets free ones instead; a port the user set stays.
+  (8404, 9101) unless told otherwise, so a second Serve on the machine could not start. The same
+  holds for the fallback Python proxy (8500 HTTP, 9500 gRPC) that HAProxy forwards to while an app
+  has no running Ingress replica: a second Serve's HAProxy would send its requests to the first
+  Serve's fallback proxy (its /healthz answered with the other app's version while starting). Each
+  Ray started here gets free ones instead; a port the user set stays.
 
 HAProxy's frontend and the Ingress replica's server bind ``http_options.host`` (127.0.0.1 by
 default).
@@ -50,7 +53,12 @@ FAST_SERVE_ENV = {
     "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
     "RAY_process_group_cleanup_enabled": "1",
 }
-HAPROXY_PORT_KEYS = ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT")
+HAPROXY_PORT_KEYS = (
+    "RAY_SERVE_HAPROXY_STATS_PORT",
+    "RAY_SERVE_HAPROXY_METRICS_PORT",
+    "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT",
+    "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT",
+)
 # The port values this process chose (a value found in the environment that is not one of these
 # was set by the user and is kept).
 _chosen: dict[str, str] = {}
