@@ -18,12 +18,15 @@ from __future__ import annotations
 # The groups are handed out heaviest first (longest-processing-time first): each worker takes the
 # next group when it is nearly done with its last one, then the ungrouped tests fill the gaps, so
 # neither worker starts a long group while the other is finishing. The seconds are per group, as
-# measured in a full run on a loaded 2-core box (2026-12-04); only their order matters.
+# measured in a full run on a loaded 2-core box (2026-12-04: 1416 s); the two serving groups from a
+# `-n 2` run of just those two (375 s and 202 s, 2026-12-04) plus a margin for a full run's load.
+# Only their order matters.
 GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     (
-        # The trained demo model's build (~200 s, shared with "live_faults" through a file lock,
-        # tests/serve/trained.py), then the live-catalog, end-to-end, `serve run` and soak suites.
-        "trained_serving",  # ~620 s
+        # The trained demo model's build (~40 s alone, ~200 s in a loaded full run; shared with
+        # "live_faults" through a file lock, tests/serve/trained.py), then the live-catalog,
+        # end-to-end, `serve run` and soak suites.
+        "trained_serving",  # ~450 s
         (
             "tests/serve/test_live_serve.py",
             "tests/serve/test_serve_e2e.py",
@@ -34,7 +37,7 @@ GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("sample_model", ("tests/api/", "tests/eval/test_evaluate.py", "tests/index/test_embed.py")),  # ~425 s
     # The fault test on the other worker than "trained_serving", once the build is done: both
     # groups above hold a worker for minutes, so this one comes third.
-    ("live_faults", ("tests/serve/test_live_faults.py",)),  # ~180 s
+    ("live_faults", ("tests/serve/test_live_faults.py",)),  # ~200 s
     ("multinode", ("tests/cluster/test_multinode.py",)),  # ~390 s, Ray in subprocesses
     ("ray_train", ("tests/train/test_ray_train.py",)),  # ~245 s
     ("fault_tolerance", ("tests/train/test_fault_tolerance.py",)),  # ~215 s, Ray in subprocesses
