@@ -44,9 +44,9 @@ demo: $(STAMP)  ## run the whole pipeline on the bundled sample (data/sample)
 # module that starts Ray or Serve, and each set of modules sharing a trained model, runs whole on one
 # worker, heaviest group first (tests/support/xdist_groups.py). 2026-12-04 on 2 cores: 1691 s when one
 # worker carried every in-process Ray suite; 1416 s (957 tests) with the groups, both workers busy to
-# the end. Still over the 20-minute budget; since then the fault test writes from 16 clients (117 s
-# alone, was ~270 s of that run) and is a group of its own beside the other serving suites, sharing
-# their trained model: not yet measured as a full run.
+# the end. Still over the 20-minute budget; since then the fault test writes from 16 clients (166 s
+# instead of 292 s with 4, measured side by side) and is a group of its own beside the other serving
+# suites, sharing their trained model: not yet measured as a full run.
 XDIST ?= -n 2 --dist loadgroup
 test: $(STAMP) browser lint-imports lint  ## all tests: import contracts, lint and type checks, unit, integration, end-to-end, multi-node cluster (what CI runs)
 	$(PY) -m pytest $(XDIST)
