@@ -117,16 +117,9 @@ class IdMap:
         """Search labels [Q, k] -> item ids per query; FAISS's -1 ("no result") is dropped."""
         item = self._item
         n = len(item)
-        out: list[list[str]] = []
-        for row in labels.tolist():
-            hits = []
-            for label in row:
-                if 0 <= label < n:
-                    item_id = item[label]
-                    if item_id is not None:
-                        hits.append(item_id)
-            out.append(hits)
-        return out
+        # Comprehensions, not appends: this runs once per request on the serving path.
+        rows = [[item[label] for label in row if 0 <= label < n] for row in labels.tolist()]
+        return [[i for i in row if i is not None] for row in rows]
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able state. ``next_label`` is kept so labels stay unique across save/load."""
