@@ -72,9 +72,10 @@ def test_one_view_per_filter_however_it_is_written(catalog: Any) -> None:
     assert len(index._views) == before
 
 
-@pytest.mark.parametrize("exact_max", [100, 5000])  # IVF views and exact views
-def test_views_follow_adds_removes_and_attribute_changes(catalog: Any, exact_max: int) -> None:
-    policy = FilterSearchConfig(exact_max_matches=60, view_exact_max=exact_max)
+# IVF views with bfloat16 codes (re-scored), IVF views with float32 codes, exact views.
+@pytest.mark.parametrize(("exact_max", "bf16_min"), [(100, 200), (100, 5000), (5000, 5000)])
+def test_views_follow_adds_removes_and_attribute_changes(catalog: Any, exact_max: int, bf16_min: int) -> None:
+    policy = FilterSearchConfig(exact_max_matches=60, view_exact_max=exact_max, view_bf16_min_items=bf16_min)
     n = 2500
     index, _ = indexed(catalog, n, policy)
     filters = [{"gender": "Women"}, {"gender": "Boys"}, {"gender": "Women", "color": "Red"}]
@@ -149,3 +150,19 @@ def test_no_views_when_switched_off(catalog: Any) -> None:
         {"gender": "Boys"},
         10,
     )
+
+
+def test_compact_views_rank_and_score_exactly(catalog: Any) -> None:
+    """A bfloat16 view re-scores its candidates from the float32 vectors: the scores returned are
+    the exact inner products of the items returned, best first, and recall stays >= 0.95."""
+    policy = FilterSearchConfig(exact_max_matches=60, view_exact_max=100, view_bf16_min_items=200)
+    index, cols = indexed(catalog, len(catalog.ids), policy)
+    sel = index.select({"gender": "Women"})
+    got, scores = index.search(catalog.queries, 10, where=sel)
+    assert index._views.get(sel.filter).codes == "bf16"
+    row_of = {i: r for r, i in enumerate(catalog.ids)}
+    for qi, (ids, s) in enumerate(zip(got, scores)):
+        exact = catalog.x[[row_of[i] for i in ids]] @ catalog.queries[qi]
+        assert np.allclose(s[: len(ids)], exact, atol=1e-5) and np.all(np.diff(s[: len(ids)]) <= 1e-6)
+    want = exact_filtered(catalog, cols, {"gender": "Women"}, 10)
+    assert np.mean([len(set(g) & set(w)) / len(w) for g, w in zip(got, want)]) >= 0.95

@@ -118,8 +118,7 @@ class IdMap:
         item = self._item
         n = len(item)
         # Comprehensions, not appends: this runs once per request on the serving path.
-        rows = [[item[label] for label in row if 0 <= label < n] for row in labels.tolist()]
-        return [[i for i in row if i is not None] for row in rows]
+        return [[i for label in row if 0 <= label < n and (i := item[label]) is not None] for row in labels.tolist()]
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able state. ``next_label`` is kept so labels stay unique across save/load."""

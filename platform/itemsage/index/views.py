@@ -83,11 +83,13 @@ class View:
         nlist = max(1, min(labels.size, round(policy.view_lists_per_sqrt * math.sqrt(labels.size))))
         quantizer = faiss.IndexFlatIP(self.dim)
         ivf: Any
-        if sq8(policy, labels.size, rescore):
+        if compact(policy, labels.size, rescore):
+            # bfloat16 needs no training and keeps 8 bits of mantissa: ranking candidates by it
+            # and re-scoring the best exactly loses nothing measurable.
             ivf = faiss.IndexIVFScalarQuantizer(
-                quantizer, self.dim, nlist, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT, True
+                quantizer, self.dim, nlist, faiss.ScalarQuantizer.QT_bf16, faiss.METRIC_INNER_PRODUCT, False
             )
-            self.codes, self._rescore, self.rerank = "sq8", rescore, max(1, policy.view_rerank)
+            self.codes, self._rescore, self.rerank = "bf16", rescore, max(1, policy.view_rerank)
         else:
             ivf = faiss.IndexIVFFlat(quantizer, self.dim, nlist, faiss.METRIC_INNER_PRODUCT)
             self.codes, self.rerank = "flat", 1
@@ -115,7 +117,7 @@ class View:
             params.nprobe = nprobe
         if self._rescore is None:
             return self._ivf.search(queries, k, params=params)
-        # Candidates from the 8-bit codes, ranked by their exact scores (-1 padding scores -inf
+        # Candidates from the bfloat16 codes, ranked by their exact scores (-1 padding scores -inf
         # and so stays last).
         _, cand = self._ivf.search(queries, k * self.rerank, params=params)
         exact = self._rescore(queries, cand)
@@ -205,14 +207,14 @@ def calibrated_nprobe(
     return lo
 
 
-def sq8(policy: FilterSearchConfig, count: int, rescore: Rescore | None) -> bool:
-    """Does an IVF view of ``count`` items keep 8-bit codes (see ``view_sq8_min_items``)."""
-    return rescore is not None and count > policy.view_sq8_min_items
+def compact(policy: FilterSearchConfig, count: int, rescore: Rescore | None) -> bool:
+    """Does an IVF view of ``count`` items keep bfloat16 codes (see ``view_bf16_min_items``)."""
+    return rescore is not None and count > policy.view_bf16_min_items
 
 
 def item_bytes(dim: int, codes: str) -> int:
-    """Bytes a view keeps per item: its vector (float32, or one byte a dimension) and label."""
-    return (dim if codes == "sq8" else dim * 4) + 8
+    """Bytes a view keeps per item: its vector (float32, or bfloat16) and label."""
+    return (dim * 2 if codes == "bf16" else dim * 4) + 8
 
 
 def top_k(queries: np.ndarray, vectors: np.ndarray, labels: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -272,7 +274,7 @@ class FilterViews:
         """What a view of ``count`` items built now stores."""
         if count <= self.policy.view_exact_max:
             return "exact"
-        return "sq8" if sq8(self.policy, count, self._rescore) else "flat"
+        return "bf16" if compact(self.policy, count, self._rescore) else "flat"
 
     def close(self) -> None:
         """Stop following the table (the index attached another one)."""
