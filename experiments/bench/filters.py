@@ -3,15 +3,20 @@
 For each filter (one table row) three ways to answer "the k best items among those matching":
 
 * **filtered ANN**: ``ItemIndex.search(q, k, where=index.select(filters))``, the serving path
-  (``itemsage.index.filtered``): IVF with the filter's ``IDSelectorBitmap`` inside the search and
-  lists probed by where the matching items are, or exact search over the selected items up to
-  ``FilterSearchConfig.exact_max_matches``;
+  (``itemsage.index.filtered``): the filter's view (``itemsage.index.views``: its items' vectors,
+  exact or a small IVF) when it keeps at most ``view_max_items`` items, else IVF with the filter's
+  ``IDSelectorBitmap`` inside the search and lists probed by where the matching items are, or
+  exact search over the selected items up to ``FilterSearchConfig.exact_max_matches``;
 * **exact filtered search** (the reference and the speed baseline): FAISS ``IndexFlatIP`` over the
-  same vectors with the *same* selector bitmap in ``SearchParameters(sel=...)``;
+  same vectors with the *same* selector in ``SearchParameters(sel=...)``: the cached selection's
+  own ``search_parameters()``, so both sides get the filter evaluated and the selector built once;
 * **post-filter**: unfiltered IVF top ``--post-k`` (10,000), then keep the matching items: the usual
   shortcut, whose recall collapses once fewer than k matches survive in the top 10k.
 
-Every method evaluates the filter per query (``index.select``), as a request does. Catalogs:
+Every method calls ``index.select`` per query, as a request does; a repeated filter's selection
+is cached per attribute-table version (a write makes it stale), for every method alike. The first
+request of each filter is timed alone (wall clock, "first request"): it makes the selection and,
+for a filter without a prebuilt view, builds the view. Catalogs:
 ``--n`` x ``--dim`` synthetic clustered unit vectors (``itemsage.index.synthetic``) with a random
 ``bucket`` keyword attribute whose values keep exactly 50%, 10%, 1% and 0.1% of the items, and a
 uniform ``price`` for a range clause; then (unless ``--no-fashion``) the fashion catalog

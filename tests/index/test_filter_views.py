@@ -166,3 +166,17 @@ def test_compact_views_rank_and_score_exactly(catalog: Any) -> None:
         assert np.allclose(s[: len(ids)], exact, atol=1e-5) and np.all(np.diff(s[: len(ids)]) <= 1e-6)
     want = exact_filtered(catalog, cols, {"gender": "Women"}, 10)
     assert np.mean([len(set(g) & set(w)) / len(w) for g, w in zip(got, want)]) >= 0.95
+
+
+def test_large_filters_get_no_view_on_a_request(catalog: Any) -> None:
+    """A filter above view_lazy_max_items is not made to wait for a view build: the selector path
+    answers it (and a prebuilt view of a single value still serves it)."""
+    policy = FilterSearchConfig(exact_max_matches=60, view_prebuild=False, view_lazy_max_items=100)
+    index, cols = indexed(catalog, 1000, policy)
+    sel = index.select({"gender": "Women"})
+    assert sel.count > 100
+    got, _ = index.search(catalog.queries[:3], 10, where=sel)
+    assert index._views.get(sel.filter) is None and all(len(g) == 10 for g in got)
+    small = index.select({"gender": "Boys"})
+    index.search(catalog.queries[:1], 10, where=small)
+    assert index._views.get(small.filter) is not None

@@ -1,7 +1,8 @@
 """Filtered search inside the index: FAISS ID selectors in the ANN search, exact search when selective.
 
 Given the :class:`~itemsage.index.attributes.Selection` of a filter (a bitmap over index labels),
-a search runs one of two ways, chosen by the filter's match count:
+a filter with a view (``itemsage.index.views``: a copy of its items' vectors, kept per filter and
+following writes) is answered from it; any other runs one of two ways, chosen by its match count:
 
 * **ANN with the selector** (more than ``FilterSearchConfig.exact_max_matches`` matches): the
   bitmap becomes a FAISS ``IDSelectorBitmap`` passed in the search parameters

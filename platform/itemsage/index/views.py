@@ -23,7 +23,8 @@ write, and a view and a fresh selection of its filter hold the same items. Write
 searches (the live index applies them under its lock, as for the index itself).
 
 Views of single keyword values (the facets) are built when the attributes attach
-(``view_prebuild``); any other filter's on its first request. Memory: the views' vectors, at most
+(``view_prebuild``); any other filter's on its first request, when it keeps at most
+``view_lazy_max_items`` items (the request waits for the build). Memory: the views' vectors, at most
 ``view_max_bytes`` in all (the least recently used view is dropped past it; its filter falls back
 to the selector paths of ``itemsage.index.filtered`` until it is asked for again).
 """
@@ -325,6 +326,8 @@ class FilterViews:
                 return None
             view = self._views.get(flt)
             if view is None:
+                if selection.count > self.policy.view_lazy_max_items:
+                    return None  # too long a build for a request to wait for
                 view = self._build(selection)
                 if view is None:
                     return None
