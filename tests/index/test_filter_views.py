@@ -180,3 +180,44 @@ def test_large_filters_get_no_view_on_a_request(catalog: Any) -> None:
     small = index.select({"gender": "Boys"})
     index.search(catalog.queries[:1], 10, where=small)
     assert index._views.get(small.filter) is not None
+
+
+def test_live_upserts_and_deletes_reach_cached_selections_and_views(catalog: Any) -> None:
+    """Through the live index (change log order, under its lock): an upsert's attributes make the
+    cached selection stale and put the item in its filter's view; an update moves it to another
+    view; a delete takes it out of every view."""
+    from itemsage.index.changelog import Change
+    from itemsage.index.live import LiveIndex
+
+    n = 2000
+    cols = attribute_columns(n)
+    index = build_index(catalog.x[:n], catalog.ids[:n], "IVF64,Flat", use_gpu=False, model_version="1")
+    labels = index.idmap.lookup(index.idmap.item_ids())
+    index.attach_attributes(AttributeTable.from_columns(SPECS, labels, cols, POLICY))
+    live = LiveIndex(index, "b1", "1")
+    boys, men = {"gender": "Boys"}, {"gender": "Men"}
+    before = live.select(boys)
+    live.search(catalog.queries[:1], 10, where=before)  # the Boys view exists, the selection is cached
+    vec = catalog.x[n]
+
+    def upsert(seq: int, gender: str) -> Change:
+        fields = {"title": "t", "size_type": gender, "colors": "Red"}
+        return Change(seq, "upsert", "live-item", fields, (), "", vec, "1", 0.0)  # type: ignore[arg-type]
+
+    live.apply([upsert(1, "Boys")])
+    sel = live.select(boys)
+    assert sel is not before and sel.count == before.count + 1
+    got, _ = live.search(vec[None, :], 1, where=sel)
+    assert got == [["live-item"]]
+    label = int(index.idmap.lookup(["live-item"])[0])
+    assert label in view_items(index, boys)
+    live.apply([upsert(2, "Men")])  # an update: new label, other gender
+    assert "live-item" not in live.search(vec[None, :], 10, where=live.select(boys))[0][0]
+    assert live.search(vec[None, :], 1, where=live.select(men))[0] == [["live-item"]]
+    new_label = int(index.idmap.lookup(["live-item"])[0])
+    assert label not in view_items(index, boys) and new_label in view_items(index, men)
+    live.apply([Change(3, "delete", "live-item", {}, (), "", None, None, 0.0)])  # type: ignore[arg-type]
+    assert new_label not in view_items(index, men)
+    assert "live-item" not in live.search(vec[None, :], 10, where=live.select(men))[0][0]
+    for f in (boys, men):
+        assert view_items(index, f) == selected(index, f)
