@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import math
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +32,12 @@ from itemsage.index.filters import (
     KEYWORD_LIST,
     NUMBER,
     AttributeSpec,
+    Clause,
     Equals,
     Filter,
     OneOf,
     Range,
+    parse_filter,
 )
 from itemsage.index.idmap import IdMap
 
@@ -74,15 +76,44 @@ def labels_bitmap(labels: np.ndarray, nbytes: int) -> np.ndarray:
 
 
 class Selection:
-    """The labels a filter keeps: a packed bitmap (FAISS ``IDSelectorBitmap`` layout) and its count."""
+    """The labels a filter keeps: a packed bitmap (FAISS ``IDSelectorBitmap`` layout) and its count.
 
-    def __init__(self, bitmap: np.ndarray, count: int, labels: np.ndarray | None = None, key: Any = None) -> None:
+    Read-only once made: :meth:`AttributeTable.select` hands the same object to every request of
+    one filter until a write changes the table, so whatever is derived from it (the label list,
+    the FAISS selector) is derived once."""
+
+    def __init__(
+        self,
+        bitmap: np.ndarray,
+        count: int,
+        labels: np.ndarray | None = None,
+        key: Any = None,
+        filter: Filter | None = None,
+    ) -> None:
         self.bitmap = bitmap
         self.count = count
         self._labels = labels
-        # (table version, filter): equal keys select the same labels, so statistics about a
+        # (table, version, filter): equal keys select the same labels, so statistics about a
         # selection (per-IVF-list counts) can be cached by it; None: not cacheable.
         self.key = key
+        # The filter, normalised (clauses by attribute, in-list values sorted): what a filter view
+        # (itemsage.index.views) is kept under; None for a selection made from labels.
+        self.filter = filter
+        self._params: Any = None
+        # The filter view answering this selection (itemsage.index.views), once looked up.
+        self.view: Any = None
+
+    def search_parameters(self) -> Any:
+        """FAISS ``SearchParameters`` applying this selection as an ``IDSelectorBitmap``, made on
+        first use and shared (FAISS only reads them): what exact filtered search over a flat index
+        needs per request, cached exactly as the selection is."""
+        if self._params is None:
+            import faiss
+
+            params = faiss.SearchParameters()
+            params.sel = faiss.IDSelectorBitmap(self.bitmap.size, faiss.swig_ptr(self.bitmap))
+            self._params = params
+        return self._params
 
     def labels(self) -> np.ndarray:
         """Sorted selected labels (known without a bitmap scan when a clause's posting list was)."""
@@ -123,6 +154,14 @@ class AttributeTable:
         self._postings: dict[tuple[str, str], np.ndarray] = {}
         self._lock = threading.Lock()  # writers, and the postings cache
         self.version = 0  # bumped by every update: part of each Selection's cache key
+        # Facet filters repeat: a request's filter JSON is parsed once (frozen JSON -> Filter) and
+        # its selection made once per table version (a write makes every cached one stale).
+        self._parsed: dict[Any, Filter] = {}
+        self._selections: dict[Filter, Selection] = {}
+        self._by_json: dict[Any, Selection] = {}
+        # Called with a label after set_item / remove_item changed it (outside the table lock):
+        # filter views follow the table through them (itemsage.index.views).
+        self.listeners: list[Callable[[int], None]] = []
 
     # ---- building ------------------------------------------------------------------------------
     @classmethod
@@ -227,12 +266,18 @@ class AttributeTable:
                     self._postings.pop((name, word), None)
             self._live[byte] |= bit
             self.version += 1
+        self._changed(label)
 
     def remove_item(self, label: int) -> None:
         """Forget one label's attributes (the item left the index); unknown labels are a no-op."""
         with self._lock:
             self._clear(int(label))
             self.version += 1
+        self._changed(int(label))
+
+    def _changed(self, label: int) -> None:
+        for listener in list(self.listeners):
+            listener(label)
 
     def _clear(self, label: int) -> None:
         if label >= self._nbytes * 8:
@@ -251,6 +296,10 @@ class AttributeTable:
     def __len__(self) -> int:
         return popcount(self._live)
 
+    def labels(self) -> np.ndarray:
+        """Sorted labels that have an entry (set, not removed)."""
+        return bitmap_labels(self._live)
+
     def select(self, flt: Filter) -> Selection | None:
         """The labels matching every clause of ``flt``; None for an empty filter (no restriction).
 
@@ -258,6 +307,9 @@ class AttributeTable:
         """
         if not flt:
             return None
+        cached = self._selections.get(flt)
+        if cached is not None and cached.key[1] == self.version:
+            return cached
         # One size for every clause: a concurrent set_item may grow the table meanwhile (it
         # replaces the arrays before it publishes the new size, so they are never shorter).
         nbytes = self._nbytes
@@ -275,7 +327,79 @@ class AttributeTable:
         labels = None
         if smallest is not None:
             labels = smallest if len(flt.clauses) == 1 else smallest[Selection(out, count).contains(smallest)]
-        return Selection(out, count, labels, key=(id(self), version, flt))
+        sel = Selection(out, count, labels, key=(id(self), version, flt), filter=normalised(flt))
+        if len(self._selections) >= SELECTION_CACHE_SIZE and flt not in self._selections:
+            self._selections.pop(next(iter(self._selections)), None)  # the oldest entry
+        self._selections[flt] = sel
+        return sel
+
+    def select_json(self, filters: Mapping[str, Any]) -> Selection | None:
+        """``select(parse(filters))`` for a request's filter JSON, the selection remembered
+        under the JSON itself (until a write): a repeated facet filter costs a dict lookup."""
+        key = _flat_key(filters)
+        if key is not None:
+            cached = self._by_json.get(key)
+            if cached is not None and cached.key[1] == self.version:
+                return cached
+        sel = self.select(self.parse(filters))
+        if key is not None and sel is not None:
+            if len(self._by_json) >= SELECTION_CACHE_SIZE:
+                self._by_json.pop(next(iter(self._by_json)), None)
+            self._by_json[key] = sel
+        return sel
+
+    def parse(self, filters: Mapping[str, Any]) -> Filter:
+        """``parse_filter(filters, self.specs)``, remembered per distinct filter JSON (a bad
+        filter raises ``FilterError`` every time and is not remembered)."""
+        try:
+            key = _frozen(filters)
+            hash(key)
+        except TypeError:  # a value JSON cannot hold: parse_filter says what is wrong
+            return parse_filter(filters, self.specs)
+        flt = self._parsed.get(key)
+        if flt is None:
+            flt = parse_filter(filters, self.specs)
+            if len(self._parsed) >= SELECTION_CACHE_SIZE:
+                self._parsed.pop(next(iter(self._parsed)), None)
+            self._parsed[key] = flt
+        return flt
+
+    def matches(self, flt: Filter, label: int) -> bool:
+        """Does item ``label`` satisfy every clause of ``flt`` (one item's test, for views that
+        follow writes; :meth:`select` is the test over every item)."""
+        label = int(label)
+        if label < 0 or label >= self._nbytes * 8:
+            return False
+        byte, bit = label >> 3, 1 << (label & 7)
+        for clause in flt.clauses:
+            spec = self.specs[clause.attribute]
+            if spec.type == NUMBER:
+                v = float(self._numbers[clause.attribute][label])
+                if math.isnan(v):
+                    return False
+                if isinstance(clause, Range):
+                    ok = (v > clause.lo if clause.lo_open else v >= clause.lo) and (
+                        v < clause.hi if clause.hi_open else v <= clause.hi
+                    )
+                else:
+                    ok = v in ([clause.value] if isinstance(clause, Equals) else list(clause.values))
+            else:
+                values = self._values[clause.attribute]
+                wanted = [clause.value] if isinstance(clause, Equals) else list(clause.values)  # type: ignore[union-attr]
+                ok = False
+                for w in wanted:
+                    bm = values.get(str(w).strip())
+                    if bm is not None and byte < bm.size and bm[byte] & bit:
+                        ok = True
+                        break
+            if not ok:
+                return False
+        return True
+
+    def keyword_values(self) -> list[tuple[str, str, int]]:
+        """(attribute, value, item count) of every keyword value, most frequent first."""
+        out = [(name, v, popcount(bm)) for name, values in self._values.items() for v, bm in list(values.items())]
+        return sorted((o for o in out if o[2] > 0), key=lambda o: -o[2])
 
     def _posting(self, clause: Equals | OneOf | Range) -> np.ndarray | None:
         """Sorted labels of a keyword equality clause whose value keeps at most 1/64 of the
@@ -450,3 +574,48 @@ def _keywords(spec: AttributeSpec, v: Any) -> Iterable[str]:
     else:
         parts = [str(v)]
     return dict.fromkeys(p.strip() for p in parts if p is not None and str(p).strip())
+
+
+# Distinct filters remembered per table (parsed JSON, selections): a shop's facet combinations.
+SELECTION_CACHE_SIZE = 256
+
+
+def normalised(flt: Filter) -> Filter:
+    """``flt`` with its clauses ordered by attribute and in-list values sorted, a one-value
+    in-list as an equality: equal filters written differently get one key."""
+    clauses: list[Clause] = []
+    for c in sorted(flt.clauses, key=lambda c: c.attribute):
+        if isinstance(c, OneOf):
+            values = tuple(sorted(c.values, key=lambda v: (isinstance(v, str), v)))
+            clauses.append(Equals(c.attribute, values[0]) if len(values) == 1 else OneOf(c.attribute, values))
+        else:
+            clauses.append(c)
+    return Filter(tuple(clauses))
+
+
+_SCALARS = (str, float, int)
+
+
+def _flat_key(filters: Mapping[str, Any]) -> Any:
+    """A cheap hashable key for the usual filter JSON (attribute -> string / number, or a list
+    of them), telling apart types that compare equal (1, 1.0, True); None for anything else."""
+    parts = []
+    for name, v in filters.items():
+        t = type(v)
+        if t in _SCALARS:
+            parts.append((name, t, v))
+        elif t is list and all(type(e) in _SCALARS for e in v):
+            parts.append((name, list, tuple((type(e), e) for e in v)))
+        else:
+            return None
+    return tuple(parts)
+
+
+def _frozen(value: Any) -> Any:
+    """A hashable key for a filter's JSON that tells apart what parses differently (1 vs True
+    vs "1", a list vs a scalar)."""
+    if isinstance(value, Mapping):
+        return ("{", tuple(sorted(((str(k), _frozen(v)) for k, v in value.items()), key=lambda kv: kv[0])))
+    if isinstance(value, (list, tuple)):
+        return ("[", tuple(_frozen(v) for v in value))
+    return (type(value).__name__, value)

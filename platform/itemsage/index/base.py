@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import math
 import os
 import sys
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +101,18 @@ def as_vectors(
             rows=rows,
         )
     return arr
+
+
+def _one_query(x: Any, dim: int) -> np.ndarray | None:
+    """``x`` itself when it is already one finite float32 C-contiguous [1, dim] query (a request's
+    embedding): what :func:`as_vectors` would return, for a dot product instead of its checks.
+    None: anything else (``as_vectors`` checks it)."""
+    if type(x) is not np.ndarray or x.dtype != np.float32 or x.shape != (1, dim) or not x.flags.c_contiguous:
+        return None
+    row = x[0]
+    # NaN or inf anywhere makes the squared norm non-finite; a finite vector whose squared norm
+    # overflows is left to as_vectors' element-wise check.
+    return x if math.isfinite(float(row @ row)) else None
 
 
 def parse_use_gpu(use_gpu: str | bool) -> bool | None:
@@ -214,6 +227,10 @@ class ItemIndex(ABC):
         None when this index type cannot hand vectors back (then the selector path is used)."""
         return None
 
+    def _search_view(self, queries: np.ndarray, k: int, selection: Selection) -> tuple[np.ndarray, np.ndarray] | None:
+        """Top-k from the filter's view (``itemsage.index.views``); None where this index keeps none."""
+        return None
+
     def _prepare_filtering(self) -> None:
         """Build what ``_selected_vectors`` needs (e.g. an IVF direct map); called when attributes attach."""
         return None
@@ -246,8 +263,11 @@ class ItemIndex(ABC):
             return None
         if self.attributes is None:
             raise FilterError("this index was built without filterable attributes; rebuild it to filter")
-        flt = filters if isinstance(filters, Filter) else parse_filter(filters, self.attributes.specs)
-        return self.attributes.select(flt)
+        if isinstance(filters, Filter):
+            return self.attributes.select(filters)
+        if not isinstance(filters, Mapping):
+            parse_filter(filters, self.attributes.specs)  # raises FilterError naming the problem
+        return self.attributes.select_json(filters)
 
     def search(self, queries: Any, k: int, where: Selection | None = None) -> tuple[list[list[str]], np.ndarray]:
         """Top-k item ids and inner-product scores per query, best first.
@@ -257,18 +277,25 @@ class ItemIndex(ABC):
         array has ``min(k, ntotal)`` columns. ``where`` (from :meth:`select`) restricts the
         search to the items a filter keeps, inside the index search (``itemsage.index.filtered``).
         """
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        if type(k) is not int and (isinstance(k, bool) or not isinstance(k, (int, np.integer))) or k < 1:
             raise ValueError(f"k must be a positive integer; got {k!r}")
-        q = as_vectors(queries, self.dim, "queries", allow_empty=True)
+        q = _one_query(queries, self.dim)
+        if q is None:
+            q = as_vectors(queries, self.dim, "queries", allow_empty=True)
         kk = min(int(k), self.ntotal)
         if q.shape[0] == 0 or kk == 0:
             return [[] for _ in range(q.shape[0])], np.empty((q.shape[0], kk), dtype=np.float32)
         if where is not None:
-            policy = self.attributes.policy if self.attributes is not None else None
-            scores, labels = filtered_search(self, q, kk, where, policy or FilterSearchConfig())
+            policy = self.attributes.policy if self.attributes is not None else FilterSearchConfig()
+            scores, labels = filtered_search(self, q, kk, where, policy)
         else:
             scores, labels = self._search(q, kk)
-        scores = np.where(labels >= 0, scores, -np.inf).astype(np.float32, copy=False)
+        # Padding (-1) sits at the end of a row (results are sorted): -inf there, whatever score
+        # the index put.
+        if labels.size and (labels[0, -1] < 0 if labels.shape[0] == 1 else labels[:, -1].min() < 0):
+            scores = np.where(labels >= 0, scores, -np.inf)
+        if scores.dtype != np.float32:
+            scores = scores.astype(np.float32)
         return self.idmap.labels_to_ids(labels), scores
 
     def add(self, ids: Sequence[str], vectors: Any) -> None:

@@ -62,6 +62,7 @@ from itemsage.index.label_vectors import LabelVectors
 from itemsage.index.lexical import LEXICAL_FILE, LexicalIndex
 from itemsage.index.storage import IDS_FILE, CorruptIndexError, read_metadata, verify_files
 from itemsage.index.torch_exact import LABELS_FILE, TORCH_EXACT, VECTORS_FILE, TorchExactIndex
+from itemsage.index.views import FilterViews
 
 log = logging.getLogger(__name__)
 
@@ -193,6 +194,7 @@ class FaissIndex(ItemIndex):
         self.nlist: int | None = int(ivf.nlist) if ivf is not None else None
         self._probe: ListProbe | None = None  # per-list filter counts (IVF with attributes)
         self._label_vectors: LabelVectors | None = None  # the exact filtered path's vectors
+        self._views: FilterViews | None = None  # per-filter copies of matching vectors
 
     @property
     def kind(self) -> str:
@@ -265,6 +267,8 @@ class FaissIndex(ItemIndex):
             self._probe.added(faiss.downcast_index(self._index), vectors, labels)
         if self._label_vectors is not None:
             self._label_vectors.add(vectors, labels)
+        if self._views is not None:
+            self._views.added(vectors, labels)
 
     # ---- filtered search (itemsage.index.filtered) -------------------------------------------
     def _search_selected(
@@ -299,6 +303,28 @@ class FaissIndex(ItemIndex):
         keep_copy = self.attributes is None or self.attributes.policy.label_vectors
         if keep_copy and self._label_vectors is None and _reconstructs_exactly(self._index):
             self._label_vectors = _label_vectors_of(self._index, self.idmap.labels(), self.dim)
+        if self._views is not None:
+            self._views.close()
+            self._views = None
+        if self.attributes is not None and self.attributes.policy.views and _reconstructs_exactly(self._index):
+            rescore = self._label_vectors.scores if self._label_vectors is not None else None
+            self._views = FilterViews(
+                self.attributes, self._selected_vectors, self.attributes.policy, self.dim, rescore
+            )
+            if self.attributes.policy.view_prebuild:
+                self._views.prebuild()
+
+    def _search_view(self, queries: np.ndarray, k: int, selection: Selection) -> tuple[np.ndarray, np.ndarray] | None:
+        if self._views is None or self._gpu_res is not None:
+            return None
+        # The view probes at least the share of its lists the index itself probes: the index's
+        # recall knob (nprobe) keeps its meaning for filtered requests. A flat index is exact,
+        # so are its views; HNSW has no list share (the view's own rule alone).
+        if self.nlist:
+            share = float(self._params.get("nprobe", 1)) / self.nlist
+        else:
+            share = 0.0 if self._hnsw else 1.0
+        return self._views.search(queries, k, selection, share)
 
     def _selected_vectors(self, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
         if self._gpu_res is not None or not _reconstructs_exactly(self._index):
@@ -333,6 +359,8 @@ class FaissIndex(ItemIndex):
             self._label_vectors.remove(labels)
         if self._probe is not None:
             self._probe.removed(labels)
+        if self._views is not None:
+            self._views.removed(labels)
         return removed
 
     def memory_bytes(self) -> int:

@@ -1,7 +1,8 @@
 """Filtered search inside the index: FAISS ID selectors in the ANN search, exact search when selective.
 
 Given the :class:`~itemsage.index.attributes.Selection` of a filter (a bitmap over index labels),
-a search runs one of two ways, chosen by the filter's match count:
+a filter with a view (``itemsage.index.views``: a copy of its items' vectors, kept per filter and
+following writes) is answered from it; any other runs one of two ways, chosen by its match count:
 
 * **ANN with the selector** (more than ``FilterSearchConfig.exact_max_matches`` matches): the
   bitmap becomes a FAISS ``IDSelectorBitmap`` passed in the search parameters
@@ -49,6 +50,10 @@ class FilterableIndex(Protocol):
 
     def _selected_vectors(self, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None: ...
 
+    def _search_view(
+        self, queries: np.ndarray, k: int, selection: Selection
+    ) -> tuple[np.ndarray, np.ndarray] | None: ...
+
 
 def widen_factor(selectivity: float, policy: FilterSearchConfig) -> float:
     """How many times the ANN knob (nprobe / efSearch) grows for a filter of this selectivity."""
@@ -68,6 +73,10 @@ def filtered_search(
     nq = queries.shape[0]
     if selection.count == 0:
         return np.full((nq, k), -np.inf, np.float32), np.full((nq, k), -1, np.int64)
+    # A filter with a view (itemsage.index.views) scans just its own items.
+    got = index._search_view(queries, k, selection)
+    if got is not None:
+        return got
     widen = widen_factor(selection.count / max(index.ntotal, 1), policy)
     if uses_exact(selection, index.ntotal, k, policy):
         got = index._selected_vectors(selection.labels())

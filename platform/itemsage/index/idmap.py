@@ -117,16 +117,8 @@ class IdMap:
         """Search labels [Q, k] -> item ids per query; FAISS's -1 ("no result") is dropped."""
         item = self._item
         n = len(item)
-        out: list[list[str]] = []
-        for row in labels.tolist():
-            hits = []
-            for label in row:
-                if 0 <= label < n:
-                    item_id = item[label]
-                    if item_id is not None:
-                        hits.append(item_id)
-            out.append(hits)
-        return out
+        # Comprehensions, not appends: this runs once per request on the serving path.
+        return [[i for label in row if 0 <= label < n and (i := item[label]) is not None] for row in labels.tolist()]
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able state. ``next_label`` is kept so labels stay unique across save/load."""

@@ -70,3 +70,21 @@ class LabelVectors:
         inside = labels[labels < present.size]
         held = inside[present[inside]]
         return np.take(x, held, axis=0), held
+
+    def scores(self, queries: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        """Exact inner products [Q, c] of each query with the vectors of its row of ``labels``
+        [Q, c] (-inf where a label is -1 or not held): re-scoring candidates found from codes."""
+        x, present = self._x, self._present
+        if queries.shape[0] == 1 and labels[0, -1] >= 0 and int(labels[0].max()) < present.size:
+            # One request's candidates, no padding (the usual case): gather and dot, no masks.
+            row = labels[0]
+            s1 = x[row] @ queries[0]
+            return np.where(present[row], s1, -np.inf)[None, :].astype(np.float32, copy=False)
+        ok = (labels >= 0) & (labels < present.size)
+        lab = np.where(ok, labels, 0)
+        ok &= present[lab]
+        if queries.shape[0] == 1:
+            s = (x[lab[0]] @ queries[0])[None, :]
+        else:
+            s = np.matmul(x[lab], queries[:, :, None])[:, :, 0]
+        return np.where(ok, s, -np.inf).astype(np.float32, copy=False)
