@@ -9,8 +9,10 @@ logQ, multi-task), concat_mlp, image_only, text_only, in_batch_logq, in_batch_no
 mixed_no_logq, single_search, single_closeup, single_home. The features must exist (run
 experiments/preprocess.py with the same config first). Writes ablations.md (the table, with the
 paper's direction and whether it held), ablations.png (bar plot) and ablations.json under --out,
-and logs them to MLflow as one "ablations" run. Re-running resumes: finished variants are not
-trained again.
+and logs them to MLflow as one "ablations" run. Re-running resumes: each evaluated variant is kept
+under --out/variants/ (keyed by its configuration, features and split), so it is neither trained
+nor evaluated again; on a shared box run a few --variants per call, then all of them at once to
+assemble the table.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Regenerate the headline tables and bar chart of docs/quality.md from evaluation runs in MLflow.
 
     python experiments/quality_report.py --tracking-uri sqlite:///mlflow.db
+    python experiments/quality_report.py --tracking-uri sqlite:///mlflow.db --tracking-uri sqlite:///other.db
     python experiments/quality_report.py --tracking-uri http://mlflow:5000 --experiment itemsage-eval \\
         --tag itemsage.dataset=amazon --split test --doc docs/quality.md --figure docs/figures/quality_headline.png
 
@@ -12,7 +13,9 @@ between the `quality_report` markers of --doc is replaced (the rest of the docum
 without the markers the section is appended); the chart is a PNG. Seeds: `experiments/seeds.py
 --config <config> --seeds 0 1 2` trains and evaluates one configuration per seed (or train with
 `train.seed=N train.name=<name>_seed<N>` and run experiments/evaluate.py on each model); runs are
-grouped by the configuration without its seed (tag itemsage.config_hash).
+grouped by the configuration without its seed (tag itemsage.config_hash). Several --tracking-uri
+(e.g. one store per machine that ran seeds) are read together (nothing is logged to them); registry versions
+count from 1 in each store, so with more than one every group names the store its models are in.
 
 Exit status 2 with a one-line `error: ...` when there are no matching runs or experiments.
 """
@@ -36,8 +39,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument(
         "--tracking-uri",
+        action="append",
         default=None,
-        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)",
+        help="MLflow tracking URI (repeatable: the runs of every store are reported together, each "
+        "group naming its store; default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)",
     )
     p.add_argument(
         "--experiment",
@@ -68,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         tags = parse_tags(args.tag)
         tags.setdefault("itemsage.split", args.split)
-        runs = load_runs(args.tracking_uri, args.experiment or [DEFAULT_EXPERIMENT], tags)
+        runs = load_runs(args.tracking_uri or [None], args.experiment or [DEFAULT_EXPERIMENT], tags)
         groups = group_runs(runs, args.k)
         if not groups:
             raise QualityReportError(f"no finished evaluation runs match {tags}")

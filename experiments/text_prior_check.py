@@ -38,8 +38,10 @@ import torch.nn.functional as F  # noqa: E402
 
 from itemsage.config import LossConfig, ModelConfig  # noqa: E402
 from itemsage.data.features_read import QueryFeatures, read_manifest, read_pairs  # noqa: E402
+from itemsage.eval.baselines.corpus import TextCorpus  # noqa: E402
+from itemsage.eval.baselines.lexical import Bm25Ranker, TfidfRanker  # noqa: E402
 from itemsage.eval.recall import ranks_of_targets  # noqa: E402
-from itemsage.eval.validation import build_val_set, embed_items, embed_queries  # noqa: E402
+from itemsage.eval.validation import ValSet, build_val_set, embed_items, embed_queries  # noqa: E402
 from itemsage.model import ItemFeatureStore, build_model  # noqa: E402
 from itemsage.model.text_prior import document_frequency, training_idf  # noqa: E402
 from itemsage.train.data import heldout_items  # noqa: E402
@@ -70,6 +72,29 @@ def item2item_pairs(features: str, split: str) -> tuple[np.ndarray, np.ndarray] 
     keep = size >= 2
     idx = df["item_idx"].to_numpy()
     return idx[keep], idx[nxt[keep]]
+
+
+def evaluate_baselines(
+    feats: str, manifest: dict, val: ValSet, i2i: tuple[np.ndarray, np.ndarray]
+) -> dict[str, dict[str, float]]:
+    """The lexical baselines exactly as ``experiments/evaluate.py`` builds them (every text field
+    of the manifest joined, TF-IDF's IDF over the whole catalog, sublinear tf; bm25s), on the
+    search pairs and the item -> item pairs: the evaluation has no item -> item probe for a
+    catalog without closeup pairs (Shopee), so this is where that baseline is measured."""
+    corpus = TextCorpus.load(feats, manifest["text_fields"])
+    assert corpus.query_texts is not None
+    targets, exclude = val.target.numpy(), val.exclude.numpy()
+    q_texts = [corpus.query_texts[int(k)] for k in val.query_key.tolist()]
+    every = np.arange(corpus.num_items)
+    out: dict[str, dict[str, float]] = {}
+    for name, ranker in (
+        ("tfidf (evaluate.py)", TfidfRanker(corpus.item_texts)),
+        ("bm25 (evaluate.py)", Bm25Ranker(corpus.item_texts)),
+    ):
+        search = ranker.ranks(ranker.text_queries(q_texts), every, targets, exclude)  # type: ignore[attr-defined]
+        i2i_ranks = ranker.ranks(ranker.item_queries(i2i[0]), every, i2i[1], i2i[0])  # type: ignore[attr-defined]
+        out[name] = {"search": recall(torch.from_numpy(search)), "item2item": recall(torch.from_numpy(i2i_ranks))}
+    return out
 
 
 def token_tfidf(store: ItemFeatureStore, idf: torch.Tensor, items: np.ndarray) -> sp.csr_matrix:
@@ -189,6 +214,7 @@ def main() -> None:
     rows["frozen"] = {"search": recall(ranks_of_targets(q_frozen, title, val.target, val.exclude))}
     if i2i is not None:
         qi, ti = torch.from_numpy(i2i[0]), torch.from_numpy(i2i[1])
+        rows.update(evaluate_baselines(feats, manifest, val, i2i))
         rows["tfidf_char3"]["item2item"] = recall(sparse_ranks(item_char[qi.numpy()], item_char, ti, qi))
         rows["tfidf_tokens"]["item2item"] = recall(sparse_ranks(item_tok[qi.numpy()], item_tok, ti, qi))
         rows["frozen"]["item2item"] = recall(ranks_of_targets(title[qi], title, ti, qi))

@@ -169,3 +169,30 @@ def test_the_served_modes_are_columns_and_hybrid_is_not_a_baseline(tmp_path: Pat
     assert "hybrid (ItemSage + lexical, RRF)" in head and "lexical index (BM25, served)" in head
     search = next(line for line in table.splitlines() if line.startswith("| search |"))
     assert "**0.900**" in search and search.endswith("| -0.020 |")  # 0.70 - max(0.72 lexical, 0.65)
+
+
+def test_several_stores_are_reported_together_each_group_naming_its_store(store: str, tmp_path: Path, capsys) -> None:
+    """Seeds run on different machines land in different stores whose registry versions both count
+    from 1: --tracking-uri is repeatable, and with several every group says which store it is in."""
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    for i in range(3):
+        log_evaluation(_result(i, {"itemsage": 50 + i, "tfidf": 40, "random": 1}, "amazon", "amazon"), other, "ev")
+    doc, figure = tmp_path / "q.md", tmp_path / "q.png"
+    args = ["--experiment", "ev", "--doc", str(doc), "--figure", str(figure), "--json", str(tmp_path / "q.json")]
+    assert _cli().main(["--tracking-uri", store, "--tracking-uri", other, *args]) == 0
+    text = doc.read_text()
+    for name in ("amazon, amazon", "fashion, fashion", "shopee, shopee"):
+        assert name in text
+    amazon = next(p for p in text.split("\n\n") if p.startswith("**amazon"))
+    assert f"(registry of `{other}`)" in amazon and store not in amazon
+    shopee = next(p for p in text.split("\n\n") if p.startswith("**shopee"))
+    assert f"(registry of `{store}`)" in shopee and "3 seed(s) (0, 1, 2)" in shopee
+    data = {g["config"]: g for g in json.loads((tmp_path / "q.json").read_text())}
+    assert data["amazon"]["stores"] == [other] and data["shopee"]["stores"] == [store]
+    # One store: nothing to tell apart, so no store is named.
+    assert _cli().main(["--tracking-uri", other, *args]) == 0
+    assert "registry of" not in doc.read_text()
+    # A store without the experiment is an error, not a silently shorter report.
+    empty = f"sqlite:///{tmp_path / 'empty.db'}"
+    assert _cli().main(["--tracking-uri", store, "--tracking-uri", empty, *args]) == 2
+    assert "no MLflow experiment 'ev'" in capsys.readouterr().err

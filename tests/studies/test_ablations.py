@@ -97,3 +97,44 @@ def test_cli_fails_fast_on_bad_variants_and_missing_features(tmp_path: Path, cap
     assert "unknown ablation variant" in capsys.readouterr().err
     assert cli.main(["--config", str(DEMO), f"train.features={tmp_path / 'none'}"]) == 2
     assert str(tmp_path / "none") in capsys.readouterr().err
+
+
+def test_evaluated_variants_are_kept_so_a_later_call_only_assembles_the_table(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a shared box the variants run a few per call; the last call with all of them must not
+    train or evaluate the earlier ones again, and a changed configuration must."""
+    import itemsage.eval.evaluate as evaluate
+    import itemsage.train.trainer as trainer
+    from itemsage.studies.ablations import run_ablations
+
+    trained: list[str] = []
+    recall = {REFERENCE: 0.50, "concat_mlp": 0.40, "in_batch_no_logq": 0.30}
+
+    def fake_training(cfg, tracking=True):  # noqa: ANN001, ANN202 - stands in for a Ray Train run
+        trained.append(cfg.train.name)
+        return type("T", (), {"model_uri": f"runs/{cfg.train.name}"})()
+
+    def fake_summary(uri: str) -> dict[str, dict[str, float | None]]:
+        return {"search": {"itemsage": recall[uri.split("-", 1)[1]], "frozen": 0.2, "random": 0.01}}
+
+    monkeypatch.setattr(trainer, "run_training", fake_training)
+    monkeypatch.setattr(evaluate, "evaluate_model", lambda uri, **kw: uri)
+    monkeypatch.setattr(evaluate, "surface_summary", fake_summary)
+    out = tmp_path / "abl"
+    quiet = {"tracking": False, "progress": lambda _: None}
+
+    run_ablations(DEMO, ["train.max_steps=7"], select(["concat_mlp"]), out, prefix="t", **quiet)
+    run_ablations(DEMO, ["train.max_steps=7"], select(["in_batch_no_logq"]), out, prefix="t", **quiet)
+    assert trained == ["t-itemsage", "t-concat_mlp", "t-in_batch_no_logq"]  # the reference once
+    result = run_ablations(
+        DEMO, ["train.max_steps=7"], select(["concat_mlp", "in_batch_no_logq"]), out, prefix="t", **quiet
+    )
+    assert len(trained) == 3  # assembled from the kept rows alone
+    assert [r.variant for r in result.rows] == [REFERENCE, "concat_mlp", "in_batch_no_logq"]
+    assert result.row("in_batch_no_logq").verdict == "holds (-0.200)"
+    assert result.baselines["search"] == {"frozen": 0.2, "random": 0.01}
+    assert "| concat_mlp |" in (out / "ablations.md").read_text()
+    # Another step budget is another configuration: trained and evaluated again.
+    run_ablations(DEMO, ["train.max_steps=8"], select(["concat_mlp"]), out, prefix="t", **quiet)
+    assert trained[3:] == ["t-itemsage", "t-concat_mlp"]

@@ -43,6 +43,8 @@ class EvalRun:
     start_time: int
     tags: dict[str, str]
     metrics: dict[str, float]
+    # The tracking URI it was read from: registry versions (models:/itemsage/N) are per store.
+    store: str = ""
 
     def tag(self, key: str, default: str = "?") -> str:
         return self.tags.get(TAG_PREFIX + key, default)
@@ -103,28 +105,51 @@ class Group:
             for r in self.runs
         ]
 
+    @property
+    def stores(self) -> list[str]:
+        """The tracking URIs its runs came from, in order of first appearance."""
+        return list(dict.fromkeys(r.store for r in self.runs if r.store))
+
 
 def load_runs(
-    tracking_uri: str | None, experiments: Sequence[str] = (DEFAULT_EXPERIMENT,), tags: Mapping[str, str] | None = None
+    tracking_uri: str | Sequence[str] | None,
+    experiments: Sequence[str] = (DEFAULT_EXPERIMENT,),
+    tags: Mapping[str, str] | None = None,
 ) -> list[EvalRun]:
-    """Finished evaluation runs of ``experiments`` whose tags include ``tags``."""
+    """Finished evaluation runs of ``experiments`` whose tags include ``tags``, from one tracking
+    store or several (e.g. one ``mlflow.db`` per machine that ran seeds), each run marked with its
+    store. Every experiment must exist in every store named."""
+    uris = [tracking_uri] if tracking_uri is None or isinstance(tracking_uri, str) else list(tracking_uri)
+    if not uris:
+        raise QualityReportError("no tracking URI to read evaluation runs from")
+    if len(set(uris)) != len(uris):
+        raise QualityReportError(f"tracking URI named twice: {uris}")
+    return [run for uri in uris for run in _load_store(uri, experiments, tags or {})]
+
+
+def _load_store(tracking_uri: str | None, experiments: Sequence[str], tags: Mapping[str, str]) -> list[EvalRun]:
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=resolve_tracking_uri(tracking_uri))
+    resolved = resolve_tracking_uri(tracking_uri)
+    # As given (e.g. sqlite:///mlflow.db), not made absolute: it is printed in the report.
+    store = tracking_uri or resolved
+    client = MlflowClient(tracking_uri=resolved)
     ids = []
     for name in experiments:
         exp = client.get_experiment_by_name(name)
         if exp is None:
-            raise QualityReportError(f"no MLflow experiment {name!r} at {resolve_tracking_uri(tracking_uri)}")
+            raise QualityReportError(f"no MLflow experiment {name!r} at {resolved}")
         ids.append(exp.experiment_id)
     clauses = [f"tags.`{TAG_PREFIX}kind` = '{KIND}'", "attributes.status = 'FINISHED'"]
-    for k, v in (tags or {}).items():
+    for k, v in tags.items():
         clauses.append(f"tags.`{k}` = '{_quote(v)}'")
     out = []
     token = None
     while True:
         page = client.search_runs(ids, " and ".join(clauses), max_results=1000, page_token=token)
-        out += [EvalRun(r.info.run_id, int(r.info.start_time), dict(r.data.tags), dict(r.data.metrics)) for r in page]
+        out += [
+            EvalRun(r.info.run_id, int(r.info.start_time), dict(r.data.tags), dict(r.data.metrics), store) for r in page
+        ]
         token = page.token
         if not token:
             return out
@@ -178,9 +203,10 @@ def _methods(groups: Sequence[Group]) -> list[str]:
     return [m for m in METHOD_ORDER if m in present and m != "frozen"] + sorted(present - set(METHOD_ORDER))
 
 
-def group_markdown(g: Group, k: int = 10) -> str:
+def group_markdown(g: Group, k: int = 10, name_store: bool = False) -> str:
     """One table: a row per (probe, all|unseen), ItemSage and every baseline as columns (mean ±
-    spread over seeds), the best in bold, and ItemSage minus the best baseline."""
+    spread over seeds), the best in bold, and ItemSage minus the best baseline. ``name_store``:
+    say which tracking store the runs (and so the registry versions) are in."""
     methods = _methods([g])
     head = ["probe", "pairs", *[_label(m) for m in methods], "ItemSage - best baseline"]
     lines = ["| " + " | ".join(head) + " |", "|---|---:|" + "---:|" * (len(methods) + 1)]
@@ -200,7 +226,9 @@ def group_markdown(g: Group, k: int = 10) -> str:
     note = (
         f"**{g.title}**: Recall@{k}, each pair's item ranked against the whole catalog; "
         f"{len(g.runs)} seed(s) ({seeds}), mean ± sample standard deviation over seeds; models "
-        f"{', '.join(g.model_versions)}; configuration hash {g.config_hash}."
+        f"{', '.join(g.model_versions)}"
+        + (f" (registry of `{'`, `'.join(g.stores)}`)" if name_store and g.stores else "")
+        + f"; configuration hash {g.config_hash}."
     )
     if any(t != "?" for t in g.train_seconds):
         note += f" Training wall time per seed: {' / '.join(g.train_seconds)} s."
@@ -213,7 +241,9 @@ def report_markdown(
     parts = []
     if command:
         parts.append(f"Regenerated{f' on {date}' if date else ''} by `{command}`.")
-    parts += [group_markdown(g, k) for g in groups]
+    # Registry versions repeat across stores (each counts from 1), so with several the store is named.
+    several = len({st for g in groups for st in g.stores}) > 1
+    parts += [group_markdown(g, k, several) for g in groups]
     if figure:
         parts.append(f"![Recall@{k} of ItemSage and the baselines]({figure})")
     return "\n\n".join(parts)
@@ -312,6 +342,7 @@ def groups_json(groups: Sequence[Group], k: int = 10) -> list[dict[str, Any]]:
             "config_hash": g.config_hash,
             "seeds": g.seeds,
             "models": g.model_versions,
+            "stores": g.stores,
             "train_seconds": g.train_seconds,
             "runs": [r.run_id for r in g.runs],
             "k": k,

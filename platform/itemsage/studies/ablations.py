@@ -17,7 +17,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from itemsage.config import SURFACES, PipelineConfig, load_config
+from itemsage.config import SURFACES, PipelineConfig, load_config, to_dict
+from itemsage.eval.run_tags import config_hash
 
 log = logging.getLogger(__name__)
 
@@ -205,6 +206,23 @@ def bar_plot(result: AblationResult, path: str | Path) -> Path:
     return out
 
 
+def _row_key(cfg: PipelineConfig, split: str) -> dict[str, str]:
+    """What a cached row must match to stand for this variant: the configuration (without run
+    names), the features it trained on and the split it was scored on."""
+    return {"config_hash": config_hash(to_dict(cfg)), "features": str(cfg.train.features), "split": split}
+
+
+def _cached_row(path: Path, key: dict[str, str]) -> tuple[Row, dict[str, dict[str, float | None]]] | None:
+    """The row (and, for the reference, the baselines) a previous call evaluated with this key."""
+    if not path.exists():
+        return None
+    data = json.loads(path.read_text())
+    if data.get("key") != key:
+        return None
+    row = data["row"]
+    return Row(**{**row, "judged": tuple(row["judged"])}), data.get("baselines") or {}
+
+
 def run_ablations(
     base: str | Path | None,
     overrides: Sequence[str],
@@ -217,12 +235,16 @@ def run_ablations(
 ) -> AblationResult:
     """Train and evaluate each variant; writes ``ablations.md``, ``ablations.png`` and
     ``ablations.json`` under ``out_dir`` and logs them to MLflow (one ``ablations`` run in the
-    base config's experiment). Re-running resumes finished variants from their checkpoints."""
+    base config's experiment). Each evaluated variant is kept under ``out_dir/variants/``, so a
+    later call with the same configuration, features and split neither trains nor evaluates it
+    again: on a shared machine the variants can run a few per call and a last call with all of
+    them assembles the table (delete ``variants/`` to evaluate again, e.g. after re-preprocessing
+    into the same features directory)."""
     from itemsage.eval.evaluate import evaluate_model, surface_summary
     from itemsage.train.trainer import run_training
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    (out / "variants").mkdir(parents=True, exist_ok=True)
     rows: list[Row] = []
     baselines: dict[str, dict[str, float | None]] = {}
     max_steps = 0
@@ -230,6 +252,13 @@ def run_ablations(
         cfg = variant_config(base, overrides, v, prefix)
         max_steps = cfg.train.max_steps
         progress(f"[{i}/{len(variants)}] {v.name}: {v.description}")
+        key, cache = _row_key(cfg, split), out / "variants" / f"{v.name}.json"
+        cached = _cached_row(cache, key)
+        if cached is not None:
+            rows.append(cached[0])
+            baselines = cached[1] if v.name == REFERENCE else baselines
+            progress(f"    evaluated before ({cache}), {cached[0].model_uri}")
+            continue
         t0 = time.perf_counter()
         trained = run_training(cfg, tracking=tracking)
         seconds = time.perf_counter() - t0
@@ -238,9 +267,10 @@ def run_ablations(
         recall = {s: summary.get(s, {}).get("itemsage") for s in SURFACES}
         if v.name == REFERENCE:
             baselines = {s: {m: summary.get(s, {}).get(m) for m in ("frozen", "random")} for s in SURFACES}
-        rows.append(
-            Row(v.name, v.group, v.description, recall, round(seconds, 1), trained.model_uri, v.expected, v.surfaces)
-        )
+        row = Row(v.name, v.group, v.description, recall, round(seconds, 1), trained.model_uri, v.expected, v.surfaces)
+        rows.append(row)
+        kept = {"key": key, "row": asdict(row), "baselines": baselines if v.name == REFERENCE else {}}
+        cache.write_text(json.dumps(kept, indent=2) + "\n")
         shown = ", ".join(
             f"{s} {x:.3f}" for s, x in recall.items() if x is not None and (not v.surfaces or s in v.surfaces)
         )
