@@ -400,7 +400,9 @@ class HybridConfig(Section):
 
     # What /search and ItemSage.search use when a request names no mode. Chosen by measurement
     # (docs/quality.md, "Hybrid retrieval"): Shopee search, unseen test listings against all
-    # 27,344, Recall@10 hybrid 0.774 / 0.771 vs dense 0.742 / 0.736 vs lexical 0.766 (two trainings).
+    # 27,344, Recall@10 hybrid 0.774 / 0.771 vs dense 0.742 / 0.736 vs lexical 0.766 (two trainings);
+    # fashion likewise. A stronger dense model can reverse it (the current shopee.yaml: dense 0.810,
+    # hybrid 0.801), so a config sets it per catalog.
     default_mode: SearchMode = "hybrid"
     # Reciprocal-rank fusion: score(item) = sum over modes of weight / (rrf_k + rank), rank 1-based
     # (Cormack et al. 2009 use 60: it damps the top ranks' dominance without flattening them).
