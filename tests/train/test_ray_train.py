@@ -3,6 +3,8 @@ registration, resume, NaN stop."""
 
 import shutil
 import signal
+from dataclasses import dataclass
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -10,7 +12,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from itemsage.train.trainer import NonFiniteLossError, checkpoint_metas, run_training
+from itemsage.train.trainer import NonFiniteLossError, TrainResult, checkpoint_metas, run_training
 from itemsage.trained import load_trained
 from itemsage.trained.checkpoint import load_checkpoint
 
@@ -22,6 +24,8 @@ pytestmark = pytest.mark.slow
 # sit ~0.1-0.15 below what was measured and above random on every surface.
 VAL_RECALL_FLOOR = {"search": 0.85, "closeup": 0.8, "home": 0.85}
 
+RESUME_BASE = ["train.checkpoint_every=4", "train.eval_every=0", "train.mlflow_experiment=resume"]
+
 
 def _runs(uri: str, experiment: str) -> list:
     client = MlflowClient(uri)
@@ -29,12 +33,22 @@ def _runs(uri: str, experiment: str) -> list:
     return client.search_runs([exp.experiment_id]) if exp else []
 
 
-def test_run_tracks_checkpoints_and_registers(ray_cluster, synthetic_features, tmp_path, mlflow_uri, make_config) -> None:
+def test_run_tracks_checkpoints_and_registers(
+    ray_cluster, synthetic_features, tmp_path, mlflow_uri, make_config
+) -> None:
     cfg = make_config(
-        synthetic_features, tmp_path / "runs", "full",
-        ["train.max_steps=12", "train.checkpoint_every=6", "train.eval_every=3", "train.keep_checkpoints=1",
-         "train.mlflow_experiment=full"],
+        synthetic_features,
+        tmp_path / "runs",
+        "full",
+        [
+            "train.max_steps=12",
+            "train.checkpoint_every=6",
+            "train.eval_every=3",
+            "train.keep_checkpoints=1",
+            "train.mlflow_experiment=full",
+        ],
     )
+
     def callers_handler(signum, frame):  # e.g. make demo's serve stage, which stops Serve on Ctrl-C
         raise KeyboardInterrupt
 
@@ -67,7 +81,10 @@ def test_run_tracks_checkpoints_and_registers(ray_cluster, synthetic_features, t
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "model", "checkpoint"} <= artifacts
     assert {a.path for a in client.list_artifacts(run.info.run_id, "model")} == {
-        "model/config.yaml", "model/manifest.json", "model/model.safetensors", "model/vocab.json"
+        "model/config.yaml",
+        "model/manifest.json",
+        "model/model.safetensors",
+        "model/vocab.json",
     }
 
     # The registered model is the checkpoint with the best validation recall (the checkpoints are
@@ -87,41 +104,69 @@ def test_run_tracks_checkpoints_and_registers(ray_cluster, synthetic_features, t
         assert torch.equal(v, same.state_dict()[k]), k
 
 
-def test_rerun_resumes_the_same_run(ray_cluster, synthetic_features, tmp_path, mlflow_uri, make_config) -> None:
-    base = ["train.checkpoint_every=4", "train.eval_every=0", "train.mlflow_experiment=resume"]
-    first = run_training(make_config(synthetic_features, tmp_path / "runs", "resume", [*base, "train.max_steps=4"]))
-    assert first.step == 4
-    second = run_training(make_config(synthetic_features, tmp_path / "runs", "resume", [*base, "train.max_steps=8"]))
-    assert second.step == 8 and second.mlflow_run_id == first.mlflow_run_id
+@dataclass(frozen=True)
+class ResumedRun:
+    """A 4-step run, its rerun to step 8, and the MLflow record of the two, read right after."""
+
+    first: TrainResult
+    second: TrainResult
+    storage: Path
+    run_id: str
+    resumed_from_steps: list[float]
+    loss_steps: list[int]
+
+
+@pytest.fixture(scope="module")
+def resumed_run(ray_cluster, synthetic_features, tmp_path_factory, mlflow_uri, make_config) -> ResumedRun:
+    """Shared by the resume and the NaN tests: each Ray Train run costs tens of seconds of start-up
+    while its steps take milliseconds, so the NaN test continues this run rather than training a
+    good run of its own. The MLflow record is read before that continuation adds to it."""
+    storage = tmp_path_factory.mktemp("resume") / "runs"
+    first = run_training(make_config(synthetic_features, storage, "resume", [*RESUME_BASE, "train.max_steps=4"]))
+    second = run_training(make_config(synthetic_features, storage, "resume", [*RESUME_BASE, "train.max_steps=8"]))
     (run,) = _runs(mlflow_uri, "resume")
     client = MlflowClient(mlflow_uri)
-    assert [m.value for m in client.get_metric_history(run.info.run_id, "train/resumed_from_step")] == [4.0]
-    assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == list(range(1, 9))
+    return ResumedRun(
+        first,
+        second,
+        storage,
+        run.info.run_id,
+        [m.value for m in client.get_metric_history(run.info.run_id, "train/resumed_from_step")],
+        [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")],
+    )
+
+
+def test_rerun_resumes_the_same_run(resumed_run: ResumedRun) -> None:
+    first, second = resumed_run.first, resumed_run.second
+    assert first.step == 4
+    assert second.step == 8 and second.mlflow_run_id == first.mlflow_run_id == resumed_run.run_id
+    assert resumed_run.resumed_from_steps == [4.0]
+    assert resumed_run.loss_steps == list(range(1, 9))
     assert int(second.model_version) == int(first.model_version) + 1  # a new version per run
     # The optimizer and schedule continued rather than restarting: 8 scheduler steps in total.
     assert load_checkpoint(second.latest_checkpoint).scheduler["last_epoch"] == 8
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(
-    ray_cluster, synthetic_features, tmp_path, mlflow_uri, make_config
+    resumed_run: ResumedRun, synthetic_features, tmp_path, mlflow_uri, make_config
 ) -> None:
-    base = ["train.checkpoint_every=3", "train.eval_every=0", "train.max_failures=2", "train.mlflow_experiment=nan"]
-    good = run_training(make_config(synthetic_features, tmp_path / "runs", "nan", [*base, "train.max_steps=3"]))
-    # Same run, now on features whose search queries are NaN: the next step diverges.
+    good = resumed_run.second  # a good run up to step 8, checkpointed there
+    # The same run continued on features whose search queries are NaN: the next step diverges.
     bad = tmp_path / "bad_features"
     shutil.copytree(synthetic_features, bad)
     q = pq.read_table(bad / "queries.parquet")
     nan_emb = pa.array([[float("nan")] * 384] * q.num_rows, pa.list_(pa.float32()))
     pq.write_table(q.set_column(q.schema.get_field_index("text_emb"), "text_emb", nan_emb), bad / "queries.parquet")
-    cfg = make_config(bad, tmp_path / "runs", "nan", [*base, "train.max_steps=9"])
-    with pytest.raises(NonFiniteLossError, match="at step 4") as err:
+    cfg = make_config(bad, resumed_run.storage, "resume", [*RESUME_BASE, "train.max_failures=2", "train.max_steps=12"])
+    with pytest.raises(NonFiniteLossError, match="at step 9") as err:
         run_training(cfg)
     assert err.value.checkpoint == good.latest_checkpoint
-    assert load_checkpoint(err.value.checkpoint).step == 3
-    assert checkpoint_metas(good.run_dir)[-1][1]["step"] == 3
-    (run,) = _runs(mlflow_uri, "nan")
+    assert load_checkpoint(err.value.checkpoint).step == 8
+    assert checkpoint_metas(good.run_dir)[-1][1]["step"] == 8
+    (run,) = _runs(mlflow_uri, "resume")
+    assert run.info.run_id == good.mlflow_run_id
     assert run.info.status == "FAILED"
-    assert run.data.tags["itemsage.stop_reason"] == "non-finite loss at step 4"
+    assert run.data.tags["itemsage.stop_reason"] == "non-finite loss at step 9"
 
 
 def test_unreachable_mlflow_does_not_stop_training(ray_cluster, synthetic_features, tmp_path, make_config) -> None:
@@ -131,13 +176,17 @@ def test_unreachable_mlflow_does_not_stop_training(ray_cluster, synthetic_featur
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cfg = make_config(synthetic_features, tmp_path / "runs", "offline", ["train.max_steps=4", "train.checkpoint_every=4"])
+    cfg = make_config(
+        synthetic_features, tmp_path / "runs", "offline", ["train.max_steps=4", "train.checkpoint_every=4"]
+    )
     result = run_training(cfg, tracking_uri=f"http://127.0.0.1:{port}")
     assert result.step == 4 and result.mlflow_run_id is None and result.model_version is None
     assert result.model_uri == result.bundle_dir  # the model is still saved, just not registered
     manifest = load_trained(result.model_uri).manifest
     assert manifest["step"] == 4
-    records = [json.loads(line) for line in (tmp_path / "runs" / "offline" / "itemsage" / "mlflow_fallback.jsonl").open()]
+    records = [
+        json.loads(line) for line in (tmp_path / "runs" / "offline" / "itemsage" / "mlflow_fallback.jsonl").open()
+    ]
     loss_steps = [r["step"] for r in records if r["kind"] == "metrics" and "train/loss" in r["data"]]
     assert loss_steps == [1, 2, 3, 4]
     assert any(r["kind"] == "params" and r["data"]["train.max_steps"] == "4" for r in records)
