@@ -30,6 +30,12 @@ PROBE_METHODS = {
     "item2item": ("itemsage", "tfidf", "bm25", "minilm", "image", "random"),
     "home": ("itemsage", "tfidf", "bm25", "minilm", "image", "user_feat", "random"),
 }
+# The attribute-relevance probes (itemsage.eval.attribute_probes): the sample has kind, colour, gender.
+ATTRIBUTE_METHODS = {
+    "attr_search": ("itemsage", "tfidf", "bm25", "minilm", "random"),
+    "attr_closeup": ("itemsage", "image", "random"),
+    "attr_item2item": ("itemsage", "tfidf", "bm25", "minilm", "image", "random"),
+}
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -120,8 +126,25 @@ def test_json_holds_every_row(result) -> None:
     assert len(rows) == len(data["rows"])  # one row per (task, method)
     assert {("search/all", "itemsage"), ("item2item/all", "bm25"), ("home/all", "random")} <= set(rows)
     assert rows[("closeup/all", "image")]["label"] == "frozen image features"
-    assert data["holdout"] == "item" and set(data["probes"]) == set(PROBE_METHODS)
+    assert data["holdout"] == "item" and set(data["probes"]) == set(PROBE_METHODS) | set(ATTRIBUTE_METHODS)
+    assert data["attribute_items"] == res.attribute_items > 0
     assert rows[("search/all", "itemsage")]["recall@10"] == res.recall("itemsage", "search/all", 10)
+
+
+def test_attribute_probes_rank_the_whole_catalog_for_every_method(result) -> None:
+    """Queries from the held-out items, relevant = same kind, colour and gender: every applicable
+    method on the same queries, the trained model above random, and the rows in the markdown."""
+    res, _ = result
+    for probe, methods in ATTRIBUTE_METHODS.items():
+        task = f"{probe}/all"
+        assert {m for m, t in res.table.rows if t == task} == set(methods), probe
+        assert len({res.table.rows[(m, task)]["n"] for m in methods}) == 1, probe
+        for m in methods:
+            assert 0.0 <= res.recall(m, task, 10) <= 1.0
+        assert res.recall("itemsage", task, 10) > res.recall("random", task, 10), probe
+    # The photo and the item probes ask about the same held-out items.
+    assert res.table.rows[("image", "attr_closeup/all")] == res.table.rows[("image", "attr_item2item/all")]
+    assert "capped Recall@k" in res.markdown() and "attr_search/all" in res.markdown()
 
 
 def test_item_disjoint_split_is_all_unseen_items(result) -> None:
@@ -220,7 +243,9 @@ def test_text_only_catalog_gets_the_probes_that_apply(sample_model: SampleModel,
 
     res = evaluate_model(str(sample_model.bundle), features=str(features), split="val", device="cpu")
     probes = {t.split("/")[0] for t in res.table.tasks()}
-    assert probes == {"search", "item2item", "home"}
+    assert probes == {"search", "item2item", "home", "attr_search", "attr_item2item"}
+    text_methods = {"itemsage", "tfidf", "bm25", "minilm", "random"}
+    assert {m for m, t in res.table.rows if t == "attr_item2item/all"} == text_methods
     assert {m for m, t in res.table.rows if t == "item2item/all"} == {"itemsage", "tfidf", "bm25", "minilm", "random"}
     assert {m for m, t in res.table.rows if t == "home/all"} == {"itemsage", "tfidf", "bm25", "minilm", "random"}
 

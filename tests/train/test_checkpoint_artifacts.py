@@ -103,3 +103,18 @@ def test_bundles_written_before_an_architecture_switch_rebuild_as_written(tmp_pa
     assert (old.use_title_embedding, old.title_skip, old.query_residual) == (False, False, False)
     (tmp_path / "config.yaml").write_text("train:\n  model:\n    hidden_dim: 32\n    query_residual: true\n")
     assert load_bundle_config(tmp_path).train.model.query_residual is True
+
+
+def test_bundles_with_a_retired_serving_setting_still_load(tmp_path: Path) -> None:
+    """index.filters.exact_below was removed after models were registered with it in their config;
+    it changes nothing the bundle holds, so such a model loads (legacy model keys still apply)."""
+    from itemsage.trained.bundle import load_bundle_config
+
+    (tmp_path / "config.yaml").write_text(
+        "index:\n  filters:\n    exact_below: 5000\ntrain:\n  model:\n    hidden_dim: 32\n"
+    )
+    cfg = load_bundle_config(tmp_path)
+    assert cfg.train.model.hidden_dim == 32 and cfg.train.model.query_residual is False
+    (tmp_path / "config.yaml").write_text("index:\n  filters:\n    no_such_knob: 1\n")
+    with pytest.raises(ValueError, match="no_such_knob"):
+        load_bundle_config(tmp_path)

@@ -47,6 +47,8 @@ import torch
 from itemsage.config import TEXT_FIELDS
 from itemsage.data.features_io import resolve
 from itemsage.data.features_read import FeaturesError, QueryFeatures, read_manifest, read_pairs
+from itemsage.eval.attribute_eval import add_attribute_rows
+from itemsage.eval.attribute_probes import ATTRIBUTE_PROBES
 from itemsage.eval.baselines.corpus import TextCorpus
 from itemsage.eval.baselines.suite import BaselineSuite
 from itemsage.eval.modes import add_search_mode_rows
@@ -91,6 +93,8 @@ class EvalResult:
     baseline_fit: str = "catalog"
     dataset: str = "unknown"
     identity: dict[str, str] = field(default_factory=dict)
+    # Held-out items the attribute probes' queries came from (0: the catalog has no facets).
+    attribute_items: int = 0
     created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
 
     def recall(self, method: str, task: str, k: int = 10) -> float | None:
@@ -108,6 +112,12 @@ class EvalResult:
             if 0 < self.num_unseen_pairs < self.num_pairs:
                 head += f" (rows <surface>/{UNSEEN}; the others are rows <surface>/{SEEN})"
             head += "."
+        if self.attribute_items:
+            head += (
+                f" Rows attr_*: queries from {self.attribute_items:,} held-out items never trained on, relevant = "
+                "every item of the same kind, colour and gender; capped Recall@k = |top k ∩ relevant| / "
+                "min(k, |relevant|), i.e. precision@k when k or more are relevant."
+            )
         return f"{head}\n\n{recall_markdown(self.table)}"
 
     def to_dict(self) -> dict[str, Any]:
@@ -127,7 +137,8 @@ class EvalResult:
             "baseline_fit": self.baseline_fit,
             "dataset": self.dataset,
             "identity": self.identity,
-            "probes": {p.name: p.description for p in PROBES},
+            "probes": {p.name: p.description for p in (*PROBES, *ATTRIBUTE_PROBES)},
+            "attribute_items": self.attribute_items,
             "created_at": self.created_at,
             "rows": recall_rows(self.table),
         }
@@ -297,6 +308,8 @@ def evaluate_model(
                     table, probe_val, queries, item_emb, corpus.item_texts, corpus.query_texts, corpus.fields
                 )
             suite.add_rows(table, probe, probe_val)
+        # What a shopper sees in the top k (same kind, colour, gender) for queries from new items.
+        attribute_items = add_attribute_rows(table, tm, store, suite, feats, split, item_emb, torch.device(dev), seed)
         if queries_out:
             write_search_queries(tm, qf, val, torch.device(dev), queries_out)
     finally:
@@ -318,6 +331,7 @@ def evaluate_model(
         baseline_fit=baseline_fit,
         dataset=str(fmanifest.get("layout", "unknown")),
         identity=run_identity(tm),
+        attribute_items=attribute_items,
     )
     if out:
         write_result(result, out)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from itemsage.eval.attribute_probes import ATTRIBUTE_PROBE_NAMES
 from itemsage.eval.probes import PROBE_NAMES
 from itemsage.eval.report import METHOD_LABELS, METHOD_ORDER
 from itemsage.eval.tracking import DEFAULT_EXPERIMENT, KIND, TAG_PREFIX
@@ -230,6 +231,11 @@ def group_markdown(g: Group, k: int = 10, name_store: bool = False) -> str:
         + (f" (registry of `{'`, `'.join(g.stores)}`)" if name_store and g.stores else "")
         + f"; configuration hash {g.config_hash}."
     )
+    if any(pr[0] in ATTRIBUTE_PROBE_NAMES for pr in g.stats):
+        note += (
+            " Rows attr_*: queries from held-out items, relevant = every item of the same kind, colour and gender,"
+            f" capped Recall@{k} = |top {k} ∩ relevant| / min({k}, |relevant|) (itemsage.eval.attribute_probes)."
+        )
     if any(t != "?" for t in g.train_seconds):
         note += f" Training wall time per seed: {' / '.join(g.train_seconds)} s."
     return note + "\n\n" + "\n".join(lines)

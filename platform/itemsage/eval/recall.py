@@ -80,6 +80,20 @@ class RecallTable:
             row["n"] = n
             self.rows[(method, task)] = row
 
+    def add_values(self, method: str, task: str, values: Mapping[int, np.ndarray]) -> None:
+        """One row of ``method`` from per-query scores already in [0, 1] for each k (the attribute
+        probes' capped recall, ``itemsage.eval.attribute_probes``): their mean; NaN (a query with
+        nothing relevant) is left out."""
+        if set(values) != set(self.ks):
+            raise ValueError(f"values for k={sorted(values)} but the table reports k={list(self.ks)}")
+        kept = [np.asarray(v, dtype=np.float64) for v in values.values()]
+        n = int((~np.isnan(kept[0])).sum())
+        if n == 0:
+            return
+        row: dict[str, float] = {f"recall@{k}": float(np.nanmean(values[k])) for k in self.ks}
+        row["n"] = n
+        self.rows[(method, task)] = row
+
     def methods(self) -> list[str]:
         return list(dict.fromkeys(m for m, _ in self.rows))
 

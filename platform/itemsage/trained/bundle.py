@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from itemsage.config import TEXT_FIELDS, PipelineConfig, dump_config, load_config
+from itemsage.config import TEXT_FIELDS, PipelineConfig, dump_config, from_dict, load_config
 from itemsage.data.features_io import resolve
 from itemsage.data.text import Vocab
 from itemsage.trained.checkpoint import STATE_FILE, load_checkpoint
@@ -46,6 +46,9 @@ TEXT_BACKBONE = "all-MiniLM-L6-v2"
 # Architecture switches added after bundles were first written, with the value that rebuilds what
 # a bundle written without them holds.
 _LEGACY_MODEL_KEYS = {"use_title_embedding": "false", "title_skip": "false", "query_residual": "false"}
+# Settings removed since bundles were written that change nothing a bundle holds (serving knobs):
+# dropped from an older bundle's config.yaml, so that models registered before still load.
+_RETIRED_KEYS: tuple[tuple[str, ...], ...] = (("index", "filters", "exact_below"),)
 
 
 # ------------------------------------------------------------------------------------ write
@@ -174,7 +177,25 @@ def load_bundle_config(model_dir: str | Path) -> PipelineConfig:
     written = yaml.safe_load(path.read_text()) if path.is_file() else None
     model_keys = ((written or {}).get("train") or {}).get("model") or {}
     legacy = [f"train.model.{k}={v}" for k, v in _LEGACY_MODEL_KEYS.items() if k not in model_keys]
+    if isinstance(written, dict) and _drop_retired(written):
+        model = written.setdefault("train", {}).setdefault("model", {})
+        for key, value in _LEGACY_MODEL_KEYS.items():
+            model.setdefault(key, yaml.safe_load(value))
+        return from_dict(PipelineConfig, written)
     return load_config(PipelineConfig, path, legacy)
+
+
+def _drop_retired(config: dict[str, Any]) -> bool:
+    """Remove :data:`_RETIRED_KEYS` from ``config`` in place; whether any was there."""
+    dropped = False
+    for *parents, key in _RETIRED_KEYS:
+        node: Any = config
+        for name in parents:
+            node = node.get(name) if isinstance(node, dict) else None
+        if isinstance(node, dict) and key in node:
+            del node[key]
+            dropped = True
+    return dropped
 
 
 def read_model_state(model_dir: str | Path) -> dict[str, torch.Tensor]:

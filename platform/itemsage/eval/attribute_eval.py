@@ -1,0 +1,114 @@
+"""The attribute-relevance probes (``itemsage.eval.attribute_probes``) for a model and the baselines.
+
+Each method scores the probe's queries against every catalog item, the same candidates and the
+same capped Recall@k for all: the model through the tower a user's query takes (search tower on
+the query text, closeup tower on the photo, item tower on both sides for item -> item, as
+``/search``, ``/closeup`` and ``/similar`` do), char-3gram TF-IDF and BM25 (the text query, or
+the query item's text), frozen MiniLM (the query text through the packaged frozen encoder, or
+the query item's title, against the items' titles), frozen image features (photo and item
+queries) and random. Rows are ``<probe>/all`` in the evaluation's recall table.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+import torch.nn.functional as F
+
+from itemsage.data.features_read import read_pairs
+from itemsage.eval.attribute_probes import ROW, AttributeQueries, Facets, attribute_queries, attribute_recall
+from itemsage.eval.baselines.suite import BaselineSuite
+from itemsage.eval.recall import RecallTable
+from itemsage.eval.validation import embed_items
+from itemsage.model import ItemFeatureStore
+from itemsage.trained.loaded import TrainedModel
+from itemsage.trained.queries import frozen_text_encoder
+
+
+def unseen_items(features: str, split: str) -> np.ndarray:
+    """Items engaged by ``split``'s pairs and by no training pair: the model never trained on them
+    (on an item-disjoint split, every held-out item)."""
+    held = np.unique(read_pairs(features, split)["item_idx"])
+    return np.setdiff1d(held, read_pairs(features, "train")["item_idx"])
+
+
+def _unit(x: torch.Tensor) -> torch.Tensor:
+    return F.normalize(x.float(), dim=-1)
+
+
+def _dense(q: torch.Tensor, items: torch.Tensor):  # noqa: ANN202 - a ScoreFn
+    return lambda rows: q[torch.from_numpy(rows)] @ items.T
+
+
+@torch.no_grad()
+def _model_queries(
+    tm: TrainedModel, store: ItemFeatureStore, queries: AttributeQueries, device: torch.device
+) -> torch.Tensor:
+    kind = queries.probe.query
+    if kind == "text":
+        assert queries.texts is not None
+        return torch.from_numpy(tm.embed_search_queries(queries.texts))
+    keys = torch.from_numpy(queries.item)
+    if kind == "image":
+        return tm.model.embed_queries("closeup", store.first_image_feat[keys].to(device)).float().cpu()
+    return tm.model.embed_item_queries(embed_items(tm.model, store, keys, device)).float().cpu()
+
+
+def _lexical_scores(ranker, queries: AttributeQueries):  # noqa: ANN001, ANN202 - TfidfRanker | Bm25Ranker
+    q = ranker.text_queries(queries.texts) if queries.probe.query == "text" else ranker.item_queries(queries.item)
+    if isinstance(q, sp.csr_matrix):
+        items_t = ranker.items.T.tocsc()
+        return lambda rows: np.asarray((q[rows] @ items_t).todense())
+    return lambda rows: np.stack([ranker.scores(q[int(r)]) for r in rows])
+
+
+def add_attribute_rows(
+    table: RecallTable,
+    tm: TrainedModel,
+    store: ItemFeatureStore,
+    suite: BaselineSuite,
+    features: str,
+    split: str,
+    item_emb: torch.Tensor,
+    device: torch.device,
+    seed: int = 0,
+) -> int:
+    """Rows ``attr_*/all`` of the model and every applicable baseline; returns the number of
+    held-out items the queries came from (0 when the catalog has no facets: nothing is added).
+
+    ``item_emb``: the model's embeddings of every catalog item, in item order.
+    """
+    facets = Facets.load(features)
+    if facets is None:
+        return 0
+    if item_emb.shape[0] != len(facets.group):
+        raise ValueError(f"{item_emb.shape[0]} item embeddings for {len(facets.group)} catalog items")
+    held = unseen_items(features, split)
+    probes = attribute_queries(facets, held, store.has_image.numpy(), seed)
+    ks = table.ks
+    title = _unit(store.title_emb)
+    image = _unit(store.first_image_feat)
+    rng = np.random.default_rng(seed)
+    for name, queries in probes.items():
+        task = f"{name}/{ROW}"
+        kind = queries.probe.query
+        methods = {"itemsage": _dense(_model_queries(tm, store, queries, device), item_emb.float())}
+        if kind in ("text", "item"):
+            methods["tfidf"] = _lexical_scores(suite.tfidf, queries)
+            methods["bm25"] = _lexical_scores(suite.bm25, queries)
+            if kind == "text":
+                assert queries.texts is not None
+                text_q = torch.from_numpy(frozen_text_encoder(device).encode(queries.texts))
+            else:
+                text_q = store.title_emb[torch.from_numpy(queries.item)]
+            methods["minilm"] = _dense(_unit(text_q), title)
+        if kind in ("image", "item") and suite.with_images:
+            methods["image"] = _dense(image[torch.from_numpy(queries.item)], image)
+        methods["random"] = lambda rows: rng.random((len(rows), len(facets.group)))
+        for method, score in methods.items():
+            table.add_values(method, task, attribute_recall(queries, facets, score, ks))
+    return int(len(held))
+
+
+__all__ = ["add_attribute_rows", "unseen_items"]
