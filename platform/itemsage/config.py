@@ -187,6 +187,12 @@ class ModelConfig(Section):
     # Start every query projection (and so the tied title skip) as a similarity-preserving linear
     # map plus a zero-initialised MLP, so step 0 already ranks like the frozen features.
     query_residual: bool = True
+    # Add the item's first image feature to its output through the closeup query projection itself
+    # (shared weights, a learned gate; items without an image add nothing), as title_skip does for
+    # the title and the search projection. A photo query and an item's photo then start in one
+    # space, so a closeup query starts at the frozen image similarity instead of relearning it
+    # through the transformer (docs/quality.md, "Fashion: attribute relevance").
+    image_skip: bool = False
     # How the hash embedding starts (docs/quality.md, "A text path that starts at TF-IDF").
     # "random": the paper's N(0, 1/dim) table with equal per-token weights. "idf": each token's
     # weights start at its inverse document frequency over the training items (held-out items never
@@ -231,6 +237,17 @@ class LossConfig(Section):
     random_negatives: bool = True
     num_random_negatives: int = 1024
     logq_correction: bool = True
+    # Share of the num_random_negatives drawn from the product type (catalog column product_types,
+    # else the last category_path level) of a positive of the batch (a row picked uniformly, then an
+    # item of its type uniformly) instead of from the whole catalog: mixed negative sampling with
+    # hard negatives from the catalog's own structure. Uniform negatives are nearly always of
+    # another type, so the loss never has to tell colour or gender apart; these do. 0 = uniform.
+    same_type_negatives: float = 0.0
+    # With same_type_negatives: subtract log(q_j / q_uniform) from each random negative's logit,
+    # q_j its probability under the mixed draw, so the random term stays a sampled softmax over
+    # the catalog (the over-drawn types are not over-weighted, only seen more often). Off: the
+    # hard negatives weigh as drawn (a harder objective than the full softmax).
+    same_type_logq: bool = True
     # Learned temperature: init and lower clamp (the logit scale is 1/temperature, capped at 100).
     temperature_init: float = 0.07
     temperature_min: float = 0.01

@@ -220,3 +220,41 @@ def test_batch_embedding_refuses_rows_without_titles_for_a_title_tower() -> None
         embed_rows(_tower(use_title_embedding=True), rows, D, TEXT_FIELDS, 4, "v1")
     out = embed_rows(_tower(), rows, D, TEXT_FIELDS, 4, "v1")  # the paper's tower needs no title
     assert out.num_rows == 1 and len(out.column("embedding")[0]) == 16
+
+
+@pytest.mark.parametrize("text_residual", [False, True])
+def test_image_skip_ties_the_closeup_projection_and_starts_a_photo_query_near_its_item(text_residual: bool) -> None:
+    from itemsage.config import LossConfig
+    from itemsage.model import build_model
+
+    cfg = SMALL.replace(image_skip=True, text_residual=text_residual, query_residual=True, hidden_dim=32)
+    torch.manual_seed(0)
+    model = build_model(cfg, LossConfig(random_negatives=False), vocab_size=V, image_dim=D).eval()
+    assert model.item_tower.image_skip is model.query_towers.projection("closeup")
+    batch = _batch([2, 2, 2, 2, 2, 2], _lens(6, empty=True))
+    items = model.embed_item_vectors(batch)
+    photos = model.embed_queries("closeup", batch.image_feats[:, 0])
+    # Each photo query scores its own item above the others: the skip carries the photo's
+    # features into the item side through the same projection.
+    scores = photos @ items.T
+    assert torch.equal(scores.argmax(1), torch.arange(6)), scores
+    # Without the skip (same seed), the items' photos reach the output only through the random
+    # transformer and head: no such alignment.
+    torch.manual_seed(0)
+    plain = build_model(cfg.replace(image_skip=False), LossConfig(random_negatives=False), vocab_size=V, image_dim=D)
+    plain.eval()
+    plain_scores = plain.embed_queries("closeup", batch.image_feats[:, 0]) @ plain.embed_item_vectors(batch).T
+    assert scores.diagonal().mean() > plain_scores.diagonal().mean() + 0.1
+    # An item without an image gets nothing from the skip, whatever its gate.
+    no_image = dataclasses.replace(
+        batch, image_feats=torch.zeros_like(batch.image_feats), image_mask=torch.zeros_like(batch.image_mask)
+    )
+    gated_off = model.embed_item_vectors(no_image)
+    model.item_tower.image_gate.data.fill_(5.0)
+    torch.testing.assert_close(model.embed_item_vectors(no_image), gated_off)
+
+
+def test_image_skip_is_off_in_the_text_only_ablation() -> None:
+    tower = _tower(image_skip=True, use_image=False)
+    assert tower.image_skip is None
+    assert _tower(image_skip=True).image_skip is not None

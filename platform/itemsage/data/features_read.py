@@ -251,3 +251,29 @@ def _strings_by_index(fs: pafs.FileSystem, path: str, index_col: str, value_col:
     out = np.full(int(idx.max()) + 1 if len(idx) else 0, "", dtype=object)
     out[idx] = np.asarray(table.column(value_col).to_pylist(), dtype=object)
     return out
+
+
+def item_kinds(features: str) -> np.ndarray:
+    """``kind[item_idx]``: a code per product type (``product_types``, else the last
+    ``category_path`` level, lower-cased: the synthetic engagement's kind facet), -1 where an item
+    has none; all -1 when the catalog has neither column. Codes follow the sorted kind names, so
+    they are the same on every worker."""
+    fs, root = features_location(features)
+    path = _join(root, "catalog.parquet")
+    if not _exists(fs, path):
+        raise FeaturesError(f"features directory {features!r} has no catalog.parquet (the items' product types)")
+    have = set(pq.read_schema(path, filesystem=fs).names) & {"product_types", "category_path"}
+    n = pq.read_metadata(path, filesystem=fs).num_rows
+    if not have:
+        return np.full(n, -1, dtype=np.int64)
+    table = pq.read_table(path, filesystem=fs, columns=sorted(have))
+
+    def column(name: str) -> list[str]:
+        if name not in table.column_names:
+            return [""] * n
+        return ["" if v is None or v != v else str(v) for v in table.column(name).to_pylist()]  # v != v: NaN
+
+    kinds = [(p or c.split(">")[-1]).strip().lower() for p, c in zip(column("product_types"), column("category_path"))]
+    names = sorted({k for k in kinds if k})
+    code = {k: i for i, k in enumerate(names)}
+    return np.asarray([code.get(k, -1) for k in kinds], dtype=np.int64)

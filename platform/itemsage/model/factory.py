@@ -244,6 +244,7 @@ class ItemSageModel(nn.Module):
         rand_items: ItemBatch | None = None,
         rand_ids: torch.Tensor | None = None,
         search_token_ids: torch.Tensor | None = None,
+        rand_log_weight: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """The training objective for one batch (see :class:`SampledSoftmaxLoss` for the outputs).
 
@@ -262,7 +263,7 @@ class ItemSageModel(nn.Module):
                 self._track_mean(surface, query[rows.to(query.device)].detach())
             self._track_mean("item", pos.detach())
         rand = self.embed_item_vectors(rand_items) if rand_items is not None else None
-        return self.loss(query, pos, item_ids, item_logq, rand, rand_ids)
+        return self.loss(query, pos, item_ids, item_logq, rand, rand_ids, rand_log_weight)
 
 
 def build_model(
@@ -300,6 +301,10 @@ def build_model(
         # Tied: an item's title and a search query go through the very same projection (a siamese
         # pair over MiniLM), so training refines MiniLM's title similarity instead of relearning it.
         item_tower.title_skip = query_towers.projection("search")
+    if isinstance(item_tower, ItemSageTower) and item_tower.image_skip is not None:
+        # Tied likewise (model.image_skip): an item's photo and a closeup query's photo go through
+        # the very same projection, so a photo query starts at the frozen image similarity.
+        item_tower.image_skip = query_towers.projection("closeup")
     return ItemSageModel(
         item_tower=item_tower,
         query_towers=query_towers,

@@ -124,6 +124,12 @@ class ItemSageTower(nn.Module):
         if cfg.use_title_embedding and cfg.title_skip:
             self.title_skip = QueryProjection(TEXT_QUERY_DIM, cfg.embedding_dim, cfg.hidden_dim)
             self.title_gate = nn.Parameter(torch.ones(()))
+        # model.image_skip: the first image's feature through the closeup query projection (tied
+        # in build_model), gated, added to the output; image_gate exists only with it.
+        self.image_skip: QueryProjection | None = None
+        if cfg.image_skip and cfg.use_image:
+            self.image_skip = QueryProjection(self.image_dim, cfg.embedding_dim, cfg.hidden_dim)
+            self.image_gate = nn.Parameter(torch.ones(()))
         self.text_residual: TextResidual | None = None
         if cfg.text_residual:
             self.text_residual = TextResidual(cfg.hash_dim, cfg.embedding_dim)
@@ -163,12 +169,23 @@ class ItemSageTower(nn.Module):
             out = out + self.text_residual(bags.sum(1)) * float(self.cfg.use_text)
             if self.title_skip is not None:
                 out = out + self.title_gate.to(out.dtype) * self.title_skip(title) * has_title.to(out.dtype)
-            return F.normalize(out, dim=-1)
+            return F.normalize(out + self._image_skip(batch, out.dtype), dim=-1)
         out = self.head(hidden[:, 0])
         if self.title_skip is not None:
             skip = self.title_skip(title) * has_title.to(out.dtype)
             out = F.normalize(out + self.title_gate.to(out.dtype) * skip.to(out.dtype), dim=-1)
+        if self.image_skip is not None:
+            out = F.normalize(out + self._image_skip(batch, out.dtype), dim=-1)
         return out
+
+    def _image_skip(self, batch: ItemBatch, dtype: torch.dtype) -> torch.Tensor | float:
+        """Gated closeup projection of the first image's feature (0 for items without an image,
+        and when ``model.image_skip`` is off)."""
+        if self.image_skip is None or batch.image_feats.shape[1] == 0:
+            return 0.0
+        has_image = batch.image_mask[:, :1].to(dtype)
+        skip = self.image_skip(batch.image_feats[:, 0]).to(dtype) * has_image
+        return self.image_gate.to(dtype) * skip
 
     def flops_per_item(self, num_images: float, num_tokens: float) -> float:
         """Analytic forward FLOPs (2 per multiply-add) for one item; the benchmark's MFU numerator."""

@@ -124,6 +124,7 @@ class SampledSoftmaxLoss(nn.Module):
         pos_logq: torch.Tensor | None = None,
         rand_items: torch.Tensor | None = None,
         rand_ids: torch.Tensor | None = None,
+        rand_log_weight: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """Mean losses over the ``B`` rows.
 
@@ -134,13 +135,16 @@ class SampledSoftmaxLoss(nn.Module):
             pos_logq: ``[B]`` log sampling probability of each positive (needed with logQ).
             rand_items: ``[R, d]`` uniformly sampled items (needed with random negatives).
             rand_ids: ``[R]`` their ids (for masking a random draw of the positive).
+            rand_log_weight: ``[R]`` ``log(q_j / q_uniform)`` of each random negative when they were
+                not drawn uniformly (``loss.same_type_negatives``); subtracted from their logits
+                when ``loss.same_type_logq`` is on (a uniform draw has 0).
 
         Returns:
             ``loss`` (the sum of enabled terms), ``in_batch_loss``, ``random_loss`` (0 when a term
             is disabled) and ``temperature`` (detached).
         """
         with torch.autocast(query.device.type, enabled=False):
-            return self._loss(query, pos_item, pos_ids, pos_logq, rand_items, rand_ids)
+            return self._loss(query, pos_item, pos_ids, pos_logq, rand_items, rand_ids, rand_log_weight)
 
     def _loss(
         self,
@@ -150,6 +154,7 @@ class SampledSoftmaxLoss(nn.Module):
         pos_logq: torch.Tensor | None,
         rand_items: torch.Tensor | None,
         rand_ids: torch.Tensor | None,
+        rand_log_weight: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         q = F.normalize(_upcast(query), dim=-1)
         pos = F.normalize(_upcast(pos_item), dim=-1)
@@ -166,7 +171,10 @@ class SampledSoftmaxLoss(nn.Module):
             if rand_items is None:
                 raise ValueError("random negatives are on but rand_items is None")
             neg = F.normalize(_upcast(rand_items), dim=-1)
-            logits = scale * torch.cat([(q * pos).sum(-1, keepdim=True), q @ neg.T], dim=1)
+            neg_logits = scale * (q @ neg.T)
+            if rand_log_weight is not None and self.cfg.same_type_logq:
+                neg_logits = neg_logits - rand_log_weight.to(neg_logits).unsqueeze(0)
+            logits = torch.cat([scale * (q * pos).sum(-1, keepdim=True), neg_logits], dim=1)
             col_ids = None
             if rand_ids is not None:
                 # Column 0 is each row's own positive (the label, never masked); -1 is a placeholder.

@@ -30,12 +30,12 @@ from torch import nn
 
 from itemsage.config import SURFACES, PipelineConfig, TrainConfig, from_dict
 from itemsage.data.features_io import resolve
-from itemsage.data.features_read import QueryFeatures, read_pairs
+from itemsage.data.features_read import QueryFeatures, item_kinds, read_pairs
 from itemsage.eval.validation import baseline_recall, build_val_set, model_recall, recall_metrics
 from itemsage.files import write_atomic
 from itemsage.model import ItemFeatureStore, ItemSageModel, MultiTaskBatcher, build_model
 from itemsage.model.text_prior import training_idf
-from itemsage.train.data import cached_cycle, heldout_items, sample_negatives
+from itemsage.train.data import MixedNegativeSampler, cached_cycle, heldout_items, sample_negatives
 from itemsage.train.lamb import Lamb
 from itemsage.train.schedule import build_scheduler
 from itemsage.train.tracking import Tracker
@@ -180,14 +180,16 @@ class TrainModule(nn.Module):
         rand_ids: torch.Tensor | None = None,
         search_tokens: Mapping[str, torch.Tensor] | None = None,
         search_token_ids: torch.Tensor | None = None,
+        rand_log_weight: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """``search_tokens``: MiniLM tokenizer output (fine-tuning); ``search_token_ids``: the
-        search rows' vocabulary ids for the pooled text path (``model.text_residual``)."""
+        search rows' vocabulary ids for the pooled text path (``model.text_residual``);
+        ``rand_log_weight``: the random negatives' draw correction (``loss.same_type_negatives``)."""
         if self.text_encoder is not None and search_tokens is not None and "search" in queries:
             rows, _ = queries["search"]
             feats = self.text_encoder(search_tokens["input_ids"], search_tokens["attention_mask"])
             queries = {**queries, "search": (rows, feats)}
-        return self.model(queries, items, item_ids, item_logq, rand_items, rand_ids, search_token_ids)
+        return self.model(queries, items, item_ids, item_logq, rand_items, rand_ids, search_token_ids, rand_log_weight)
 
     def text_encoder_state(self) -> dict[str, torch.Tensor]:
         """The fine-tuned encoder layers' tensors (the frozen rest ships with the pip package)."""
@@ -268,14 +270,14 @@ def freeze_untrained_towers(module: TrainModule, surfaces: Sequence[str]) -> Non
 
     No query of theirs ever reaches them, so they would get no gradient anyway (and the optimizer
     would skip them): frozen, they keep their initial weights exactly as before, and DDP does not
-    have to look for them in every step's graph. The search projection stays trainable while the
-    item tower's title skip shares it (every item's title goes through it).
+    have to look for them in every step's graph. The search (closeup) projection stays trainable
+    while the item tower's title (image) skip shares it: every item's title (photo) goes through it.
     """
     towers = module.model.query_towers
-    title_skip = getattr(module.model.item_tower, "title_skip", None)
+    tied = [getattr(module.model.item_tower, name, None) for name in ("title_skip", "image_skip")]
     for surface in SURFACES:
         projection = towers.projection(surface)
-        if surface not in surfaces and projection is not title_skip:
+        if surface not in surfaces and not any(projection is t for t in tied):
             projection.requires_grad_(False)
 
 
@@ -308,6 +310,9 @@ class Stepper:
         generator: seeds the negative draws (per rank, so ranks see different negatives).
         surfaces: the trained surfaces (:func:`trained_surfaces`); each one's tower runs in every
             step, on zero rows when the batch lacks its queries, so that no step leaves it unused.
+        kinds: ``kind[item_idx]`` product-type codes (``itemsage.data.features_read.item_kinds``);
+            needed with ``loss.same_type_negatives`` > 0, which draws that share of the random
+            negatives from the types of the batch's positives.
     """
 
     def __init__(
@@ -322,8 +327,14 @@ class Stepper:
         device: torch.device,
         generator: torch.Generator,
         surfaces: Sequence[str] = (),
+        kinds: np.ndarray | None = None,
     ) -> None:
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
+        self.sampler: MixedNegativeSampler | None = None
+        if tc.loss.same_type_negatives > 0:
+            if kinds is None:
+                raise ValueError("loss.same_type_negatives > 0 needs the items' product types (kinds)")
+            self.sampler = MixedNegativeSampler(neg_pool, kinds, tc.loss.same_type_negatives)
         self.surfaces = tuple(surfaces)
         self.store, self.qf, self.neg_pool, self.tc = store, qf, neg_pool, tc
         self.device, self.generator = device, generator
@@ -337,8 +348,13 @@ class Stepper:
         ids = torch.from_numpy(np.asarray(batch["item_idx"], dtype=np.int64))
         items = self.store.gather(ids).to(dev, non_blocking=True)
         queries = self.qf.groups(np.asarray(batch["surface"]), np.asarray(batch["query_key"]), dev, self.surfaces)
-        rand_items = rand_ids = None
-        if self.tc.loss.random_negatives:
+        rand_items = rand_ids = rand_log_weight = None
+        if self.tc.loss.random_negatives and self.sampler is not None:
+            rand_ids, log_weight = self.sampler.sample(self.tc.loss.num_random_negatives, ids, self.generator)
+            rand_log_weight = log_weight.to(dev)
+            rand_items = self.store.gather(rand_ids).to(dev, non_blocking=True)
+            rand_ids = rand_ids.to(dev)
+        elif self.tc.loss.random_negatives:
             rand_ids = sample_negatives(self.neg_pool, self.tc.loss.num_random_negatives, self.generator)
             rand_items = self.store.gather(rand_ids).to(dev, non_blocking=True)
             rand_ids = rand_ids.to(dev)
@@ -353,7 +369,17 @@ class Stepper:
             search_tokens = {k: v.to(dev, non_blocking=True) for k, v in tok.items()}
         autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda")
         with autocast:
-            out = self.model(queries, items, ids.to(dev), None, rand_items, rand_ids, search_tokens, search_token_ids)
+            out = self.model(
+                queries,
+                items,
+                ids.to(dev),
+                None,
+                rand_items,
+                rand_ids,
+                search_tokens,
+                search_token_ids,
+                rand_log_weight,
+            )
         loss = out["loss"]
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -514,6 +540,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         device,
         generator,
         surfaces,
+        kinds=item_kinds(tc.features) if tc.loss.same_type_negatives > 0 else None,
     )
     shard = ray.train.get_dataset_shard("train")
     data_seed = tc.seed * 7919 + rank * 104_729
