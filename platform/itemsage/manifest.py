@@ -48,5 +48,11 @@ class ManifestFields:
         return tuple(self.manifest.get("text_fields") or TEXT_FIELDS)
 
     @property
+    def title_fallback(self) -> tuple[str, ...]:
+        """The fields an empty title's MiniLM embedding is computed from (``preprocess.title_fallback``
+        of the training features); manifests without it: none."""
+        return tuple(self.manifest.get("title_fallback") or ())
+
+    @property
     def max_images(self) -> int:
         return int(self.manifest.get("max_images", 20))

@@ -13,6 +13,7 @@ import math
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
@@ -163,3 +164,25 @@ def test_reviews_give_home_users_and_price_is_a_float_attribute(run) -> None:
     for asin in known:
         assert math.isclose(price[asin], float(raw[asin][1:].replace(",", "")))
     assert all(math.isnan(price[a]) for a, v in raw.items() if a in price and not v)
+
+
+@pytest.mark.slow
+def test_a_broken_title_is_embedded_from_its_fallback_fields(run) -> None:
+    """A Magazine_Subscriptions product whose title is a broken HTML fragment keeps an empty title
+    (no title tokens) but gets the MiniLM embedding of its fallback text, not the zero vector, and
+    the manifest records the fallback for serving (preprocess.title_fallback)."""
+    from itemsage.data.text import title_embedding_text
+    from itemsage.data.text_encoder import TextEncoder
+
+    cfg, _, out = run
+    catalog = pq.read_table(out / "catalog.parquet").to_pandas()
+    items = pq.read_table(out / "items.parquet", columns=["item_idx", "tok_title", "title_emb"]).to_pandas()
+    untitled = catalog.index[catalog["title"] == ""].to_numpy()
+    assert len(untitled) > 50
+    row = int(untitled[0])
+    assert len(items["tok_title"][row]) == 0
+    text = title_embedding_text(catalog.iloc[row].to_dict(), cfg.title_fallback)
+    assert text and text.startswith(catalog["brand"][row] or catalog["category_path"][row])
+    expected = TextEncoder().encode([text])[0]
+    np.testing.assert_allclose(np.asarray(items["title_emb"][row]), expected, atol=1e-4)
+    assert json.loads((out / "manifest.json").read_text())["title_fallback"] == list(cfg.title_fallback)

@@ -118,3 +118,32 @@ def test_a_finetuned_text_encoder_serves_its_own_version(tiny_serving: dict[str,
     expected = project(tuned, "search", torch.from_numpy(tuned.text_encoder.encode([q])))[0]
     np.testing.assert_allclose(mixed[1], expected, atol=1e-5)
     np.testing.assert_allclose(mixed[0], enc.text_batch([frozen], [q])[0], atol=1e-5)
+
+
+def test_an_empty_title_is_embedded_from_the_versions_title_fallback(
+    tiny_serving: dict[str, Path], tmp_path: Path
+) -> None:
+    """A version trained on features with ``preprocess.title_fallback`` embeds a new item's empty
+    title from those fields, as preprocessing did; a version without it keeps the zero vector."""
+    import json
+    import shutil
+
+    fallback_dir = tmp_path / "fallback"
+    shutil.copytree(tiny_serving["model_1"], fallback_dir)
+    manifest = json.loads((fallback_dir / "manifest.json").read_text())
+    manifest["title_fallback"] = ["brand", "description"]
+    (fallback_dir / "manifest.json").write_text(json.dumps(manifest))
+    enc = LocalEncoders(ServeConfig())
+    plain = enc.bundle(load_state(ServingSpec(str(tiny_serving["model_1"]), str(tiny_serving["index_1"]))).model)
+    with_fallback = enc.bundle(load_state(ServingSpec(str(fallback_dir), str(tiny_serving["index_1"]))).model)
+    payload = {"title": "", "brand": "Acme", "description": "A red canvas shoe."}
+    assert plain.title_fallback == () and with_fallback.title_fallback == ("brand", "description")
+    assert enc.prepare_item(plain, payload).title == ""
+    assert enc.prepare_item(with_fallback, payload).title == "Acme. A red canvas shoe."
+    titled = {**payload, "title": "Canvas shoe"}
+    assert enc.prepare_item(with_fallback, titled).title == "Canvas shoe"
+    # Same weights: the two versions differ in the item embedding only through the title embedding.
+    a, b = enc.item_batch([plain, with_fallback], [enc.prepare_item(plain, payload), enc.prepare_item(with_fallback, payload)])
+    assert not np.allclose(a, b, atol=1e-4)
+    a, b = enc.item_batch([plain, with_fallback], [enc.prepare_item(plain, titled), enc.prepare_item(with_fallback, titled)])
+    np.testing.assert_allclose(a, b, atol=1e-5)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import cast
 
@@ -35,7 +35,7 @@ from torch import nn
 from itemsage.config import TEXT_FIELDS
 from itemsage.data.features_io import fixed_list_array
 from itemsage.data.images import BACKBONES, ImageBackbone, ImageDecodeError, get_backbone, load_image
-from itemsage.data.text import Vocab
+from itemsage.data.text import Vocab, title_embedding_text
 
 MINILM_DIM = 384
 # MiniLM batch inside one Ray batch: titles and queries are short, so 64 keeps padding small.
@@ -272,21 +272,28 @@ def list_array(arrays: list[np.ndarray], dtype: pa.DataType) -> pa.ListArray:
     return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(values, type=dtype))
 
 
-def text_rows(items: pd.DataFrame, queries: pd.DataFrame | None = None) -> pd.DataFrame:
-    """One row per text job: every item (``kind`` "item", ``key`` = item_idx, its 12 fields) and
-    every search query to embed (``kind`` "query", ``key`` = query_idx, the text as ``title``).
+def embedding_texts(items: pd.DataFrame, title_fallback: Sequence[str] = ()) -> list[str]:
+    """Each item's title embedding text (``itemsage.data.text.title_embedding_text``), in row order."""
+    columns = ["title", *(f for f in title_fallback if f in items.columns)]
+    return [title_embedding_text(dict(zip(columns, row)), title_fallback) for row in items[columns].itertuples(False)]
+
+
+def text_rows(
+    items: pd.DataFrame, queries: pd.DataFrame | None = None, title_fallback: Sequence[str] = ()
+) -> pd.DataFrame:
+    """One row per text job: every item (``kind`` "item", ``key`` = item_idx, its 12 fields, and
+    ``embed_text``: the title, or its ``title_fallback`` when it is empty) and every search query to
+    embed (``kind`` "query", ``key`` = query_idx, the text as ``title`` and ``embed_text``).
 
     Queries ride along with the items so one actor pool (one MiniLM load per actor) serves both.
     """
     rows = items[["item_idx", *TEXT_FIELDS]].rename(columns={"item_idx": "key"})
     rows.insert(0, "kind", "item")
+    rows["embed_text"] = embedding_texts(items, title_fallback)
     if queries is not None and len(queries):
+        text = queries["text"].astype(str).to_numpy()
         q = pd.DataFrame(
-            {
-                "kind": "query",
-                "key": queries["query_idx"].to_numpy(np.int64),
-                "title": queries["text"].astype(str).to_numpy(),
-            }
+            {"kind": "query", "key": queries["query_idx"].to_numpy(np.int64), "title": text, "embed_text": text}
         )
         for name in TEXT_FIELDS[1:]:
             q[name] = ""
@@ -295,7 +302,8 @@ def text_rows(items: pd.DataFrame, queries: pd.DataFrame | None = None) -> pd.Da
 
 
 class TextFeaturizer:
-    """Ray Data actor UDF: text rows -> ``tok_<field>`` vocab ids + frozen MiniLM ``title_emb``.
+    """Ray Data actor UDF: text rows -> ``tok_<field>`` vocab ids + frozen MiniLM ``title_emb`` (of
+    each row's ``embed_text``).
 
     Query rows only need the embedding; their token lists stay empty.
     """
@@ -319,7 +327,7 @@ class TextFeaturizer:
             ids = [self.vocab.encode(t or "") if item else empty for t, item in zip(texts, is_item)]
             columns[f"tok_{name}"] = list_array(ids, pa.int32())
         # TextEncoder gives empty/blank texts a zero vector: the format's "no title".
-        titles = [t or "" for t in batch.column("title").to_pylist()]
+        titles = [t or "" for t in batch.column("embed_text").to_pylist()]
         columns["title_emb"] = fixed_list_array(self.encoder.encode(titles, batch_size=MINILM_BATCH), pa.float32())
         return pa.table(columns)
 

@@ -17,7 +17,7 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -41,6 +41,7 @@ from itemsage.data.featurize import (
     cluster_resources,
     collect_numpy,
     collect_table,
+    embedding_texts,
     fixed_list_array,
     image_feature_dataset,
     image_rows,
@@ -366,24 +367,34 @@ class TextFeatures:
     query_emb: np.ndarray  # [Q, 384]
 
 
-def queries_needing_minilm(queries: pd.DataFrame, items: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
-    """Queries to embed, and for each query the item whose title equals it (-1 if none).
+def queries_needing_minilm(
+    queries: pd.DataFrame, items: pd.DataFrame, title_fallback: Sequence[str] = ()
+) -> tuple[pd.DataFrame, np.ndarray]:
+    """Queries to embed, and for each query the item whose title embedding text (its title, or its
+    ``title_fallback``) equals it (-1 if none).
 
     A query equal to a title reuses that title's embedding (same function of the same string, equal
     up to float rounding). Shopee queries are other listings' titles, so this halves MiniLM there.
     """
-    title_row = pd.Series(np.arange(len(items)), index=items["title"].astype(str).to_numpy())
+    title_row = pd.Series(np.arange(len(items)), index=embedding_texts(items, title_fallback))
     title_row = title_row[~title_row.index.duplicated()]
     same_title = queries["text"].map(title_row).fillna(-1).astype(np.int64).to_numpy()
     return queries[same_title < 0], same_title
 
 
 def featurize_text(
-    items: pd.DataFrame, queries: pd.DataFrame, vocab: Vocab, plan: StagePlan, rows_per_block: int
+    items: pd.DataFrame,
+    queries: pd.DataFrame,
+    vocab: Vocab,
+    plan: StagePlan,
+    rows_per_block: int,
+    title_fallback: Sequence[str] = (),
 ) -> TextFeatures:
-    """Run the text stage over the items and the search queries; split its output back."""
-    todo, same_title = queries_needing_minilm(queries, items)
-    table = collect_table(text_feature_dataset(text_rows(items, todo), vocab, plan, rows_per_block))
+    """Run the text stage over the items and the search queries; split its output back. An item
+    without a title is embedded from its ``title_fallback`` fields (``preprocess.title_fallback``)."""
+    todo, same_title = queries_needing_minilm(queries, items, title_fallback)
+    rows = text_rows(items, todo, title_fallback)
+    table = collect_table(text_feature_dataset(rows, vocab, plan, rows_per_block))
     expected = len(items) + len(todo)
     if table is None or table.num_rows != expected:
         raise RuntimeError(f"text stage returned {0 if table is None else table.num_rows} rows for {expected}")
@@ -578,6 +589,8 @@ def manifest(cfg: PreprocessConfig, summary: PreprocessSummary, f: FeatureSet) -
         "image_dim": f.image_dim,
         "text_query_dim": MINILM_DIM,
         "text_fields": list(TEXT_FIELDS),
+        # What an empty title's MiniLM embedding was computed from (serving repeats it).
+        "title_fallback": list(cfg.title_fallback),
         "max_images": cfg.image.max_images_per_item,
         "counts": {
             "items": summary.items,
@@ -705,7 +718,7 @@ def run_preprocess(cfg: PreprocessConfig) -> PreprocessSummary:
         with timer("images"):
             images = featurize_images(items, cfg, plan, image_dim)
         with timer("text"):
-            text = featurize_text(items, queries, vocab, plan, cfg.rows_per_block)
+            text = featurize_text(items, queries, vocab, plan, cfg.rows_per_block, cfg.title_fallback)
     finally:
         if started_ray:
             ray.shutdown()

@@ -16,7 +16,7 @@ import json
 import re
 import unicodedata
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +44,21 @@ def normalize(text: str) -> str:
     paste into titles, so "Ｔ－ｓｈｉｒｔ" and "T-shirt" share tokens.
     """
     return " ".join(unicodedata.normalize("NFKC", text).lower().split())
+
+
+def title_embedding_text(fields: Mapping[str, Any], fallback: Sequence[str]) -> str:
+    """The text an item's frozen MiniLM title embedding is computed from: its title, or when the
+    title is empty (or only whitespace), the non-empty ``fallback`` fields joined by ". " in that
+    order (``preprocess.title_fallback``). "" when none has text: the format's "no title".
+
+    One function for preprocessing, catalog featurization and serving, so a served item's title
+    embedding is the one its model was trained with.
+    """
+    title = str(fields.get("title") or "")
+    if title.strip():
+        return title
+    parts = (str(fields.get(name) or "").strip() for name in fallback)
+    return ". ".join(p for p in parts if p)
 
 
 @dataclass

@@ -132,7 +132,7 @@ def featurize_items(
         images, title_emb = _ray_features(items, tm, pcfg, title_embeddings)
     else:
         images = local_image_features(items, pcfg, tm.image_dim, device)
-        title_emb = _local_title_emb(items, device) if title_embeddings else None
+        title_emb = _local_title_emb(items, device, tm.title_fallback) if title_embeddings else None
     from itemsage.data.pipeline import items_table
 
     return items_table(items, images, token_table(items, tm.vocab, title_emb), tm.image_dim), images.rejects
@@ -161,13 +161,14 @@ def featurize_catalog(
     )
 
 
-def _local_title_emb(items: pd.DataFrame, device: str) -> np.ndarray:
-    from itemsage.data.featurize import MINILM_BATCH
+def _local_title_emb(items: pd.DataFrame, device: str, title_fallback: tuple[str, ...] = ()) -> np.ndarray:
+    from itemsage.data.featurize import MINILM_BATCH, embedding_texts
     from itemsage.trained.queries import frozen_text_encoder
 
-    # The frozen MiniLM, as in preprocessing (title_emb), whatever encodes this model's queries.
+    # The frozen MiniLM, as in preprocessing (title_emb, with the model's title fallback), whatever
+    # encodes this model's queries.
     encoder = frozen_text_encoder(device)
-    return encoder.encode([str(t or "") for t in items["title"]], batch_size=MINILM_BATCH)
+    return encoder.encode(embedding_texts(items, title_fallback), batch_size=MINILM_BATCH)
 
 
 def _ray_features(
@@ -186,7 +187,9 @@ def _ray_features(
         title_emb = None
         if title_embeddings:
             no_queries = pd.DataFrame({"query_idx": pd.Series([], dtype="int64"), "text": pd.Series([], dtype=str)})
-            title_emb = featurize_text(items, no_queries, tm.vocab, plan, pcfg.rows_per_block).title_emb
+            title_emb = featurize_text(
+                items, no_queries, tm.vocab, plan, pcfg.rows_per_block, tm.title_fallback
+            ).title_emb
         return images, title_emb
     finally:
         if started:

@@ -26,6 +26,7 @@ import torch
 from itemsage.config import ServeConfig
 from itemsage.data.images import BACKBONES, ImageBackbone, ImageDecodeError, get_backbone, load_image
 from itemsage.data.query_tokens import query_token_ids
+from itemsage.data.text import title_embedding_text
 from itemsage.model import ItemFeatureStore
 from itemsage.serve.bundle import ModelBundle
 from itemsage.serve.errors import BadRequestError, InvalidImageError, NotReadyError, PayloadTooLargeError
@@ -202,7 +203,8 @@ def prepare_item(
         backbones.pixels(b, bundle.image_backbone, cfg.max_image_pixels, weights) for b in images[: bundle.max_images]
     ]
     tokens = {f: bundle.vocab.encode(str(payload.get(f) or "")).tolist() for f in bundle.text_fields}
-    return PreparedItem(tokens, pixels, str(payload.get("title") or ""), weights)
+    # The title embedding's text as in the model's training features (an empty title falls back).
+    return PreparedItem(tokens, pixels, title_embedding_text(payload, bundle.title_fallback), weights)
 
 
 @torch.inference_mode()

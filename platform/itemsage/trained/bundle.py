@@ -84,6 +84,9 @@ def model_manifest(
         "hash_buckets": m.hash_buckets,
         "hash_seeds": list(m.hash_seeds),
         "text_fields": list(features_manifest.get("text_fields", TEXT_FIELDS)),
+        # Fields an empty title's MiniLM embedding comes from, as in the features (features written
+        # before preprocess.title_fallback existed: none, an empty title was the zero vector).
+        "title_fallback": list(features_manifest.get("title_fallback", [])),
         "max_images": m.max_images,
         # > 0: search queries must be encoded by the bundle's fine-tuned MiniLM, not the packaged
         # one (and not the features directory's precomputed text_emb).
