@@ -43,12 +43,14 @@ GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     # (five runs): 115 s -> 113 s alone on an idle box, 2026-12-05, one Ray Train start (~17 s idle).
     ("ray_train", ("tests/train/test_ray_train.py",)),  # ~225 s
     ("fault_tolerance", ("tests/train/test_fault_tolerance.py",)),  # ~215 s, Ray in subprocesses
-    ("ingest", ("tests/data/test_ingest.py",)),  # ~155 s
+    # One local Ray for the three (tests/data/conftest.py): ~150 + ~95 + ~50 s in the 1518 s run.
+    (
+        "ray_data",  # ~295 s
+        ("tests/data/test_amazon_preprocess.py", "tests/data/test_ingest.py", "tests/data/test_preprocess.py"),
+    ),
     ("sample_run", ("tests/train/test_sample_run.py",)),  # ~135 s
     ("gpu_check", ("tests/test_gpu_check.py",)),  # ~115 s, Ray Train and Serve in a subprocess
-    ("preprocess", ("tests/data/test_preprocess.py",)),  # ~85 s
     ("one_model_door", ("tests/test_one_model_door.py",)),  # ~55 s
-    ("amazon_preprocess", ("tests/data/test_amazon_preprocess.py",)),  # ~50 s
     ("train", ("tests/train/",)),  # ~50 s: the other training tests (synthetic_features, trained_checkpoint)
     ("text_only", ("tests/serve/test_text_only.py",)),  # ~35 s
     ("packaging", ("tests/test_packaging.py",)),  # ~25 s, pip resolving both installs
