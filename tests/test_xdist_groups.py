@@ -52,5 +52,6 @@ def test_a_test_id_maps_to_its_group_and_rank() -> None:
     assert xdist_group("tests/train/test_lamb.py::t") == "train"
     assert xdist_group("tests/test_config.py::test_x") is None
     # Heaviest first; ungrouped tests after every group.
-    assert schedule_rank("tests/serve/test_soak.py::t") == 0
+    assert schedule_rank("tests/cluster/test_multinode.py::t") == 0
+    assert schedule_rank("tests/serve/test_soak.py::t") == 1
     assert schedule_rank("tests/test_config.py::t") == len(GROUPS)
