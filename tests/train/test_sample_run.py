@@ -52,7 +52,8 @@ def sample_features(sample_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
     return out
 
 
-def test_demo_config_trains_and_registers_on_the_sample(ray_cluster, sample_features, tmp_path, mlflow_uri) -> None:
+# sample_features before ray_cluster: the backbones run before Ray's processes are up beside them.
+def test_demo_config_trains_and_registers_on_the_sample(sample_features, ray_cluster, tmp_path, mlflow_uri) -> None:
     cfg = load_config(
         PipelineConfig,
         DEMO,
