@@ -38,7 +38,7 @@ GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
         ),
     ),
     # Four `experiments/train.py` subprocesses, each with its own Ray; the clean reference run now
-    # trains beside the killed-worker run.
+    # trains beside the killed-worker run (alone: 210 s -> 182 s).
     ("fault_tolerance", ("tests/train/test_fault_tolerance.py",)),  # 368 s
     # One local Ray for the three (tests/data/conftest.py): 150 + 94 + 50 s in the 1518 s run.
     (
@@ -52,7 +52,8 @@ GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     # The sample model's build takes its EfficientNet/MiniLM outputs from the run's cache
     # (tests/support/feature_cache.py), filled by the "trained_serving" build.
     ("sample_model", ("tests/api/", "tests/eval/test_evaluate.py", "tests/index/test_embed.py")),  # ~200 s
-    ("sample_run", ("tests/train/test_sample_run.py",)),  # 177 s, of which 110 s Ray Data preprocessing, now in process
+    # 177 s, of which 110 s Ray Data preprocessing, now in process (alone: 110 s -> 70 s).
+    ("sample_run", ("tests/train/test_sample_run.py",)),
     ("gpu_check", ("tests/test_gpu_check.py",)),  # 121 s, Ray Train and Serve in a subprocess (-30 s drain)
     ("one_model_door", ("tests/test_one_model_door.py",)),  # 60 s
     ("train", ("tests/train/",)),  # ~50 s: the other training tests (synthetic_features, trained_checkpoint)
