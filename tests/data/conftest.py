@@ -1,10 +1,9 @@
-"""The one small local Ray of the Ray Data suites here (test_ingest, test_preprocess,
-test_amazon_preprocess).
+"""The small local Ray of the Ray Data suites here (test_ingest, test_preprocess,
+test_amazon_preprocess): started once per module that asks for it, stopped after its last test.
 
-``make test`` runs those three modules one after another on one worker (the "ray_data" group,
-tests/support/xdist_groups.py), so a package fixture starts Ray once for all three instead of once
-per module, and its idle workers, which have already imported Ray Data and pyarrow, serve the
-next module's tasks. It stops when the worker leaves tests/data.
+A package-scoped fixture (one Ray for the three) was tried on 2026-12-05: tests/data is not a
+Python package, and under pytest 9 the fixture then outlived the directory and left its Ray
+running into the next group on that worker (tests/eval/test_evaluate.py failed to start its own).
 """
 
 from __future__ import annotations
@@ -15,7 +14,7 @@ import pytest
 from tests.support.ray_local import start_small_ray
 
 
-@pytest.fixture(scope="package")
+@pytest.fixture(scope="module")
 def ray_local() -> Iterator[None]:
     import ray
 

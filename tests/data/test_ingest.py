@@ -2,7 +2,7 @@
 give what the in-memory readers give: the same items, rejects and links for every layout, the same
 pairs, and the same vocabulary, counted over the training items only.
 
-One small local Ray (tests/data/conftest.py, shared with the other Ray Data suites); each catalog
+One small local Ray for the module (tests/data/conftest.py); each catalog
 is ingested once (``ingested``) and the tests compare against ``read_catalog`` & co. on the same
 files. The pruning of the token count is also checked without Ray, on partitions made by hand,
 where a cap boundary falls inside a tie.

@@ -40,7 +40,8 @@ GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     # Four `experiments/train.py` subprocesses, each with its own Ray; the clean reference run now
     # trains beside the killed-worker run (alone: 210 s -> 182 s).
     ("fault_tolerance", ("tests/train/test_fault_tolerance.py",)),  # 368 s
-    # One local Ray for the three (tests/data/conftest.py): 150 + 94 + 50 s in the 1518 s run.
+    # The Ray Data suites, each with its own local Ray (tests/data/conftest.py): 150 + 94 + 50 s in
+    # the 1518 s run.
     (
         "ray_data",  # ~295 s
         ("tests/data/test_amazon_preprocess.py", "tests/data/test_ingest.py", "tests/data/test_preprocess.py"),
