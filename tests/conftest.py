@@ -4,9 +4,11 @@ bundled sample in data/sample."""
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from tests.support.feature_cache import ENV as FEATURE_CACHE_ENV
 from tests.support.xdist_groups import schedule_rank, xdist_group
 
 # Weights come from pip packages; make any accidental hub download fail fast instead of hanging.
@@ -26,6 +28,22 @@ def repo_root() -> Path:
 @pytest.fixture(scope="session")
 def sample_dir() -> Path:
     return SAMPLE
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _feature_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Where the model builds of this run keep the frozen backbones' outputs
+    (tests/support/feature_cache.py): the run's directory, which every pytest-xdist worker of the
+    run shares (each worker's own temporary directory is inside it), or this session's own."""
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    before = os.environ.get(FEATURE_CACHE_ENV)
+    os.environ[FEATURE_CACHE_ENV] = str(root / "feature_cache")
+    yield
+    if before is None:
+        os.environ.pop(FEATURE_CACHE_ENV, None)
+    else:
+        os.environ[FEATURE_CACHE_ENV] = before
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

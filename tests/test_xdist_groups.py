@@ -14,6 +14,8 @@ REPO = Path(__file__).resolve().parents[1]
 IN_PROCESS_START = re.compile(
     r"\bray\.init\(|\bserve\.run\(|\brun_local\(|\bstart_ray\(|\bstart_small_ray\(|\bstart_serve_app\("
 )
+# A module that asks for a conftest fixture starting a local Ray (tests/data, tests/train) starts one.
+RAY_FIXTURE = re.compile(r"\bdef \w+\([^)]*\b(?:ray_local|ray_cluster)\b")
 # A module that replaces ray.init with a fake starts no Ray (tests/serve/test_fast_ingress.py).
 FAKE_INIT = 'setattr(ray, "init"'
 
@@ -32,9 +34,11 @@ def test_modules_that_start_ray_in_process_are_grouped() -> None:
     starting = [
         p.relative_to(REPO).as_posix()
         for p in sorted((REPO / "tests").rglob("test_*.py"))
-        if IN_PROCESS_START.search(p.read_text()) and FAKE_INIT not in p.read_text()
+        if (IN_PROCESS_START.search(p.read_text()) or RAY_FIXTURE.search(p.read_text()))
+        and FAKE_INIT not in p.read_text()
     ]
-    assert "tests/data/test_preprocess.py" in starting  # the scan still finds them
+    # The scan still finds them, through a fixture too.
+    assert {"tests/data/test_preprocess.py", "tests/train/test_ray_train.py", "tests/eval/test_evaluate.py"} <= set(starting)
     ungrouped = [p for p in starting if xdist_group(f"{p}::t") is None]
     assert ungrouped == []
 
@@ -48,5 +52,6 @@ def test_a_test_id_maps_to_its_group_and_rank() -> None:
     assert xdist_group("tests/train/test_lamb.py::t") == "train"
     assert xdist_group("tests/test_config.py::test_x") is None
     # Heaviest first; ungrouped tests after every group.
-    assert schedule_rank("tests/serve/test_soak.py::t") == 0
+    assert schedule_rank("tests/cluster/test_multinode.py::t") == 0
+    assert schedule_rank("tests/serve/test_soak.py::t") == 1
     assert schedule_rank("tests/test_config.py::t") == len(GROUPS)

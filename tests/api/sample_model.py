@@ -4,8 +4,9 @@ The first 160 sample items (real titles, attributes and images) become a generic
 catalog; the next 60 are an *unseen* catalog the model never sees. Features are made with the
 preprocessing pipeline's own functions (catalog reader, synthetic engagements, item-disjoint split,
 vocab, users, pairs, ``write_features``) with the image and text UDFs run in this process instead
-of Ray actors (``itemsage.index.featurize.local_image_features``), so the features directory has
-exactly the documented format. The model (256-d output, small hidden sizes) trains for a few
+of Ray actors (``itemsage.index.featurize.local_image_features``, through the run's cache of
+backbone outputs, tests/support/feature_cache.py), so the features directory has exactly the
+documented format. The model (256-d output, small hidden sizes) trains for a few
 hundred steps with the plain loop of ``itemsage.train.plain``. Building it takes well under a
 minute on a laptop core; it is built once per test session and shared by tests/api, tests/eval
 and tests/index (import this module after putting tests/api on ``sys.path``).
@@ -76,11 +77,13 @@ def write_generic_catalog(items, path: Path) -> Path:
 
 def preprocess_in_process(cfg) -> None:
     """``run_preprocess`` with its two model stages run here instead of in Ray actors."""
+    from tests.support.feature_cache import image_features, text_embeddings
+
     from itemsage.data import pipeline as P
     from itemsage.data.featurize import plan_stages
     from itemsage.data.images import BACKBONES
     from itemsage.data.text_encoder import TextEncoder
-    from itemsage.index.featurize import local_image_features, token_table
+    from itemsage.index.featurize import token_table
 
     start = time.perf_counter()
     timer = P._Timer()  # the stage times land in the features' summary, as run_preprocess's do
@@ -91,11 +94,12 @@ def preprocess_in_process(cfg) -> None:
         queries = P.unique_search_queries(eng.splits)
     dim = BACKBONES[cfg.image.backbone].dim
     with timer("images"):
-        images = local_image_features(items, cfg, dim, "cpu")
+        # The backbones' outputs are the same in every build of a run: computed once (feature_cache).
+        images = image_features(items, cfg, dim)
     with timer("text"):
         encoder = TextEncoder()
-        title_emb = encoder.encode(items["title"].astype(str).tolist())
-        query_emb = encoder.encode(queries["text"].astype(str).tolist())
+        title_emb = text_embeddings(encoder, items["title"].astype(str).tolist())
+        query_emb = text_embeddings(encoder, queries["text"].astype(str).tolist())
         text_items = token_table(items, vocab, title_emb)
     text_items = text_items.append_column("item_idx", pa.array(items["item_idx"].to_numpy(np.int64)))
     text = P.TextFeatures(text_items, title_emb, query_emb)

@@ -1,4 +1,5 @@
-"""Preprocessing of the bundled Amazon sample end to end (itemsage.data.pipeline, local Ray).
+"""Preprocessing of the bundled Amazon sample end to end (itemsage.data.pipeline, on the local Ray of
+tests/data/conftest.py).
 
 One run per module, on data/sample/amazon (300 real products, their also_buy / also_view links and
 five damaged lines) plus a 5-core reviews file written here: counts, rejects.jsonl reasons, the
@@ -17,8 +18,6 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-import ray
-from tests.data.test_preprocess import start_small_ray
 
 from itemsage.config import EngagementConfig, PreprocessConfig
 from itemsage.data.pipeline import run_preprocess
@@ -42,7 +41,7 @@ def raw_products() -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
+def run(ray_local, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("amazon")
     asins = sorted(r["asin"] for r in raw_products() if r.get("title") or r.get("description"))
     lines = [
@@ -63,11 +62,7 @@ def run(tmp_path_factory):
         engagement=EngagementConfig(val_fraction=0.2, test_fraction=0.2),
         rows_per_block=64,
     )
-    start_small_ray()
-    try:
-        summary = run_preprocess(cfg)
-    finally:
-        ray.shutdown()
+    summary = run_preprocess(cfg)
     return cfg, summary, Path(cfg.output)
 
 

@@ -2,9 +2,10 @@
 give what the in-memory readers give: the same items, rejects and links for every layout, the same
 pairs, and the same vocabulary, counted over the training items only.
 
-One small local Ray for the module; each catalog is ingested once (``ingested``) and the tests
-compare against ``read_catalog`` & co. on the same files. The pruning of the token count is also
-checked without Ray, on partitions made by hand, where a cap boundary falls inside a tie.
+One small local Ray for the module (tests/data/conftest.py); each catalog
+is ingested once (``ingested``) and the tests compare against ``read_catalog`` & co. on the same
+files. The pruning of the token count is also checked without Ray, on partitions made by hand,
+where a cap boundary falls inside a tie.
 """
 
 from __future__ import annotations
@@ -17,8 +18,6 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import ray
-from tests.support.ray_local import start_small_ray
 
 from itemsage.config import TEXT_FIELDS, EngagementConfig, PreprocessConfig, TextConfig
 from itemsage.data.catalog import CatalogReadResult, read_catalog
@@ -35,13 +34,6 @@ from itemsage.data.vocab_count import block_token_counts, caps_of, count_vocab, 
 SAMPLE = Path(__file__).resolve().parents[2] / "data" / "sample"
 SMALL_TEXT = TextConfig(unigram_vocab_size=120, bigram_vocab_size=80, trigram_vocab_size=300, min_count=2)
 HELD_OUT_TOKEN = "zqxjheldoutword"
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    start_small_ray()
-    yield
-    ray.shutdown()
 
 
 def generic_catalog(root: Path) -> Path:

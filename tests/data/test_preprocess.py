@@ -1,9 +1,9 @@
 """Preprocessing end to end (itemsage.data.pipeline) on a slice of the bundled sample, with bad input.
 
-The pipeline runs once per module on a small local Ray (2 CPUs): a fashion slice where four items'
-images are broken in the four ways a catalog breaks them (empty file, text bytes, truncated JPEG,
-missing file). The other tests read that one output, so the suite stays within a few minutes on
-two cores.
+The pipeline runs once per module on a small local Ray (2 CPUs, tests/data/conftest.py): a fashion
+slice where four items' images are broken in the four ways a catalog breaks them (empty file, text
+bytes, truncated JPEG, missing file). The other tests read that one output, so the suite stays
+within a few minutes on two cores.
 """
 
 from __future__ import annotations
@@ -17,8 +17,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import ray
-from tests.support.ray_local import start_small_ray
 
 from itemsage.config import TEXT_FIELDS, EngagementConfig, ImageConfig, PreprocessConfig
 from itemsage.data.catalog import read_catalog
@@ -97,13 +95,6 @@ def break_images(images: Path, ids: list[str]) -> dict[str, str]:
     path.write_bytes(path.read_bytes()[:2000])
     (images / f"{cases['missing_file']}.jpg").unlink()
     return cases
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    start_small_ray()
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")

@@ -18,15 +18,18 @@ from __future__ import annotations
 # The groups are handed out heaviest first (longest-processing-time first): each worker takes the
 # next group when it is nearly done with its last one, then the ungrouped tests fill the gaps, so
 # neither worker starts a long group while the other is finishing. The seconds are per group, as
-# measured in a full run on a loaded 2-core box (2026-12-04: 1416 s); the two serving groups from a
-# `-n 2` run of just those two (375 s and 202 s, 2026-12-04) plus a margin for a full run's load.
-# Only their order matters.
+# measured in a full run on a loaded 2-core box (2026-12-05: 1518 s, `--durations`), "->" in the
+# next one (1386 s) after the changes the Makefile lists. Only their order matters.
 GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    # The longest single test: PostgreSQL, MLflow and a 2-node `ray start` cluster in subprocesses,
+    # five `ray job submit` jobs, `serve deploy`. Services start side by side and the missing-config
+    # job runs beside preprocessing (tests/support/e2e.py).
+    ("multinode", ("tests/cluster/test_multinode.py",)),  # 575 s -> 415 s (1386 s run)
     (
-        # The trained demo model's build (~40 s alone, ~200 s in a loaded full run; shared with
-        # "live_faults" through a file lock, tests/serve/trained.py), then the live-catalog,
-        # end-to-end, `serve run` and soak suites.
-        "trained_serving",  # ~450 s
+        # The trained demo model's build (82 s in the 1518 s run; shared with "live_faults" through
+        # a file lock, tests/serve/trained.py), then the live-catalog, end-to-end, `serve run` and
+        # soak suites.
+        "trained_serving",  # ~500 s
         (
             "tests/serve/test_live_serve.py",
             "tests/serve/test_serve_e2e.py",
@@ -34,25 +37,30 @@ GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "tests/serve/test_soak.py",
         ),
     ),
-    ("sample_model", ("tests/api/", "tests/eval/test_evaluate.py", "tests/index/test_embed.py")),  # ~425 s
-    # The fault test on the other worker than "trained_serving", once the build is done: both
-    # groups above hold a worker for minutes, so this one comes third.
-    ("live_faults", ("tests/serve/test_live_faults.py",)),  # ~200 s
-    ("multinode", ("tests/cluster/test_multinode.py",)),  # ~390 s, Ray in subprocesses
-    # ~245 s in the 1416 s run, six Ray Train runs; the NaN test now continues the resume test's run
-    # (five runs): 115 s -> 113 s alone on an idle box, 2026-12-05, one Ray Train start (~17 s idle).
-    ("ray_train", ("tests/train/test_ray_train.py",)),  # ~225 s
-    ("fault_tolerance", ("tests/train/test_fault_tolerance.py",)),  # ~215 s, Ray in subprocesses
-    ("ingest", ("tests/data/test_ingest.py",)),  # ~155 s
-    ("sample_run", ("tests/train/test_sample_run.py",)),  # ~135 s
-    ("gpu_check", ("tests/test_gpu_check.py",)),  # ~115 s, Ray Train and Serve in a subprocess
-    ("preprocess", ("tests/data/test_preprocess.py",)),  # ~85 s
-    ("one_model_door", ("tests/test_one_model_door.py",)),  # ~55 s
-    ("amazon_preprocess", ("tests/data/test_amazon_preprocess.py",)),  # ~50 s
+    # Four `experiments/train.py` subprocesses, each with its own Ray; the clean reference run now
+    # trains beside the killed-worker run (alone: 210 s -> 182 s).
+    ("fault_tolerance", ("tests/train/test_fault_tolerance.py",)),  # 368 s -> 307 s
+    # The Ray Data suites, each with its own local Ray (tests/data/conftest.py): 150 + 94 + 50 s in
+    # the 1518 s run.
+    (
+        "ray_data",  # ~295 s
+        ("tests/data/test_amazon_preprocess.py", "tests/data/test_ingest.py", "tests/data/test_preprocess.py"),
+    ),
+    # The fault test: once "trained_serving" has built the model (either worker may take it).
+    ("live_faults", ("tests/serve/test_live_faults.py",)),  # 250 s
+    # Five Ray Train runs (the NaN test continues the resume test's run).
+    ("ray_train", ("tests/train/test_ray_train.py",)),  # 198 s
+    # The sample model's build takes its EfficientNet/MiniLM outputs from the run's cache
+    # (tests/support/feature_cache.py), filled by the "trained_serving" build.
+    ("sample_model", ("tests/api/", "tests/eval/test_evaluate.py", "tests/index/test_embed.py")),  # ~200 s
+    # 177 s, of which 110 s Ray Data preprocessing, now in process (alone: 110 s -> 70 s).
+    ("sample_run", ("tests/train/test_sample_run.py",)),  # -> 76 s
+    ("gpu_check", ("tests/test_gpu_check.py",)),  # 121 s -> 104 s, Ray Train and Serve in a subprocess
+    ("one_model_door", ("tests/test_one_model_door.py",)),  # 60 s
     ("train", ("tests/train/",)),  # ~50 s: the other training tests (synthetic_features, trained_checkpoint)
-    ("text_only", ("tests/serve/test_text_only.py",)),  # ~35 s
-    ("packaging", ("tests/test_packaging.py",)),  # ~25 s, pip resolving both installs
-    ("seed_backbone", ("tests/serve/test_seed_backbone.py",)),  # ~25 s
+    ("seed_backbone", ("tests/serve/test_seed_backbone.py",)),  # 46 s
+    ("packaging", ("tests/test_packaging.py",)),  # 32 s, pip resolving both installs
+    ("text_only", ("tests/serve/test_text_only.py",)),  # 30 s
     (
         "tiny_serving",  # ~20 s
         (
