@@ -90,7 +90,10 @@ def test_gate_turns_eager_batches_into_full_ones(monkeypatch: pytest.MonkeyPatch
     ungated = run_clients(make_model(gated=False))
     gated = run_clients(make_model(gated=True))
     assert sum(ungated) == sum(gated) == 96
-    assert np.mean(gated) >= 8, gated
+    # The claim is relative, measured side by side in one process: the gate at least halves the
+    # number of forwards. An absolute batch size is not: a full `make test` run on a loaded 2-core
+    # box (2026-12-05) lagged the event loop enough to give a mean gated batch of 6.9 (14 forwards,
+    # still under half the ungated count).
     assert len(gated) * 2 <= len(ungated), (gated, ungated)
 
 
