@@ -52,8 +52,11 @@ demo: $(STAMP)  ## run the whole pipeline on the bundled sample (data/sample)
 # (tests/support/feature_cache.py): 1386 s (983 tests, 2026-12-05 02:01, pytest -n 2 --dist
 # loadgroup; multinode 415 s, sample_run 76 s, fault test 307 s). That run had two failures: a Ray
 # left running by a package fixture (fixed since; the test it broke, ~58 s, did not run) and the
-# timing-sensitive batching test (mean gated batch 6.9 < 8 on the loaded box). Still over the
-# 20-minute budget: 1200 s here, and ~960 s to leave room for CI (~1.25x slower than this box).
+# timing-sensitive batching test (mean gated batch 6.9 < 8 on the loaded box; it now asserts only
+# the side-by-side comparison). On merged main with the fashion/Amazon tests (1004 tests,
+# 2026-12-05 02:41, quiet box): 1517 s, all passed: multinode 417 s, but the serving builds that
+# now start beside it took longer (trained model 125 s, soak set-up 87 s), so no net gain yet.
+# Still over the 20-minute budget: 1200 s here, and ~960 s to leave room for CI (~1.25x slower).
 XDIST ?= -n 2 --dist loadgroup
 test: $(STAMP) browser lint-imports lint  ## all tests: import contracts, lint and type checks, unit, integration, end-to-end, multi-node cluster (what CI runs)
 	$(PY) -m pytest $(XDIST)
