@@ -310,9 +310,6 @@ class Stepper:
         generator: seeds the negative draws (per rank, so ranks see different negatives).
         surfaces: the trained surfaces (:func:`trained_surfaces`); each one's tower runs in every
             step, on zero rows when the batch lacks its queries, so that no step leaves it unused.
-        kinds: ``kind[item_idx]`` product-type codes (``itemsage.data.features_read.item_kinds``);
-            needed with ``loss.same_type_negatives`` > 0, which draws that share of the random
-            negatives from the types of the batch's positives.
     """
 
     def __init__(
@@ -327,13 +324,13 @@ class Stepper:
         device: torch.device,
         generator: torch.Generator,
         surfaces: Sequence[str] = (),
-        kinds: np.ndarray | None = None,
     ) -> None:
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
+        # loss.same_type_negatives draws that share of the random negatives from the product types
+        # of the batch's positives (the catalog's, read once here).
         self.sampler: MixedNegativeSampler | None = None
         if tc.loss.same_type_negatives > 0:
-            if kinds is None:
-                raise ValueError("loss.same_type_negatives > 0 needs the items' product types (kinds)")
+            kinds = item_kinds(tc.features)
             self.sampler = MixedNegativeSampler(neg_pool, kinds, tc.loss.same_type_negatives)
         self.surfaces = tuple(surfaces)
         self.store, self.qf, self.neg_pool, self.tc = store, qf, neg_pool, tc
@@ -540,7 +537,6 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         device,
         generator,
         surfaces,
-        kinds=item_kinds(tc.features) if tc.loss.same_type_negatives > 0 else None,
     )
     shard = ray.train.get_dataset_shard("train")
     data_seed = tc.seed * 7919 + rank * 104_729

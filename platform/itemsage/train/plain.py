@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from itemsage.config import PipelineConfig
-from itemsage.data.features_read import QueryFeatures, item_kinds, read_manifest, read_pairs
+from itemsage.data.features_read import QueryFeatures, read_manifest, read_pairs
 from itemsage.model import ItemFeatureStore, ItemSageModel
 from itemsage.train.data import heldout_items, task_counts
 from itemsage.train.loop import (
@@ -97,7 +97,6 @@ def setup_plain(cfg: PipelineConfig, device: str | torch.device = "cpu") -> Plai
         dev,
         generator,
         surfaces,
-        kinds=item_kinds(tc.features) if tc.loss.same_type_negatives > 0 else None,
     )
     return PlainRun(cfg, module, optimizer, scheduler, store, qf, stepper, batches, bundle)
 
