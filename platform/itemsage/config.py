@@ -654,6 +654,11 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """``data`` (a config as plain data) with dotted overrides merged in, as :func:`load_config` does."""
+    return _merge(data, parse_overrides(overrides))
+
+
 def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
     """Build ``cls`` from an optional YAML file plus dotted overrides, checking every key."""
     data: dict[str, Any] = {}
@@ -668,8 +673,7 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
         if not isinstance(loaded, dict):
             raise ConfigError(f"{p}: the top level must be a mapping")
         data = loaded
-    data = _merge(data, parse_overrides(overrides or []))
-    return from_dict(cls, data)
+    return from_dict(cls, apply_overrides(data, overrides or []))
 
 
 def dump_config(cfg: BaseModel, path: str | Path) -> None:

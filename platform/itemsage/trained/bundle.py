@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from itemsage.config import TEXT_FIELDS, PipelineConfig, dump_config, from_dict, load_config
+from itemsage.config import TEXT_FIELDS, PipelineConfig, apply_overrides, dump_config, from_dict, load_config
 from itemsage.data.features_io import resolve
 from itemsage.data.text import Vocab
 from itemsage.trained.checkpoint import STATE_FILE, load_checkpoint
@@ -180,25 +180,20 @@ def load_bundle_config(model_dir: str | Path) -> PipelineConfig:
     written = yaml.safe_load(path.read_text()) if path.is_file() else None
     model_keys = ((written or {}).get("train") or {}).get("model") or {}
     legacy = [f"train.model.{k}={v}" for k, v in _LEGACY_MODEL_KEYS.items() if k not in model_keys]
-    if isinstance(written, dict) and _drop_retired(written):
-        model = written.setdefault("train", {}).setdefault("model", {})
-        for key, value in _LEGACY_MODEL_KEYS.items():
-            model.setdefault(key, yaml.safe_load(value))
-        return from_dict(PipelineConfig, written)
-    return load_config(PipelineConfig, path, legacy)
+    if isinstance(written, dict):
+        _drop_retired(written)
+        return from_dict(PipelineConfig, apply_overrides(written, legacy))
+    return load_config(PipelineConfig, path, legacy)  # missing, empty or not a mapping: its errors
 
 
-def _drop_retired(config: dict[str, Any]) -> bool:
-    """Remove :data:`_RETIRED_KEYS` from ``config`` in place; whether any was there."""
-    dropped = False
+def _drop_retired(config: dict[str, Any]) -> None:
+    """Remove :data:`_RETIRED_KEYS` from ``config`` in place."""
     for *parents, key in _RETIRED_KEYS:
         node: Any = config
         for name in parents:
             node = node.get(name) if isinstance(node, dict) else None
-        if isinstance(node, dict) and key in node:
-            del node[key]
-            dropped = True
-    return dropped
+        if isinstance(node, dict):
+            node.pop(key, None)
 
 
 def read_model_state(model_dir: str | Path) -> dict[str, torch.Tensor]:
