@@ -253,27 +253,35 @@ def _strings_by_index(fs: pafs.FileSystem, path: str, index_col: str, value_col:
     return out
 
 
-def item_kinds(features: str) -> np.ndarray:
-    """``kind[item_idx]``: a code per product type (``product_types``, else the last
-    ``category_path`` level, lower-cased: the synthetic engagement's kind facet), -1 where an item
-    has none; all -1 when the catalog has neither column. Codes follow the sorted kind names, so
-    they are the same on every worker."""
+def kind_name(product_type: str, category_path: str) -> str:
+    """An item's kind facet: its product type, else the last ``category_path`` level, lower-cased
+    ("" when it has neither; the synthetic engagement's kind, ``itemsage.data.synthetic_engagement``)."""
+    return (product_type or category_path.split(">")[-1]).strip().lower()
+
+
+def catalog_strings(features: str, names: Sequence[str]) -> dict[str, list[str]]:
+    """The named columns of a features directory's ``catalog.parquet`` as one string per item:
+    "" for a null or NaN, and for every item of a column the catalog does not have."""
     fs, root = features_location(features)
     path = _join(root, "catalog.parquet")
     if not _exists(fs, path):
-        raise FeaturesError(f"features directory {features!r} has no catalog.parquet (the items' product types)")
-    have = set(pq.read_schema(path, filesystem=fs).names) & {"product_types", "category_path"}
+        raise FeaturesError(f"features directory {features!r} has no catalog.parquet")
+    have = [c for c in names if c in set(pq.read_schema(path, filesystem=fs).names)]
     n = pq.read_metadata(path, filesystem=fs).num_rows
-    if not have:
-        return np.full(n, -1, dtype=np.int64)
-    table = pq.read_table(path, filesystem=fs, columns=sorted(have))
+    out = {name: [""] * n for name in names}
+    if have:
+        table = pq.read_table(path, filesystem=fs, columns=have)
+        for name in have:
+            out[name] = ["" if v is None or v != v else str(v) for v in table.column(name).to_pylist()]  # v != v: NaN
+    return out
 
-    def column(name: str) -> list[str]:
-        if name not in table.column_names:
-            return [""] * n
-        return ["" if v is None or v != v else str(v) for v in table.column(name).to_pylist()]  # v != v: NaN
 
-    kinds = [(p or c.split(">")[-1]).strip().lower() for p, c in zip(column("product_types"), column("category_path"))]
+def item_kinds(features: str) -> np.ndarray:
+    """``kind[item_idx]``: a code per kind (:func:`kind_name`), -1 where an item has none; all -1
+    when the catalog has neither ``product_types`` nor ``category_path``. Codes follow the sorted
+    kind names, so they are the same on every worker."""
+    columns = catalog_strings(features, ("product_types", "category_path"))
+    kinds = [kind_name(p, c) for p, c in zip(columns["product_types"], columns["category_path"])]
     names = sorted({k for k in kinds if k})
     code = {k: i for i, k in enumerate(names)}
     return np.asarray([code.get(k, -1) for k in kinds], dtype=np.int64)

@@ -34,7 +34,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
-from itemsage.data.features_read import features_location
+from itemsage.data.features_read import catalog_strings, features_location, kind_name
 from itemsage.data.synthetic_engagement import COLOUR_SYNONYMS, GENDER_SYNONYMS, KIND_SYNONYMS
 from itemsage.eval.probes import Probe
 
@@ -63,7 +63,7 @@ class Facets:
     def from_columns(
         cls, product_types: Sequence[str], category_path: Sequence[str], colors: Sequence[str], size_type: Sequence[str]
     ) -> Facets:
-        kinds = [(p or c.split(">")[-1]).strip().lower() for p, c in zip(product_types, category_path)]
+        kinds = [kind_name(p, c) for p, c in zip(product_types, category_path)]
         colours = [c.split(",")[0].strip().lower() for c in colors]
         genders = [g.strip().lower() for g in size_type]
         triples = list(zip(kinds, colours, genders))
@@ -80,25 +80,12 @@ class Facets:
         have = set(pq.read_schema(path, filesystem=fs).names)
         if not {"colors", "size_type"} <= have or not ({"product_types", "category_path"} & have):
             return None
-        table = pq.read_table(path, filesystem=fs, columns=[c for c in FACET_COLUMNS if c in have])
-        n = table.num_rows
-
-        def column(name: str) -> list[str]:
-            if name not in table.column_names:
-                return [""] * n
-            return [_text(v) for v in table.column(name).to_pylist()]
-
-        return cls.from_columns(*(column(c) for c in FACET_COLUMNS))
+        columns = catalog_strings(features, FACET_COLUMNS)
+        return cls.from_columns(*(columns[c] for c in FACET_COLUMNS))
 
     def relevant_counts(self) -> np.ndarray:
         """``counts[code]``: how many catalog items have that facet code."""
         return np.bincount(self.group[self.group >= 0], minlength=len(self.names))
-
-
-def _text(v: object) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return ""
-    return str(v)
 
 
 @dataclass(frozen=True)
