@@ -112,6 +112,40 @@ def test_closeup_queries_are_items_with_images_and_related(fashion: pd.DataFrame
     assert same_type.mean() > 0.95
 
 
+def facet_match_rates(fashion: pd.DataFrame, share: float) -> tuple[float, float]:
+    """(search, closeup) shares of engagements that match: a search query naming a catalog colour
+    engages an item of that colour; a closeup engages an item of the viewed item's kind, colour
+    and gender."""
+    pairs = synthesize_engagements(fashion, SMALL.replace(facet_match_share=share))
+    items = fashion.set_index("item_id")
+    colour = items["colors"].str.lower()
+    names = sorted(set(colour), key=len, reverse=True)  # "navy blue" before "blue"
+    search = pairs[pairs["surface"] == "search"]
+    named = [(next((c for c in names if f" {c} " in f" {q.lower()} "), None), i)
+             for q, i in zip(search["query"], search["item_id"])]
+    named = [(c, i) for c, i in named if c is not None]
+    search_rate = float(np.mean([colour[i] == c for c, i in named]))
+    closeup = pairs[pairs["surface"] == "closeup"]
+    facets = items[["product_types", "colors", "size_type"]]
+    same = facets.loc[closeup["query"]].to_numpy() == facets.loc[closeup["item_id"]].to_numpy()
+    return search_rate, float(same.all(axis=1).mean())
+
+
+def test_engaged_items_mostly_have_the_facets_asked_for(fashion: pd.DataFrame) -> None:
+    # A result list for "navy blue shirts for men" is mostly navy blue men's shirts; popularity
+    # alone would let a far more popular near miss win most draws.
+    search, closeup = facet_match_rates(fashion, SMALL.facet_match_share)
+    # (Some of the 300 sample items have no other item of their kind, colour and gender.)
+    assert search > 0.9 and closeup > 0.7
+    loose_search, loose_closeup = facet_match_rates(fashion, 0.0)
+    assert search > loose_search + 0.1 and closeup > loose_closeup + 0.3
+
+
+def test_facet_match_share_outside_0_1_is_refused(fashion: pd.DataFrame) -> None:
+    with pytest.raises(ValueError, match="facet_match_share"):
+        synthesize_engagements(fashion, TINY.replace(facet_match_share=1.5))
+
+
 def test_home_queries_are_users_with_a_profile(fashion: pd.DataFrame, synthetic: pd.DataFrame) -> None:
     home = synthetic[synthetic["surface"] == "home"]
     assert (home["query"] == home["user_id"]).all()

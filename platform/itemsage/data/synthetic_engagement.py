@@ -19,12 +19,16 @@ not how it would do on real shoppers. Rules (also in ``docs/synthetic-engagement
    colour (60%, "grey" -> "gray"), one other title word (30%), words shuffled 30% of the time,
    a letter swap typo 5% of the time. Items without a kind get 2-3 of their title words. A
    query is never the title copied. The engaged item is drawn among items of the query's kind
-   (or sharing a query word when there is no kind), popularity x 4^-(query facets it misses):
-   mostly exact matches, sometimes near ones. Match quality = the share of facets it matches.
+   (or sharing a query word when there is no kind): with probability
+   ``cfg.facet_match_share`` among the items matching every facet the query states (when there
+   are any), by popularity; otherwise by popularity x 4^-(query facets it misses). Mostly exact
+   matches, sometimes near ones. Match quality = the share of facets it matches.
 5. closeup: the query is the ``item_id`` of a viewed item *with images* (80% from the user's
    profile), the engaged item is another item of the same kind (any other item when there is
-   none), popularity x 3 if same colour x 3 if same gender. Match quality = the share of
-   colour/gender it shares. Catalogs without images get no closeup pairs.
+   none): with probability ``cfg.facet_match_share`` one that also shares its colour and gender
+   (when there is one), by popularity; otherwise popularity x 3 if same colour x 3 if same
+   gender. Match quality = the share of colour/gender it shares. Catalogs without images get
+   no closeup pairs.
 6. home: the query is the ``user_id``; the engaged item comes from the user's profile (85%;
    else any item fitting their gender), popularity x 3 if it has their colour. Match quality =
    the share of (gender, kind, colour) preferences it meets.
@@ -372,8 +376,22 @@ def _search_query(cat: _Catalog, i: int, rng: np.random.Generator) -> _Query | N
     return q
 
 
-def _search_pair(cat: _Catalog, q: _Query, rng: np.random.Generator) -> tuple[int, float]:
-    """Engaged item for query ``q``: popularity x 4^-(missed facets); returns (item, quality)."""
+def _facet_draw(
+    rng: np.random.Generator, pop: np.ndarray, weights: np.ndarray, exact: np.ndarray, exact_share: float
+) -> int:
+    """Index of the engaged item among the candidates: with probability ``exact_share`` an exact
+    match (``exact``) by popularity ``pop`` when there is one, else by ``weights``.
+
+    Why both: the facet weights alone lose to the popularity spread (a 1000x more popular near
+    miss beats an exact match), so exact matches get a share of their own."""
+    if rng.random() < exact_share and exact.any():
+        return _choose(rng, np.where(exact, pop, 0.0))
+    return _choose(rng, weights)
+
+
+def _search_pair(cat: _Catalog, q: _Query, rng: np.random.Generator, exact_share: float) -> tuple[int, float]:
+    """Engaged item for query ``q``: an exact match (``exact_share``) or popularity x
+    4^-(missed facets); returns (item, quality)."""
     if q.kind >= 0:
         cands = cat.by_kind[q.kind]
     else:
@@ -388,11 +406,12 @@ def _search_pair(cat: _Catalog, q: _Query, rng: np.random.Generator) -> tuple[in
     for w in q.words:
         matched += cat.has_word(w)[cands]
     total = q.n_facets
-    j = _choose(rng, cat.pop[cands] * 4.0 ** (matched - total))
+    pop = cat.pop[cands]
+    j = _facet_draw(rng, pop, pop * 4.0 ** (matched - total), matched == total, exact_share)
     return int(cands[j]), float(matched[j] / total) if total else 1.0
 
 
-def _closeup_pair(cat: _Catalog, viewed: int, rng: np.random.Generator) -> tuple[int, float] | None:
+def _closeup_pair(cat: _Catalog, viewed: int, rng: np.random.Generator, exact_share: float) -> tuple[int, float] | None:
     kind = int(cat.kind[viewed])
     cands = cat.by_kind.get(kind, np.array([], dtype=np.int64)) if kind >= 0 else np.array([], dtype=np.int64)
     cands = cands[cands != viewed]
@@ -407,7 +426,8 @@ def _closeup_pair(cat: _Catalog, viewed: int, rng: np.random.Generator) -> tuple
         if v >= 0:
             known += 1
             shared += values[cands] == v
-    j = _choose(rng, cat.pop[cands] * 3.0**shared)
+    pop = cat.pop[cands]
+    j = _facet_draw(rng, pop, pop * 3.0**shared, shared == known, exact_share)
     return int(cands[j]), float(shared[j] / known) if known else 1.0
 
 
@@ -451,6 +471,8 @@ def _check_config(cfg: EngagementConfig) -> None:
         raise ValueError("engagement.action_shares must be >= 0 and sum to more than 0")
     if cfg.num_users < 1:
         raise ValueError("engagement.num_users must be >= 1")
+    if not 0.0 <= cfg.facet_match_share <= 1.0:
+        raise ValueError(f"engagement.facet_match_share must be in [0, 1], got {cfg.facet_match_share}")
 
 
 def synthesize_engagements(catalog: pd.DataFrame, cfg: EngagementConfig) -> pd.DataFrame:
@@ -490,7 +512,7 @@ def synthesize_engagements(catalog: pd.DataFrame, cfg: EngagementConfig) -> pd.D
         seed_item = pick(user.likes, 0.2, everyone)
         q = _search_query(cat, seed_item, rng)
         if q is not None:
-            item, quality = _search_pair(cat, q, rng)
+            item, quality = _search_pair(cat, q, rng, cfg.facet_match_share)
             search.append((q.text, item, user.user_id, quality))
     emit("search", search)
 
@@ -499,7 +521,7 @@ def synthesize_engagements(catalog: pd.DataFrame, cfg: EngagementConfig) -> pd.D
         for _ in range(cfg.closeup_pairs):
             user = users[rng.integers(len(users))]
             viewed = pick(user.likes_with_images, 0.2, any_imaged)
-            pair = _closeup_pair(cat, viewed, rng)
+            pair = _closeup_pair(cat, viewed, rng, cfg.facet_match_share)
             if pair is not None:
                 closeup.append((cat.ids[viewed], pair[0], user.user_id, pair[1]))
     emit("closeup", closeup)
