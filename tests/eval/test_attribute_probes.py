@@ -52,6 +52,18 @@ def test_queries_come_from_held_out_items_only() -> None:
     assert again["attr_search"].texts == q["attr_search"].texts
 
 
+def test_home_queries_are_users_whose_next_item_is_held_out() -> None:
+    f = _facets()
+    # (user, engaged item): user 7 engages held-out items 0 and 2 (one facet triple: one query)
+    # and 3; user 8 engages only item 1, a training item (no query).
+    users, items = np.array([7, 7, 7, 8]), np.array([0, 2, 3, 1])
+    q = attribute_queries(f, np.array([0, 2, 3]), np.ones(6, bool), home_pairs=(users, items))["attr_home"]
+    assert q.user is not None
+    assert sorted(zip(q.user.tolist(), q.group.tolist())) == sorted([(7, int(f.group[0])), (7, int(f.group[3]))])
+    assert (q.item == -1).all()  # nothing is excluded: the engaged item is one of the relevant
+    assert "attr_home" not in attribute_queries(f, np.array([0]), np.ones(6, bool))
+
+
 def test_capped_recall_is_precision_when_many_are_relevant_and_recall_when_few() -> None:
     scores = torch.tensor([[5.0, 4.0, 3.0, 2.0, 1.0], [5.0, 4.0, 3.0, 2.0, 1.0]])
     relevant = torch.tensor([[True, False, True, True, True], [False, True, False, False, False]])

@@ -35,6 +35,7 @@ ATTRIBUTE_METHODS = {
     "attr_search": ("itemsage", "tfidf", "bm25", "minilm", "random"),
     "attr_closeup": ("itemsage", "image", "random"),
     "attr_item2item": ("itemsage", "tfidf", "bm25", "minilm", "image", "random"),
+    "attr_home": ("itemsage", "tfidf", "bm25", "minilm", "image", "user_feat", "random"),
 }
 
 
@@ -243,9 +244,10 @@ def test_text_only_catalog_gets_the_probes_that_apply(sample_model: SampleModel,
 
     res = evaluate_model(str(sample_model.bundle), features=str(features), split="val", device="cpu")
     probes = {t.split("/")[0] for t in res.table.tasks()}
-    assert probes == {"search", "item2item", "home", "attr_search", "attr_item2item"}
+    assert probes == {"search", "item2item", "home", "attr_search", "attr_item2item", "attr_home"}
     text_methods = {"itemsage", "tfidf", "bm25", "minilm", "random"}
     assert {m for m, t in res.table.rows if t == "attr_item2item/all"} == text_methods
+    assert {m for m, t in res.table.rows if t == "attr_home/all"} == text_methods
     assert {m for m, t in res.table.rows if t == "item2item/all"} == {"itemsage", "tfidf", "bm25", "minilm", "random"}
     assert {m for m, t in res.table.rows if t == "home/all"} == {"itemsage", "tfidf", "bm25", "minilm", "random"}
 

@@ -2,11 +2,13 @@
 
 Each method scores the probe's queries against every catalog item, the same candidates and the
 same capped Recall@k for all: the model through the tower a user's query takes (search tower on
-the query text, closeup tower on the photo, item tower on both sides for item -> item, as
-``/search``, ``/closeup`` and ``/similar`` do), char-3gram TF-IDF and BM25 (the text query, or
-the query item's text), frozen MiniLM (the query text through the packaged frozen encoder, or
-the query item's title, against the items' titles), frozen image features (photo and item
-queries) and random. Rows are ``<probe>/all`` in the evaluation's recall table.
+the query text, closeup tower on the photo, item tower on both sides for item -> item, home
+tower on a user's history, as ``/search``, ``/closeup``, ``/similar`` and ``/recommend`` do),
+char-3gram TF-IDF and BM25 (the text query, the query item's text, or the history's items as the
+home probe does), frozen MiniLM (the query text through the packaged frozen encoder, the query
+item's title, or the text half of the user feature, against the items' titles), frozen image
+features (photo, item and user queries), the frozen user feature (both halves, home) and random.
+Rows are ``<probe>/all`` in the evaluation's recall table.
 """
 
 from __future__ import annotations
@@ -16,12 +18,13 @@ import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 
-from itemsage.data.features_read import read_pairs
+from itemsage.data.features_read import QueryFeatures, read_pairs
 from itemsage.eval.attribute_probes import ROW, AttributeQueries, Facets, attribute_queries, attribute_recall
 from itemsage.eval.baselines.suite import BaselineSuite
 from itemsage.eval.recall import RecallTable
 from itemsage.eval.validation import embed_items
 from itemsage.model import ItemFeatureStore
+from itemsage.model.batch import TEXT_QUERY_DIM
 from itemsage.trained.loaded import TrainedModel
 from itemsage.trained.queries import frozen_text_encoder
 
@@ -43,20 +46,33 @@ def _dense(q: torch.Tensor, items: torch.Tensor):  # noqa: ANN202 - a ScoreFn
 
 @torch.no_grad()
 def _model_queries(
-    tm: TrainedModel, store: ItemFeatureStore, queries: AttributeQueries, device: torch.device
+    tm: TrainedModel, store: ItemFeatureStore, qf: QueryFeatures, queries: AttributeQueries, device: torch.device
 ) -> torch.Tensor:
     kind = queries.probe.query
     if kind == "text":
         assert queries.texts is not None
         return torch.from_numpy(tm.embed_search_queries(queries.texts))
+    if kind == "user":
+        assert queries.user is not None
+        home = qf.groups(np.full(len(queries), "home"), queries.user, device)
+        return tm.model.embed_query_batch(home, len(queries)).float().cpu()
     keys = torch.from_numpy(queries.item)
     if kind == "image":
         return tm.model.embed_queries("closeup", store.first_image_feat[keys].to(device)).float().cpu()
     return tm.model.embed_item_queries(embed_items(tm.model, store, keys, device)).float().cpu()
 
 
-def _lexical_scores(ranker, queries: AttributeQueries):  # noqa: ANN001, ANN202 - TfidfRanker | Bm25Ranker
-    q = ranker.text_queries(queries.texts) if queries.probe.query == "text" else ranker.item_queries(queries.item)
+def _lexical_scores(suite: BaselineSuite, ranker, queries: AttributeQueries):  # noqa: ANN001, ANN202
+    kind = queries.probe.query
+    if kind == "text":
+        q = ranker.text_queries(queries.texts)
+    elif kind == "user":
+        if suite.corpus.histories is None:
+            raise ValueError("home pairs but the features directory has no users.parquet")
+        assert queries.user is not None
+        q = ranker.user_queries([suite.corpus.histories[int(u)] for u in queries.user])
+    else:
+        q = ranker.item_queries(queries.item)
     if isinstance(q, sp.csr_matrix):
         items_t = ranker.items.T.tocsc()
         return lambda rows: np.asarray((q[rows] @ items_t).todense())
@@ -85,7 +101,10 @@ def add_attribute_rows(
     if item_emb.shape[0] != len(facets.group):
         raise ValueError(f"{item_emb.shape[0]} item embeddings for {len(facets.group)} catalog items")
     held = unseen_items(features, split)
-    probes = attribute_queries(facets, held, store.has_image.numpy(), seed)
+    split_pairs = read_pairs(features, split)
+    home = split_pairs["surface"] == "home"
+    home_pairs = (split_pairs["query_key"][home], split_pairs["item_idx"][home]) if home.any() else None
+    probes = attribute_queries(facets, held, store.has_image.numpy(), seed, home_pairs)
     ks = table.ks
     title = _unit(store.title_emb)
     image = _unit(store.first_image_feat)
@@ -93,18 +112,29 @@ def add_attribute_rows(
     for name, queries in probes.items():
         task = f"{name}/{ROW}"
         kind = queries.probe.query
-        methods = {"itemsage": _dense(_model_queries(tm, store, queries, device), item_emb.float())}
-        if kind in ("text", "item"):
-            methods["tfidf"] = _lexical_scores(suite.tfidf, queries)
-            methods["bm25"] = _lexical_scores(suite.bm25, queries)
-            if kind == "text":
-                assert queries.texts is not None
-                text_q = torch.from_numpy(frozen_text_encoder(device).encode(queries.texts))
-            else:
-                text_q = store.title_emb[torch.from_numpy(queries.item)]
-            methods["minilm"] = _dense(_unit(text_q), title)
+        methods = {"itemsage": _dense(_model_queries(tm, store, suite.qf, queries, device), item_emb.float())}
+        if kind != "image":
+            methods["tfidf"] = _lexical_scores(suite, suite.tfidf, queries)
+            methods["bm25"] = _lexical_scores(suite, suite.bm25, queries)
+        if kind == "text":
+            assert queries.texts is not None
+            methods["minilm"] = _dense(
+                _unit(torch.from_numpy(frozen_text_encoder(device).encode(queries.texts))), title
+            )
+        elif kind == "item":
+            methods["minilm"] = _dense(_unit(store.title_emb[torch.from_numpy(queries.item)]), title)
         if kind in ("image", "item") and suite.with_images:
             methods["image"] = _dense(image[torch.from_numpy(queries.item)], image)
+        if kind == "user":
+            # The frozen user feature's halves against the items' [first image, title], as the
+            # engaged-item home probe's frozen baselines (itemsage.eval.baselines.frozen).
+            assert queries.user is not None
+            user = suite.qf.for_surface("home", queries.user)
+            img_half, txt_half = _unit(user[:, :-TEXT_QUERY_DIM]), _unit(user[:, -TEXT_QUERY_DIM:])
+            methods["minilm"] = _dense(txt_half, title)
+            if suite.with_images:
+                methods["image"] = _dense(img_half, image)
+                methods["user_feat"] = _dense(torch.cat([img_half, txt_half], 1), torch.cat([image, title], 1))
         methods["random"] = lambda rows: rng.random((len(rows), len(facets.group)))
         for method, score in methods.items():
             table.add_values(method, task, attribute_recall(queries, facets, score, ks))

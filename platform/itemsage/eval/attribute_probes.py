@@ -12,7 +12,11 @@ rule 2): kind = ``product_types`` (else the last ``category_path`` level), colou
   synthetic search queries are (the same synonym tables, seeded): "navy blue shirts for men";
 * ``attr_closeup``: each held-out item with an image, its photo as the query (closeup tower);
 * ``attr_item2item``: the same items as queries through the item tower (``/similar``); in a
-  catalog without images, every held-out item.
+  catalog without images, every held-out item;
+* ``attr_home``: each held-out home pair whose engaged item is held out, the user's history as
+  the query (home tower), relevant = the items of the engaged item's kind, colour and gender:
+  what a home feed should show a user who goes on to engage with that item (one query per user
+  and facet triple).
 
 Held-out items: items engaged by the evaluated split's pairs and by no training pair, the items
 the model never trained on. Relevant: every catalog item (held-out or not) with the query's
@@ -44,6 +48,9 @@ ATTRIBUTE_PROBES: tuple[Probe, ...] = (
     ),
     Probe("attr_closeup", "closeup", "image", "held-out item's photo -> items of its kind, colour and gender"),
     Probe("attr_item2item", "closeup", "item", "held-out item -> items of its kind, colour and gender (item tower)"),
+    Probe(
+        "attr_home", "home", "user", "user history -> items of the kind, colour and gender of their next held-out item"
+    ),
 )
 ATTRIBUTE_PROBE_NAMES: tuple[str, ...] = tuple(p.name for p in ATTRIBUTE_PROBES)
 # The one row each attribute probe reports (every query item is held out).
@@ -91,12 +98,14 @@ class Facets:
 @dataclass(frozen=True)
 class AttributeQueries:
     """One probe's queries: ``group[q]`` the facet code asked for, ``item[q]`` the query item
-    (-1 for a text query, which excludes nothing), ``texts[q]`` the text of a text query."""
+    (-1 for a text or user query, which excludes nothing), ``texts[q]`` the text of a text query,
+    ``user[q]`` the ``user_idx`` of a user query."""
 
     probe: Probe
     group: np.ndarray
     item: np.ndarray
     texts: list[str] | None = None
+    user: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.group)
@@ -116,12 +125,17 @@ def _pick(options: list[str], rng: np.random.Generator) -> str:
 
 
 def attribute_queries(
-    facets: Facets, held_out: np.ndarray, has_image: np.ndarray, seed: int = 0
+    facets: Facets,
+    held_out: np.ndarray,
+    has_image: np.ndarray,
+    seed: int = 0,
+    home_pairs: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> dict[str, AttributeQueries]:
     """The queries of every attribute probe that has any (see the module docstring).
 
-    ``held_out``: the held-out item indices; ``has_image[item_idx]``. An item query needs at
-    least one other item of its facets; a text query's facets always have the held-out item.
+    ``held_out``: the held-out item indices; ``has_image[item_idx]``; ``home_pairs``: the
+    evaluated split's home pairs as (``user_idx``, ``item_idx``) arrays. An item query needs at
+    least one other item of its facets; a text or user query's facets always have the held-out item.
     """
     held = np.unique(np.asarray(held_out, dtype=np.int64))
     held = held[facets.group[held] >= 0]
@@ -141,6 +155,14 @@ def attribute_queries(
             out["attr_closeup"] = AttributeQueries(ATTRIBUTE_PROBES[1], facets.group[items], items)
     if items.size:  # a text-only catalog: every held-out item as an item query
         out["attr_item2item"] = AttributeQueries(ATTRIBUTE_PROBES[2], facets.group[items], items)
+    if home_pairs is not None:
+        users, engaged = (np.asarray(a, dtype=np.int64) for a in home_pairs)
+        keep = np.isin(engaged, held)
+        pairs = np.unique(np.stack([users[keep], facets.group[engaged[keep]]], axis=1), axis=0)
+        if len(pairs):
+            out["attr_home"] = AttributeQueries(
+                ATTRIBUTE_PROBES[3], pairs[:, 1], np.full(len(pairs), -1, np.int64), user=pairs[:, 0]
+            )
     return out
 
 

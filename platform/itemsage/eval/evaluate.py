@@ -115,7 +115,8 @@ class EvalResult:
         if self.attribute_items:
             head += (
                 f" Rows attr_*: queries from {self.attribute_items:,} held-out items never trained on, relevant = "
-                "every item of the same kind, colour and gender; capped Recall@k = |top k ∩ relevant| / "
+                "every item of the same kind, colour and gender (attr_home: the user's history as the query, "
+                "the facets of the held-out item they engaged with); capped Recall@k = |top k ∩ relevant| / "
                 "min(k, |relevant|), i.e. precision@k when k or more are relevant."
             )
         return f"{head}\n\n{recall_markdown(self.table)}"

@@ -233,7 +233,8 @@ def group_markdown(g: Group, k: int = 10, name_store: bool = False) -> str:
     )
     if any(pr[0] in ATTRIBUTE_PROBE_NAMES for pr in g.stats):
         note += (
-            " Rows attr_*: queries from held-out items, relevant = every item of the same kind, colour and gender,"
+            " Rows attr_*: queries from held-out items, relevant = every item of the same kind, colour and gender"
+            " (attr_home: a user's history, relevant = the facets of the held-out item they engaged with),"
             f" capped Recall@{k} = |top {k} ∩ relevant| / min({k}, |relevant|) (itemsage.eval.attribute_probes)."
         )
     if any(t != "?" for t in g.train_seconds):
