@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
 import yaml
 from tests.support.jobs import JobResult, submit
 from tests.support.mlflow_server import MlflowServer
@@ -130,6 +131,10 @@ def base_env(repo: Path) -> dict[str, str]:
     env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '/usr/bin:/bin')}"
     env["PYTHONPATH"] = ":".join(p for p in (str(repo), env.get("PYTHONPATH", "")) if p)
     env.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0"})
+    # Serve's fast mode keeps a stopping API replica draining for 30 s, so that a load balancer in
+    # front can let go of it; the only stop here is the teardown's `serve shutdown`, after the one
+    # answered request, with nothing in flight and no load balancer: it would only be waited out.
+    env.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "2")
     return env
 
 
@@ -369,29 +374,51 @@ class _Run:
     # ------------------------------------------------------------------ teardown
 
     def teardown(self) -> None:
-        """Stop everything this run started, newest first; keep going when one step fails."""
-        steps: list[tuple[str, Callable[[], Any]]] = []
+        """Stop everything this run started; keep going when one step fails. ``serve shutdown``
+        first (it goes through the cluster), then the cluster, ``mlflow server`` and PostgreSQL side
+        by side: each stop mostly waits for its processes to exit (up to a SIGTERM grace period),
+        so together they take about as long as the longest rather than the sum."""
         if self.cluster is not None and self.cluster.nodes_started:
             cluster = self.cluster
             serve_bin = str(Path(sys.executable).parent / "serve")
-            steps.append(("serve shutdown", lambda: run([serve_bin, "shutdown", "--address", cluster.dashboard_url, "-y"],
-                                                        cluster.env, self.logs / "serve.log", 180, check=False)))
-            steps.append(("ray cluster", cluster.stop))
+            self._stop("serve shutdown", lambda: run([serve_bin, "shutdown", "--address", cluster.dashboard_url, "-y"],
+                                                     cluster.env, self.logs / "serve.log", 180, check=False))
+        steps: list[tuple[str, Callable[[], Any]]] = []
+        if self.cluster is not None and self.cluster.nodes_started:
+            steps.append(("ray cluster", self._stop_cluster))
         if self.mlflow is not None:
             steps.append(("mlflow server", self.mlflow.stop))
         if self.pg is not None:
             steps.append(("postgres", self.pg.stop))
-        for what, step in steps:
-            try:
-                step()
-            except Exception as e:  # noqa: BLE001 - one failed stop must not skip the others
-                self.say(f"teardown of {what} failed: {type(e).__name__}: {e}")
+        if steps:
+            with ThreadPoolExecutor(max_workers=len(steps)) as pool:
+                for _ in pool.map(lambda step: self._stop(*step), steps):
+                    pass
         # Whatever survived (a daemon that ignored its stop) carries one of our markers.
         leftovers = [p for part in ("ray", "mlflow", "postgres") for p in marked_pids(f"{self.id}-{part}")]
         if leftovers:
             terminate(leftovers, 10)
         self.report.leftover_pids = [p for part in ("ray", "mlflow", "postgres") for p in marked_pids(f"{self.id}-{part}")]
         self.say(f"stopped everything ({len(self.report.leftover_pids)} processes left); logs in {self.logs}")
+
+    def _stop(self, what: str, step: Callable[[], Any]) -> None:
+        """One teardown step, timed; its failure is reported, not raised (the others still run)."""
+        t0 = time.monotonic()
+        try:
+            detail = step()
+            self.say(f"stopped {what} in {time.monotonic() - t0:.0f} s{detail if isinstance(detail, str) else ''}")
+        except Exception as e:  # noqa: BLE001 - one failed stop must not skip the others
+            self.say(f"teardown of {what} failed: {type(e).__name__}: {e}")
+
+    def _stop_cluster(self) -> str:
+        """Stop the Ray cluster; says which of its processes outlived the SIGTERM grace period."""
+        assert self.cluster is not None
+        names = {}
+        for pid in marked_pids(self.cluster.marker):
+            with contextlib.suppress(psutil.Error):
+                names[pid] = psutil.Process(pid).name()
+        killed = self.cluster.stop()
+        return f", {len(killed)} needed SIGKILL {sorted(names.get(p, '?') for p in killed)}" if killed else ""
 
 
 def run_cluster_e2e(cfg: ClusterE2EConfig | None = None, repo: Path | None = None,
