@@ -64,15 +64,11 @@ def _model_queries(
 
 def _lexical_scores(suite: BaselineSuite, ranker, queries: AttributeQueries):  # noqa: ANN001, ANN202
     kind = queries.probe.query
-    if kind == "text":
+    if kind == "text":  # the probe's own texts, not a queries.parquet row
         q = ranker.text_queries(queries.texts)
-    elif kind == "user":
-        if suite.corpus.histories is None:
-            raise ValueError("home pairs but the features directory has no users.parquet")
-        assert queries.user is not None
-        q = ranker.user_queries([suite.corpus.histories[int(u)] for u in queries.user])
     else:
-        q = ranker.item_queries(queries.item)
+        keys = queries.item if queries.user is None else queries.user
+        q = suite.lexical_queries(ranker, kind, keys)
     if isinstance(q, sp.csr_matrix):
         items_t = ranker.items.T.tocsc()
         return lambda rows: np.asarray((q[rows] @ items_t).todense())

@@ -77,7 +77,7 @@ class BaselineSuite:
         target, exclude = pairs.target.numpy(), pairs.exclude.numpy()
         if probe.query in LEXICAL_QUERIES:
             for ranker in (self.tfidf, self.bm25):
-                queries = self._lexical_queries(ranker, probe.query, pairs.query_key)
+                queries = self.lexical_queries(ranker, probe.query, pairs.query_key)
                 ranks = ranker.ranks(queries, cand, target, exclude)  # type: ignore[arg-type]
                 table.add(ranker.name, tasks, torch.from_numpy(ranks), pairs.cohorts)
         frozen = frozen_ranks(
@@ -94,7 +94,9 @@ class BaselineSuite:
             table.add(method, tasks, torch.from_numpy(ranks), pairs.cohorts)
         table.add("random", tasks, torch.from_numpy(random_ranks(len(cand), exclude, self.seed)), pairs.cohorts)
 
-    def _lexical_queries(self, ranker: TfidfRanker | Bm25Ranker, kind: str, keys: np.ndarray) -> object:
+    def lexical_queries(self, ranker: TfidfRanker | Bm25Ranker, kind: str, keys: np.ndarray) -> object:
+        """``ranker``'s queries of a probe's kind: search queries by ``query_idx``, items by
+        ``item_idx``, users' histories by ``user_idx``."""
         if kind == "text":
             if self.corpus.query_texts is None:
                 raise ValueError("search pairs but the features directory has no queries.parquet")
