@@ -20,20 +20,19 @@ import torch.nn.functional as F
 
 from itemsage.data.features_read import QueryFeatures, read_pairs
 from itemsage.eval.attribute_probes import ROW, AttributeQueries, Facets, attribute_queries, attribute_recall
+from itemsage.eval.baselines.frozen import user_halves
 from itemsage.eval.baselines.suite import BaselineSuite
 from itemsage.eval.recall import RecallTable
 from itemsage.eval.validation import embed_items
 from itemsage.model import ItemFeatureStore
-from itemsage.model.batch import TEXT_QUERY_DIM
 from itemsage.trained.loaded import TrainedModel
 from itemsage.trained.queries import frozen_text_encoder
 
 
-def unseen_items(features: str, split: str) -> np.ndarray:
-    """Items engaged by ``split``'s pairs and by no training pair: the model never trained on them
-    (on an item-disjoint split, every held-out item)."""
-    held = np.unique(read_pairs(features, split)["item_idx"])
-    return np.setdiff1d(held, read_pairs(features, "train")["item_idx"])
+def unseen_items(features: str, split_pairs: dict[str, np.ndarray]) -> np.ndarray:
+    """Items engaged by a held-out split's pairs (``read_pairs``) and by no training pair: the model
+    never trained on them (on an item-disjoint split, every held-out item)."""
+    return np.setdiff1d(np.unique(split_pairs["item_idx"]), read_pairs(features, "train")["item_idx"])
 
 
 def _unit(x: torch.Tensor) -> torch.Tensor:
@@ -96,8 +95,8 @@ def add_attribute_rows(
         return 0
     if item_emb.shape[0] != len(facets.group):
         raise ValueError(f"{item_emb.shape[0]} item embeddings for {len(facets.group)} catalog items")
-    held = unseen_items(features, split)
     split_pairs = read_pairs(features, split)
+    held = unseen_items(features, split_pairs)
     home = split_pairs["surface"] == "home"
     home_pairs = (split_pairs["query_key"][home], split_pairs["item_idx"][home]) if home.any() else None
     probes = attribute_queries(facets, held, store.has_image.numpy(), seed, home_pairs)
@@ -125,8 +124,7 @@ def add_attribute_rows(
             # The frozen user feature's halves against the items' [first image, title], as the
             # engaged-item home probe's frozen baselines (itemsage.eval.baselines.frozen).
             assert queries.user is not None
-            user = suite.qf.for_surface("home", queries.user)
-            img_half, txt_half = _unit(user[:, :-TEXT_QUERY_DIM]), _unit(user[:, -TEXT_QUERY_DIM:])
+            img_half, txt_half = user_halves(suite.qf, queries.user)
             methods["minilm"] = _dense(txt_half, title)
             if suite.with_images:
                 methods["image"] = _dense(img_half, image)

@@ -35,6 +35,12 @@ def _unit(x: torch.Tensor) -> torch.Tensor:
     return F.normalize(x.float(), dim=-1)
 
 
+def user_halves(qf: QueryFeatures, users: torch.Tensor | np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """The frozen user feature of ``users`` as its unit image half and unit text (MiniLM) half."""
+    user = qf.for_surface("home", users)
+    return _unit(user[:, :-TEXT_QUERY_DIM]), _unit(user[:, -TEXT_QUERY_DIM:])
+
+
 def frozen_ranks(
     query_kind: str,
     store: ItemFeatureStore,
@@ -59,8 +65,7 @@ def frozen_ranks(
         if query_kind == "item":
             queries["minilm"] = (_unit(store.title_emb[keys]), title)
     else:
-        user = qf.for_surface("home", keys)
-        img_half, txt_half = _unit(user[:, :-TEXT_QUERY_DIM]), _unit(user[:, -TEXT_QUERY_DIM:])
+        img_half, txt_half = user_halves(qf, keys)
         queries = {
             "minilm": (txt_half, title),
             "image": (img_half, image),
