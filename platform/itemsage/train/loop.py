@@ -346,13 +346,13 @@ class Stepper:
         items = self.store.gather(ids).to(dev, non_blocking=True)
         queries = self.qf.groups(np.asarray(batch["surface"]), np.asarray(batch["query_key"]), dev, self.surfaces)
         rand_items = rand_ids = rand_log_weight = None
-        if self.tc.loss.random_negatives and self.sampler is not None:
-            rand_ids, log_weight = self.sampler.sample(self.tc.loss.num_random_negatives, ids, self.generator)
-            rand_log_weight = log_weight.to(dev)
-            rand_items = self.store.gather(rand_ids).to(dev, non_blocking=True)
-            rand_ids = rand_ids.to(dev)
-        elif self.tc.loss.random_negatives:
-            rand_ids = sample_negatives(self.neg_pool, self.tc.loss.num_random_negatives, self.generator)
+        if self.tc.loss.random_negatives:
+            n = self.tc.loss.num_random_negatives
+            if self.sampler is not None:
+                rand_ids, log_weight = self.sampler.sample(n, ids, self.generator)
+                rand_log_weight = log_weight.to(dev)
+            else:
+                rand_ids = sample_negatives(self.neg_pool, n, self.generator)
             rand_items = self.store.gather(rand_ids).to(dev, non_blocking=True)
             rand_ids = rand_ids.to(dev)
         search_token_ids = None
