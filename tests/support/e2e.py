@@ -28,7 +28,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import psutil
 import yaml
 from tests.support.jobs import JobResult, submit
 from tests.support.mlflow_server import MlflowServer
@@ -413,10 +412,7 @@ class _Run:
     def _stop_cluster(self) -> str:
         """Stop the Ray cluster; says which of its processes outlived the SIGTERM grace period."""
         assert self.cluster is not None
-        names = {}
-        for pid in marked_pids(self.cluster.marker):
-            with contextlib.suppress(psutil.Error):
-                names[pid] = psutil.Process(pid).name()
+        names = self.cluster.process_names()
         killed = self.cluster.stop()
         return f", {len(killed)} needed SIGKILL {sorted(names.get(p, '?') for p in killed)}" if killed else ""
 

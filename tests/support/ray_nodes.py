@@ -183,10 +183,7 @@ class LocalRayCluster:
         left the raylets and the GCS running until the SIGKILL (2026-12-05, tests/support/e2e.py's
         teardown log). Whatever is still marked after that (a worker started meanwhile) goes last.
         """
-        names: dict[int, str] = {}
-        for pid in marked_pids(self.marker):
-            with contextlib.suppress(psutil.Error):
-                names[pid] = psutil.Process(pid).name()
+        names = self.process_names()
         raylets = [p for p, n in names.items() if n == "raylet"]
         gcs = [p for p, n in names.items() if n == "gcs_server"]
         others = [p for p in names if p not in raylets and p not in gcs]
@@ -194,6 +191,14 @@ class LocalRayCluster:
         for step in (raylets, others, gcs):
             killed += terminate(step, grace_s / 3)
         return killed + terminate(marked_pids(self.marker), grace_s / 3)
+
+    def process_names(self) -> dict[int, str]:
+        """``{pid: executable name}`` of this cluster's processes now running."""
+        names: dict[int, str] = {}
+        for pid in marked_pids(self.marker):
+            with contextlib.suppress(psutil.Error):
+                names[pid] = psutil.Process(pid).name()
+        return names
 
     def is_down(self) -> bool:
         return not marked_pids(self.marker)
