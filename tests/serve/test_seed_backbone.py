@@ -69,8 +69,10 @@ def with_images(resnet: SmallPipeline) -> list[tuple[str, Path]]:
 
 
 def closeup_from_features(resnet: SmallPipeline, item_ids: list[str]) -> np.ndarray:
-    """Offline closeup queries: the trained closeup tower on the image features preprocessing stored."""
+    """Offline closeup queries of uploaded photos: the trained closeup tower on the image features
+    preprocessing stored, with the photos' catalog neighbours (itemsage.model.catalog_queries)."""
     from itemsage.model import ItemFeatureStore
+    from itemsage.model.catalog_queries import photo_queries
     from itemsage.trained import load_trained
 
     tm = load_trained(resnet.bundle)
@@ -78,7 +80,7 @@ def closeup_from_features(resnet: SmallPipeline, item_ids: list[str]) -> np.ndar
     row = {item_id: r for r, item_id in enumerate(store.item_ids or [])}
     feats = store.first_image_feat[[row[i] for i in item_ids]]
     assert feats.shape[1] == 2048 and bool(feats.abs().sum(dim=1).gt(0).all())
-    return tm.embed_closeup(feats)
+    return photo_queries(tm.model, store, feats).numpy()
 
 
 def b64(path: Path) -> str:
@@ -107,7 +109,7 @@ def test_served_image_embedding_equals_offline(resnet: SmallPipeline, with_image
 
     ids, paths = [i for i, _ in with_images], [p for _, p in with_images]
     from_features = closeup_from_features(resnet, ids)
-    from_api = ItemSage.load(resnet.bundle, device="cpu").embed_image_queries(paths)
+    from_api = ItemSage.load(resnet.bundle, device="cpu").embed_image_queries(paths, catalog=resnet.features)
     np.testing.assert_allclose(from_api, from_features, atol=ATOL)
     with TestClient(create_local_app(resnet.serving)) as client:
         served = []

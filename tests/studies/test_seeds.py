@@ -35,3 +35,27 @@ def test_config_label() -> None:
 def test_seeds_must_be_distinct() -> None:
     with pytest.raises(ValueError, match="distinct"):
         run_seeds(DEMO, [], [1, 1], tracking=False)
+
+
+def test_a_finished_seed_run_again_reports_its_training_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Evaluating a trained seed on another split resumes a finished run in seconds: the report
+    must still show what the training took."""
+    import itemsage.eval.evaluate as evaluate
+    import itemsage.studies.seeds as seeds
+    import itemsage.train.trainer as trainer
+
+    steps = iter([7, 7, 9])
+    clock = iter([0.0, 100.0, 500.0, 502.0, 600.0, 605.0])
+
+    def fake_training(cfg, tracking=True):  # noqa: ANN001, ANN202
+        run_dir = trainer.run_dir_of(cfg)
+        return trainer.TrainResult(run_dir, next(steps), None, None, {}, None, None, "models:/x/1", run_dir)
+
+    monkeypatch.setattr(trainer, "run_training", fake_training)
+    monkeypatch.setattr(evaluate, "evaluate_model", lambda *a, **k: None)
+    monkeypatch.setattr(evaluate, "surface_summary", lambda ev: {})
+    monkeypatch.setattr(seeds.time, "perf_counter", lambda: next(clock))
+    overrides = [f"train.storage_path={tmp_path}"]
+    runs = [run_seeds(DEMO, overrides, [0], tracking=False, progress=lambda _: None)[0] for _ in range(3)]
+    # Trained (100 s), re-run with nothing left to train (the 100 s again), trained further (5 s).
+    assert [r.train_seconds for r in runs] == [100.0, 100.0, 5.0]

@@ -34,6 +34,7 @@ from itemsage.index.filters import FilterError
 from itemsage.index.hybrid import SearchModeError, fuse, lexical_search, resolve_mode
 from itemsage.index.lexical import LexicalIndex, item_text
 from itemsage.model import ItemFeatureStore
+from itemsage.model.catalog_queries import history_queries, photo_queries
 from itemsage.trained import ModelNotFoundError
 from itemsage.trained.loaded import TrainedModel, load_trained, pick_device
 
@@ -216,9 +217,17 @@ class ItemSage:
         return self.trained.embed_search_queries(texts)
 
     @torch.inference_mode()
-    def embed_image_queries(self, images: Sequence[str | Path | bytes]) -> np.ndarray:
+    def embed_image_queries(
+        self,
+        images: Sequence[str | Path | bytes],
+        catalog: CatalogFeatures | str | Path | None = None,
+        layout: str = "auto",
+    ) -> np.ndarray:
         """Closeup queries: image files (paths or URIs) or encoded image bytes -> the frozen image
-        backbone -> this model's closeup tower. A bad image raises ``ValueError`` naming it."""
+        backbone -> this model's closeup tower. With ``catalog`` (as :meth:`embed_users` takes it),
+        each photo's ``model.closeup_neighbors`` nearest catalog photos are read too, as Serve does
+        (``itemsage.model.catalog_queries``); without it, the tower alone. A bad image raises
+        ``ValueError`` naming it."""
         if not images:
             return np.zeros((0, self.dim), np.float32)
         backbone = self._image_backbone()
@@ -231,7 +240,10 @@ class ItemSage:
                 raise ValueError(f"image query {i} ({name}) is not usable: {e}") from None
             pixels.append(backbone.preprocess(img))
         feats = backbone(torch.stack(pixels).to(self.device)).float()
-        return self._project("closeup", feats)
+        if catalog is None:
+            return self._project("closeup", feats)
+        store, _ = self._catalog_store(catalog, layout)
+        return photo_queries(self.trained.model, store, feats).numpy()
 
     def _image_backbone(self) -> ImageBackbone:
         if not self.trained.trained_on_images:
@@ -255,12 +267,14 @@ class ItemSage:
 
         ``catalog`` gives the items' features: a :class:`CatalogFeatures` from
         :meth:`featurize_catalog` (fastest when called repeatedly), a features directory, or a
-        raw catalog path (featurized on the fly). User features are the mean first-image feature
-        and the mean title embedding of the history (docs/feature-format.md).
+        raw catalog path (featurized on the fly). The query is built as ``model.home_query`` says:
+        the mean of the history items' embeddings ("items"), or the home tower on the mean
+        first-image feature and mean title embedding of the history ("tower",
+        docs/feature-format.md).
         """
         if not histories:
             return np.zeros((0, self.dim), np.float32)
-        store, ids = self._user_store(catalog, layout)
+        store, ids = self._catalog_store(catalog, layout)
         row_of = {item_id: r for r, item_id in enumerate(ids)}
         rows = []
         for u, history in enumerate(histories):
@@ -271,9 +285,9 @@ class ItemSage:
                 shown = ", ".join(repr(m) for m in missing[:5])
                 raise KeyError(f"history {u}: item id(s) not in the catalog: {shown}")
             rows.append([row_of[i] for i in history])
-        return self._project("home", store.user_feats(rows))
+        return history_queries(self.trained.model, store, rows).numpy()
 
-    def _user_store(self, catalog: CatalogFeatures | str | Path, layout: str) -> tuple[ItemFeatureStore, list[str]]:
+    def _catalog_store(self, catalog: CatalogFeatures | str | Path, layout: str) -> tuple[ItemFeatureStore, list[str]]:
         if isinstance(catalog, CatalogFeatures):
             if not catalog.has_title_emb:
                 raise ValueError(
@@ -281,7 +295,9 @@ class ItemSage:
                 )
             return catalog.store(self.trained.max_images, self.trained.text_fields), catalog.item_ids
         if is_features_dir(str(catalog)):
-            store = ItemFeatureStore.load(str(catalog), max_images=self.trained.max_images)
+            store = ItemFeatureStore.load(
+                str(catalog), max_images=self.trained.max_images, text_fields=self.trained.text_fields
+            )
             if store.image_dim != self.trained.image_dim:
                 raise ValueError(
                     f"features {catalog} have {store.image_dim}-d image features; "
@@ -289,7 +305,7 @@ class ItemSage:
                 )
             return store, list(store.item_ids or [])
         feats = self.featurize_catalog(catalog, layout, title_embeddings=True)
-        return feats.store(self.trained.max_images), feats.item_ids
+        return feats.store(self.trained.max_images, self.trained.text_fields), feats.item_ids
 
     def _project(self, surface: str, feats: torch.Tensor) -> np.ndarray:
         return self.trained.embed_query_features(surface, feats)

@@ -2,12 +2,14 @@
 
 Each method scores the probe's queries against every catalog item, the same candidates and the
 same capped Recall@k for all: the model through the tower a user's query takes (search tower on
-the query text, closeup tower on the photo, item tower on both sides for item -> item, home
-tower on a user's history, as ``/search``, ``/closeup``, ``/similar`` and ``/recommend`` do),
+the query text, closeup tower on the photo (with its catalog neighbours), item tower on both sides
+for item -> item, a user's history as ``model.home_query`` says, as ``/search``, ``/closeup``,
+``/similar`` and ``/recommend`` do; ``itemsage.model.catalog_queries``),
 char-3gram TF-IDF and BM25 (the text query, the query item's text, or the history's items as the
 home probe does), frozen MiniLM (the query text through the packaged frozen encoder, the query
 item's title, or the text half of the user feature, against the items' titles), frozen image
-features (photo, item and user queries), the frozen user feature (both halves, home) and random.
+features (photo, item and user queries), the frozen user feature (both halves, home), for a model
+whose photo queries read catalog neighbours the frozen titles of the same neighbours, and random.
 Rows are ``<probe>/all`` in the evaluation's recall table.
 """
 
@@ -18,13 +20,14 @@ import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 
-from itemsage.data.features_read import QueryFeatures, read_pairs
+from itemsage.data.features_read import read_pairs
 from itemsage.eval.attribute_probes import ROW, AttributeQueries, Facets, attribute_queries, attribute_recall
 from itemsage.eval.baselines.frozen import user_halves
 from itemsage.eval.baselines.suite import BaselineSuite
 from itemsage.eval.recall import RecallTable
 from itemsage.eval.validation import embed_items
 from itemsage.model import ItemFeatureStore
+from itemsage.model.catalog_queries import history_queries, neighbour_count, photo_neighbours, photo_queries
 from itemsage.trained.loaded import TrainedModel
 from itemsage.trained.queries import frozen_text_encoder
 
@@ -45,19 +48,22 @@ def _dense(q: torch.Tensor, items: torch.Tensor):  # noqa: ANN202 - a ScoreFn
 
 @torch.no_grad()
 def _model_queries(
-    tm: TrainedModel, store: ItemFeatureStore, qf: QueryFeatures, queries: AttributeQueries, device: torch.device
+    tm: TrainedModel,
+    store: ItemFeatureStore,
+    histories: list[np.ndarray] | None,
+    queries: AttributeQueries,
+    device: torch.device,
 ) -> torch.Tensor:
     kind = queries.probe.query
     if kind == "text":
         assert queries.texts is not None
         return torch.from_numpy(tm.embed_search_queries(queries.texts))
     if kind == "user":
-        assert queries.user is not None
-        home = qf.groups(np.full(len(queries), "home"), queries.user, device)
-        return tm.model.embed_query_batch(home, len(queries)).float().cpu()
+        assert queries.user is not None and histories is not None
+        return history_queries(tm.model, store, [histories[int(u)].tolist() for u in queries.user])
     keys = torch.from_numpy(queries.item)
     if kind == "image":
-        return tm.model.embed_queries("closeup", store.first_image_feat[keys].to(device)).float().cpu()
+        return photo_queries(tm.model, store, store.first_image_feat[keys], exclude=keys)
     return tm.model.embed_item_queries(embed_items(tm.model, store, keys, device)).float().cpu()
 
 
@@ -107,7 +113,9 @@ def add_attribute_rows(
     for name, queries in probes.items():
         task = f"{name}/{ROW}"
         kind = queries.probe.query
-        methods = {"itemsage": _dense(_model_queries(tm, store, suite.qf, queries, device), item_emb.float())}
+        methods = {
+            "itemsage": _dense(_model_queries(tm, store, suite.corpus.histories, queries, device), item_emb.float())
+        }
         if kind != "image":
             methods["tfidf"] = _lexical_scores(suite, suite.tfidf, queries)
             methods["bm25"] = _lexical_scores(suite, suite.bm25, queries)
@@ -120,6 +128,13 @@ def add_attribute_rows(
             methods["minilm"] = _dense(_unit(store.title_emb[torch.from_numpy(queries.item)]), title)
         if kind in ("image", "item") and suite.with_images:
             methods["image"] = _dense(image[torch.from_numpy(queries.item)], image)
+        k = neighbour_count(tm.model, store, exclude=True)
+        if kind == "image" and suite.with_images and k:
+            # The frozen counterpart of the model's photo query: the mean MiniLM title of the same
+            # k nearest catalog photos (the query's own item left out), against the items' titles.
+            keys = torch.from_numpy(queries.item)
+            nearest = photo_neighbours(store, store.first_image_feat[keys], k, exclude=keys)
+            methods["image_nbr"] = _dense(_unit(title[nearest].mean(1)), title)
         if kind == "user":
             # The frozen user feature's halves against the items' [first image, title], as the
             # engaged-item home probe's frozen baselines (itemsage.eval.baselines.frozen).

@@ -3,9 +3,10 @@
 Every held-out (query, engaged item) pair of the test split ranks its engaged item against the
 *whole* evaluation catalog with exact search, once per probe (``itemsage.eval.probes``: search =
 text query, closeup = the query item's image through the closeup tower, item2item = the query
-item through the item tower, home = a user's history). The model's embeddings come from the same
-code that validates during training (``itemsage.eval.validation``), so training curves and this
-report are comparable. Each probe also ranks the same pairs against the same candidates with the
+item through the item tower, home = a user's history). Item and search-query embeddings come from
+the same code that validates during training (``itemsage.eval.validation``), so training curves
+and this report are comparable; photo and history queries are built as Serve builds them, from
+catalog items' embeddings where the model says so (``itemsage.model.catalog_queries``). Each probe also ranks the same pairs against the same candidates with the
 baselines a user tries first (``itemsage.eval.baselines``): char-3gram TF-IDF and BM25 over the
 items' text fields, frozen MiniLM, frozen image features, frozen user features (home) and random.
 The search probe also gets the served search modes that are not the model alone
@@ -61,6 +62,7 @@ from itemsage.files import StagingDir, staging_dir
 from itemsage.index.compat import check_features_compatible
 from itemsage.index.featurize import model_preprocess_config, token_table
 from itemsage.model import ItemFeatureStore
+from itemsage.model.catalog_queries import history_queries, photo_queries
 from itemsage.trained.loaded import TrainedModel, load_trained, pick_device
 
 log = logging.getLogger(__name__)
@@ -302,7 +304,9 @@ def evaluate_model(
             probe_val = probe_pairs(val, probe, has_image)
             if probe_val is None:
                 continue
-            ranks, queries = _model_ranks(tm, store, qf, probe, probe_val, item_emb, torch.device(dev))
+            ranks, queries = _model_ranks(
+                tm, store, qf, probe, probe_val, item_emb, torch.device(dev), corpus.histories
+            )
             table.add("itemsage", probe_val.tasks.tolist(), ranks, probe_val.cohorts)
             if probe.query == "text" and corpus.query_texts is not None:  # the served search modes
                 add_search_mode_rows(
@@ -359,15 +363,20 @@ def _model_ranks(
     pairs: ValSet,
     item_emb: torch.Tensor,
     device: torch.device,
+    histories: list[np.ndarray] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The model's rank of each pair's item, and the pairs' query embeddings: the probe's query
-    tower, or for item -> item the item tower on the query item as on every candidate."""
+    tower, for item -> item the item tower on the query item as on every candidate, for a photo or
+    a history the queries Serve builds from catalog items (``itemsage.model.catalog_queries``)."""
+    keys = torch.from_numpy(pairs.query_key)
     if probe.query == "item":
         # As Serve's /similar embeds an item used as the query (debiasing and hubness coordinate).
         with torch.no_grad():
-            queries = tm.model.embed_item_queries(
-                embed_items(tm.model, store, torch.from_numpy(pairs.query_key), device)
-            )
+            queries = tm.model.embed_item_queries(embed_items(tm.model, store, keys, device))
+    elif probe.query == "image":
+        queries = photo_queries(tm.model, store, store.first_image_feat[keys], exclude=keys)
+    elif probe.query == "user" and histories is not None:
+        queries = history_queries(tm.model, store, [histories[int(u)].tolist() for u in pairs.query_key])
     else:
         queries = embed_queries(tm.model, qf, pairs, device, text_encoder=tm.finetuned_text_encoder)
     return ranks_of_targets(queries, item_emb, pairs.target, pairs.exclude), queries

@@ -31,6 +31,9 @@ METHOD_LABELS: dict[str, str] = {
     "bm25": "BM25",
     "minilm": "frozen MiniLM",
     "image": "frozen image features",
+    # A photo's nearest catalog photos' MiniLM titles: the frozen counterpart of a photo query that
+    # reads catalog neighbours (itemsage.model.catalog_queries).
+    "image_nbr": "frozen titles of the photo's nearest catalog photos",
     "user_feat": "frozen user features (image + text)",
     "frozen": "frozen features",
     "random": "random",

@@ -185,8 +185,17 @@ class ItemSageModel(nn.Module):
         h = neighbour_similarity(x, self.hubness_bank, self.hubness_neighbors)
         return torch.cat([x, (-self.hubness_weight * h).to(x.dtype)[:, None]], dim=1)
 
-    def embed_queries(self, surface: str, feats: torch.Tensor, token_ids: torch.Tensor | None = None) -> torch.Tensor:
+    def embed_queries(
+        self,
+        surface: str,
+        feats: torch.Tensor,
+        token_ids: torch.Tensor | None = None,
+        expansion: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """``[B, embedding_dim]`` unit query embeddings for one surface's frozen features.
+
+        ``expansion``: ``[B, embedding_dim]`` unit vectors added to the tower's output before it is
+        normalised again (a photo query's catalog neighbours, ``itemsage.model.catalog_queries``).
 
         ``token_ids``: ``[B, L]`` vocabulary ids of search queries' text, padded with -1
         (``itemsage.data.query_tokens``); required for search with ``model.text_residual``, where
@@ -194,6 +203,8 @@ class ItemSageModel(nn.Module):
         ``popularity_debias`` > 0, the surface's mean training query is taken out (cold start).
         """
         out = self.query_towers(surface, feats)
+        if expansion is not None:
+            out = F.normalize(out + expansion.to(out.device, out.dtype), dim=-1)
         residual = self.text_residual
         if surface == "search" and residual is not None:
             if token_ids is None:

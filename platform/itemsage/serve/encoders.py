@@ -28,6 +28,7 @@ from itemsage.data.images import BACKBONES, ImageBackbone, ImageDecodeError, get
 from itemsage.data.query_tokens import query_token_ids
 from itemsage.data.text import title_embedding_text
 from itemsage.model import ItemFeatureStore
+from itemsage.model.catalog_queries import history_queries, photo_queries
 from itemsage.serve.bundle import ModelBundle
 from itemsage.serve.errors import BadRequestError, InvalidImageError, NotReadyError, PayloadTooLargeError
 from itemsage.serve.uploads import read_allowed_file
@@ -120,12 +121,6 @@ def project(bundle: ModelBundle, surface: str, feats: torch.Tensor, texts: Seque
     if surface == "search" and bundle.model.text_residual is not None:
         tokens = query_token_ids(bundle.vocab, texts)
     return bundle.model.embed_queries(surface, feats.to(dev), tokens).float().cpu().numpy()
-
-
-def user_feats(bundle: ModelBundle, histories: Sequence[Sequence[str]]) -> torch.Tensor:
-    """Home-feed features of item-id histories (feature-format.md), 404 for unknown ids."""
-    rows = [bundle.rows(h) for h in histories]
-    return bundle.store.user_feats(rows)
 
 
 def closeup_feats(bundle: ModelBundle, item_id: str) -> torch.Tensor | None:
@@ -318,21 +313,25 @@ class LocalEncoders:
             idx = [i for i, k in enumerate(keys) if k == key]
             feats = self.backbones.image_feats([pixels[i] for i in idx], key[0], key[1] or None)
             part = _per_version(
-                [bundles[i] for i in idx], lambda b, rows, feats=feats: project(b, "closeup", feats[rows])
+                [bundles[i] for i in idx],
+                lambda b, rows, feats=feats: photo_queries(b.model, b.store, feats[rows]).numpy(),
             )
             for i, emb in zip(idx, part):
                 out[i] = emb
         return out  # type: ignore[return-value]
 
     def history(self, bundle: ModelBundle, item_ids: Sequence[str]) -> np.ndarray:
-        return project(bundle, "home", user_feats(bundle, [item_ids]))[0]
+        """A user's query as ``model.home_query`` says (404 for unknown ids)."""
+        return history_queries(bundle.model, bundle.store, [bundle.rows(item_ids)]).numpy()[0]
 
     def similar_query(self, bundle: ModelBundle, item_id: str) -> tuple[str, np.ndarray]:
         """The query for "items like this one": the closeup tower on its first image (the paper's
-        closeup surface); an item without images falls back to its own item-tower embedding."""
+        closeup surface) with its catalog neighbours, the item itself left out; an item without
+        images falls back to its own item-tower embedding."""
         feats = closeup_feats(bundle, item_id)
         if feats is not None:
-            return "closeup", project(bundle, "closeup", feats)[0]
+            own = torch.tensor(bundle.rows([item_id]), dtype=torch.int64)
+            return "closeup", photo_queries(bundle.model, bundle.store, feats, exclude=own).numpy()[0]
         emb = torch.from_numpy(catalog_item_embeddings(bundle, [item_id]))
         dev = next(bundle.model.parameters()).device
         with torch.inference_mode():  # popularity-debiased like every query (model.popularity_debias)

@@ -22,6 +22,10 @@ from itemsage.eval.run_tags import config_label
 # Issue 19's budget for one training of a headline configuration on a 2-core CPU box; a seed over
 # it is reported (not stopped: the model is still valid, the configuration needs resizing).
 TRAIN_BUDGET_S = 20 * 60
+# Side file of a seed's run directory: the wall time of the call that trained it to its last step,
+# so that re-running a finished seed (to evaluate it on another split) reports that training time,
+# not the seconds the no-op resume took.
+TRAIN_TIME_FILE = "seed_train_time.json"
 
 
 @dataclass(frozen=True)
@@ -53,7 +57,8 @@ def run_seeds(
     """Train and evaluate ``base`` once per seed (re-running resumes finished seeds)."""
     from itemsage.eval.evaluate import evaluate_model, surface_summary
     from itemsage.eval.tracking import log_evaluation
-    from itemsage.train.trainer import run_training
+    from itemsage.train.loop import read_side_file, write_side_file
+    from itemsage.train.trainer import run_dir_of, run_training
 
     if len(set(seeds)) != len(seeds) or not seeds:
         raise ValueError(f"seeds must be distinct and at least one, got {list(seeds)}")
@@ -61,9 +66,14 @@ def run_seeds(
     for i, seed in enumerate(seeds, 1):
         cfg = seed_config(base, overrides, seed)
         progress(f"[{i}/{len(seeds)}] seed {seed}: training {cfg.train.name}")
+        earlier = read_side_file(run_dir_of(cfg), TRAIN_TIME_FILE) or {}
         t0 = time.perf_counter()
         trained = run_training(cfg, tracking=tracking)
         seconds = time.perf_counter() - t0
+        if earlier.get("step") == trained.step and "seconds" in earlier:
+            seconds = float(earlier["seconds"])  # already trained to this step by an earlier call
+        else:
+            write_side_file(trained.run_dir, TRAIN_TIME_FILE, {"step": trained.step, "seconds": round(seconds, 1)})
         ev = evaluate_model(
             trained.model_uri, features=cfg.train.features, split=split, device="auto", baseline_fit=baseline_fit
         )
