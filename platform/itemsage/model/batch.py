@@ -157,6 +157,7 @@ class ItemFeatureStore:
             self.first_image_feat = self.image_values[first] * self.has_image.unsqueeze(1)
         else:
             self.first_image_feat = torch.zeros(n, self.image_dim)
+        self._photo_bank: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @property
     def num_items(self) -> int:
@@ -165,6 +166,16 @@ class ItemFeatureStore:
     @property
     def image_dim(self) -> int:
         return int(self.image_values.shape[1])
+
+    def photo_bank(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The rows of the items with a photo and their unit first-image features, computed on
+        first use and kept (``[n_photos, image_dim]`` float32): where a photo query's catalog
+        neighbours are searched (``itemsage.model.catalog_queries``)."""
+        if self._photo_bank is None:
+            rows = torch.nonzero(self.has_image).flatten()
+            feats = self.first_image_feat[rows].float()
+            self._photo_bank = (rows, feats / feats.norm(dim=1, keepdim=True).clamp(min=1e-12))
+        return self._photo_bank
 
     def __len__(self) -> int:
         return self.num_items

@@ -56,24 +56,13 @@ def history_queries(model: ItemSageModel, store: ItemFeatureStore, histories: Se
     return model.embed_item_queries(F.normalize(mean, dim=-1).to(dev)).float().cpu()
 
 
-def _photo_bank(store: ItemFeatureStore) -> tuple[torch.Tensor, torch.Tensor]:
-    """The rows of the items with a photo and their unit first-image features, computed once per
-    store (``[n_photos, image_dim]`` float32 kept beside it)."""
-    bank = getattr(store, "_photo_bank", None)
-    if bank is None:
-        rows = torch.nonzero(store.has_image).flatten()
-        bank = (rows, F.normalize(store.first_image_feat[rows].float(), dim=-1))
-        store._photo_bank = bank  # type: ignore[attr-defined]  # a cache, not part of the store's contract
-    return bank
-
-
 def photo_neighbours(
     store: ItemFeatureStore, image_feats: torch.Tensor, k: int, exclude: torch.Tensor | None = None
 ) -> torch.Tensor:
     """``[Q, k]`` rows of the catalog items whose first photo is nearest each of ``image_feats``
     (cosine of frozen image features), ``exclude[q]`` (an item row, -1: none) never among them.
     Needs at least ``k`` other photographed items."""
-    rows, bank = _photo_bank(store)
+    rows, bank = store.photo_bank()
     sim = F.normalize(image_feats.float().cpu(), dim=-1) @ bank.T
     if exclude is not None:
         own = exclude.cpu()[:, None]
@@ -84,7 +73,7 @@ def photo_neighbours(
 def neighbour_count(model: ItemSageModel, store: ItemFeatureStore, exclude: bool) -> int:
     """How many catalog neighbours a photo query reads: ``model.closeup_neighbors``, fewer when
     the catalog has fewer other photos (0: the tower alone)."""
-    return max(0, min(int(model.model_cfg.closeup_neighbors), len(_photo_bank(store)[0]) - int(exclude)))
+    return max(0, min(int(model.model_cfg.closeup_neighbors), len(store.photo_bank()[0]) - int(exclude)))
 
 
 @torch.no_grad()
