@@ -49,7 +49,7 @@ def evaluated(sample: FinetunedSample, tmp_path_factory: pytest.TempPathFactory)
     spec.loader.exec_module(cli)  # type: ignore[union-attr]
     out = tmp_path_factory.mktemp("eval") / "queries.npz"
     rc = cli.main(["--model", str(sample.bundle), "--features", str(sample.features), "--split", "test",
-                   "--device", "cpu", "--queries-out", str(out)])
+                   "--device", "cpu", "--queries-out", str(out), "--no-tracking"])  # not into ./mlflow.db
     assert rc == 0
     data = np.load(out)
     texts, emb = [str(t) for t in data["texts"]], data["embeddings"]

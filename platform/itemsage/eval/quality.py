@@ -267,12 +267,17 @@ def bar_chart(groups: Sequence[Group], path: str | Path, k: int = 10) -> Path:
     if not groups:
         raise QualityReportError("nothing to plot")
     methods = _methods(groups)
+    ncols = min(2, len(groups))  # two panels a row: a page-wide figure stays readable
+    nrows = -(-len(groups) // ncols)
     fig, axes = plt.subplots(
-        1, len(groups), figsize=(max(4.5, 1.2 * len(methods)) * len(groups), 4.2), squeeze=False, sharey=True
+        nrows, ncols, figsize=(max(4.5, 1.2 * len(methods)) * ncols, 4.2 * nrows), squeeze=False, sharey=True
     )
     colors = plt.get_cmap("tab10")
     width = 0.8 / max(len(methods), 1)
-    for ax, g in zip(axes[0], groups):
+    panels = axes.flatten()
+    for ax in panels[len(groups) :]:
+        ax.set_visible(False)
+    for ax, g in zip(panels, groups):
         rows = sorted((pr for pr in g.stats if pr[1] == "all"), key=_row_key)
         for j, m in enumerate(methods):
             xs, ys, errs = [], [], []
@@ -285,10 +290,17 @@ def bar_chart(groups: Sequence[Group], path: str | Path, k: int = 10) -> Path:
             if xs:
                 ax.bar(xs, ys, width, yerr=errs, capsize=2, color=colors(j % 10), label=_label(m))
         ax.set_xticks(range(len(rows)), [pr[0] for pr in rows])
-        ax.set_title(f"{g.dataset} / {g.config}\n{g.split}, {len(g.runs)} seed(s)", fontsize=9)
-    axes[0][0].set_ylabel(f"Recall@{k}")
-    axes[0][-1].legend(fontsize=7, loc="upper right")
-    fig.tight_layout()
+        # The hash tells apart two configurations that share a name (e.g. before / after a change).
+        ax.set_title(f"{g.dataset} / {g.config} ({g.config_hash})\n{g.split}, {len(g.runs)} seed(s)", fontsize=9)
+    for row in axes:
+        row[0].set_ylabel(f"Recall@{k}")
+    # One legend for every panel, below them, so that it hides no bar.
+    handles: dict[str, Any] = {}
+    for ax in panels:
+        for h, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, h)
+    fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=min(5, len(handles)), fontsize=8)
+    fig.tight_layout(rect=(0, 0.06 + 0.04 / nrows, 1, 1))
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
