@@ -39,7 +39,7 @@ def config_file(tmp_path: Path, synthetic_features: Path) -> Path:
         ("train.optimizer=sgd", "train.optimizer: must be one of 'adamw' or 'lamb', got 'sgd'"),
         ("train.lr_decay=step", "train.lr_decay: must be one of 'cosine', 'linear' or 'constant', got 'step'"),
         ("train.val_catalog=test", "train.val_catalog: must be one of 'split' or 'all', got 'test'"),
-        ("train.model.finetune_text_layer=1", "known keys under train.model: arch, dropout,"),
+        ("train.model.finetune_text_layer=1", "known keys under train.model: arch, closeup_neighbors, dropout,"),
         ("train.surfaces=[video]", "train.surfaces: unknown surface 'video'"),
         ("train.checkpoint_every=0", "train.checkpoint_every: must be >= 1"),
         ("train.task_quotas={search/bogus: 2.0}", "train.task_quotas.search/bogus: no such task"),
