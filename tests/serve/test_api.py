@@ -212,3 +212,32 @@ def test_image_endpoint_serves_only_images(tiny_serving: dict[str, Path], tmp_pa
         read_catalog_image(str(f), 1_000_000)
     with pytest.raises(ItemNotFoundError):
         read_catalog_image(str(tmp_path / "missing.jpg"), 1_000_000)
+
+
+def test_history_and_item_photo_queries_are_the_ones_evaluation_measures(
+    local_client: TestClient, tiny_serving: dict[str, Path]
+) -> None:
+    """/recommend and /similar by id build their queries from catalog items exactly as
+    experiments/evaluate.py does (itemsage.model.catalog_queries), so the figures it reports are
+    what these endpoints answer."""
+    import torch
+
+    from itemsage.index import load_index
+    from itemsage.model import ItemFeatureStore
+    from itemsage.model.catalog_queries import history_queries, photo_queries
+    from itemsage.trained import load_trained
+
+    tm = load_trained(str(tiny_serving["model_1"]))
+    store = ItemFeatureStore.load(str(tiny_serving["features"]), max_images=tm.max_images, text_fields=tm.text_fields)
+    row = {item_id: r for r, item_id in enumerate(store.item_ids or [])}
+    history = [SHOE, "5382"]
+    served = local_client.post("/embed/query", json={"history": history}).json()["embedding"]
+    offline = history_queries(tm.model, store, [[row[i] for i in history]]).numpy()[0]
+    np.testing.assert_allclose(np.asarray(served, np.float32), offline, atol=1e-5)
+
+    own = torch.tensor([row[SHOE]])
+    query = photo_queries(tm.model, store, store.first_image_feat[own], exclude=own).numpy()
+    ids, _ = load_index(tiny_serving["index_1"]).search(query, 5)
+    expected = [i for i in ids[0] if i != SHOE][:4]
+    similar = local_client.post("/similar", json={"item_id": SHOE, "k": 4}).json()
+    assert [h["item_id"] for h in similar["results"]] == expected
