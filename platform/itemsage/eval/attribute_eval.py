@@ -110,6 +110,7 @@ def add_attribute_rows(
     title = _unit(store.title_emb)
     image = _unit(store.first_image_feat)
     rng = np.random.default_rng(seed)
+    neighbours = neighbour_count(tm.model, store, exclude=True)  # how many the model's photo queries read
     for name, queries in probes.items():
         task = f"{name}/{ROW}"
         kind = queries.probe.query
@@ -128,12 +129,11 @@ def add_attribute_rows(
             methods["minilm"] = _dense(_unit(store.title_emb[torch.from_numpy(queries.item)]), title)
         if kind in ("image", "item") and suite.with_images:
             methods["image"] = _dense(image[torch.from_numpy(queries.item)], image)
-        k = neighbour_count(tm.model, store, exclude=True)
-        if kind == "image" and suite.with_images and k:
+        if kind == "image" and suite.with_images and neighbours:
             # The frozen counterpart of the model's photo query: the mean MiniLM title of the same
             # k nearest catalog photos (the query's own item left out), against the items' titles.
             keys = torch.from_numpy(queries.item)
-            nearest = photo_neighbours(store, store.first_image_feat[keys], k, exclude=keys)
+            nearest = photo_neighbours(store, store.first_image_feat[keys], neighbours, exclude=keys)
             methods["image_nbr"] = _dense(_unit(title[nearest].mean(1)), title)
         if kind == "user":
             # The frozen user feature's halves against the items' [first image, title], as the

@@ -26,18 +26,6 @@ import torch.nn.functional as F
 from itemsage.model.batch import ItemFeatureStore
 from itemsage.model.factory import ItemSageModel
 
-ITEM_CHUNK = 4096  # items per item-tower pass
-
-
-def _item_vectors(model: ItemSageModel, store: ItemFeatureStore, rows: torch.Tensor) -> torch.Tensor:
-    """``[len(rows), embedding_dim]`` unit item embeddings (no hubness coordinate) on CPU."""
-    dev = next(model.parameters()).device
-    parts = [
-        model.embed_item_vectors(store.gather(rows[i : i + ITEM_CHUNK]).to(dev)).float().cpu()
-        for i in range(0, len(rows), ITEM_CHUNK)
-    ]
-    return torch.cat(parts) if parts else torch.zeros(0, int(model.model_cfg.embedding_dim))
-
 
 @torch.no_grad()
 def history_queries(model: ItemSageModel, store: ItemFeatureStore, histories: Sequence[Sequence[int]]) -> torch.Tensor:
@@ -50,7 +38,7 @@ def history_queries(model: ItemSageModel, store: ItemFeatureStore, histories: Se
     lengths = torch.tensor([len(h) for h in histories], dtype=torch.int64)
     flat = torch.tensor([int(i) for h in histories for i in h], dtype=torch.int64)
     owner = torch.repeat_interleave(torch.arange(len(histories)), lengths)
-    emb = _item_vectors(model, store, flat)
+    emb = model.embed_store_rows(store, flat)
     mean = torch.zeros(len(histories), emb.shape[1]).index_add_(0, owner, emb)
     # Debiased and given the hubness coordinate like any item used as a query (/similar).
     return model.embed_item_queries(F.normalize(mean, dim=-1).to(dev)).float().cpu()
@@ -98,7 +86,7 @@ def photo_queries(
         feats = image_feats[start : start + chunk]
         own = None if exclude is None else exclude[start : start + chunk]
         nearest = photo_neighbours(store, feats, k, own)
-        neighbours = _item_vectors(model, store, nearest.flatten()).view(len(feats), k, -1).mean(1)
+        neighbours = model.embed_store_rows(store, nearest.flatten()).view(len(feats), k, -1).mean(1)
         expansion = F.normalize(neighbours, dim=-1)
         parts.append(model.embed_queries("closeup", feats.to(dev), expansion=expansion).float().cpu())
     return torch.cat(parts)

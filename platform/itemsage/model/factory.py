@@ -16,7 +16,7 @@ from torch import nn
 from itemsage.config import SURFACES, TEXT_FIELDS, LossConfig, ModelConfig
 from itemsage.data.features_read import ITEM_QUERY
 from itemsage.model.baselines import build_item_tower
-from itemsage.model.batch import ItemBatch
+from itemsage.model.batch import ItemBatch, ItemFeatureStore
 from itemsage.model.cms import CountMinSketch, allgather_ids
 from itemsage.model.hash_embedding import HashEmbeddingBag
 from itemsage.model.hubness import neighbour_similarity
@@ -164,6 +164,18 @@ class ItemSageModel(nn.Module):
     def embed_item_vectors(self, batch: ItemBatch) -> torch.Tensor:
         """``[B, embedding_dim]`` unit item embeddings without the hubness coordinate (the bank's rows)."""
         return self.item_tower(batch)
+
+    @torch.no_grad()
+    def embed_store_rows(self, store: ItemFeatureStore, rows: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
+        """:meth:`embed_item_vectors` of ``store``'s items ``rows``, ``chunk`` at a time, on the CPU
+        (``[len(rows), embedding_dim]`` float32): the hubness bank, and the items that queries
+        built from catalog items average (``itemsage.model.catalog_queries``)."""
+        dev = self.query_mean.device
+        parts = [
+            self.embed_item_vectors(store.gather(rows[i : i + chunk]).to(dev)).float().cpu()
+            for i in range(0, len(rows), chunk)
+        ]
+        return torch.cat(parts) if parts else torch.zeros(0, int(self.model_cfg.embedding_dim))
 
     @torch.no_grad()
     def _track_mean(self, row: str, emb: torch.Tensor) -> None:

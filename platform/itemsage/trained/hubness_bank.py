@@ -15,8 +15,6 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from itemsage.config import dump_config
 from itemsage.model import ItemFeatureStore
 from itemsage.model.hubness import bank_rows
@@ -48,11 +46,7 @@ def attach_hubness_bank(bundle_dir: str | Path, features: str | None = None, see
     store = ItemFeatureStore.load(source, max_images=tm.max_images, text_fields=tm.text_fields)
     rows = bank_rows(store.num_items, mcfg.hubness_bank_size, seed)
     model = tm.model.eval()
-    parts = []
-    with torch.inference_mode():
-        for start in range(0, rows.numel(), BANK_BATCH):
-            parts.append(model.embed_item_vectors(store.gather(rows[start : start + BANK_BATCH])).float())
-    model.set_hubness_bank(torch.cat(parts) if parts else torch.zeros(0, mcfg.embedding_dim))
+    model.set_hubness_bank(model.embed_store_rows(store, rows, BANK_BATCH))
     state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
     save_file(state, str(d / WEIGHTS_FILE))
     record = {"items": int(rows.numel()), "catalog_items": int(store.num_items), "features": source, "seed": seed}
