@@ -60,7 +60,8 @@ demo: $(STAMP)  ## run the whole pipeline on the bundled sample (data/sample)
 # skips Serve's 30 s drain and stops its services side by side (319 -> 271 s), its Ray cluster in
 # `ray stop`'s order (teardown 30 -> 19 s; that run 347 s on a busier box, its jobs slower).
 # Full run on merged main at e62cc67 (1007 tests, 2026-12-05 05:28, quiet box): 1486 s, all passed;
-# multinode 363 s, live fault test 206 s, fault-tolerance driver test 173 s.
+# multinode 363 s, live fault test 206 s, fault-tolerance driver test 173 s. At 7eac311 (1011 tests,
+# 2026-12-05 08:22, quiet box): 1447 s, all passed; multinode 349 s, live fault test 273 s.
 # Still over the 20-minute budget: 1200 s here, and ~960 s to leave room for CI (~1.25x slower).
 XDIST ?= -n 2 --dist loadgroup
 test: $(STAMP) browser lint-imports lint  ## all tests: import contracts, lint and type checks, unit, integration, end-to-end, multi-node cluster (what CI runs)
