@@ -339,6 +339,11 @@ class TrainConfig(Section):
     # Validation ranks each held-out pair's item among the val split's own items ("split": the
     # held-out catalog of an item-disjoint split) or among every item of the features ("all").
     val_catalog: ValCatalog = "split"
+    # False: no in-training validation, for the final refit of a recipe chosen on val, on train + val
+    # (preprocess with engagement.val_fraction 0: the test items stay the same, the val items join
+    # training). Every checkpoint then scores 0 and the last one is registered, so set
+    # checkpoint_every to the step count the val runs chose.
+    validation: bool = True
     # Relative share of each "surface/action" task in every batch; missing tasks get weight 1.
     task_quotas: dict[str, float] = {}
     # Train on only these surfaces (empty = all); the single-task ablation uses this.

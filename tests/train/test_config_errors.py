@@ -65,7 +65,8 @@ def test_empty_validation_split_is_reported(config_file: Path, synthetic_feature
     pq.write_table(table.slice(0, 0), features / "pairs" / "val.parquet")
     rc = _cli().main(["--config", str(config_file), f"train.features={features}"])
     assert rc == 2
-    assert "split 'val'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "split 'val'" in err and "train.validation: false trains without validation" in err
 
 
 def test_missing_config_file(capsys) -> None:

@@ -191,3 +191,32 @@ def test_unreachable_mlflow_does_not_stop_training(ray_cluster, synthetic_featur
     assert loss_steps == [1, 2, 3, 4]
     assert any(r["kind"] == "params" and r["data"]["train.max_steps"] == "4" for r in records)
     assert any(r["kind"] == "metrics" and "val/recall_at_10" in r["data"] for r in records)
+
+
+def test_refit_without_validation_registers_the_last_checkpoint(
+    ray_cluster, synthetic_features, tmp_path, mlflow_uri, make_config
+) -> None:
+    # The final refit on train + val: features whose val split is empty, train.validation false.
+    features = tmp_path / "f"
+    shutil.copytree(synthetic_features, features)
+    table = pq.read_table(features / "pairs" / "val.parquet")
+    pq.write_table(table.slice(0, 0), features / "pairs" / "val.parquet")
+    cfg = make_config(
+        features,
+        tmp_path / "runs",
+        "refit",
+        [
+            "train.validation=false",
+            "train.max_steps=4",
+            "train.checkpoint_every=2",
+            "train.keep_checkpoints=1",
+            "train.mlflow_experiment=refit",
+        ],
+    )
+    result = run_training(cfg)
+    assert result.step == 4 and result.model_version is not None
+    # Every checkpoint scores 0 without validation: the later one is registered.
+    assert load_trained(result.model_uri).manifest["step"] == 4
+    (run,) = _runs(mlflow_uri, "refit")
+    assert run.info.status == "FINISHED" and run.data.tags["itemsage.best_step"] == "4"
+    assert not [k for k in run.data.metrics if k.startswith("val")]

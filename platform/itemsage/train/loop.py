@@ -511,7 +511,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             write_side_file(spec.run_dir, RUN_FILE, {"run_id": new_id})
         run_id = new_id or run_id
 
-    val = build_validation(tc, store, tc.val_catalog) if rank == 0 else None
+    val = build_validation(tc, store, tc.val_catalog) if rank == 0 and tc.validation else None
     baselines: dict[str, float] = {}
     if rank == 0 and val is not None:
         base = baseline_recall(store, qf, val, seed=tc.seed)

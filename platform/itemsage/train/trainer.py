@@ -24,7 +24,7 @@ import pyarrow.fs as pafs
 
 from itemsage.config import SURFACES, ConfigError, PipelineConfig, flatten, to_dict
 from itemsage.data.features_io import resolve
-from itemsage.data.features_read import PAIR_COLUMNS, pairs_path, read_manifest, read_pairs
+from itemsage.data.features_read import PAIR_COLUMNS, FeaturesError, pairs_path, read_manifest, read_pairs
 from itemsage.train.data import TrainInputError, task_counts
 from itemsage.train.loop import (
     RUN_FILE,
@@ -116,7 +116,11 @@ def check_inputs(cfg: PipelineConfig) -> tuple[dict[str, Any], dict[str, int]]:
     tc = cfg.train
     manifest = read_manifest(tc.features)
     train = read_pairs(tc.features, "train", tc.surfaces)
-    read_pairs(tc.features, "val", tc.surfaces)  # raises when validation would have nothing to rank
+    if tc.validation:
+        try:
+            read_pairs(tc.features, "val", tc.surfaces)
+        except FeaturesError as e:  # validation would have nothing to rank
+            raise FeaturesError(f"{e} (train.validation: false trains without validation)") from e
     counts = task_counts(train)
     for task in tc.task_quotas:
         if task not in counts:
