@@ -62,6 +62,16 @@ demo: $(STAMP)  ## run the whole pipeline on the bundled sample (data/sample)
 # Full run on merged main at e62cc67 (1007 tests, 2026-12-05 05:28, quiet box): 1486 s, all passed;
 # multinode 363 s, live fault test 206 s, fault-tolerance driver test 173 s. At 7eac311 (1011 tests,
 # 2026-12-05 08:22, quiet box): 1447 s, all passed; multinode 349 s, live fault test 273 s.
+# Then (2026-12-05, each measured alone, under the heavy lock): the soak runs on test_serve_e2e's
+# app (one Serve start less: the soak module's set-up was 87 s of that run), the killed driver's
+# first attempt trains beside the other fault-test runs (198 -> 178 s), the SIGTERM test's app
+# starts beside the `serve run` test's (69 -> 62 s), the live fault test SIGKILLs its app at the
+# end instead of a Ctrl-C shutdown (115 -> 96 s), and the cluster config hashes the 300-item sample
+# into 2 partitions instead of 8 (multinode 246 -> 217 s). Full run with them (61c056f, 1011 tests,
+# 2026-12-05 10:25, heavy lock held): 1438 s, all passed; multinode 429 s, fault test 185 + 76 s,
+# live fault test 183 s, trained model 156 s, Amazon preprocessing set-up 141 s. So the side-by-side
+# starts gain alone but hardly in a full run: its two workers already keep both cores busy, and a
+# test that overlaps its own waits slows the other worker's tests; only less CPU work shortens it.
 # Still over the 20-minute budget: 1200 s here, and ~960 s to leave room for CI (~1.25x slower).
 XDIST ?= -n 2 --dist loadgroup
 test: $(STAMP) browser lint-imports lint  ## all tests: import contracts, lint and type checks, unit, integration, end-to-end, multi-node cluster (what CI runs)

@@ -45,7 +45,7 @@ def test_modules_that_start_ray_in_process_are_grouped() -> None:
 
 def test_a_test_id_maps_to_its_group_and_rank() -> None:
     assert xdist_group("tests/cluster/test_multinode.py::test_pipeline_on_two_node_cluster") == "multinode"
-    assert xdist_group("tests/serve/test_soak.py::test_x[1]") == "trained_serving"
+    assert xdist_group("tests/serve/test_serve_e2e.py::test_x[1]") == "trained_serving"
     assert xdist_group("tests/serve/test_live_faults.py::t") == "live_faults"
     assert xdist_group("tests/api/test_api.py::t") == "sample_model"
     assert xdist_group("tests/train/test_ray_train.py::t") == "ray_train"
@@ -53,5 +53,5 @@ def test_a_test_id_maps_to_its_group_and_rank() -> None:
     assert xdist_group("tests/test_config.py::test_x") is None
     # Heaviest first; ungrouped tests after every group.
     assert schedule_rank("tests/cluster/test_multinode.py::t") == 0
-    assert schedule_rank("tests/serve/test_soak.py::t") == 1
+    assert schedule_rank("tests/serve/test_serve_e2e.py::t") == 1
     assert schedule_rank("tests/test_config.py::t") == len(GROUPS)

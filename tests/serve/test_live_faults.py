@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import os
 import random
-import signal
 import subprocess
 import sys
 import threading
@@ -74,8 +73,6 @@ class App:
             **{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},
             "RAY_USAGE_STATS_ENABLED": "0",
             "ITEMSAGE_WRITE_TOKEN": TOKEN,
-            # The final Ctrl-C need not wait Serve's 30 s drain: nothing is in flight by then.
-            "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",
         }
         env.setdefault("RAY_raylet_start_wait_time_s", "120")
         from itemsage.serve.fast_ingress import use_fast_serving
@@ -141,12 +138,10 @@ class App:
         return len(procs)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGINT)  # serve run shuts Serve and its Ray down on Ctrl-C
-            try:
-                self.proc.wait(90)
-            except subprocess.TimeoutExpired:
-                self.kill_all()
+        """SIGKILL whatever is left, as the whole-app fault does: a graceful ``serve run`` stop
+        (Ctrl-C) is test_serve_run_cli's, and here it only cost ~9 s of waiting for it."""
+        if self.proc is not None:
+            self.kill_all()
 
 
 class Traffic:

@@ -6,7 +6,8 @@ same config: 60 steps, a checkpoint every 30, validation (and an MLflow flush) e
 never-killed run of that config, trained beside the killed-worker run, is the reference. CPU training is deterministic (two clean runs
 log bit-identical losses) and a resumed run continues the same batches and random draws from
 the checkpoint step on (``itemsage.train.loop.step_seeds``), so a correct resume reproduces the
-clean run's numbers; see ``_check_against_clean`` for the tolerances.
+clean run's numbers; see ``_check_against_clean`` for the tolerances. The killed driver's first
+attempt also trains beside them (``KilledDriver``).
 """
 
 import contextlib
@@ -16,6 +17,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -196,6 +198,65 @@ class CleanRun:
         return self._figures
 
 
+class KilledDriver:
+    """The killed-driver test's first attempt: kill -9 of the driver (the process running
+    experiments/train.py) mid-run, between two checkpoints and after MLflow got steps past the last
+    one. It starts with the module's first test and a thread of its own kills it, so it trains
+    beside the clean and killed-worker runs rather than after them (each run mostly waits on Ray's
+    and the worker group's start); the test then waits for it and re-submits the command."""
+
+    def __init__(self, t: Training) -> None:
+        self.t = t
+        self.proc = t.start()
+        self.killed = 0.0  # time.monotonic() of the kill
+        self.survivors: list[str] = []  # alive of its session after the kill, then killed
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._kill_mid_interval, daemon=True)
+        self._thread.start()
+
+    def _kill_mid_interval(self) -> None:
+        try:
+            # Mid-interval: a checkpoint is registered and MLflow already has later steps (flushed
+            # at the evaluation 10 steps on), which the resumed run will log again. Beside two
+            # other runs, on a loaded box, the first checkpoint comes later than when alone.
+            _wait_for(
+                lambda: (r := _registered_step(self.t.run_dir)) is not None and _logged_step(self.t.db) > r,
+                600, self.proc,
+            )
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.killed = time.monotonic()
+            assert self.proc.wait(timeout=30) == -signal.SIGKILL
+        except BaseException as e:  # noqa: BLE001 - raised in the test, by wait()
+            self.error = e
+        finally:
+            # Ray's GCS and raylet die with their parent (PR_SET_PDEATHSIG), its workers with the
+            # raylet; whatever has not died yet is killed here, so the re-submitted command starts
+            # its own cluster on a clean machine, like after a lost node.
+            try:
+                self.survivors = _stop(self.proc)
+            except BaseException as e:  # noqa: BLE001 - raised in the test, by wait()
+                self.error = self.error or e
+
+    def wait(self) -> None:
+        """Until the attempt is killed and nothing of its session is left; its failure, if any."""
+        self._thread.join()
+        if self.error is not None:
+            raise self.error
+
+    def stop(self) -> None:
+        """Nothing of it is left running, also when its test did not run (the thread then sees the
+        driver gone and ends)."""
+        _stop(self.proc)
+        self._thread.join()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def killed_driver(synthetic_features, tmp_path_factory, tiny_overrides):
+    driver = KilledDriver(Training(tmp_path_factory.mktemp("driver"), synthetic_features, "driver", tiny_overrides))
+    yield driver
+    driver.stop()
+
+
 @pytest.fixture(scope="module")
 def clean_run(synthetic_features, tmp_path_factory, tiny_overrides):
     run = CleanRun(Training(tmp_path_factory.mktemp("clean"), synthetic_features, "clean", tiny_overrides))
@@ -262,23 +323,10 @@ def test_killed_worker_resumes_from_the_latest_checkpoint(clean_run, synthetic_f
     print(f"[worker kill] checkpoint {killed_at} registered at the kill, resumed from {resumed[0]:.0f}: {figures}")
 
 
-def test_killed_driver_resubmitted_resumes_the_same_run(clean_run, synthetic_features, tmp_path, tiny_overrides) -> None:
-    """kill -9 of the driver (the process running experiments/train.py) mid-run, between two
-    checkpoints and after MLflow got steps past the last one; then the same command again."""
-    t = Training(tmp_path, synthetic_features, "driver", tiny_overrides)
-    proc = t.start()
-    try:
-        # Mid-interval: a checkpoint is registered and MLflow already has later steps (flushed at
-        # the evaluation 10 steps on), which the resumed run will log again.
-        _wait_for(lambda: (r := _registered_step(t.run_dir)) is not None and _logged_step(t.db) > r, 300, proc)
-        os.kill(proc.pid, signal.SIGKILL)
-        killed = time.monotonic()
-        assert proc.wait(timeout=30) == -signal.SIGKILL
-    finally:
-        # Ray's GCS and raylet die with their parent (PR_SET_PDEATHSIG), its workers with the
-        # raylet; whatever has not died yet is killed here, so the re-submitted command starts
-        # its own cluster on a clean machine, like after a lost node.
-        survivors = _stop(proc)
+def test_killed_driver_resubmitted_resumes_the_same_run(clean_run, killed_driver) -> None:
+    """kill -9 of the driver mid-run (``KilledDriver``, beside the other runs); then the same command again."""
+    killed_driver.wait()
+    t = killed_driver.t
     resumed_from, killed_at = _registered_step(t.run_dir), _logged_step(t.db)
     # Workers orphaned by the driver's death run on until their raylet dies; on a loaded machine
     # rank 0 can log every remaining step in that time (seen in CI-like runs: step 60 of 60). No
@@ -294,7 +342,7 @@ def test_killed_driver_resubmitted_resumes_the_same_run(clean_run, synthetic_fea
         t.finish(proc)
     finally:
         _stop(proc)
-    took = time.monotonic() - killed
+    took = time.monotonic() - killed_driver.killed
 
     run_id, client = t.run()
     assert run_id == before.info.run_id  # the same MLflow run, continued
@@ -304,5 +352,5 @@ def test_killed_driver_resubmitted_resumes_the_same_run(clean_run, synthetic_fea
     assert figures["duplicated_steps"] == list(range(resumed_from + 1, killed_at + 1))
     print(
         f"[driver kill] killed after MLflow had step {killed_at}; alive of its session then, and killed: "
-        f"{survivors}; resumed from checkpoint {resumed_from}, finished {took:.0f}s after the kill: {figures}"
+        f"{killed_driver.survivors}; resumed from checkpoint {resumed_from}, finished {took:.0f}s after the kill: {figures}"
     )
