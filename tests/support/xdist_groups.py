@@ -52,7 +52,7 @@ GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     # The fault test: once "trained_serving" has built the model (either worker may take it).
     # Its app is SIGKILLed at the end, not stopped with Ctrl-C (alone: 115 s -> 96 s).
     ("live_faults", ("tests/serve/test_live_faults.py",)),  # 250 s, 273 s in the 1447 s run
-    # Five Ray Train runs (the NaN test continues the resume test's run).
+    # Six Ray Train runs (the NaN test continues the resume test's run; the refit without validation, ~30 s).
     ("ray_train", ("tests/train/test_ray_train.py",)),  # 198 s
     # The sample model's build takes its EfficientNet/MiniLM outputs from the run's cache
     # (tests/support/feature_cache.py), filled by the "trained_serving" build.
