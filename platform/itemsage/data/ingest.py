@@ -370,16 +370,18 @@ def _first_line(path: Path) -> str:
 # ------------------------------------------------------------------------------ the read
 
 
-def _recurring_prefixes(styles: Path) -> frozenset[bytes]:
+def _recurring_prefixes(styles: Path, partitions: int) -> frozenset[bytes]:
     """Title prefixes (lower case) that start at least two titles: fashion's brands."""
     prefixes = read_file_blocks([styles], _title_prefix_blocks, "FashionTitlePrefixes")
-    counts = prefixes.groupby("prefix").count()
+    # As many hash partitions as the other catalog-wide steps: Ray's default (200) costs a 300-item
+    # sample more in task overhead than the count itself.
+    counts = prefixes.groupby("prefix", num_partitions=partitions).count()
     recurring = counts.filter(lambda row: row["count()"] >= 2).select_columns(["prefix"])
     return frozenset(row["prefix"] for row in recurring.iter_rows())
 
 
 def read_records(
-    path: Path, layout: str, settings: ReadSettings, lines_per_block: int, rows_per_block: int
+    path: Path, layout: str, settings: ReadSettings, lines_per_block: int, rows_per_block: int, partitions: int
 ) -> tuple[Any, Path]:
     """The record rows of the catalog at ``path`` (a Dataset) and the location reported as source."""
     if layout in ("amazon", "generic"):
@@ -420,7 +422,10 @@ def read_records(
         header, _ = read_csv_rows(iter([_first_line(styles)]), [], stage=STAGE, id_column="id")
         check_fashion_header(styles, header)
         reader = partial(
-            _csv_blocks, settings=settings, rows_per_block=rows_per_block, recurring=_recurring_prefixes(styles)
+            _csv_blocks,
+            settings=settings,
+            rows_per_block=rows_per_block,
+            recurring=_recurring_prefixes(styles, partitions),
         )
         return read_file_blocks([styles], reader, "FashionStyles"), styles
     train = shopee_train(path)
@@ -543,7 +548,7 @@ def ingest_catalog(
     settings = ReadSettings(
         layout, max_images, max_field_chars, str(Path(images_dir).absolute()) if images_dir else None
     )
-    records, location = read_records(p, layout, settings, lines_per_block, rows_per_block)
+    records, location = read_records(p, layout, settings, lines_per_block, rows_per_block, partitions)
     records = records.materialize()  # read once; the steps below each scan it
 
     slim = records.map_batches(_with_id, batch_format="pyarrow")
