@@ -73,7 +73,9 @@ demo: $(STAMP)  ## run the whole pipeline on the bundled sample (data/sample)
 # starts gain alone but hardly in a full run: its two workers already keep both cores busy, and a
 # test that overlaps its own waits slows the other worker's tests; only less CPU work shortens it.
 # On merged main at 4101c8e (1012 tests with the refit-without-validation run, 2026-12-05 10:52,
-# quiet box): 1490 s, all passed; multinode 445 s, killed worker 186 s, live fault test 177 s.
+# quiet box): 1490 s, all passed; multinode 445 s, killed worker 186 s, live fault test 177 s. At
+# c4df5b1 (the fashion title-prefix count in 8 hash partitions, not Ray's 200; 11:25, quiet box):
+# 1367 s, all passed; multinode 337 s, killed worker 207 s, live fault test 183 s.
 # Still over the 20-minute budget: 1200 s here, and ~960 s to leave room for CI (~1.25x slower).
 # The CPU left to cut is mostly start-ups: every module with Ray starts its own local Ray (GCS,
 # raylet, dashboard, workers importing torch) and every Serve app its replicas.
