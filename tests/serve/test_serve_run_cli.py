@@ -23,6 +23,7 @@ import psutil
 import pytest
 import yaml
 from conftest import free_port
+from tests.support.selection import will_run
 
 from itemsage.serve.fast_ingress import use_fast_serving
 
@@ -120,7 +121,12 @@ class LocalApp:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def local_app(trained_serving: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalApp]:
+def local_app(
+    request: pytest.FixtureRequest, trained_serving: Any, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LocalApp | None]:
+    if not will_run(request, "test_sigterm_drains_like_ctrl_c"):
+        yield None  # its test was deselected: start nothing for it
+        return
     app = LocalApp(trained_serving, tmp_path_factory.mktemp("local_app"))
     try:
         yield app

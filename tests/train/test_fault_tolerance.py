@@ -25,6 +25,7 @@ import psutil
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
+from tests.support.selection import will_run
 
 pytestmark = pytest.mark.slow
 
@@ -251,7 +252,10 @@ class KilledDriver:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def killed_driver(synthetic_features, tmp_path_factory, tiny_overrides):
+def killed_driver(request, synthetic_features, tmp_path_factory, tiny_overrides):
+    if not will_run(request, "test_killed_driver_resubmitted_resumes_the_same_run"):
+        yield None  # its test was deselected: train nothing for it
+        return
     driver = KilledDriver(Training(tmp_path_factory.mktemp("driver"), synthetic_features, "driver", tiny_overrides))
     yield driver
     driver.stop()
