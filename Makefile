@@ -76,6 +76,11 @@ demo: $(STAMP)  ## run the whole pipeline on the bundled sample (data/sample)
 # quiet box): 1490 s, all passed; multinode 445 s, killed worker 186 s, live fault test 177 s. At
 # c4df5b1 (the fashion title-prefix count in 8 hash partitions, not Ray's 200; 11:25, quiet box):
 # 1367 s, all passed; multinode 337 s, killed worker 207 s, live fault test 183 s.
+# At d4a6393 (13:29, quiet box, heavy lock): 1371 s, all passed; the two workers ended 3 s apart
+# (per-test start/end logged per worker), so balance was not the problem; a third worker (-n 3) ran
+# every group 1.5-1.9x slower (load average 33; stopped after 12 minutes). Then the tests' Rays keep
+# their idle workers instead of restarting one per Ray Data task (ray_data group 471 -> 160 s) and
+# the multinode test's mlflow server runs no job consumers: 1238 s (ec81721, 1012 passed, 13:57).
 # Still over the 20-minute budget: 1200 s here, and ~960 s to leave room for CI (~1.25x slower).
 # The CPU left to cut is mostly start-ups: every module with Ray starts its own local Ray (GCS,
 # raylet, dashboard, workers importing torch) and every Serve app its replicas.
