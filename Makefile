@@ -81,6 +81,8 @@ demo: $(STAMP)  ## run the whole pipeline on the bundled sample (data/sample)
 # every group 1.5-1.9x slower (load average 33; stopped after 12 minutes). Then the tests' Rays keep
 # their idle workers instead of restarting one per Ray Data task (ray_data group 471 -> 160 s) and
 # the multinode test's mlflow server runs no job consumers: 1238 s (ec81721, 1012 passed, 13:57).
+# Merged on main (a6a1151, 14:19, quiet box, heavy lock): 1215 s, 1012 passed; multinode 280 s, killed
+# worker 231 s, live fault test 181 s, `serve run` config 167 s.
 # Still over the 20-minute budget: 1200 s here, and ~960 s to leave room for CI (~1.25x slower).
 # The CPU left to cut is mostly start-ups: every module with Ray starts its own local Ray (GCS,
 # raylet, dashboard, workers importing torch) and every Serve app its replicas.
