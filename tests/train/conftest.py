@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -137,6 +138,17 @@ def write_synthetic_features(
 @pytest.fixture(scope="session")
 def synthetic_features(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_synthetic_features(tmp_path_factory.mktemp("features") / "synthetic")
+
+
+@pytest.fixture
+def features_without_val(synthetic_features: Path, tmp_path: Path) -> Path:
+    """A copy of ``synthetic_features`` whose val split has no pairs, as preprocessing with
+    ``engagement.val_fraction 0`` (the final refit on train + val) leaves it."""
+    features = tmp_path / "f"
+    shutil.copytree(synthetic_features, features)
+    val = features / "pairs" / "val.parquet"
+    pq.write_table(pq.read_table(val).slice(0, 0), val)
+    return features
 
 
 # A model small enough that a CPU step takes milliseconds; every knob still on (transformer, hash

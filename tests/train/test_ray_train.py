@@ -194,15 +194,11 @@ def test_unreachable_mlflow_does_not_stop_training(ray_cluster, synthetic_featur
 
 
 def test_refit_without_validation_registers_the_last_checkpoint(
-    ray_cluster, synthetic_features, tmp_path, mlflow_uri, make_config
+    ray_cluster, features_without_val, tmp_path, mlflow_uri, make_config
 ) -> None:
     # The final refit on train + val: features whose val split is empty, train.validation false.
-    features = tmp_path / "f"
-    shutil.copytree(synthetic_features, features)
-    table = pq.read_table(features / "pairs" / "val.parquet")
-    pq.write_table(table.slice(0, 0), features / "pairs" / "val.parquet")
     cfg = make_config(
-        features,
+        features_without_val,
         tmp_path / "runs",
         "refit",
         [
