@@ -108,7 +108,7 @@ def label(cmdline: str) -> str:
     if "baseline_server.py" in cmdline:
         return "baseline server"
     if cmdline.startswith("ray::ServeReplica:"):
-        return cmdline.split()[0].rsplit(":", 1)[1]
+        return replica_deployment(cmdline)
     if cmdline.startswith(("ray::ProxyActor", "ray::HAProxyManager")):
         return "Serve proxy"
     if cmdline.split(" ", 1)[0].endswith("/haproxy"):
@@ -142,7 +142,13 @@ def replica_pids(app: str, root: int | None) -> dict[int, str]:
     counts, so another Serve app of the same name on the machine would be counted too.
     """
     prefix = f"ray::ServeReplica:{app}:"
-    return {pid: cmd.split()[0][len(prefix):] for pid, cmd in descendants(root).items() if cmd.startswith(prefix)}
+    return {pid: replica_deployment(cmd) for pid, cmd in descendants(root).items() if cmd.startswith(prefix)}
+
+
+def replica_deployment(title: str) -> str:
+    """The deployment of a replica process title ``ray::ServeReplica:<app>:<deployment>``, which
+    reads ``...:<deployment>.<method>`` while the replica runs a method (e.g. ``check_health``)."""
+    return title.split()[0].rsplit(":", 1)[1].split(".", 1)[0]
 
 
 def rss_bytes(pid: int) -> int | None:
