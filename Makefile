@@ -83,6 +83,11 @@ demo: $(STAMP)  ## run the whole pipeline on the bundled sample (data/sample)
 # the multinode test's mlflow server runs no job consumers: 1238 s (ec81721, 1012 passed, 13:57).
 # Merged on main (a6a1151, 14:19, quiet box, heavy lock): 1215 s, 1012 passed; multinode 280 s, killed
 # worker 231 s, live fault test 181 s, `serve run` config 167 s.
+# Session 16 (2026-12-05, heavy lock, back to back): the tests' Ray Train runs poll their workers
+# every 0.5 s and start no PreemptionWatcher (tests/conftest.py; alone: test_ray_train.py 300 -> 250 s
+# of CPU, test_fault_tolerance.py 374 -> 326 s): 1267 s, 1012 passed; the same tree with Ray's
+# defaults 1247 s (one soak failure, a replica's title misread, fixed in 3dd312f). A full run's
+# noise (+-30 s) hides those module gains.
 # Still over the 20-minute budget: 1200 s here, and ~960 s to leave room for CI (~1.25x slower).
 # The CPU left to cut is mostly start-ups: every module with Ray starts its own local Ray (GCS,
 # raylet, dashboard, workers importing torch) and every Serve app its replicas.
