@@ -6,9 +6,11 @@
         --tag itemsage.dataset=amazon --split test --doc docs/quality.md --figure docs/figures/quality_headline.png
 
 Reads the runs that experiments/evaluate.py logged (it never trains or evaluates), keeps the
-latest run per (dataset, split, configuration, seed), and writes, per configuration, Recall@k of
-ItemSage and every baseline (char-3gram TF-IDF, BM25, frozen MiniLM, frozen image features,
-frozen user features, random) as the mean ± sample standard deviation over seeds. The section
+latest run per (dataset, split, configuration, split seed, seed), and writes, per configuration,
+Recall@k of ItemSage and every baseline (char-3gram TF-IDF, BM25, frozen MiniLM, frozen image
+features, frozen user features, random) as the mean ± sample standard deviation over seeds, or,
+where a configuration was evaluated on several item-disjoint splits (features preprocessed with
+`preprocess.engagement.seed=N`), over splits, each split the mean of its seeds. The section
 between the `quality_report` markers of --doc is replaced (the rest of the document is kept;
 without the markers the section is appended); the chart is a PNG. Seeds: `experiments/seeds.py
 --config <config> --seeds 0 1 2` trains and evaluates one configuration per seed (or train with
@@ -59,6 +61,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--split", default="test", help="held-out split to report (the runs' itemsage.split tag)")
     p.add_argument("--k", type=int, default=10, help="Recall@k to report (the evaluations log 10 and 50)")
+    p.add_argument(
+        "--rows",
+        nargs="+",
+        default=None,
+        metavar="ROW",
+        help="rows of each probe to report, in order: all (every held-out pair), unseen (pairs of items never "
+        "trained on), or an action such as also_view (default: all unseen)",
+    )
     p.add_argument("--doc", default="docs/quality.md", help="markdown document whose marked section is replaced")
     p.add_argument("--figure", default="docs/figures/quality_headline.png", help="bar chart PNG to write")
     p.add_argument("--json", default=None, help="also write the aggregated numbers as JSON here")
@@ -67,14 +77,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from itemsage.eval.quality import QualityReportError, group_runs, groups_json, load_runs, write_report
+    from itemsage.eval.quality import (
+        HEADLINE_ROWS,
+        QualityReportError,
+        group_runs,
+        groups_json,
+        load_runs,
+        write_report,
+    )
     from itemsage.eval.tracking import DEFAULT_EXPERIMENT, parse_tags
 
     try:
         tags = parse_tags(args.tag)
         tags.setdefault("itemsage.split", args.split)
         runs = load_runs(args.tracking_uri or [None], args.experiment or [DEFAULT_EXPERIMENT], tags)
-        groups = group_runs(runs, args.k)
+        groups = group_runs(runs, args.k, args.rows or HEADLINE_ROWS)
         if not groups:
             raise QualityReportError(f"no finished evaluation runs match {tags}")
         command = "python experiments/quality_report.py " + " ".join(

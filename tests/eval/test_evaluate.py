@@ -172,11 +172,16 @@ def test_held_out_pairs_of_training_items_are_reported_apart(sample_model: Sampl
     train = pq.read_table(features / "pairs" / "train.parquet")
     val = pq.read_table(features / "pairs" / "val.parquet")
     pq.write_table(pa.concat_tables([val, train.slice(0, 40)]), features / "pairs" / "val.parquet")
+    # As if preprocessed with preprocess.engagement.seed=4 (another item-disjoint split).
+    manifest = json.loads((features / "manifest.json").read_text())
+    manifest["config"]["engagement"]["seed"] = 4
+    (features / "manifest.json").write_text(json.dumps(manifest))
     tm = load_trained(str(sample_model.bundle), device="cpu")
     tm.manifest["features"] = str(features)  # as if trained on this directory
     res = evaluate_model(tm, features=str(features), split="val", device="cpu")
 
     assert res.num_pairs == val.num_rows + 40 and res.num_unseen_pairs == val.num_rows
+    assert res.split_seed == "4"  # read from the features, which the report groups splits by
     assert f"{val.num_rows:,} of the pairs engage an item with no training engagement" in res.markdown()
     for surface in SURFACES:
         n = {c: res.table.rows.get(("itemsage", f"{surface}/{c}"), {}).get("n", 0) for c in ("all", "seen", "unseen")}
@@ -224,6 +229,7 @@ def test_cli_prints_the_table_writes_json_and_logs_to_mlflow(sample_model: Sampl
     tags, metrics = run.data.tags, run.data.metrics
     assert tags["purpose"] == "test" and tags["itemsage.split"] == "val" and tags["itemsage.seed"] == "0"
     assert tags["itemsage.kind"] == "evaluation" and tags["itemsage.baseline_fit"] == "train"
+    assert tags["itemsage.split_seed"] == "0"
     for probe, methods in PROBE_METHODS.items():
         for method in methods:
             name = f"val/{probe}/all/{method}/recall_at_10"

@@ -34,13 +34,20 @@ HITS = {
 }
 
 
-def _result(seed: int, hits: dict[str, int], config: str = "shopee", dataset: str = "shopee") -> EvalResult:
+def _result(
+    seed: int,
+    hits: dict[str, int],
+    config: str = "shopee",
+    dataset: str = "shopee",
+    split_seed: int = 0,
+    pairs: int = PAIRS,
+) -> EvalResult:
     table = RecallTable(ks=(10, 50))
-    tasks = ["search/click"] * PAIRS
+    tasks = ["search/click"] * pairs
     for method, h in hits.items():
-        ranks = torch.tensor([0] * h + [500] * (PAIRS - h))
+        ranks = torch.tensor([0] * h + [500] * (pairs - h))
         table.add(method, tasks, ranks)
-        table.add(method, ["item2item/click"] * PAIRS, ranks // 2)
+        table.add(method, ["item2item/click"] * pairs, ranks // 2)
     return EvalResult(
         table=table,
         model_uri=f"models:/itemsage/{10 + seed}",
@@ -50,11 +57,12 @@ def _result(seed: int, hits: dict[str, int], config: str = "shopee", dataset: st
         engagement_source="shopee",
         split="test",
         num_items=1000,
-        num_pairs=2 * PAIRS,
+        num_pairs=2 * pairs,
         num_unseen_pairs=None,
         seconds=1.0,
         holdout="item",
         dataset=dataset,
+        split_seed=str(split_seed),
         identity={
             "config": config,
             "config_hash": f"hash-{config}",
@@ -196,3 +204,37 @@ def test_several_stores_are_reported_together_each_group_naming_its_store(store:
     empty = f"sqlite:///{tmp_path / 'empty.db'}"
     assert _cli().main(["--tracking-uri", store, "--tracking-uri", empty, *args]) == 2
     assert "no MLflow experiment 'ev'" in capsys.readouterr().err
+
+
+def test_several_splits_count_once_each_with_the_mean_of_their_seeds(tmp_path: Path) -> None:
+    """On a small catalog one test split holds few distinct items: the same configuration evaluated on
+    item-disjoint splits made with other preprocess.engagement.seed values is one group, whose spread
+    is over splits (a split with three seeds counts once, with their mean), pairs summed; --rows picks
+    per-action rows."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    for seed, h in enumerate((60, 62, 64)):  # split 0: three seeds, mean 0.62
+        log_evaluation(_result(seed, {"itemsage": h, "minilm": 50, "random": 1}, "amazon", "amazon"), uri, "ev")
+    # Splits 1 and 2, one seed each, with their own pair counts (a split's held-out items differ).
+    log_evaluation(_result(1, {"itemsage": 80, "minilm": 55, "random": 1}, "amazon", "amazon", 1, 200), uri, "ev")
+    log_evaluation(_result(2, {"itemsage": 36, "minilm": 30, "random": 1}, "amazon", "amazon", 2, 50), uri, "ev")
+    # A re-evaluation on split 2 replaces that split's earlier run; the same seed on split 0 is not touched.
+    log_evaluation(_result(2, {"itemsage": 35, "minilm": 30, "random": 1}, "amazon", "amazon", 2, 50), uri, "ev")
+    doc, figure = tmp_path / "q.md", tmp_path / "q.png"
+    args = ["--tracking-uri", uri, "--experiment", "ev", "--doc", str(doc), "--figure", str(figure)]
+    assert _cli().main([*args, "--json", str(tmp_path / "q.json"), "--rows", "all", "click"]) == 0
+    (group,) = json.loads((tmp_path / "q.json").read_text())
+    assert group["split_seeds"] == ["0", "0", "0", "1", "2"] and group["seeds"] == ["0", "1", "2", "1", "2"]
+    rows = {(r["probe"], r["row"]): r for r in group["rows"]}
+    assert set(rows) == {("search", "all"), ("search", "click"), ("item2item", "all"), ("item2item", "click")}
+    search = rows[("search", "all")]
+    assert np.allclose(search["methods"]["itemsage"]["values"], [0.62, 0.40, 0.70])  # split 1: 80 of 200
+    assert np.isclose(search["methods"]["itemsage"]["std"], statistics.stdev([0.62, 0.40, 0.70]))
+    assert search["pairs"] == PAIRS + 200 + 50
+    text = doc.read_text()
+    assert "3 item-disjoint splits (split seeds 0, 1, 2; seeds 0, 1, 2, 1, 2; 3 / 1 / 1 per split)" in text
+    assert "| search (click) | 350 |" in text and "| search | 350 |" in text and "(unseen items)" not in text
+    # One split: the spread is over seeds, as before.
+    assert _cli().main([*args, "--json", str(tmp_path / "q.json"), "--tag", "itemsage.split_seed=0"]) == 0
+    (group,) = json.loads((tmp_path / "q.json").read_text())
+    assert group["rows"][0]["methods"]["itemsage"]["values"] == [0.60, 0.62, 0.64]
+    assert "3 seed(s) (0, 1, 2), mean ± sample standard deviation over seeds" in doc.read_text()

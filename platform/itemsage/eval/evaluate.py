@@ -94,6 +94,10 @@ class EvalResult:
     holdout: str = "unknown"
     baseline_fit: str = "catalog"
     dataset: str = "unknown"
+    # preprocess.engagement.seed of the features: which item-disjoint split (the hash that assigns
+    # items to train / val / test) and, for synthetic engagement, which draw of the log. Beside
+    # train.seed, the second axis a figure is repeated over (itemsage.eval.quality).
+    split_seed: str = "0"
     identity: dict[str, str] = field(default_factory=dict)
     # Held-out items the attribute probes' queries came from (0: the catalog has no facets).
     attribute_items: int = 0
@@ -139,6 +143,7 @@ class EvalResult:
             "holdout": self.holdout,
             "baseline_fit": self.baseline_fit,
             "dataset": self.dataset,
+            "split_seed": self.split_seed,
             "identity": self.identity,
             "probes": {p.name: p.description for p in (*PROBES, *ATTRIBUTE_PROBES)},
             "attribute_items": self.attribute_items,
@@ -320,6 +325,7 @@ def evaluate_model(
     finally:
         for d in scratch:
             shutil.rmtree(d, ignore_errors=True)
+    engagement = (fmanifest.get("config") or {}).get("engagement", {})
     result = EvalResult(
         table=table,
         model_uri=tm.uri,
@@ -332,9 +338,10 @@ def evaluate_model(
         num_pairs=len(val),
         num_unseen_pairs=unseen,
         seconds=round(time.perf_counter() - start, 3),
-        holdout=str((fmanifest.get("config") or {}).get("engagement", {}).get("split", "unknown")),
+        holdout=str(engagement.get("split", "unknown")),
         baseline_fit=baseline_fit,
         dataset=str(fmanifest.get("layout", "unknown")),
+        split_seed=str(engagement.get("seed", 0)),
         identity=run_identity(tm),
         attribute_items=attribute_items,
     )

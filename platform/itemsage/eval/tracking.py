@@ -41,6 +41,7 @@ def evaluation_tags(result: EvalResult, extra: Mapping[str, str] | None = None) 
         "dataset": result.dataset,
         "split": result.split,
         "holdout": result.holdout,
+        "split_seed": result.split_seed,
         "baseline_fit": result.baseline_fit,
         **result.identity,
     }
