@@ -3,22 +3,13 @@ memory table and its check that all four deployments were measured rely on it.""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
-
-LOADGEN = Path(__file__).resolve().parents[1] / "experiments" / "bench" / "loadgen.py"
+from tests.support.scripts import load_script
 
 
 @pytest.fixture(scope="module")
 def loadgen():
-    spec = importlib.util.spec_from_file_location("bench_loadgen", LOADGEN)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("experiments/bench/loadgen.py")
 
 
 def test_a_replica_running_a_method_is_named_by_its_deployment(loadgen, monkeypatch) -> None:

@@ -18,7 +18,6 @@ from the frozen one, or the comparison would prove nothing.
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 
@@ -30,6 +29,7 @@ if str(REPO) not in sys.path:  # tests.support is imported from the repo root
     sys.path.insert(0, str(REPO))
 
 from tests.support.finetuned_sample import FinetunedSample, build_finetuned_sample_model  # noqa: E402
+from tests.support.scripts import load_script  # noqa: E402
 
 pytestmark = pytest.mark.slow
 ATOL = 1e-5
@@ -44,9 +44,7 @@ def sample(tmp_path_factory: pytest.TempPathFactory) -> FinetunedSample:
 @pytest.fixture(scope="module")
 def evaluated(sample: FinetunedSample, tmp_path_factory: pytest.TempPathFactory) -> tuple[list[str], np.ndarray]:
     """(b): the search queries experiments/evaluate.py evaluated, and the embeddings it ranked with."""
-    spec = importlib.util.spec_from_file_location("evaluate_cli", REPO / "experiments" / "evaluate.py")
-    cli = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    spec.loader.exec_module(cli)  # type: ignore[union-attr]
+    cli = load_script("experiments/evaluate.py")
     out = tmp_path_factory.mktemp("eval") / "queries.npz"
     rc = cli.main(["--model", str(sample.bundle), "--features", str(sample.features), "--split", "test",
                    "--device", "cpu", "--queries-out", str(out), "--no-tracking"])  # not into ./mlflow.db

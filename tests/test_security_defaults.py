@@ -8,7 +8,6 @@ Fast: the values are read from the code and config that set them, and the comman
 from __future__ import annotations
 
 import ast
-import importlib.util
 import inspect
 import sys
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any
 
 import pytest
 import yaml
+from tests.support.scripts import load_script
 
 from itemsage.serve.fast_ingress import FAST_SERVE_ENV, HAPROXY_PORT_KEYS
 
@@ -132,9 +132,7 @@ def test_make_demo_pipeline_binds_its_dashboard_to_loopback(monkeypatch: pytest.
     assert "experiments/pipeline.py" in (REPO / "Makefile").read_text()
     seen = _capture_ray_init(monkeypatch)
     monkeypatch.chdir(tmp_path)  # main() chdirs to the repo; monkeypatch puts the cwd back
-    spec = importlib.util.spec_from_file_location("pipeline_entry", REPO / "experiments" / "pipeline.py")
-    pipeline = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(pipeline)
+    pipeline = load_script("experiments/pipeline.py")
     with pytest.raises(_Stop):
         pipeline.main(["--config", "experiments/configs/demo.yaml"])
     assert len(seen) == 1 and seen[0].get("dashboard_host") in LOOPBACK, seen

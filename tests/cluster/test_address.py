@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 import socket
 from pathlib import Path
 
 import pytest
+from tests.support.scripts import load_script
 
 from itemsage.cluster import address
 from itemsage.cluster.address import RayAddressError, check_ray_address, host_port
@@ -16,10 +16,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _cli(name: str):
-    spec = importlib.util.spec_from_file_location(f"{name}_cli", REPO / "experiments" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script(f"experiments/{name}.py")
 
 
 @pytest.mark.parametrize(

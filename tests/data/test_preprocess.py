@@ -342,12 +342,10 @@ def test_nonexistent_catalog_is_one_clear_error(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_cli_reports_bad_input_in_one_line_with_exit_code_2(tmp_path, capsys, repo_root):
-    import importlib.util
+def test_cli_reports_bad_input_in_one_line_with_exit_code_2(tmp_path, capsys):
+    from tests.support.scripts import load_script
 
-    spec = importlib.util.spec_from_file_location("preprocess_cli", repo_root / "experiments" / "preprocess.py")
-    cli = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cli)
+    cli = load_script("experiments/preprocess.py")
     for args, needle in (([f"catalog={tmp_path / 'nope'}"], "does not exist"),
                          (["preprocess.catalog=data/sample/fashion", "layout=weird"], "unknown catalog layout"),
                          (["image.bogus=1"], "preprocess.image.bogus")):

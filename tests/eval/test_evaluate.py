@@ -7,7 +7,6 @@ model's vocabulary.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import sys
@@ -18,10 +17,10 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "api"))
 
 from sample_model import SampleModel, build_sample_model, one_torch_thread, start_ray  # noqa: E402
+from tests.support.scripts import load_script  # noqa: E402
 
 from itemsage.eval.evaluate import EvalError, evaluate_model  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[2]
 SURFACES = ("search", "closeup", "home")
 # Every method each probe must report (the sample catalog has images, text, queries and users).
 PROBE_METHODS = {
@@ -62,10 +61,7 @@ def result(sample_model: SampleModel, tmp_path_factory: pytest.TempPathFactory):
 
 
 def _cli():
-    spec = importlib.util.spec_from_file_location("evaluate_cli", REPO / "experiments" / "evaluate.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("experiments/evaluate.py")
 
 
 def test_every_method_for_every_applicable_probe(result) -> None:

@@ -6,7 +6,6 @@ expected means and spreads are known without training anything.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import statistics
@@ -15,13 +14,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tests.support.scripts import load_script
 
 from itemsage.eval.evaluate import EvalResult
 from itemsage.eval.quality import BEGIN, END, TRAIN_SECONDS_TAG, QualityReportError, replace_section
 from itemsage.eval.recall import RecallTable
 from itemsage.eval.tracking import log_evaluation
 
-REPO = Path(__file__).resolve().parents[2]
 PAIRS = 100
 # Pairs (out of PAIRS) whose item each method ranks in the top 10, per seed: ItemSage varies with
 # the seed, the baselines do not (they are not trained).
@@ -75,10 +74,7 @@ def _result(
 
 
 def _cli():
-    spec = importlib.util.spec_from_file_location("quality_report_cli", REPO / "experiments" / "quality_report.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("experiments/quality_report.py")
 
 
 @pytest.fixture(scope="module")

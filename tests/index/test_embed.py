@@ -7,7 +7,6 @@ written here. The slow ones run the Ray Data actor pool and MLflow registration.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -27,6 +26,7 @@ from sample_model import (  # noqa: E402
     start_ray,
     write_generic_catalog,
 )
+from tests.support.scripts import load_script  # noqa: E402
 
 from itemsage.data.catalog import read_catalog  # noqa: E402
 from itemsage.data.featurize import fixed_list_array  # noqa: E402
@@ -43,7 +43,6 @@ from itemsage.index.pipeline import build_and_log_index  # noqa: E402
 from itemsage.index.tower_udf import EMBEDDINGS_SCHEMA, EmbedError  # noqa: E402
 from itemsage.trained import load_trained  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[2]
 DIM = 256
 
 
@@ -79,10 +78,7 @@ def write_embeddings(out: Path, ids: list[str], vectors: np.ndarray, version: st
 
 
 def _cli(name: str):
-    spec = importlib.util.spec_from_file_location(f"{name}_cli", REPO / "experiments" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(f"experiments/{name}.py")
 
 
 def _unit(n: int, dim: int = DIM, seed: int = 0) -> np.ndarray:

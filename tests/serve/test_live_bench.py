@@ -8,24 +8,15 @@ wrong without either is how visibility is read off the stamps, the headers and t
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import sys
-from pathlib import Path
 from types import ModuleType
 
 import pytest
-
-LIVE = Path(__file__).resolve().parents[2] / "experiments" / "bench" / "live.py"
+from tests.support.scripts import load_script
 
 
 @pytest.fixture(scope="module")
 def live() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_live", LIVE)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look classes up by module name
-    spec.loader.exec_module(module)
-    return module
+    return load_script("experiments/bench/live.py")
 
 
 def bench(live: ModuleType, url: str | None = None) -> object:

@@ -9,7 +9,6 @@ this app too rather than on one of its own: starting a second app cost ~60-90 s 
 from __future__ import annotations
 
 import base64
-import importlib.util
 import json
 import os
 import signal
@@ -25,12 +24,12 @@ from typing import Any
 import psutil
 import pytest
 from conftest import free_port
+from tests.support.scripts import load_script
 from tests.support.web_page import CHROMIUM, CHROMIUM_ARGS, needs_chromium
 
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
-SOAK = REPO / "experiments" / "bench" / "soak.py"
 # Two Retriever and two QueryEncoder replicas (a fixed two instead of the config's 1-2
 # autoscaling), so that killing one mid-request has somewhere to retry.
 DEPLOYMENTS = {
@@ -333,11 +332,7 @@ def retries_logged() -> int:
 
 @pytest.fixture(scope="module")
 def soak() -> Any:
-    spec = importlib.util.spec_from_file_location("bench_soak", SOAK)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses and pickling look classes up by module name
-    spec.loader.exec_module(module)
-    return module
+    return load_script("experiments/bench/soak.py")
 
 
 # Before the replica kills: a replica that replaces a killed one could still be growing.

@@ -3,10 +3,10 @@ and the table/plot name every variant. (The runs themselves are experiments, not
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
+from tests.support.scripts import load_script
 
 from itemsage.config import flatten
 from itemsage.studies.ablations import (
@@ -85,10 +85,7 @@ def test_table_and_plot_show_every_variant(tmp_path: Path) -> None:
 
 
 def _cli():
-    spec = importlib.util.spec_from_file_location("ablations_cli", REPO / "experiments" / "ablations.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("experiments/ablations.py")
 
 
 def test_cli_fails_fast_on_bad_variants_and_missing_features(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,19 +1,16 @@
 """Bad configs and inputs fail before Ray or MLflow start, with the key or path in the message."""
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 import yaml
+from tests.support.scripts import load_script
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def _cli():
-    spec = importlib.util.spec_from_file_location("train_cli", REPO / "experiments" / "train.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("experiments/train.py")
 
 
 @pytest.fixture
