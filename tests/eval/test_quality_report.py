@@ -229,6 +229,10 @@ def test_several_splits_count_once_each_with_the_mean_of_their_seeds(tmp_path: P
     text = doc.read_text()
     assert "3 item-disjoint splits (split seeds 0, 1, 2; seeds 0, 1, 2, 1, 2; 3 / 1 / 1 per split)" in text
     assert "| search (click) | 350 |" in text and "| search | 350 |" in text and "(unseen items)" not in text
+    # ItemSage minus the best baseline, split by split: an easy split is easy for both.
+    diff = [0.62 - 0.50, 0.40 - 55 / 200, 0.70 - 30 / 50]
+    search_row = next(line for line in text.splitlines() if line.startswith("| search |"))
+    assert search_row.endswith(f"| {statistics.mean(diff):+.3f} ± {statistics.stdev(diff):.3f} |")
     # One split: the spread is over seeds, as before.
     assert _cli().main([*args, "--json", str(tmp_path / "q.json"), "--tag", "itemsage.split_seed=0"]) == 0
     (group,) = json.loads((tmp_path / "q.json").read_text())

@@ -267,9 +267,7 @@ def group_markdown(g: Group, k: int = 10, name_store: bool = False) -> str:
             s = stats.get(m)
             text = "-" if s is None else s.cell()
             cells.append(f"**{text}**" if s is not None and s.mean == best else text)
-        base = [stats[m].mean for m in stats if m in BASELINES and m != "random"]
-        delta = "-" if "itemsage" not in stats or not base else f"{stats['itemsage'].mean - max(base):+.3f}"
-        lines.append(f"| {_row_label(pr)} | {g.pairs.get(pr, 0)} | " + " | ".join(cells) + f" | {delta} |")
+        lines.append(f"| {_row_label(pr)} | {g.pairs.get(pr, 0)} | " + " | ".join(cells) + f" | {_delta(g, stats)} |")
     if len(g.split_seeds) > 1:
         per_split = " / ".join(str(sum(_split_seed(r) == s for r in g.runs)) for s in g.split_seeds)
         spread = (
@@ -279,11 +277,16 @@ def group_markdown(g: Group, k: int = 10, name_store: bool = False) -> str:
         )
     else:
         spread = f"{len(g.runs)} seed(s) ({', '.join(g.seeds)}), mean ± sample standard deviation over seeds"
+    if name_store and g.stores:
+        models = "; ".join(
+            ", ".join(v for r, v in zip(g.runs, g.model_versions) if r.store == st) + f" (registry of `{st}`)"
+            for st in g.stores
+        )
+    else:
+        models = ", ".join(g.model_versions)
     note = (
         f"**{g.title}**: Recall@{k}, each pair's item ranked against the whole catalog; {spread}; models "
-        f"{', '.join(g.model_versions)}"
-        + (f" (registry of `{'`, `'.join(g.stores)}`)" if name_store and g.stores else "")
-        + f"; configuration hash {g.config_hash}."
+        f"{models}; configuration hash {g.config_hash}."
     )
     if any(pr[0] in ATTRIBUTE_PROBE_NAMES for pr in g.stats):
         note += (
@@ -312,9 +315,23 @@ def report_markdown(
     return "\n\n".join(parts)
 
 
+def _delta(g: Group, stats: Mapping[str, Stat]) -> str:
+    """ItemSage minus the best baseline (by mean); over several splits also the spread of the
+    per-split difference, which is much smaller than either method's spread (an easy split is
+    easy for both)."""
+    base = {m: s for m, s in stats.items() if m in BASELINES and m != "random"}
+    if "itemsage" not in stats or not base:
+        return "-"
+    model, best = stats["itemsage"], max(base.values(), key=lambda s: s.mean)
+    if len(g.split_seeds) > 1 and len(model.values) == len(best.values):
+        diff = Stat(tuple(a - b for a, b in zip(model.values, best.values)))
+        return f"{diff.mean:+.3f} ± {diff.std:.3f}"
+    return f"{model.mean - best.mean:+.3f}"
+
+
 def bar_chart(groups: Sequence[Group], path: str | Path, k: int = 10) -> Path:
     """One panel per group: grouped bars per probe (``all`` rows), one bar per method, error bars
-    the spread over seeds (or splits)."""
+    the spread over seeds (or splits, each split's value a dot)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -337,15 +354,18 @@ def bar_chart(groups: Sequence[Group], path: str | Path, k: int = 10) -> Path:
         rows = sorted((pr for pr in g.stats if pr[1] == "all"), key=_row_key)
         replicates = f"{len(g.split_seeds)} splits" if len(g.split_seeds) > 1 else f"{len(g.runs)} seed(s)"
         for j, m in enumerate(methods):
-            xs, ys, errs = [], [], []
+            xs, ys, errs, dots = [], [], [], []
             for i, pr in enumerate(rows):
                 s = g.stats[pr].get(m)
                 if s is not None:
                     xs.append(i + (j - (len(methods) - 1) / 2) * width)
                     ys.append(s.mean)
                     errs.append(s.std)
+                    dots += [(xs[-1], v) for v in s.values]
             if xs:
                 ax.bar(xs, ys, width, yerr=errs, capsize=2, color=colors(j % 10), label=_label(m))
+            if dots and len(g.split_seeds) > 1:  # each split's value: the spread is the split's
+                ax.scatter(*zip(*dots), s=5, color="black", zorder=3)
         ax.set_xticks(range(len(rows)), [pr[0] for pr in rows])
         # The hash tells apart two configurations that share a name (e.g. before / after a change).
         ax.set_title(f"{g.dataset} / {g.config} ({g.config_hash})\n{g.split}, {replicates}", fontsize=9)
