@@ -89,6 +89,8 @@ demo: $(STAMP)  ## run the whole pipeline on the bundled sample (data/sample)
 # defaults 1247 s (one soak failure, a replica's title misread, fixed in 3dd312f). A full run's
 # noise (+-30 s) hides those module gains.
 # With the soak's replica-title fix (f44eee2, 1013 tests, 17:13): 1205 s, all passed.
+# Session 17 (1ce33dc, 1017 tests with the split-seed and script-loader changes, 18:26, heavy lock):
+# 1193 s, all passed; multinode 305 s, killed worker 218 s, `serve run` config 183 s.
 # At the 20-minute budget, not under it: 1200 s here, and ~960 s to leave room for CI (~1.25x slower).
 # The CPU left to cut is mostly start-ups: every module with Ray starts its own local Ray (GCS,
 # raylet, dashboard, workers importing torch) and every Serve app its replicas.
