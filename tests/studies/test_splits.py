@@ -40,9 +40,10 @@ def test_each_other_split_is_preprocessed_and_trained_apart(tmp_path: Path, reco
     base = [f"train.features={features}", f"train.storage_path={storage}"]
     splits.run_splits(DEMO, base, [0, 3, 5], [0, 1], progress=lambda _: None, split="val")
 
-    # The configuration's own split (engagement seed 0) is trained on its features as configured.
-    assert [c.engagement.seed for c in recorded["preprocess"]] == [3, 5]
-    assert [c.output for c in recorded["preprocess"]] == [f"{features}_split3", f"{features}_split5"]
+    # The configuration's own split (engagement seed 0) is trained on its features as configured,
+    # made there first since they did not exist.
+    assert [c.engagement.seed for c in recorded["preprocess"]] == [0, 3, 5]
+    assert [c.output for c in recorded["preprocess"]] == [str(features), f"{features}_split3", f"{features}_split5"]
     own, three, five = recorded["seeds"]
     assert own == (base, [0, 1], {"split": "val"})
     assert three[0][-2:] == [f"train.features={features}_split3", f"train.storage_path={storage}/split3"]
@@ -51,6 +52,11 @@ def test_each_other_split_is_preprocessed_and_trained_apart(tmp_path: Path, reco
     cfgs = [load_config(PipelineConfig, DEMO, overrides) for overrides, _, _ in recorded["seeds"]]
     assert cfgs[1].train.features == f"{features}_split3"
     assert len({config_hash(to_dict(c)) for c in cfgs}) == 1
+    # Run again: every split's features are kept; the own split's even when made otherwise (by hand).
+    own_manifest = features / "manifest.json"
+    own_manifest.write_text(json.dumps({"config": {"made": "by hand"}}))
+    splits.run_splits(DEMO, base, [0, 3, 5], [0, 1], progress=lambda _: None)
+    assert len(recorded["preprocess"]) == 3
 
 
 def test_a_split_s_features_are_reused_until_its_preprocessing_changes(

@@ -6,8 +6,8 @@ with the seed, and a setting that wins on val can lose on test. The split is a h
 id seeded by ``preprocess.engagement.seed``: another seed holds out other items. Each split seed
 other than the configuration's own is preprocessed into ``<train.features>_split<N>`` (kept and
 reused while its preprocessing configuration is unchanged) and trained under
-``<train.storage_path>/split<N>``; the configuration's own split uses its features and runs as
-they are. Only the features differ, so every split's models share one configuration hash, and
+``<train.storage_path>/split<N>``; the configuration's own split uses its features (made first
+if missing) and runs as they are. Only the features differ, so every split's models share one configuration hash, and
 their evaluations carry the split seed read from the features (tag ``itemsage.split_seed``):
 ``experiments/quality_report.py`` reports the mean and spread over splits.
 """
@@ -53,6 +53,11 @@ def _made_by(features: str, pre: PreprocessConfig) -> bool:
     return made == wanted
 
 
+def _exists(features: str) -> bool:
+    """Whether ``features`` is a finished preprocess output (a remote one is taken to be)."""
+    return "://" in features or (Path(features) / "manifest.json").is_file()
+
+
 def run_splits(
     base: str | Path | None,
     overrides: Sequence[str],
@@ -70,16 +75,17 @@ def run_splits(
     out = {}
     for i, n in enumerate(split_seeds, 1):
         cfg, pre = split_preprocess_config(base, overrides, n)
+        own = n == cfg.preprocess.engagement.seed
+        # The configuration's own features are used as they are once they exist (they may have
+        # been made by hand); another split's are remade when their preprocessing changed.
+        if _made_by(pre.output, pre) or (own and _exists(pre.output)):
+            progress(f"split {n} ({i}/{len(split_seeds)}): features {pre.output} (kept)")
+        else:
+            progress(f"split {n} ({i}/{len(split_seeds)}): preprocessing into {pre.output}")
+            run_preprocess(pre)
         extra: list[str] = []
-        if n != cfg.preprocess.engagement.seed:
-            if _made_by(pre.output, pre):
-                progress(f"split {n} ({i}/{len(split_seeds)}): features {pre.output} (kept)")
-            else:
-                progress(f"split {n} ({i}/{len(split_seeds)}): preprocessing into {pre.output}")
-                run_preprocess(pre)
+        if not own:
             storage = f"{cfg.train.storage_path.rstrip('/')}/split{n}"
             extra = [f"train.features={pre.output}", f"train.storage_path={storage}"]
-        else:
-            progress(f"split {n} ({i}/{len(split_seeds)}): the configuration's own features {pre.output}")
         out[n] = run_seeds(base, [*overrides, *extra], seeds, progress=progress, **seed_kwargs)
     return out
