@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.split_seeds is None:
             by_split = {None: run_seeds(args.config, args.overrides, args.seeds, **kwargs)}
         else:
-            by_split = dict(run_splits(args.config, args.overrides, args.split_seeds, args.seeds, **kwargs))
+            by_split = run_splits(args.config, args.overrides, args.split_seeds, args.seeds, **kwargs)
     except (ConfigError, FeaturesError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

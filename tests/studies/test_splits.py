@@ -18,13 +18,15 @@ DEMO = Path(__file__).resolve().parents[2] / "experiments" / "configs" / "demo.y
 
 @pytest.fixture
 def recorded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, list]:
-    """Preprocessing writes only its manifest; a seed run records its overrides."""
+    """Preprocessing writes only its manifest and an empty items file (what marks a finished
+    preprocess output); a seed run records its overrides."""
     calls: dict[str, list] = {"preprocess": [], "seeds": []}
 
     def fake_preprocess(cfg):  # noqa: ANN001, ANN202
         calls["preprocess"].append(cfg)
         Path(cfg.output).mkdir(parents=True, exist_ok=True)
         (Path(cfg.output) / "manifest.json").write_text(json.dumps({"config": to_dict(cfg)}, default=str))
+        (Path(cfg.output) / "items.parquet").touch()
 
     def fake_seeds(base, overrides, seeds, progress=print, **kwargs):  # noqa: ANN001, ANN202
         calls["seeds"].append((list(overrides), list(seeds), kwargs))

@@ -7,19 +7,20 @@ id seeded by ``preprocess.engagement.seed``: another seed holds out other items.
 other than the configuration's own is preprocessed into ``<train.features>_split<N>`` (kept and
 reused while its preprocessing configuration is unchanged) and trained under
 ``<train.storage_path>/split<N>``; the configuration's own split uses its features (made first
-if missing) and runs as they are. Only the features differ, so every split's models share one configuration hash, and
-their evaluations carry the split seed read from the features (tag ``itemsage.split_seed``):
-``experiments/quality_report.py`` reports the mean and spread over splits.
+if missing) and runs as they are. Only the features differ, so every split's models share one
+configuration hash, and their evaluations carry the split seed read from the features (tag
+``itemsage.split_seed``): ``experiments/quality_report.py`` reports the mean and spread over
+splits.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from itemsage.config import PipelineConfig, PreprocessConfig, load_config, to_dict
+from itemsage.data.features_read import FeaturesError, read_manifest
 from itemsage.studies.seeds import SeedRun, run_seeds
 
 
@@ -41,21 +42,15 @@ def split_preprocess_config(
     return cfg, pre
 
 
-def _made_by(features: str, pre: PreprocessConfig) -> bool:
-    """Whether ``features`` holds a finished preprocessing of exactly ``pre`` (its output aside)."""
-    path = Path(features) / "manifest.json"
-    if "://" in features or not path.is_file():
-        return False
-    made: dict[str, Any] = dict(json.loads(path.read_text()).get("config") or {})
-    wanted = json.loads(json.dumps(to_dict(pre), default=str))
+def _made_config(features: str) -> dict[str, Any] | None:
+    """The preprocessing configuration recorded by a finished preprocess output (local or remote),
+    its output aside; None where there is none."""
+    try:
+        made = dict(read_manifest(features).get("config") or {})
+    except FeaturesError:
+        return None
     made.pop("output", None)
-    wanted.pop("output", None)
-    return made == wanted
-
-
-def _exists(features: str) -> bool:
-    """Whether ``features`` is a finished preprocess output (a remote one is taken to be)."""
-    return "://" in features or (Path(features) / "manifest.json").is_file()
+    return made
 
 
 def run_splits(
@@ -76,9 +71,11 @@ def run_splits(
     for i, n in enumerate(split_seeds, 1):
         cfg, pre = split_preprocess_config(base, overrides, n)
         own = n == cfg.preprocess.engagement.seed
+        made = _made_config(pre.output)
+        wanted = {k: v for k, v in to_dict(pre).items() if k != "output"}
         # The configuration's own features are used as they are once they exist (they may have
         # been made by hand); another split's are remade when their preprocessing changed.
-        if _made_by(pre.output, pre) or (own and _exists(pre.output)):
+        if made is not None and (own or made == wanted):
             progress(f"split {n} ({i}/{len(split_seeds)}): features {pre.output} (kept)")
         else:
             progress(f"split {n} ({i}/{len(split_seeds)}): preprocessing into {pre.output}")
