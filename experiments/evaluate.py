@@ -17,7 +17,9 @@ Probes: search (text query -> items), closeup (query item's image -> items, wher
 item2item (item -> item through the item tower), home (user -> items). Baselines on the same
 pairs and candidates: char-3gram TF-IDF and BM25 over the items' text fields, frozen MiniLM,
 frozen image features, frozen user features (home), random (--baseline-fit: what TF-IDF's IDF is
-fit on). The run is logged to MLflow (--tracking-uri, --experiment; tags say the dataset, split,
+fit on). Search and item2item also get the served modes of /search and /similar: the lexical
+index alone, hybrid (the model and the lexical index fused by reciprocal rank) and the same fusion
+with frozen MiniLM in the model's place. The run is logged to MLflow (--tracking-uri, --experiment; tags say the dataset, split,
 configuration and seed) for experiments/quality_report.py; --no-tracking skips that.
 
 Prints the markdown table and, with --out, writes the JSON; --queries-out writes the search

@@ -1,8 +1,8 @@
 // ItemSage demo page: search box -> POST /search; click a product -> POST /similar.
 // Facet controls (GET /facets): a select per keyword attribute, min/max per number; they become
 // the requests' "filters" and re-run the current search when changed.
-// The mode control picks /search's "mode" (dense | lexical | hybrid; empty: the server's default);
-// the status line says which mode answered.
+// The mode control picks the "mode" of /search and of /similar (dense | lexical | hybrid; empty:
+// the server's defaults); the status line says which mode answered.
 // Plain DOM code, no framework and no build step; every string from the API goes through
 // textContent (never innerHTML), so catalog text cannot inject markup.
 "use strict";
@@ -87,11 +87,16 @@ async function search(query) {
 async function showSimilar(hit) {
   status("Finding similar items…");
   try {
-    const res = await post("/similar", { item_id: hit.item_id, k: 12, filters: currentFilters() });
+    const res = await post("/similar", {
+      item_id: hit.item_id,
+      k: 12,
+      filters: currentFilters(),
+      mode: $("mode").value || undefined,
+    });
     $("similar-title").textContent = hit.title || hit.item_id;
     render("similar", res.results);
     $("similar-section").hidden = false;
-    status(`${res.results.length} similar items (${res.surface} query) · model ${res.model_version}`);
+    status(`${res.results.length} similar items · ${res.mode} (${res.surface} query) · model ${res.model_version}`);
     $("similar-section").scrollIntoView({ behavior: "smooth", block: "start" });
   } catch (e) {
     status(`Similar items failed: ${e.message}`);

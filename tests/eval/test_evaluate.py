@@ -24,9 +24,10 @@ from itemsage.eval.evaluate import EvalError, evaluate_model  # noqa: E402
 SURFACES = ("search", "closeup", "home")
 # Every method each probe must report (the sample catalog has images, text, queries and users).
 PROBE_METHODS = {
-    "search": ("itemsage", "hybrid", "lexical", "tfidf", "bm25", "minilm", "random"),  # + the served search modes
+    # + the served modes of /search and /similar, and their fusion with frozen MiniLM instead
+    "search": ("itemsage", "hybrid", "lexical", "minilm_hybrid", "tfidf", "bm25", "minilm", "random"),
     "closeup": ("itemsage", "image", "random"),
-    "item2item": ("itemsage", "tfidf", "bm25", "minilm", "image", "random"),
+    "item2item": ("itemsage", "hybrid", "lexical", "minilm_hybrid", "tfidf", "bm25", "minilm", "image", "random"),
     "home": ("itemsage", "tfidf", "bm25", "minilm", "image", "user_feat", "random"),
 }
 # The attribute-relevance probes (itemsage.eval.attribute_probes): the sample has kind, colour, gender.
@@ -256,7 +257,8 @@ def test_text_only_catalog_gets_the_probes_that_apply(sample_model: SampleModel,
     text_methods = {"itemsage", "tfidf", "bm25", "minilm", "random"}
     assert {m for m, t in res.table.rows if t == "attr_item2item/all"} == text_methods
     assert {m for m, t in res.table.rows if t == "attr_home/all"} == text_methods
-    assert {m for m, t in res.table.rows if t == "item2item/all"} == {"itemsage", "tfidf", "bm25", "minilm", "random"}
+    modes = {"hybrid", "lexical", "minilm_hybrid"}  # /similar's served modes, text only
+    assert {m for m, t in res.table.rows if t == "item2item/all"} == text_methods | modes
     assert {m for m, t in res.table.rows if t == "home/all"} == {"itemsage", "tfidf", "bm25", "minilm", "random"}
 
 

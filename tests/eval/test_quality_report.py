@@ -162,17 +162,21 @@ def test_help_names_the_options(capsys) -> None:
 
 def test_the_served_modes_are_columns_and_hybrid_is_not_a_baseline(tmp_path: Path) -> None:
     """hybrid (the model fused with the lexical index) is shown, but "ItemSage - best baseline" is
-    the model alone against the baselines; the lexical index alone counts as one."""
+    the model alone against the single baselines; the lexical index alone counts as one. Hybrid
+    gets a difference of its own, against the fused frozen MiniLM too (a fusion against fusions)."""
     from itemsage.eval.quality import group_markdown, group_runs, load_runs
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    log_evaluation(_result(0, {"itemsage": 70, "hybrid": 90, "lexical": 72, "tfidf": 65, "random": 1}), uri, "ev")
+    scores = {"itemsage": 70, "hybrid": 90, "lexical": 72, "minilm_hybrid": 80, "tfidf": 65, "random": 1}
+    log_evaluation(_result(0, scores), uri, "ev")
     (group,) = group_runs(load_runs(uri, ["ev"]))
     table = group_markdown(group)
     head = table.splitlines()[2]
     assert "hybrid (ItemSage + lexical, RRF)" in head and "lexical index (BM25, served)" in head
+    assert head.endswith("| ItemSage - best baseline | hybrid (ItemSage + lexical, RRF) - best baseline |")
     search = next(line for line in table.splitlines() if line.startswith("| search |"))
-    assert "**0.900**" in search and search.endswith("| -0.020 |")  # 0.70 - max(0.72 lexical, 0.65)
+    # 0.70 - max(0.72 lexical, 0.65); 0.90 - max(0.80 fused MiniLM, 0.72, 0.65)
+    assert "**0.900**" in search and search.endswith("| -0.020 | +0.100 |")
 
 
 def test_several_stores_are_reported_together_each_group_naming_its_store(store: str, tmp_path: Path, capsys) -> None:

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from itemsage.config import HybridConfig
-from itemsage.eval.modes import add_search_mode_rows
+from itemsage.eval.modes import add_mode_rows
 from itemsage.eval.recall import RecallTable
 from itemsage.eval.validation import ValSet
 from itemsage.index.hybrid import fuse
@@ -37,7 +37,7 @@ def test_lexical_and_hybrid_rows_rank_what_search_would_answer() -> None:
     )
     table = RecallTable(ks=(1, 10))
     cfg = HybridConfig(depth=20)
-    add_search_mode_rows(table, pairs, queries, items, item_texts, query_texts, ("title",), cfg)
+    add_mode_rows(table, pairs, queries, items, item_texts, query_texts, ("title",), cfg)
     assert table.get("lexical", "search/all", 1) == 1 / 3  # only pair 0's item is the lexical top
     dense = torch.topk(queries[0] @ items.T, 20).indices.tolist()
     fused = [int(c) for c, _ in fuse([str(c) for c in dense], ["7", "9"], cfg)]
@@ -45,3 +45,35 @@ def test_lexical_and_hybrid_rows_rank_what_search_would_answer() -> None:
     assert table.get("hybrid", "search/all", 10) == sum(expect) / 3
     # at k=1 at most one of pairs 0 and 1 hits (they share the query's list), pair 2 always does
     assert table.get("hybrid", "search/all", 1) == ((fused[0] == 7) + (fused[0] == 3) + 1) / 3
+
+
+def test_item_queries_search_with_their_own_text_and_never_find_themselves() -> None:
+    """item -> item (what /similar?mode=... answers for an item id): the lexical query is the query
+    item's own text, and the item itself, first in both of its lists, is left out of each; the
+    frozen MiniLM vectors get the same fusion (minilm_hybrid)."""
+    rng = np.random.default_rng(1)
+    items = torch.nn.functional.normalize(torch.from_numpy(rng.standard_normal((N, 8)).astype(np.float32)), dim=1)
+    item_texts = [f"common word{i}" for i in range(N)]
+    item_texts[7] = "rare zebra lamp"
+    item_texts[9] = "zebra rug"
+    # The query is item 7 and engages item 9; the model's embedding of item 7 is item 7's own vector
+    # (its best match, to be left out), the frozen one points at item 9.
+    pairs = ValSet(
+        surfaces=np.array(["closeup"]),
+        tasks=np.array(["item2item/also_view"]),
+        query_key=np.array([7]),
+        candidates=torch.arange(N),
+        target=torch.tensor([9]),
+        exclude=torch.tensor([7]),
+    )
+    frozen = (items[9][None, :], items)
+    table = RecallTable(ks=(1, 10))
+    cfg = HybridConfig(depth=20)
+    add_mode_rows(table, pairs, items[7][None, :], items, item_texts, item_texts, ("title",), cfg, frozen=frozen)
+    assert table.get("lexical", "item2item/all", 1) == 1.0  # 7 left out, 9 is the lexical top
+    assert table.get("minilm_hybrid", "item2item/all", 1) == 1.0  # top of both of its lists
+    dense = [c for c in torch.topk(items[7] @ items.T, 21).indices.tolist() if c != 7][:20]
+    assert dense[0] != 7
+    fused = [int(c) for c, _ in fuse([str(c) for c in dense], ["9"], cfg)]
+    assert table.get("hybrid", "item2item/all", 1) == float(fused[0] == 9)
+    assert table.get("hybrid", "item2item/all", 10) == float(fused.index(9) < 10)

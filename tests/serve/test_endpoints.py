@@ -197,6 +197,7 @@ def test_web_page_check_finds_a_wrong_call(app: Any, openapi: dict[str, Any]) ->
     js = js.replace('post("/search", { query,', 'post("/serch", { query,').replace("item_id: hit.item_id,", "id: hit.item_id,")
     assert web_page_problems(app, openapi, js, html.replace("/web/app.js", "/web/main.js")) == [
         "the web page calls POST /serch, which the API does not have",
-        "the web page sends ['id', 'k', 'filters'] to POST /similar; the request model allows ['filters', 'image', 'item_id', 'k']",
+        "the web page sends ['id', 'k', 'filters', 'mode'] to POST /similar; the request model allows "
+        "['filters', 'image', 'item_id', 'k', 'mode']",
         "the web page loads /web/main.js, which is not in deployments/web",
     ]

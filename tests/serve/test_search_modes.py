@@ -1,7 +1,7 @@
-"""``/search`` in dense, lexical and hybrid mode through the in-process API (no Ray): the tiny model
-and index with a lexical index built from its catalog, the mode named in every answer, filters in
-every mode, a 422 for a mode that does not exist or that an index without words cannot answer,
-and live writes found by their words."""
+"""``/search`` and ``/similar`` in dense, lexical and hybrid mode through the in-process API (no Ray):
+the tiny model and index with a lexical index built from its catalog, the mode named in every
+answer, filters in every mode, a 422 for a mode that does not exist or that an index without words
+cannot answer, and live writes found by their words."""
 
 from __future__ import annotations
 
@@ -109,6 +109,43 @@ def test_filters_apply_in_every_mode(client: TestClient, mode: str) -> None:
     assert len(answer["results"]) < len(everything["results"])
 
 
+def similar(c: TestClient, **body: Any) -> dict[str, Any]:
+    r = c.post("/similar", json=body)
+    assert r.status_code == 200, r.text
+    return dict(r.json())
+
+
+def test_similar_items_in_each_mode_never_list_the_item(client: TestClient) -> None:
+    """/similar by id: dense is the item's own embedding, lexical searches with the item's own text,
+    hybrid fuses both as /search does; the item itself is never one of its similar items."""
+    item = ids(search(client, query="black leather shoes", k=1, mode="lexical"))[0]
+    words = set(" ".join(client.get(f"/items/{item}").json()["fields"].values()).lower().split())
+    answers = {m: similar(client, item_id=item, k=10, mode=m) for m in ("dense", "lexical", "hybrid")}
+    for mode, answer in answers.items():
+        assert answer["mode"] == mode and answer["results"] and item not in ids(answer)
+    assert all(words & set(text.split()) for text in titles_of(client, answers["lexical"]))
+    cfg = HybridConfig()
+    deep_dense = ids(similar(client, item_id=item, k=cfg.depth, mode="dense"))
+    deep_lexical = ids(similar(client, item_id=item, k=cfg.depth, mode="lexical"))
+    assert ids(answers["hybrid"]) == [i for i, _ in fuse(deep_dense, deep_lexical, cfg)[:10]]
+    assert similar(client, item_id=item, k=10)["mode"] == cfg.similar_default_mode
+    # A photo has no text: only dense answers it.
+    r = client.post("/similar", json={"image": "aGk=", "mode": "lexical"})
+    assert r.status_code == 422 and "dense mode only" in r.json()["detail"]
+
+
+def test_similar_default_mode_is_configurable(tiny_serving: dict[str, Path], worded_index: Path) -> None:
+    cfg = ServeConfig(hybrid=HybridConfig(similar_default_mode="hybrid"))
+    with client_for(tiny_serving, worded_index, cfg) as c:
+        item = ids(search(c, query="shoes", k=1, mode="dense"))[0]
+        assert similar(c, item_id=item, k=5)["mode"] == "hybrid"
+    # Without a lexical index the default falls back to dense; asking for hybrid is a 422.
+    with client_for(tiny_serving, tiny_serving["index_1"], cfg) as plain:
+        assert similar(plain, item_id=item, k=5)["mode"] == "dense"
+        r = plain.post("/similar", json={"item_id": item, "mode": "hybrid"})
+        assert r.status_code == 422 and "without" in r.json()["detail"]
+
+
 def test_live_writes_are_found_lexically(tiny_serving: dict[str, Path], worded_index: Path, tmp_path: Path) -> None:
     cfg = ServeConfig(write_token=TOKEN, live=LiveConfig(enabled=True, dir=str(tmp_path / "live")))
     with client_for(tiny_serving, worded_index, cfg) as c:
@@ -125,6 +162,14 @@ def test_live_writes_are_found_lexically(tiny_serving: dict[str, Path], worded_i
         applied(r.json()["seq"])
         for mode in ("lexical", "hybrid"):
             assert ids(search(c, query="quokka raincoat", k=3, mode=mode))[0] == "live-zx"
+        # A live item's similar items, by its words too (it is not in the model's feature store).
+        r = c.put("/items/live-zy", json={"title": "quokka striped raincoat"}, headers=AUTH)
+        applied(r.json()["seq"])
+        for mode in ("lexical", "hybrid"):
+            answer = similar(c, item_id="live-zy", k=3, mode=mode)
+            assert answer["mode"] == mode and ids(answer)[0] == "live-zx"
+        assert "live-zy" not in ids(similar(c, item_id="live-zy", k=ALL, mode="dense"))
+        applied(c.delete("/items/live-zy", headers=AUTH).json()["seq"])
         r = c.put("/items/live-zx", json={"title": "plain grey raincoat"}, headers=AUTH)
         applied(r.json()["seq"])
         assert search(c, query="quokka", k=3, mode="lexical")["results"] == []

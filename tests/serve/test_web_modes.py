@@ -1,8 +1,8 @@
 """The web page's search-mode control in headless Chromium, over the in-process API (no Ray).
 
 The tiny serving index gets its lexical index here (as the index pipeline builds it): the page
-sends the chosen ``mode`` with ``/search`` (none for "default mode") and its status line says which
-mode answered.
+sends the chosen ``mode`` with ``/search`` and ``/similar`` (none for "default mode") and its status
+line says which mode answered.
 """
 
 from __future__ import annotations
@@ -55,5 +55,12 @@ def test_the_mode_control_picks_the_mode_and_the_page_says_which_answered(page_u
                 page.wait_for_selector(f"#status:has-text('{mode} search')")
                 shown = page.eval_on_selector_all("#results .card", "cs => cs.map(c => c.dataset.itemId)")
                 assert shown == [h["item_id"] for h in answer.value.json()["results"]]
+
+            # A product's similar items come in the chosen mode too, and the page says which.
+            with page.expect_response(lambda r: r.url.endswith("/similar")) as answer:
+                page.click("#results .card >> nth=0")
+            assert answer.value.request.post_data_json["mode"] == "hybrid"
+            assert answer.value.json()["mode"] == "hybrid"
+            page.wait_for_selector("#status:has-text('similar items · hybrid')")
         finally:
             browser.close()

@@ -195,6 +195,13 @@ class LocalCatalog:
         self._run(self.retriever.live.catch_up(self.retriever.state))
         return dict(self._run(self.retriever.search(query, k, mode=mode)))
 
+    def similar(self, item_id: str, k: int = 10, mode: str | None = None) -> dict[str, Any]:
+        """Items like ``item_id`` over the live index, as ``/similar`` answers; ``mode``: dense |
+        lexical | hybrid (default: ``serve.hybrid.similar_default_mode``)."""
+        assert self.retriever.live is not None
+        self._run(self.retriever.live.catch_up(self.retriever.state))
+        return dict(self._run(self.retriever.similar(k, item_id=item_id, mode=mode)))
+
     def close(self) -> None:
         if self.retriever.live is not None:
             self._run(self.retriever.live.close())

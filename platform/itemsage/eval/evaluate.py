@@ -9,8 +9,9 @@ and this report are comparable; photo and history queries are built as Serve bui
 catalog items' embeddings where the model says so (``itemsage.model.catalog_queries``). Each probe also ranks the same pairs against the same candidates with the
 baselines a user tries first (``itemsage.eval.baselines``): char-3gram TF-IDF and BM25 over the
 items' text fields, frozen MiniLM, frozen image features, frozen user features (home) and random.
-The search probe also gets the served search modes that are not the model alone
-(``itemsage.eval.modes``): the lexical index and hybrid (reciprocal-rank fusion of both).
+The search and item -> item probes also get the served modes that are not the model alone
+(``itemsage.eval.modes``): the lexical index, hybrid (reciprocal-rank fusion of both) and the same
+fusion with frozen MiniLM in the model's place.
 
 On the model's own training features, held-out pairs whose item was a training positive ("seen")
 and those whose item was not ("unseen": new items, the cold start) also get rows of their own,
@@ -51,8 +52,9 @@ from itemsage.data.features_read import FeaturesError, QueryFeatures, read_manif
 from itemsage.eval.attribute_eval import add_attribute_rows
 from itemsage.eval.attribute_probes import ATTRIBUTE_PROBES
 from itemsage.eval.baselines.corpus import TextCorpus
+from itemsage.eval.baselines.frozen import minilm_vectors
 from itemsage.eval.baselines.suite import BaselineSuite
-from itemsage.eval.modes import add_search_mode_rows
+from itemsage.eval.modes import add_mode_rows
 from itemsage.eval.probes import PROBES, Probe, probe_pairs
 from itemsage.eval.recall import RecallTable, ranks_of_targets
 from itemsage.eval.report import recall_markdown, recall_rows
@@ -313,9 +315,20 @@ def evaluate_model(
                 tm, store, qf, probe, probe_val, item_emb, torch.device(dev), corpus.histories
             )
             table.add("itemsage", probe_val.tasks.tolist(), ranks, probe_val.cohorts)
-            if probe.query == "text" and corpus.query_texts is not None:  # the served search modes
-                add_search_mode_rows(
-                    table, probe_val, queries, item_emb, corpus.item_texts, corpus.query_texts, corpus.fields
+            # The served modes of /search and of /similar by item id: the lexical query is the
+            # search text or the query item's own text.
+            lexical_queries = {"text": corpus.query_texts, "item": corpus.item_texts}.get(probe.query)
+            if lexical_queries is not None:
+                frozen = minilm_vectors(probe.query, store, qf, probe_val.query_key, probe_val.candidates)
+                add_mode_rows(
+                    table,
+                    probe_val,
+                    queries,
+                    item_emb,
+                    corpus.item_texts,
+                    lexical_queries,
+                    corpus.fields,
+                    frozen=frozen,
                 )
             suite.add_rows(table, probe, probe_val)
         # What a shopper sees in the top k (same kind, colour, gender) for queries from new items.

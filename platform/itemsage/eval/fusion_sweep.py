@@ -1,6 +1,6 @@
 """Choose the hybrid fusion's lexical weight and RRF constant on the validation split.
 
-The same measurement as the evaluation's hybrid row (:func:`itemsage.eval.modes.add_search_mode_rows`,
+The same measurement as the evaluation's hybrid row (:func:`itemsage.eval.modes.add_mode_rows`,
 the served ``LexicalIndex`` and ``fuse``), once per (lexical weight, rrf_k), on a held-out split of
 the model's features: choose on ``val``, report on ``test`` (``experiments/hybrid_sweep.py``).
 """
@@ -15,7 +15,7 @@ import torch
 from itemsage.config import HybridConfig
 from itemsage.data.features_read import QueryFeatures, read_pairs
 from itemsage.eval.baselines.corpus import TextCorpus
-from itemsage.eval.modes import add_search_mode_rows
+from itemsage.eval.modes import add_mode_rows
 from itemsage.eval.probes import PROBES, probe_pairs
 from itemsage.eval.recall import RecallTable
 from itemsage.eval.validation import build_val_set, embed_items, embed_queries
@@ -60,9 +60,7 @@ def fusion_sweep(
         for k in rrf_ks:
             table = RecallTable(ks=(10, 50))
             cfg = HybridConfig(lexical_weight=float(w), rrf_k=float(k), depth=depth)
-            add_search_mode_rows(
-                table, pairs, queries, item_emb, corpus.item_texts, corpus.query_texts, corpus.fields, cfg
-            )
+            add_mode_rows(table, pairs, queries, item_emb, corpus.item_texts, corpus.query_texts, corpus.fields, cfg)
             rows.append(
                 {
                     "split": split,

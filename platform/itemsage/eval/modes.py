@@ -1,15 +1,20 @@
-"""The search probe in the served search modes: lexical (the lexical index) and hybrid (RRF).
+"""The served retrieval modes that are not the model alone: lexical (the lexical index) and hybrid (RRF).
 
-``/search`` answers in dense, lexical or hybrid mode (``itemsage.index.hybrid``); the evaluation
-measures the two that are not the model alone with the very code that serves them: the
-:class:`~itemsage.index.lexical.LexicalIndex` over the candidates' text (the fields the BM25
-baseline reads) and :func:`~itemsage.index.hybrid.fuse` of the dense and lexical rankings, each
-read to ``HybridConfig.depth``. A pair's rank is its item's position in that mode's list; an item
-outside the list (below the depth) gets a rank past every reported k, as it would be absent from
-a served answer. Rows: ``lexical`` and ``hybrid`` next to ``itemsage`` (dense alone).
+``/search`` and ``/similar`` (by item id) answer in dense, lexical or hybrid mode
+(``itemsage.index.hybrid``); the evaluation measures the two that are not the model alone with the
+very code that serves them: the :class:`~itemsage.index.lexical.LexicalIndex` over the candidates'
+text (the fields the BM25 baseline reads) and :func:`~itemsage.index.hybrid.fuse` of the dense and
+lexical rankings, each read to ``HybridConfig.depth``. The lexical query is a search query's text,
+or for item -> item the query item's own text, as ``/similar`` searches with it. A pair's rank is
+its item's position in that mode's list; an item outside the list (below the depth) gets a rank
+past every reported k, as it would be absent from a served answer. Rows: ``lexical`` and
+``hybrid`` next to ``itemsage`` (dense alone), and, given frozen MiniLM vectors, ``minilm_hybrid``:
+the same fusion with frozen MiniLM in the model's place, the hybrid a user builds with no training.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -21,6 +26,7 @@ from itemsage.index.hybrid import fuse
 from itemsage.index.lexical import LexicalIndex
 
 MODE_METHODS: tuple[str, ...] = ("hybrid", "lexical")
+FROZEN_HYBRID = "minilm_hybrid"
 # Query embeddings scored against the catalog per block: [chunk, catalog] float32.
 CHUNK = 1024
 
@@ -42,21 +48,24 @@ def _rank_in(ranking: list[int], target: int, miss: int) -> int:
         return miss
 
 
-def add_search_mode_rows(
+def add_mode_rows(
     table: RecallTable,
     pairs: ValSet,
     queries: torch.Tensor,
     item_emb: torch.Tensor,
-    item_texts: list[str],
-    query_texts: list[str],
+    item_texts: Sequence[str],
+    query_texts: Sequence[str],
     fields: tuple[str, ...],
     cfg: HybridConfig | None = None,
+    frozen: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> None:
-    """``lexical`` and ``hybrid`` rows of the search probe's ``pairs``.
+    """``lexical`` and ``hybrid`` rows (and ``minilm_hybrid`` given ``frozen``) of a probe's ``pairs``.
 
-    ``queries`` [P, D]: each pair's search-tower embedding (the model's row); ``item_emb`` [C, D]:
-    the candidates' item embeddings; ``item_texts[item_idx]`` and ``query_texts[query_idx]``: the
-    catalog's and the queries' text (``eval.baselines.TextCorpus``).
+    ``queries`` [P, D]: each pair's query embedding (the model's row); ``item_emb`` [C, D]: the
+    candidates' item embeddings; ``item_texts[item_idx]``: the catalog's text; ``query_texts``: the
+    lexical query of each ``pairs.query_key`` (search: the queries' text; item -> item: the catalog's
+    text again); ``frozen``: frozen MiniLM vectors of the pairs' queries [P, 384] and of the
+    candidates [C, 384].
     """
     cfg = cfg or HybridConfig()
     depth = max(cfg.depth, max(table.ks))
@@ -65,23 +74,23 @@ def add_search_mode_rows(
     keys = np.asarray(pairs.query_key, dtype=np.int64)
     # Pairs of one query share its rankings: each distinct query is searched once.
     distinct, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
-    dense_top = _dense_top(queries[torch.from_numpy(first)], item_emb, depth + 1)
+    firsts = torch.from_numpy(first)
+    # depth + 1: an item -> item query's own item is dropped from its lists below.
+    dense_tops = {"hybrid": _dense_top(queries[firsts], item_emb, depth + 1)}
+    if frozen is not None:
+        dense_tops[FROZEN_HYBRID] = _dense_top(frozen[0][firsts], frozen[1], depth + 1)
+    lexical_lists = [lexical.search(query_texts[key], depth + 1)[0].tolist() for key in distinct.tolist()]
     miss = len(cand)  # past every reported k
     target, exclude = pairs.target.numpy(), pairs.exclude.numpy()
-    ranks = {m: np.full(len(keys), miss, np.int64) for m in MODE_METHODS}
-    lists: dict[int, tuple[list[int], list[int]]] = {}
-    for q, key in enumerate(distinct.tolist()):
-        labels, _ = lexical.search(query_texts[key], depth + 1)
-        lists[q] = (dense_top[q].tolist(), labels.tolist())
+    ranks = {m: np.full(len(keys), miss, np.int64) for m in (*MODE_METHODS, *dense_tops)}
     for p in range(len(keys)):
-        dense, lex = lists[int(inverse[p])]
-        if exclude[p] >= 0:  # a query item is never its own neighbour (not the case for text queries)
-            dense = [c for c in dense if c != exclude[p]]
-            lex = [c for c in lex if c != exclude[p]]
-        dense, lex = dense[:depth], lex[:depth]
+        q = int(inverse[p])
+        lex = [c for c in lexical_lists[q] if c != exclude[p]][:depth]  # never a query item's own
         ranks["lexical"][p] = _rank_in(lex, int(target[p]), miss)
-        fused = [int(c) for c, _ in fuse([str(c) for c in dense], [str(c) for c in lex], cfg)]
-        ranks["hybrid"][p] = _rank_in(fused, int(target[p]), miss)
+        for method, top in dense_tops.items():
+            dense = [int(c) for c in top[q] if c != exclude[p]][:depth]
+            fused = [int(c) for c, _ in fuse([str(c) for c in dense], [str(c) for c in lex], cfg)]
+            ranks[method][p] = _rank_in(fused, int(target[p]), miss)
     tasks = pairs.tasks.tolist()
-    for method in MODE_METHODS:
-        table.add(method, tasks, torch.from_numpy(ranks[method]), pairs.cohorts)
+    for method, r in ranks.items():
+        table.add(method, tasks, torch.from_numpy(r), pairs.cohorts)

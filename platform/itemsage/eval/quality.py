@@ -36,8 +36,12 @@ DEFAULT_SPLIT_SEED = "0"
 # Each seed's training wall time, tagged on its evaluation run by itemsage.studies.seeds.
 TRAIN_SECONDS_TAG = "itemsage.train_seconds"
 # What "ItemSage - best baseline" compares against: not the model's own modes (hybrid contains
-# it); the served lexical index alone is BM25 and counts as a baseline.
-BASELINES: tuple[str, ...] = tuple(m for m in METHOD_ORDER if m not in ("itemsage", "hybrid", "frozen"))
+# it); the served lexical index alone is BM25 and counts as a baseline. The fused frozen MiniLM
+# (itemsage.eval.modes) is what "hybrid - best baseline" adds: a fusion is compared with fusions too.
+BASELINES: tuple[str, ...] = tuple(
+    m for m in METHOD_ORDER if m not in ("itemsage", "hybrid", "frozen", "minilm_hybrid")
+)
+HYBRID_BASELINES: tuple[str, ...] = (*BASELINES, "minilm_hybrid")
 _METRIC = re.compile(r"^(?P<split>[^/]+)/(?P<probe>[^/]+)/(?P<row>[^/]+)/(?P<method>[^/]+)/recall_at_(?P<k>\d+)$")
 
 
@@ -257,8 +261,9 @@ def group_markdown(g: Group, k: int = 10, name_store: bool = False) -> str:
     spread over seeds), the best in bold, and ItemSage minus the best baseline. ``name_store``:
     say which tracking store the runs (and so the registry versions) are in."""
     methods = _methods([g])
-    head = ["probe", "pairs", *[_label(m) for m in methods], "ItemSage - best baseline"]
-    lines = ["| " + " | ".join(head) + " |", "|---|---:|" + "---:|" * (len(methods) + 1)]
+    deltas = [("itemsage", BASELINES)] + ([("hybrid", HYBRID_BASELINES)] if "hybrid" in methods else [])
+    head = ["probe", "pairs", *[_label(m) for m in methods], *[f"{_label(m)} - best baseline" for m, _ in deltas]]
+    lines = ["| " + " | ".join(head) + " |", "|---|---:|" + "---:|" * (len(methods) + len(deltas))]
     for pr in sorted(g.stats, key=lambda pr: _row_key(pr, g.rows)):
         stats = g.stats[pr]
         best = max((s.mean for s in stats.values()), default=None)
@@ -267,7 +272,8 @@ def group_markdown(g: Group, k: int = 10, name_store: bool = False) -> str:
             s = stats.get(m)
             text = "-" if s is None else s.cell()
             cells.append(f"**{text}**" if s is not None and s.mean == best else text)
-        lines.append(f"| {_row_label(pr)} | {g.pairs.get(pr, 0)} | " + " | ".join(cells) + f" | {_delta(g, stats)} |")
+        delta_cells = " | ".join(_delta(g, stats, m, bases) for m, bases in deltas)
+        lines.append(f"| {_row_label(pr)} | {g.pairs.get(pr, 0)} | " + " | ".join(cells) + f" | {delta_cells} |")
     if len(g.split_seeds) > 1:
         per_split = " / ".join(str(sum(_split_seed(r) == s for r in g.runs)) for s in g.split_seeds)
         spread = (
@@ -315,14 +321,14 @@ def report_markdown(
     return "\n\n".join(parts)
 
 
-def _delta(g: Group, stats: Mapping[str, Stat]) -> str:
-    """ItemSage minus the best baseline (by mean); over several splits also the spread of the
-    per-split difference, which is much smaller than either method's spread (an easy split is
+def _delta(g: Group, stats: Mapping[str, Stat], method: str = "itemsage", baselines: Sequence[str] = BASELINES) -> str:
+    """``method`` minus the best of ``baselines`` (by mean); over several splits also the spread of
+    the per-split difference, which is much smaller than either method's spread (an easy split is
     easy for both)."""
-    base = {m: s for m, s in stats.items() if m in BASELINES and m != "random"}
-    if "itemsage" not in stats or not base:
+    base = {m: s for m, s in stats.items() if m in baselines and m != "random"}
+    if method not in stats or not base:
         return "-"
-    model, best = stats["itemsage"], max(base.values(), key=lambda s: s.mean)
+    model, best = stats[method], max(base.values(), key=lambda s: s.mean)
     if len(g.split_seeds) > 1 and len(model.values) == len(best.values):
         diff = Stat(tuple(a - b for a, b in zip(model.values, best.values)))
         return f"{diff.mean:+.3f} ± {diff.std:.3f}"

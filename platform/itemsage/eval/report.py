@@ -23,10 +23,12 @@ BASELINE_LABELS: dict[str, str] = {
 # The methods of offline evaluation (itemsage.eval.baselines), in the order tables show them.
 METHOD_LABELS: dict[str, str] = {
     "itemsage": "itemsage",  # lower case: the method name, as the training log prints it
-    # The served search modes beside dense (itemsage.eval.modes): the model fused with the
+    # The served modes beside dense (itemsage.eval.modes): the model fused with the
     # lexical index, and the lexical index alone (tantivy BM25, what /search mode=lexical answers).
     "hybrid": "hybrid (ItemSage + lexical, RRF)",
     "lexical": "lexical index (BM25, served)",
+    # The same fusion with frozen MiniLM in the model's place: the hybrid a user builds untrained.
+    "minilm_hybrid": "frozen MiniLM + lexical (RRF)",
     "tfidf": "char-3gram TF-IDF",
     "bm25": "BM25",
     "minilm": "frozen MiniLM",

@@ -1,11 +1,14 @@
-"""Search modes over one index: dense (embeddings), lexical (BM25) and hybrid (both, fused by rank).
+"""Retrieval modes over one index: dense (embeddings), lexical (BM25) and hybrid (both, fused by rank).
+
+``/search`` queries with its text; ``/similar`` by item id with the item's own embedding and its
+own text in the lexical index (:func:`item_text`).
 
 Hybrid uses reciprocal-rank fusion (Cormack, Clarke and Buettcher, SIGIR 2009): each mode's
 ranking is read to ``depth``; an item scores ``sum_m weight_m / (rrf_k + rank_m)`` over the modes
 that ranked it (rank 1-based); the fused list is sorted by that score. It needs no score
 calibration between an inner product and a BM25 score, which have unrelated scales. The same
 :func:`rrf` ranks the evaluation's hybrid rows (``itemsage.eval.modes``) and answers ``/search``,
-so the table measures what is served.
+so the table measures what is served (``/similar`` likewise).
 
 Every function takes an ``ItemIndex`` or a ``LiveIndex``: a live index is read under its lock
 (:meth:`~itemsage.index.live.LiveIndex.reading`), so the lexical labels and the id map agree.
@@ -38,12 +41,13 @@ def has_lexical(index: Any) -> bool:
     return getattr(index, "lexical", None) is not None
 
 
-def resolve_mode(index: Any, mode: str | None, cfg: HybridConfig) -> str:
+def resolve_mode(index: Any, mode: str | None, cfg: HybridConfig, default: str | None = None) -> str:
     """The mode a search runs in: ``mode`` as asked (checked), or the configured default when none
-    was asked, falling back to dense on an index built without a lexical index (an explicit
-    lexical or hybrid request on such an index is a :class:`SearchModeError`)."""
+    was asked (``default``, else ``cfg.default_mode``), falling back to dense on an index built
+    without a lexical index (an explicit lexical or hybrid request on such an index is a
+    :class:`SearchModeError`)."""
     if mode is None:
-        default = check_mode(cfg.default_mode)
+        default = check_mode(default or cfg.default_mode)
         return default if default == "dense" or has_lexical(index) else "dense"
     check_mode(mode)
     if mode != "dense" and not has_lexical(index):
@@ -83,6 +87,19 @@ def lexical_search(
     return ids, scores
 
 
+def item_text(index: Any, item_id: str) -> str:
+    """The text the lexical index holds for ``item_id``: the lexical query of "items like this one"
+    (``/similar`` by id in lexical or hybrid mode)."""
+    with _held(index) as inner:
+        lexical: LexicalIndex | None = getattr(inner, "lexical", None)
+        if lexical is None:
+            raise SearchModeError("this index has no lexical index")
+        text = lexical.text(int(inner.idmap.lookup([item_id])[0]))
+    if text is None:
+        raise SearchModeError(f"item {item_id!r} has no document in the lexical index")
+    return text
+
+
 def rrf(
     rankings: Sequence[Sequence[str]], weights: Sequence[float] | None = None, rrf_k: float = 60.0
 ) -> list[tuple[str, float]]:
@@ -118,6 +135,7 @@ __all__ = [
     "depth",
     "fuse",
     "has_lexical",
+    "item_text",
     "lexical_search",
     "resolve_mode",
     "rrf",

@@ -46,7 +46,12 @@ class Backend(Protocol):
         self, query: str, k: int, filters: dict[str, Any] | None = None, mode: str | None = None
     ) -> dict[str, Any]: ...
     async def similar(
-        self, k: int, item_id: str | None = None, image: bytes | None = None, filters: dict[str, Any] | None = None
+        self,
+        k: int,
+        item_id: str | None = None,
+        image: bytes | None = None,
+        filters: dict[str, Any] | None = None,
+        mode: str | None = None,
     ) -> dict[str, Any]: ...
     async def recommend(self, history: list[str], k: int, filters: dict[str, Any] | None = None) -> dict[str, Any]: ...
     async def facets(self) -> dict[str, Any]: ...
@@ -258,7 +263,7 @@ def _handlers(backend: Backend, cfg: ServeConfig) -> dict[str, Callable[..., Awa
 
     async def similar(body: Any) -> Any:
         image = image_bytes(body.image) if body.image is not None else None
-        return await backend.similar(body.k, item_id=body.item_id, image=image, filters=body.filters)
+        return await backend.similar(body.k, item_id=body.item_id, image=image, filters=body.filters, mode=body.mode)
 
     async def recommend(body: Any) -> Any:
         return await backend.recommend(list(body.history), body.k, filters=body.filters)

@@ -36,6 +36,11 @@ MODE_DESCRIPTION = (
     "dense: the search tower and the vector index; lexical: BM25 over the items' text; hybrid: both "
     "rankings fused by reciprocal rank. Omitted: the server's default (serve.hybrid.default_mode)."
 )
+SIMILAR_MODE_DESCRIPTION = (
+    "For an item_id: dense: the item's embedding and the vector index; lexical: BM25 with the item's "
+    "own text; hybrid: both rankings fused by reciprocal rank. Omitted: the server's default "
+    "(serve.hybrid.similar_default_mode). An image is answered in dense mode only."
+)
 
 # -------------------------------------------------------------------------------- responses
 
@@ -212,6 +217,7 @@ def build_request_models(cfg: ServeConfig) -> RequestModels:
         image: Image | None = None
         k: K = 10
         filters: Filters = None
+        mode: Annotated[SearchModeName | None, Field(description=SIMILAR_MODE_DESCRIPTION)] = None
 
         @model_validator(mode="after")
         def _check(self) -> SimilarRequest:

@@ -20,9 +20,9 @@ import numpy as np
 
 from itemsage.config import ServeConfig
 from itemsage.serve.core import ModelSpec, RetrievalState, ServingSpec, load_state, read_catalog_image
-from itemsage.serve.errors import NotReadyError
+from itemsage.serve.errors import BadRequestError, NotReadyError
 from itemsage.serve.live import LiveCatalogService
-from itemsage.serve.modes import mode_hits, needs_embedding, search_mode
+from itemsage.serve.modes import mode_hits, needs_embedding, search_mode, similar_mode, similar_text
 from itemsage.serve.writes import write_items
 
 
@@ -139,19 +139,30 @@ class Retriever:
         item_id: str | None = None,
         image: bytes | None = None,
         filters: Mapping[str, Any] | None = None,
+        mode: str | None = None,
     ) -> dict[str, Any]:
+        """Items like a catalog item (by id, in ``mode``: its embedding, its text in the lexical
+        index, or both fused) or like a photo (dense only: a photo has no text)."""
         state = self.state
         where = state.where(filters)
-        if item_id is not None:
-            state.catalog.get(item_id)  # 404 before any encoding work
-            own = self.live.query_vector(state, item_id) if self.live is not None else None
-            if own is not None:  # written live: not in the model's feature store
-                return state.answer("item", k, state.search(own, k, exclude={item_id}))
-            surface, emb = await self.encoding.similar_query(state.model, item_id)
-            return state.answer(surface, k, state.search(emb, k, exclude={item_id}, where=where))
-        assert image is not None
-        emb = await self.encoding.image(state.model, image)
-        return state.answer("closeup", k, state.search(emb, k, where=where))
+        if item_id is None:
+            if mode not in (None, "dense"):
+                raise BadRequestError(
+                    f"/similar by image answers in dense mode only (a photo has no text), not {mode!r}"
+                )
+            assert image is not None
+            emb = await self.encoding.image(state.model, image)
+            return state.answer("closeup", k, state.search(emb, k, where=where))
+        state.catalog.get(item_id)  # 404 before any encoding work
+        mode = similar_mode(state, mode, self.cfg.hybrid)
+        surface, query = "item", None
+        if needs_embedding(mode):
+            query = self.live.query_vector(state, item_id) if self.live is not None else None
+            if query is None:  # not written live: the model's feature store has it
+                surface, query = await self.encoding.similar_query(state.model, item_id)
+        text = "" if mode == "dense" else similar_text(state, item_id)
+        hits = mode_hits(state, mode, text, query, k, where, self.cfg.hybrid, exclude={item_id})
+        return state.answer(surface, k, hits, mode)
 
     async def recommend(
         self, history: Sequence[str], k: int, filters: Mapping[str, Any] | None = None

@@ -41,6 +41,20 @@ def user_halves(qf: QueryFeatures, users: torch.Tensor | np.ndarray) -> tuple[to
     return _unit(user[:, :-TEXT_QUERY_DIM]), _unit(user[:, -TEXT_QUERY_DIM:])
 
 
+def minilm_vectors(
+    query_kind: str, store: ItemFeatureStore, qf: QueryFeatures, query_key: np.ndarray, candidates: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Unit frozen MiniLM vectors of text or item queries and of the candidates (None for other
+    kinds): the ``minilm`` baseline's query and item sides."""
+    keys = torch.as_tensor(np.asarray(query_key, dtype=np.int64))
+    title = _unit(store.title_emb[candidates])
+    if query_kind == "text":
+        return _unit(qf.for_surface("search", keys)), title
+    if query_kind == "item":
+        return _unit(store.title_emb[keys]), title
+    return None
+
+
 def frozen_ranks(
     query_kind: str,
     store: ItemFeatureStore,
@@ -58,12 +72,14 @@ def frozen_ranks(
     keys = torch.as_tensor(np.asarray(query_key, dtype=np.int64))
     title = _unit(store.title_emb[candidates])
     image = _unit(store.first_image_feat[candidates])
+    minilm = minilm_vectors(query_kind, store, qf, query_key, candidates)
     if query_kind == "text":
-        queries = {"minilm": (_unit(qf.for_surface("search", keys)), title)}
+        assert minilm is not None
+        queries = {"minilm": minilm}
     elif query_kind in ("image", "item"):
         queries = {"image": (_unit(store.first_image_feat[keys]), image)}
-        if query_kind == "item":
-            queries["minilm"] = (_unit(store.title_emb[keys]), title)
+        if minilm is not None:
+            queries["minilm"] = minilm
     else:
         img_half, txt_half = user_halves(qf, keys)
         queries = {
