@@ -64,6 +64,10 @@ def test_upsert_and_delete_from_python(tiny: dict[str, Path], tmp_path: Path) ->
         out = cat.upsert_items([{"item_id": "py-1", "title": "linen summer dress", "colors": "white"}])
         assert out == {"upserted": 1, "seq": 1}
         assert "py-1" in cat.item_digests()
+        # Its similar items, as /similar answers them: this index has no lexical index, so dense.
+        similar = cat.similar("py-1", k=5)
+        assert similar["mode"] == "dense" and len(similar["results"]) == 5
+        assert "py-1" not in [h["item_id"] for h in similar["results"]]
         assert cat.delete_items(["py-1"]) == {"deleted": 1, "seq": 2}
         with pytest.raises(Exception, match="unknown item id 'py-1'"):
             cat.delete_items(["py-1"])
