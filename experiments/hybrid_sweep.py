@@ -1,12 +1,15 @@
-"""Choose hybrid search's lexical weight and RRF constant by measurement: on the val split, then test.
+"""Choose the hybrid mode's lexical weight and RRF constant by measurement: on the val split, then test.
 
     python experiments/hybrid_sweep.py --model models:/itemsage/2 --features artifacts/full/shopee \\
         --weights 0.5 1 2 --rrf-k 10 60 --out artifacts/eval/hybrid_sweep.json
+    python experiments/hybrid_sweep.py --probe item2item --model models:/itemsage/1 --features artifacts/full/amazon
 
-For each (lexical weight, rrf_k) the search probe's Recall@10/@50 of the hybrid mode (the served
-lexical index and reciprocal-rank fusion, itemsage.eval.modes) on --choose-split (default val);
-the best setting is then measured once on --report-split (default test), next to dense and
-lexical alone. The chosen values go into serve.hybrid (platform/itemsage/config.py, HybridConfig).
+For each (lexical weight, rrf_k) the probe's Recall@10/@50 of the hybrid mode (the served lexical
+index and reciprocal-rank fusion, itemsage.eval.modes) on --choose-split (default val): --probe
+search measures /search (a text query), item2item /similar by item id (the item's embedding and
+its own text). The best setting is then measured once on --report-split (default test), next to
+dense and lexical alone. The chosen values go into serve.hybrid (platform/itemsage/config.py,
+HybridConfig), which both endpoints share.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--features", required=True, help="the model's features directory (its pairs and queries)")
     p.add_argument("--weights", type=float, nargs="+", default=[0.5, 1.0, 2.0], help="lexical weights to try")
     p.add_argument("--rrf-k", type=float, nargs="+", default=[10.0, 60.0], help="RRF constants to try")
+    p.add_argument("--probe", default="search", choices=["search", "item2item"], help="/search or /similar by id")
     p.add_argument("--choose-split", default="val", choices=["val", "test"])
     p.add_argument("--report-split", default="test", choices=["val", "test"])
     p.add_argument("--device", default="auto")
@@ -40,7 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     from itemsage.eval.fusion_sweep import best, fusion_sweep
 
     try:
-        rows = fusion_sweep(args.model, args.features, args.choose_split, args.weights, args.rrf_k, device=args.device)
+        rows = fusion_sweep(
+            args.model, args.features, args.choose_split, args.weights, args.rrf_k, device=args.device, probe=args.probe
+        )
         chosen = best(rows)
         report = fusion_sweep(
             args.model,
@@ -49,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
             [chosen["lexical_weight"]],
             [chosen["rrf_k"]],
             device=args.device,
+            probe=args.probe,
         )
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -300,3 +300,21 @@ def test_unseen_catalog_is_preprocessed_with_the_models_vocab(sample_model: Samp
     for surface, frozen in (("search", "minilm"), ("home", "user_feat")):
         assert res.recall("itemsage", f"{surface}/all", 10) is not None
         assert res.recall(frozen, f"{surface}/all", 10) is not None
+
+
+def test_the_fusion_sweep_measures_what_the_evaluation_reports(sample_model: SampleModel, result) -> None:
+    """experiments/hybrid_sweep.py's rows at the served constants are the evaluation's rows, for
+    /search (text queries) and /similar by item id (item queries, their own text the lexical query)."""
+    from itemsage.config import HybridConfig
+    from itemsage.eval.fusion_sweep import fusion_sweep
+
+    res, _ = result
+    cfg = HybridConfig()
+    model, features = str(sample_model.bundle), str(sample_model.features)
+    for probe in ("search", "item2item"):
+        (row,) = fusion_sweep(model, features, "val", [cfg.lexical_weight], [cfg.rrf_k], device="cpu", probe=probe)
+        assert row["probe"] == probe and row["pairs"] > 0
+        for method, key in (("hybrid", "hybrid_r@10"), ("lexical", "lexical_r@10"), ("itemsage", "dense_r@10")):
+            assert row[key] == res.recall(method, f"{probe}/all", 10), (probe, method)
+    with pytest.raises(ValueError, match="unknown probe 'home'"):
+        fusion_sweep(model, features, "val", [1.0], [60.0], device="cpu", probe="home")

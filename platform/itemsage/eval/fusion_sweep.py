@@ -2,7 +2,8 @@
 
 The same measurement as the evaluation's hybrid row (:func:`itemsage.eval.modes.add_mode_rows`,
 the served ``LexicalIndex`` and ``fuse``), once per (lexical weight, rrf_k), on a held-out split of
-the model's features: choose on ``val``, report on ``test`` (``experiments/hybrid_sweep.py``).
+the model's features, for ``/search`` (the search probe) or ``/similar`` by item id (the item2item
+probe): choose on ``val``, report on ``test`` (``experiments/hybrid_sweep.py``).
 """
 
 from __future__ import annotations
@@ -17,10 +18,13 @@ from itemsage.data.features_read import QueryFeatures, read_pairs
 from itemsage.eval.baselines.corpus import TextCorpus
 from itemsage.eval.modes import add_mode_rows
 from itemsage.eval.probes import PROBES, probe_pairs
-from itemsage.eval.recall import RecallTable
+from itemsage.eval.recall import RecallTable, ranks_of_targets
 from itemsage.eval.validation import build_val_set, embed_items, embed_queries
 from itemsage.model import ItemFeatureStore
 from itemsage.trained.loaded import load_trained, pick_device
+
+# The probes a served mode answers: /search (a text query) and /similar by item id.
+SWEEP_PROBES: tuple[str, ...] = ("search", "item2item")
 
 
 def fusion_sweep(
@@ -31,9 +35,13 @@ def fusion_sweep(
     rrf_ks: Sequence[float],
     depth: int = HybridConfig().depth,
     device: str = "auto",
+    probe: str = "search",
 ) -> list[dict[str, Any]]:
-    """One row per (lexical weight, rrf_k): search-probe Recall@10/@50 of hybrid, with dense and
-    lexical alone for reference, every pair's item ranked against the whole catalog."""
+    """One row per (lexical weight, rrf_k): ``probe``'s (search | item2item) Recall@10/@50 of
+    hybrid, with dense and lexical alone for reference, every pair's item ranked against the whole
+    catalog."""
+    if probe not in SWEEP_PROBES:
+        raise ValueError(f"unknown probe {probe!r}; the served modes answer {', '.join(SWEEP_PROBES)}")
     dev = torch.device(pick_device(device))
     tm = load_trained(model, device=str(dev))
     store = ItemFeatureStore.load(features, max_images=tm.max_images, text_fields=tm.text_fields)
@@ -41,18 +49,20 @@ def fusion_sweep(
         features, store, with_text=tm.finetuned_text_encoder is not None, with_tokens=tm.model.text_residual is not None
     )
     val = build_val_set(read_pairs(features, split), store.num_items, catalog="all")
-    has_image = store.has_image.numpy()
-    search = next(p for p in PROBES if p.name == "search")
-    pairs = probe_pairs(val, search, has_image)
+    pairs = probe_pairs(val, next(p for p in PROBES if p.name == probe), store.has_image.numpy())
     if pairs is None:
-        raise ValueError(f"the {split} split of {features} has no search pairs")
+        raise ValueError(f"the {split} split of {features} has no {probe} pairs")
     corpus = TextCorpus.load(features, tm.text_fields)
-    if corpus.query_texts is None:
-        raise ValueError(f"{features} has no queries.parquet: the lexical side has no query text")
     item_emb = embed_items(tm.model, store, pairs.candidates, dev)
-    queries = embed_queries(tm.model, qf, pairs, dev, text_encoder=tm.finetuned_text_encoder)
-    from itemsage.eval.recall import ranks_of_targets
-
+    if probe == "search":
+        if corpus.query_texts is None:
+            raise ValueError(f"{features} has no queries.parquet: the lexical side has no query text")
+        queries = embed_queries(tm.model, qf, pairs, dev, text_encoder=tm.finetuned_text_encoder)
+        query_texts = corpus.query_texts
+    else:  # as /similar and the evaluation embed a catalog item used as the query, its text the lexical query
+        with torch.no_grad():
+            queries = tm.model.embed_item_queries(embed_items(tm.model, store, torch.from_numpy(pairs.query_key), dev))
+        query_texts = corpus.item_texts
     dense = RecallTable(ks=(10, 50))
     dense.add("itemsage", pairs.tasks.tolist(), ranks_of_targets(queries, item_emb, pairs.target, pairs.exclude))
     rows = []
@@ -60,16 +70,17 @@ def fusion_sweep(
         for k in rrf_ks:
             table = RecallTable(ks=(10, 50))
             cfg = HybridConfig(lexical_weight=float(w), rrf_k=float(k), depth=depth)
-            add_mode_rows(table, pairs, queries, item_emb, corpus.item_texts, corpus.query_texts, corpus.fields, cfg)
+            add_mode_rows(table, pairs, queries, item_emb, corpus.item_texts, query_texts, corpus.fields, cfg)
             rows.append(
                 {
+                    "probe": probe,
                     "split": split,
                     "lexical_weight": float(w),
                     "rrf_k": float(k),
                     "pairs": len(pairs),
-                    **{f"hybrid_r@{n}": table.get("hybrid", "search/all", n) for n in (10, 50)},
-                    **{f"lexical_r@{n}": table.get("lexical", "search/all", n) for n in (10, 50)},
-                    **{f"dense_r@{n}": dense.get("itemsage", "search/all", n) for n in (10, 50)},
+                    **{f"hybrid_r@{n}": table.get("hybrid", f"{probe}/all", n) for n in (10, 50)},
+                    **{f"lexical_r@{n}": table.get("lexical", f"{probe}/all", n) for n in (10, 50)},
+                    **{f"dense_r@{n}": dense.get("itemsage", f"{probe}/all", n) for n in (10, 50)},
                 }
             )
     return rows
@@ -80,4 +91,4 @@ def best(rows: Sequence[dict[str, Any]], metric: str = "hybrid_r@10") -> dict[st
     return max(rows, key=lambda r: (r[metric], -rows.index(r)))
 
 
-__all__ = ["best", "fusion_sweep"]
+__all__ = ["SWEEP_PROBES", "best", "fusion_sweep"]
