@@ -472,10 +472,10 @@ class HybridConfig(Section):
     # fashion likewise. A stronger dense model can reverse it (the current shopee.yaml: dense 0.810,
     # hybrid 0.801), so a config sets it per catalog.
     default_mode: SearchMode = "hybrid"
-    # What /similar by item id and ItemSage.similar use when a request names no mode (the lexical
-    # query is the item's own text; a photo query is always dense). Dense by default: measured on
-    # Amazon only, where hybrid is ahead (docs/quality.md, "Similar items in hybrid mode"), so
-    # configs/amazon.yaml sets it.
+    # What /similar by item id and LocalCatalog.similar use when a request names no mode (the
+    # lexical query is the item's own text; a photo query is always dense). Dense by default:
+    # measured on Amazon only, where hybrid is ahead (docs/quality.md, "Similar items in hybrid
+    # mode"), so experiments/configs/amazon.yaml sets it.
     similar_default_mode: SearchMode = "dense"
     # Reciprocal-rank fusion: score(item) = sum over modes of weight / (rrf_k + rank), rank 1-based
     # (Cormack et al. 2009 use 60: it damps the top ranks' dominance without flattening them).
