@@ -6,8 +6,9 @@
 
 For each (lexical weight, rrf_k) the probe's Recall@10/@50 of the hybrid mode (the served lexical
 index and reciprocal-rank fusion, itemsage.eval.modes) on --choose-split (default val): --probe
-search measures /search (a text query), item2item /similar by item id (the item's embedding and
-its own text). The best setting is then measured once on --report-split (default test), next to
+search measures /search (a text query); closeup and item2item /similar by item id (an item with a
+photo is queried by its photo, a text-only item by its embedding; the item's own text is the
+lexical query). The best setting is then measured once on --report-split (default test), next to
 dense and lexical alone. The chosen values go into serve.hybrid (platform/itemsage/config.py,
 HybridConfig), which both endpoints share.
 """
@@ -31,7 +32,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--features", required=True, help="the model's features directory (its pairs and queries)")
     p.add_argument("--weights", type=float, nargs="+", default=[0.5, 1.0, 2.0], help="lexical weights to try")
     p.add_argument("--rrf-k", type=float, nargs="+", default=[10.0, 60.0], help="RRF constants to try")
-    p.add_argument("--probe", default="search", choices=["search", "item2item"], help="/search or /similar by id")
+    p.add_argument(
+        "--probe",
+        default="search",
+        choices=["search", "closeup", "item2item"],
+        help="/search, or /similar by id: closeup for a catalog with photos, item2item for text only",
+    )
     p.add_argument("--choose-split", default="val", choices=["val", "test"])
     p.add_argument("--report-split", default="test", choices=["val", "test"])
     p.add_argument("--device", default="auto")

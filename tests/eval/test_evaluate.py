@@ -24,9 +24,10 @@ from itemsage.eval.evaluate import EvalError, evaluate_model  # noqa: E402
 SURFACES = ("search", "closeup", "home")
 # Every method each probe must report (the sample catalog has images, text, queries and users).
 PROBE_METHODS = {
-    # + the served modes of /search and /similar, and their fusion with frozen MiniLM instead
+    # + the served modes of /search and /similar by id (a photo's item: closeup; text only:
+    # item2item), and the same fusion with frozen MiniLM instead
     "search": ("itemsage", "hybrid", "lexical", "minilm_hybrid", "tfidf", "bm25", "minilm", "random"),
-    "closeup": ("itemsage", "image", "random"),
+    "closeup": ("itemsage", "hybrid", "lexical", "minilm_hybrid", "image", "random"),
     "item2item": ("itemsage", "hybrid", "lexical", "minilm_hybrid", "tfidf", "bm25", "minilm", "image", "random"),
     "home": ("itemsage", "tfidf", "bm25", "minilm", "image", "user_feat", "random"),
 }
@@ -73,7 +74,8 @@ def test_every_method_for_every_applicable_probe(result) -> None:
                 value = res.recall(method, f"{probe}/all", k)
                 assert value is not None and 0.0 <= value <= 1.0, (probe, method, k)
             assert res.recall(method, f"{probe}/all", 10) <= res.recall(method, f"{probe}/all", 50)
-        # Only the methods that apply: an image query has no text, only home has user features.
+        # Only the methods that apply: an image query's baselines read the photo alone (the served
+        # modes read its item's text, as /similar by id does), only home has user features.
         assert {m for m, t in res.table.rows if t == f"{probe}/all"} == set(methods), probe
         ns = {res.table.rows[(m, f"{probe}/all")]["n"] for m in methods}
         assert len(ns) == 1, probe  # the same pairs for every method
@@ -304,14 +306,15 @@ def test_unseen_catalog_is_preprocessed_with_the_models_vocab(sample_model: Samp
 
 def test_the_fusion_sweep_measures_what_the_evaluation_reports(sample_model: SampleModel, result) -> None:
     """experiments/hybrid_sweep.py's rows at the served constants are the evaluation's rows, for
-    /search (text queries) and /similar by item id (item queries, their own text the lexical query)."""
+    /search (text queries) and /similar by item id (a photo's or a text-only item's query, its own
+    text the lexical query)."""
     from itemsage.config import HybridConfig
     from itemsage.eval.fusion_sweep import fusion_sweep
 
     res, _ = result
     cfg = HybridConfig()
     model, features = str(sample_model.bundle), str(sample_model.features)
-    for probe in ("search", "item2item"):
+    for probe in ("search", "closeup", "item2item"):
         (row,) = fusion_sweep(model, features, "val", [cfg.lexical_weight], [cfg.rrf_k], device="cpu", probe=probe)
         assert row["probe"] == probe and row["pairs"] > 0
         for method, key in (("hybrid", "hybrid_r@10"), ("lexical", "lexical_r@10"), ("itemsage", "dense_r@10")):

@@ -9,9 +9,11 @@ and this report are comparable; photo and history queries are built as Serve bui
 catalog items' embeddings where the model says so (``itemsage.model.catalog_queries``). Each probe also ranks the same pairs against the same candidates with the
 baselines a user tries first (``itemsage.eval.baselines``): char-3gram TF-IDF and BM25 over the
 items' text fields, frozen MiniLM, frozen image features, frozen user features (home) and random.
-The search and item -> item probes also get the served modes that are not the model alone
-(``itemsage.eval.modes``): the lexical index, hybrid (reciprocal-rank fusion of both) and the same
-fusion with frozen MiniLM in the model's place.
+The search, closeup and item -> item probes also get the served modes of ``/search`` and
+``/similar`` by item id that are not the model alone (``itemsage.eval.modes``): the lexical index,
+hybrid (reciprocal-rank fusion of both) and the same fusion with frozen MiniLM in the model's
+place. (``/similar`` queries an item with a photo as the closeup probe does, a text-only item as
+item -> item does; both probes' queries are catalog items, their own text the lexical query.)
 
 On the model's own training features, held-out pairs whose item was a training positive ("seen")
 and those whose item was not ("unseen": new items, the cold start) also get rows of their own,
@@ -316,8 +318,11 @@ def evaluate_model(
             )
             table.add("itemsage", probe_val.tasks.tolist(), ranks, probe_val.cohorts)
             # The served modes of /search and of /similar by item id: the lexical query is the
-            # search text or the query item's own text.
-            lexical_queries = {"text": corpus.query_texts, "item": corpus.item_texts}.get(probe.query)
+            # search text or the query item's own text; /similar's dense side is the closeup query
+            # for an item with a photo (the closeup probe), its item embedding otherwise (item2item).
+            lexical_queries = {"text": corpus.query_texts, "item": corpus.item_texts, "image": corpus.item_texts}.get(
+                probe.query
+            )
             if lexical_queries is not None:
                 frozen = minilm_vectors(probe.query, store, qf, probe_val.query_key, probe_val.candidates)
                 add_mode_rows(

@@ -2,8 +2,9 @@
 
 The same measurement as the evaluation's hybrid row (:func:`itemsage.eval.modes.add_mode_rows`,
 the served ``LexicalIndex`` and ``fuse``), once per (lexical weight, rrf_k), on a held-out split of
-the model's features, for ``/search`` (the search probe) or ``/similar`` by item id (the item2item
-probe): choose on ``val``, report on ``test`` (``experiments/hybrid_sweep.py``).
+the model's features, for ``/search`` (the search probe) or ``/similar`` by item id (the closeup
+probe for items with a photo, item2item for text-only ones): choose on ``val``, report on ``test``
+(``experiments/hybrid_sweep.py``).
 """
 
 from __future__ import annotations
@@ -21,10 +22,12 @@ from itemsage.eval.probes import PROBES, probe_pairs
 from itemsage.eval.recall import RecallTable, ranks_of_targets
 from itemsage.eval.validation import build_val_set, embed_items, embed_queries
 from itemsage.model import ItemFeatureStore
+from itemsage.model.catalog_queries import photo_queries
 from itemsage.trained.loaded import load_trained, pick_device
 
-# The probes a served mode answers: /search (a text query) and /similar by item id.
-SWEEP_PROBES: tuple[str, ...] = ("search", "item2item")
+# The probes a served mode answers: /search (a text query) and /similar by item id (an item with a
+# photo is queried as the closeup probe does, a text-only one as item2item does).
+SWEEP_PROBES: tuple[str, ...] = ("search", "closeup", "item2item")
 
 
 def fusion_sweep(
@@ -37,7 +40,7 @@ def fusion_sweep(
     device: str = "auto",
     probe: str = "search",
 ) -> list[dict[str, Any]]:
-    """One row per (lexical weight, rrf_k): ``probe``'s (search | item2item) Recall@10/@50 of
+    """One row per (lexical weight, rrf_k): ``probe``'s (search | closeup | item2item) Recall@10/@50 of
     hybrid, with dense and lexical alone for reference, every pair's item ranked against the whole
     catalog."""
     if probe not in SWEEP_PROBES:
@@ -59,9 +62,13 @@ def fusion_sweep(
             raise ValueError(f"{features} has no queries.parquet: the lexical side has no query text")
         queries = embed_queries(tm.model, qf, pairs, dev, text_encoder=tm.finetuned_text_encoder)
         query_texts = corpus.query_texts
-    else:  # as /similar and the evaluation embed a catalog item used as the query, its text the lexical query
+    else:  # /similar by id, as the evaluation builds its queries; the item's own text is the lexical query
+        keys = torch.from_numpy(pairs.query_key)
         with torch.no_grad():
-            queries = tm.model.embed_item_queries(embed_items(tm.model, store, torch.from_numpy(pairs.query_key), dev))
+            if probe == "closeup":
+                queries = photo_queries(tm.model, store, store.first_image_feat[keys], exclude=keys)
+            else:
+                queries = tm.model.embed_item_queries(embed_items(tm.model, store, keys, dev))
         query_texts = corpus.item_texts
     dense = RecallTable(ks=(10, 50))
     dense.add("itemsage", pairs.tasks.tolist(), ranks_of_targets(queries, item_emb, pairs.target, pairs.exclude))

@@ -44,13 +44,14 @@ def user_halves(qf: QueryFeatures, users: torch.Tensor | np.ndarray) -> tuple[to
 def minilm_vectors(
     query_kind: str, store: ItemFeatureStore, qf: QueryFeatures, query_key: np.ndarray, candidates: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """Unit frozen MiniLM vectors of text or item queries and of the candidates (None for other
-    kinds): the ``minilm`` baseline's query and item sides."""
+    """Unit frozen MiniLM vectors of text or catalog-item queries and of the candidates (None for
+    users): the ``minilm`` baseline's query and item sides. An image query of a probe is a catalog
+    item's photo, so it has the item's title too (``/similar`` by id reads it in a fused mode)."""
     keys = torch.as_tensor(np.asarray(query_key, dtype=np.int64))
     title = _unit(store.title_emb[candidates])
     if query_kind == "text":
         return _unit(qf.for_surface("search", keys)), title
-    if query_kind == "item":
+    if query_kind in ("item", "image"):
         return _unit(store.title_emb[keys]), title
     return None
 
@@ -78,7 +79,7 @@ def frozen_ranks(
         queries = {"minilm": minilm}
     elif query_kind in ("image", "item"):
         queries = {"image": (_unit(store.first_image_feat[keys]), image)}
-        if minilm is not None:
+        if query_kind == "item" and minilm is not None:  # a photo query's baselines read the photo only
             queries["minilm"] = minilm
     else:
         img_half, txt_half = user_halves(qf, keys)
