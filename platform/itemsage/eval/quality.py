@@ -258,7 +258,8 @@ def _methods(groups: Sequence[Group]) -> list[str]:
 
 def group_markdown(g: Group, k: int = 10, name_store: bool = False) -> str:
     """One table: a row per (probe, all|unseen), ItemSage and every baseline as columns (mean ±
-    spread over seeds), the best in bold, and ItemSage minus the best baseline. ``name_store``:
+    spread over seeds), the best in bold, ItemSage minus the best baseline and, where the hybrid
+    mode was measured, hybrid minus the best baseline or fused frozen baseline. ``name_store``:
     say which tracking store the runs (and so the registry versions) are in."""
     methods = _methods([g])
     deltas = [("itemsage", BASELINES)] + ([("hybrid", HYBRID_BASELINES)] if "hybrid" in methods else [])
