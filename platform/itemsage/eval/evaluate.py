@@ -56,7 +56,7 @@ from itemsage.eval.attribute_probes import ATTRIBUTE_PROBES
 from itemsage.eval.baselines.corpus import TextCorpus
 from itemsage.eval.baselines.frozen import minilm_vectors
 from itemsage.eval.baselines.suite import BaselineSuite
-from itemsage.eval.modes import add_mode_rows
+from itemsage.eval.modes import add_mode_rows, mode_query_texts
 from itemsage.eval.probes import PROBES, Probe, probe_pairs
 from itemsage.eval.recall import RecallTable, ranks_of_targets
 from itemsage.eval.report import recall_markdown, recall_rows
@@ -313,16 +313,11 @@ def evaluate_model(
             probe_val = probe_pairs(val, probe, has_image)
             if probe_val is None:
                 continue
-            ranks, queries = _model_ranks(
-                tm, store, qf, probe, probe_val, item_emb, torch.device(dev), corpus.histories
-            )
+            queries = probe_queries(tm, store, qf, probe, probe_val, torch.device(dev), corpus.histories)
+            ranks = ranks_of_targets(queries, item_emb, probe_val.target, probe_val.exclude)
             table.add("itemsage", probe_val.tasks.tolist(), ranks, probe_val.cohorts)
-            # The served modes of /search and of /similar by item id: the lexical query is the
-            # search text or the query item's own text; /similar's dense side is the closeup query
-            # for an item with a photo (the closeup probe), its item embedding otherwise (item2item).
-            lexical_queries = {"text": corpus.query_texts, "item": corpus.item_texts, "image": corpus.item_texts}.get(
-                probe.query
-            )
+            # The served modes of /search and of /similar by item id (itemsage.eval.modes).
+            lexical_queries = mode_query_texts(corpus, probe.query)
             if lexical_queries is not None:
                 frozen = minilm_vectors(probe.query, store, qf, probe_val.query_key, probe_val.candidates)
                 add_mode_rows(
@@ -380,31 +375,27 @@ def held_out_items(features: str) -> np.ndarray:
 
 
 @torch.no_grad()
-def _model_ranks(
+def probe_queries(
     tm: TrainedModel,
     store: ItemFeatureStore,
     qf: QueryFeatures,
     probe: Probe,
     pairs: ValSet,
-    item_emb: torch.Tensor,
     device: torch.device,
     histories: list[np.ndarray] | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The model's rank of each pair's item, and the pairs' query embeddings: the probe's query
-    tower, for item -> item the item tower on the query item as on every candidate, for a photo or
-    a history the queries Serve builds from catalog items (``itemsage.model.catalog_queries``)."""
+) -> torch.Tensor:
+    """The pairs' query embeddings: the probe's query tower, for item -> item the item tower on the
+    query item as on every candidate, for a photo or a history the queries Serve builds from
+    catalog items (``itemsage.model.catalog_queries``)."""
     keys = torch.from_numpy(pairs.query_key)
     if probe.query == "item":
         # As Serve's /similar embeds an item used as the query (debiasing and hubness coordinate).
-        with torch.no_grad():
-            queries = tm.model.embed_item_queries(embed_items(tm.model, store, keys, device))
-    elif probe.query == "image":
-        queries = photo_queries(tm.model, store, store.first_image_feat[keys], exclude=keys)
-    elif probe.query == "user" and histories is not None:
-        queries = history_queries(tm.model, store, [histories[int(u)].tolist() for u in pairs.query_key])
-    else:
-        queries = embed_queries(tm.model, qf, pairs, device, text_encoder=tm.finetuned_text_encoder)
-    return ranks_of_targets(queries, item_emb, pairs.target, pairs.exclude), queries
+        return tm.model.embed_item_queries(embed_items(tm.model, store, keys, device))
+    if probe.query == "image":
+        return photo_queries(tm.model, store, store.first_image_feat[keys], exclude=keys)
+    if probe.query == "user" and histories is not None:
+        return history_queries(tm.model, store, [histories[int(u)].tolist() for u in pairs.query_key])
+    return embed_queries(tm.model, qf, pairs, device, text_encoder=tm.finetuned_text_encoder)
 
 
 def write_search_queries(tm: TrainedModel, qf: QueryFeatures, val: Any, device: torch.device, path: str) -> None:
@@ -452,6 +443,7 @@ __all__ = [
     "evaluate_model",
     "featurize_for_model",
     "held_out_items",
+    "probe_queries",
     "retokenize_features",
     "surface_summary",
     "trained_on",

@@ -17,12 +17,12 @@ import torch
 from itemsage.config import HybridConfig
 from itemsage.data.features_read import QueryFeatures, read_pairs
 from itemsage.eval.baselines.corpus import TextCorpus
-from itemsage.eval.modes import add_mode_rows
+from itemsage.eval.evaluate import probe_queries
+from itemsage.eval.modes import add_mode_rows, mode_query_texts
 from itemsage.eval.probes import PROBES, probe_pairs
 from itemsage.eval.recall import RecallTable, ranks_of_targets
-from itemsage.eval.validation import build_val_set, embed_items, embed_queries
+from itemsage.eval.validation import build_val_set, embed_items
 from itemsage.model import ItemFeatureStore
-from itemsage.model.catalog_queries import photo_queries
 from itemsage.trained.loaded import load_trained, pick_device
 
 # The probes a served mode answers: /search (a text query) and /similar by item id (an item with a
@@ -52,24 +52,17 @@ def fusion_sweep(
         features, store, with_text=tm.finetuned_text_encoder is not None, with_tokens=tm.model.text_residual is not None
     )
     val = build_val_set(read_pairs(features, split), store.num_items, catalog="all")
-    pairs = probe_pairs(val, next(p for p in PROBES if p.name == probe), store.has_image.numpy())
+    probe_of = next(p for p in PROBES if p.name == probe)
+    pairs = probe_pairs(val, probe_of, store.has_image.numpy())
     if pairs is None:
         raise ValueError(f"the {split} split of {features} has no {probe} pairs")
     corpus = TextCorpus.load(features, tm.text_fields)
+    query_texts = mode_query_texts(corpus, probe_of.query)
+    if query_texts is None:
+        raise ValueError(f"{features} has no queries.parquet: the lexical side has no query text")
     item_emb = embed_items(tm.model, store, pairs.candidates, dev)
-    if probe == "search":
-        if corpus.query_texts is None:
-            raise ValueError(f"{features} has no queries.parquet: the lexical side has no query text")
-        queries = embed_queries(tm.model, qf, pairs, dev, text_encoder=tm.finetuned_text_encoder)
-        query_texts = corpus.query_texts
-    else:  # /similar by id, as the evaluation builds its queries; the item's own text is the lexical query
-        keys = torch.from_numpy(pairs.query_key)
-        with torch.no_grad():
-            if probe == "closeup":
-                queries = photo_queries(tm.model, store, store.first_image_feat[keys], exclude=keys)
-            else:
-                queries = tm.model.embed_item_queries(embed_items(tm.model, store, keys, dev))
-        query_texts = corpus.item_texts
+    # /similar by id is queried as the evaluation queries the closeup or item2item probe.
+    queries = probe_queries(tm, store, qf, probe_of, pairs, dev)
     dense = RecallTable(ks=(10, 50))
     dense.add("itemsage", pairs.tasks.tolist(), ranks_of_targets(queries, item_emb, pairs.target, pairs.exclude))
     rows = []

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from itemsage.config import HybridConfig
+from itemsage.eval.baselines.corpus import TextCorpus
 from itemsage.eval.recall import RecallTable
 from itemsage.eval.validation import ValSet
 from itemsage.index.hybrid import fuse
@@ -46,6 +47,18 @@ def _rank_in(ranking: list[int], target: int, miss: int) -> int:
         return ranking.index(target)
     except ValueError:
         return miss
+
+
+def mode_query_texts(corpus: TextCorpus, query_kind: str) -> list[str] | None:
+    """The lexical query of each query key of a probe a served mode answers: a search query's text
+    (``/search``), a catalog item's own text for an item or its photo (``/similar`` by id queries an
+    item with a photo as the closeup probe does, a text-only one as item -> item does); None for
+    a probe no mode serves (home) or search pairs without query texts."""
+    if query_kind == "text":
+        return corpus.query_texts
+    if query_kind in ("item", "image"):
+        return corpus.item_texts
+    return None
 
 
 def add_mode_rows(

@@ -71,17 +71,18 @@ def frozen_ranks(
     if query_kind not in FROZEN_METHODS:
         raise ValueError(f"unknown query kind {query_kind!r}; expected one of {sorted(FROZEN_METHODS)}")
     keys = torch.as_tensor(np.asarray(query_key, dtype=np.int64))
-    title = _unit(store.title_emb[candidates])
     image = _unit(store.first_image_feat[candidates])
-    minilm = minilm_vectors(query_kind, store, qf, query_key, candidates)
+    # A photo query's baselines read the photo only; text and item queries get the MiniLM sides.
+    minilm = minilm_vectors(query_kind, store, qf, query_key, candidates) if query_kind in ("text", "item") else None
     if query_kind == "text":
         assert minilm is not None
         queries = {"minilm": minilm}
     elif query_kind in ("image", "item"):
         queries = {"image": (_unit(store.first_image_feat[keys]), image)}
-        if query_kind == "item" and minilm is not None:  # a photo query's baselines read the photo only
+        if minilm is not None:
             queries["minilm"] = minilm
     else:
+        title = _unit(store.title_emb[candidates])
         img_half, txt_half = user_halves(qf, keys)
         queries = {
             "minilm": (txt_half, title),
