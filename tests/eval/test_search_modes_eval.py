@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from itemsage.config import HybridConfig
-from itemsage.eval.modes import add_mode_rows
+from itemsage.eval.modes import add_mode_rows, candidate_lexical, mode_lists
 from itemsage.eval.recall import RecallTable
 from itemsage.eval.validation import ValSet
 from itemsage.index.hybrid import fuse
@@ -37,7 +37,8 @@ def test_lexical_and_hybrid_rows_rank_what_search_would_answer() -> None:
     )
     table = RecallTable(ks=(1, 10))
     cfg = HybridConfig(depth=20)
-    add_mode_rows(table, pairs, queries, items, item_texts, query_texts, ("title",), cfg)
+    lexical = candidate_lexical(pairs.candidates, item_texts, ("title",))
+    add_mode_rows(table, mode_lists(pairs, queries, items, lexical, query_texts, cfg.depth), cfg)
     assert table.get("lexical", "search/all", 1) == 1 / 3  # only pair 0's item is the lexical top
     dense = torch.topk(queries[0] @ items.T, 20).indices.tolist()
     fused = [int(c) for c, _ in fuse([str(c) for c in dense], ["7", "9"], cfg)]
@@ -69,7 +70,8 @@ def test_item_queries_search_with_their_own_text_and_never_find_themselves() -> 
     frozen = (items[9][None, :], items)
     table = RecallTable(ks=(1, 10))
     cfg = HybridConfig(depth=20)
-    add_mode_rows(table, pairs, items[7][None, :], items, item_texts, item_texts, ("title",), cfg, frozen=frozen)
+    lexical = candidate_lexical(pairs.candidates, item_texts, ("title",))
+    add_mode_rows(table, mode_lists(pairs, items[7][None, :], items, lexical, item_texts, cfg.depth, frozen), cfg)
     assert table.get("lexical", "item2item/all", 1) == 1.0  # 7 left out, 9 is the lexical top
     assert table.get("minilm_hybrid", "item2item/all", 1) == 1.0  # top of both of its lists
     dense = [c for c in torch.topk(items[7] @ items.T, 21).indices.tolist() if c != 7][:20]

@@ -56,7 +56,7 @@ from itemsage.eval.attribute_probes import ATTRIBUTE_PROBES
 from itemsage.eval.baselines.corpus import TextCorpus
 from itemsage.eval.baselines.frozen import minilm_vectors
 from itemsage.eval.baselines.suite import BaselineSuite
-from itemsage.eval.modes import add_mode_rows, mode_query_texts
+from itemsage.eval.modes import add_mode_rows, candidate_lexical, list_depth, mode_lists, mode_query_texts
 from itemsage.eval.probes import PROBES, Probe, probe_pairs
 from itemsage.eval.recall import RecallTable, ranks_of_targets
 from itemsage.eval.report import recall_markdown, recall_rows
@@ -65,6 +65,7 @@ from itemsage.eval.validation import ValSet, build_val_set, embed_items, embed_q
 from itemsage.files import StagingDir, staging_dir
 from itemsage.index.compat import check_features_compatible
 from itemsage.index.featurize import model_preprocess_config, token_table
+from itemsage.index.lexical import LexicalIndex
 from itemsage.model import ItemFeatureStore
 from itemsage.model.catalog_queries import history_queries, photo_queries
 from itemsage.trained.loaded import TrainedModel, load_trained, pick_device
@@ -309,6 +310,7 @@ def evaluate_model(
         suite = BaselineSuite.build(store, qf, corpus, baseline_fit, held_out_items(feats), seed)
         item_emb = embed_items(tm.model, store, val.candidates, torch.device(dev))
         has_image = store.has_image.numpy()
+        lexical: LexicalIndex | None = None
         for probe in PROBES:
             probe_val = probe_pairs(val, probe, has_image)
             if probe_val is None:
@@ -319,17 +321,11 @@ def evaluate_model(
             # The served modes of /search and of /similar by item id (itemsage.eval.modes).
             lexical_queries = mode_query_texts(corpus, probe.query)
             if lexical_queries is not None:
+                if lexical is None:  # every probe ranks against the same candidates: one index
+                    lexical = candidate_lexical(val.candidates, corpus.item_texts, corpus.fields)
                 frozen = minilm_vectors(probe.query, store, qf, probe_val.query_key, probe_val.candidates)
-                add_mode_rows(
-                    table,
-                    probe_val,
-                    queries,
-                    item_emb,
-                    corpus.item_texts,
-                    lexical_queries,
-                    corpus.fields,
-                    frozen=frozen,
-                )
+                lists = mode_lists(probe_val, queries, item_emb, lexical, lexical_queries, list_depth(table), frozen)
+                add_mode_rows(table, lists)
             suite.add_rows(table, probe, probe_val)
         # What a shopper sees in the top k (same kind, colour, gender) for queries from new items.
         attribute_items = add_attribute_rows(table, tm, store, suite, feats, split, item_emb, torch.device(dev), seed)

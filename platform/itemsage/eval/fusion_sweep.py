@@ -18,7 +18,7 @@ from itemsage.config import HybridConfig
 from itemsage.data.features_read import QueryFeatures, read_pairs
 from itemsage.eval.baselines.corpus import TextCorpus
 from itemsage.eval.evaluate import probe_queries
-from itemsage.eval.modes import add_mode_rows, mode_query_texts
+from itemsage.eval.modes import add_mode_rows, candidate_lexical, list_depth, mode_lists, mode_query_texts
 from itemsage.eval.probes import PROBES, probe_pairs
 from itemsage.eval.recall import RecallTable, ranks_of_targets
 from itemsage.eval.validation import build_val_set, embed_items
@@ -65,12 +65,14 @@ def fusion_sweep(
     queries = probe_queries(tm, store, qf, probe_of, pairs, dev)
     dense = RecallTable(ks=(10, 50))
     dense.add("itemsage", pairs.tasks.tolist(), ranks_of_targets(queries, item_emb, pairs.target, pairs.exclude))
+    # The lists are searched once; each (weight, rrf_k) only fuses them again.
+    lexical = candidate_lexical(pairs.candidates, corpus.item_texts, corpus.fields)
+    lists = mode_lists(pairs, queries, item_emb, lexical, query_texts, list_depth(dense, HybridConfig(depth=depth)))
     rows = []
     for w in lexical_weights:
         for k in rrf_ks:
             table = RecallTable(ks=(10, 50))
-            cfg = HybridConfig(lexical_weight=float(w), rrf_k=float(k), depth=depth)
-            add_mode_rows(table, pairs, queries, item_emb, corpus.item_texts, query_texts, corpus.fields, cfg)
+            add_mode_rows(table, lists, HybridConfig(lexical_weight=float(w), rrf_k=float(k), depth=depth))
             rows.append(
                 {
                     "probe": probe,

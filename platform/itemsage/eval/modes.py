@@ -15,6 +15,7 @@ the same fusion with frozen MiniLM in the model's place, the hybrid a user build
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -61,46 +62,76 @@ def mode_query_texts(corpus: TextCorpus, query_kind: str) -> list[str] | None:
     return None
 
 
-def add_mode_rows(
-    table: RecallTable,
+def list_depth(table: RecallTable, cfg: HybridConfig | None = None) -> int:
+    """How deep a mode's list is read: the fusion's depth, at least the table's largest k."""
+    return max((cfg or HybridConfig()).depth, max(table.ks))
+
+
+def candidate_lexical(candidates: torch.Tensor, item_texts: Sequence[str], fields: tuple[str, ...]) -> LexicalIndex:
+    """The lexical index over the candidates' text, labelled by candidate position: built once per
+    candidate set (every probe of an evaluation ranks against the same catalog)."""
+    return LexicalIndex(fields, {j: item_texts[int(i)] for j, i in enumerate(candidates.tolist())})
+
+
+@dataclass
+class ModeLists:
+    """Each distinct query's dense and lexical lists of a probe's ``pairs``, read once to ``depth``
+    + 1 (an item query's own item is dropped per pair): only the fusion differs between hybrid
+    settings (``add_mode_rows``)."""
+
+    pairs: ValSet
+    depth: int
+    inverse: np.ndarray  # [P] each pair's distinct query
+    dense: dict[str, np.ndarray]  # method -> [Q, depth + 1] candidate positions
+    lexical: list[list[int]]  # [Q] candidate positions
+
+
+def mode_lists(
     pairs: ValSet,
     queries: torch.Tensor,
     item_emb: torch.Tensor,
-    item_texts: Sequence[str],
+    lexical: LexicalIndex,
     query_texts: Sequence[str],
-    fields: tuple[str, ...],
-    cfg: HybridConfig | None = None,
+    depth: int,
     frozen: tuple[torch.Tensor, torch.Tensor] | None = None,
-) -> None:
-    """``lexical`` and ``hybrid`` rows (and ``minilm_hybrid`` given ``frozen``) of a probe's ``pairs``.
+) -> ModeLists:
+    """The lists every mode row of ``pairs`` is read from.
 
     ``queries`` [P, D]: each pair's query embedding (the model's row); ``item_emb`` [C, D]: the
-    candidates' item embeddings; ``item_texts[item_idx]``: the catalog's text; ``query_texts``: the
-    lexical query of each ``pairs.query_key`` (search: the queries' text; item -> item: the catalog's
-    text again); ``frozen``: frozen MiniLM vectors of the pairs' queries [P, 384] and of the
-    candidates [C, 384].
+    candidates' item embeddings; ``lexical``: :func:`candidate_lexical` of the same candidates;
+    ``query_texts``: the lexical query of each ``pairs.query_key`` (search: the queries' text; item
+    -> item: the catalog's text again); ``frozen``: frozen MiniLM vectors of the pairs' queries [P,
+    384] and of the candidates [C, 384].
     """
-    cfg = cfg or HybridConfig()
-    depth = max(cfg.depth, max(table.ks))
-    cand = pairs.candidates.numpy()
-    lexical = LexicalIndex(fields, {j: item_texts[int(i)] for j, i in enumerate(cand.tolist())})
+    if len(lexical) != len(pairs.candidates):
+        raise ValueError(f"the lexical index holds {len(lexical)} documents for {len(pairs.candidates)} candidates")
     keys = np.asarray(pairs.query_key, dtype=np.int64)
     # Pairs of one query share its rankings: each distinct query is searched once.
     distinct, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
     firsts = torch.from_numpy(first)
-    # depth + 1: an item -> item query's own item is dropped from its lists below.
-    dense_tops = {"hybrid": _dense_top(queries[firsts], item_emb, depth + 1)}
+    dense = {"hybrid": _dense_top(queries[firsts], item_emb, depth + 1)}
     if frozen is not None:
-        dense_tops[FROZEN_HYBRID] = _dense_top(frozen[0][firsts], frozen[1], depth + 1)
+        dense[FROZEN_HYBRID] = _dense_top(frozen[0][firsts], frozen[1], depth + 1)
     lexical_lists = [lexical.search(query_texts[key], depth + 1)[0].tolist() for key in distinct.tolist()]
-    miss = len(cand)  # past every reported k
+    return ModeLists(pairs, depth, inverse, dense, lexical_lists)
+
+
+def add_mode_rows(table: RecallTable, lists: ModeLists, cfg: HybridConfig | None = None) -> None:
+    """``lexical`` and ``hybrid`` rows (and ``minilm_hybrid`` where ``lists`` has frozen lists) of
+    ``lists.pairs``, each mode's list read to ``cfg.depth`` (at least the table's largest k)."""
+    cfg = cfg or HybridConfig()
+    depth = list_depth(table, cfg)
+    if depth > lists.depth:
+        raise ValueError(f"the lists were read to depth {lists.depth}; this fusion reads {depth}")
+    pairs = lists.pairs
+    miss = len(pairs.candidates)  # past every reported k
     target, exclude = pairs.target.numpy(), pairs.exclude.numpy()
-    ranks = {m: np.full(len(keys), miss, np.int64) for m in (*MODE_METHODS, *dense_tops)}
-    for p in range(len(keys)):
-        q = int(inverse[p])
-        lex = [c for c in lexical_lists[q] if c != exclude[p]][:depth]  # never a query item's own
+    ranks = {m: np.full(len(target), miss, np.int64) for m in (*MODE_METHODS, *lists.dense)}
+    for p in range(len(target)):
+        q = int(lists.inverse[p])
+        lex = [c for c in lists.lexical[q] if c != exclude[p]][:depth]  # never a query item's own
         ranks["lexical"][p] = _rank_in(lex, int(target[p]), miss)
-        for method, top in dense_tops.items():
+        for method, top in lists.dense.items():
             dense = [int(c) for c in top[q] if c != exclude[p]][:depth]
             fused = [int(c) for c, _ in fuse([str(c) for c in dense], [str(c) for c in lex], cfg)]
             ranks[method][p] = _rank_in(fused, int(target[p]), miss)
