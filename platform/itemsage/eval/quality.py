@@ -352,25 +352,29 @@ def bar_chart(groups: Sequence[Group], path: str | Path, k: int = 10) -> Path:
     fig, axes = plt.subplots(
         nrows, ncols, figsize=(max(4.5, 1.2 * len(methods)) * ncols, 4.2 * nrows), squeeze=False, sharey=True
     )
-    colors = plt.get_cmap("tab10")
-    width = 0.8 / max(len(methods), 1)
+    # One colour per method in every panel, none repeated (tab10 has ten).
+    palette = plt.get_cmap("tab10" if len(methods) <= 10 else "tab20")
+    color = {m: palette(j % palette.N) for j, m in enumerate(methods)}
     panels = axes.flatten()
     for ax in panels[len(groups) :]:
         ax.set_visible(False)
     for ax, g in zip(panels, groups):
         rows = sorted((pr for pr in g.stats if pr[1] == "all"), key=_row_key)
         replicates = f"{len(g.split_seeds)} splits" if len(g.split_seeds) > 1 else f"{len(g.runs)} seed(s)"
-        for j, m in enumerate(methods):
+        # Slots only for this panel's methods: no gaps for baselines another catalog has.
+        present = [m for m in methods if any(m in g.stats[pr] for pr in rows)]
+        width = 0.8 / max(len(present), 1)
+        for j, m in enumerate(present):
             xs, ys, errs, dots = [], [], [], []
             for i, pr in enumerate(rows):
                 s = g.stats[pr].get(m)
                 if s is not None:
-                    xs.append(i + (j - (len(methods) - 1) / 2) * width)
+                    xs.append(i + (j - (len(present) - 1) / 2) * width)
                     ys.append(s.mean)
                     errs.append(s.std)
                     dots += [(xs[-1], v) for v in s.values]
             if xs:
-                ax.bar(xs, ys, width, yerr=errs, capsize=2, color=colors(j % 10), label=_label(m))
+                ax.bar(xs, ys, width, yerr=errs, capsize=2, color=color[m], label=_label(m))
             if dots and len(g.split_seeds) > 1:  # each split's value: the spread is the split's
                 ax.scatter(*zip(*dots), s=5, color="black", zorder=3)
         ax.set_xticks(range(len(rows)), [pr[0] for pr in rows])
