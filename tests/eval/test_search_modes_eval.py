@@ -5,6 +5,7 @@ list does not hold it."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from itemsage.config import HybridConfig
@@ -79,3 +80,25 @@ def test_item_queries_search_with_their_own_text_and_never_find_themselves() -> 
     fused = [int(c) for c, _ in fuse([str(c) for c in dense], ["9"], cfg)]
     assert table.get("hybrid", "item2item/all", 1) == float(fused[0] == 9)
     assert table.get("hybrid", "item2item/all", 10) == float(fused.index(9) < 10)
+
+
+def test_mode_lists_refuse_a_fusion_deeper_than_they_were_read_and_a_foreign_index() -> None:
+    """A sweep fuses lists read once: a setting that reads deeper than they go, or an index over
+    other candidates, would silently score the wrong lists."""
+    items = torch.nn.functional.normalize(torch.randn(N, 8), dim=1)
+    item_texts = [f"word{i}" for i in range(N)]
+    pairs = ValSet(
+        surfaces=np.array(["search"]),
+        tasks=np.array(["search/click"]),
+        query_key=np.array([0]),
+        candidates=torch.arange(N),
+        target=torch.tensor([3]),
+        exclude=torch.tensor([-1]),
+    )
+    lexical = candidate_lexical(pairs.candidates, item_texts, ("title",))
+    lists = mode_lists(pairs, items[:1], items, lexical, ["word3"], depth=20)
+    with pytest.raises(ValueError, match="depth 20"):
+        add_mode_rows(RecallTable(ks=(1, 10)), lists, HybridConfig(depth=30))
+    other = candidate_lexical(torch.arange(N - 1), item_texts, ("title",))
+    with pytest.raises(ValueError, match="39 documents for 40 candidates"):
+        mode_lists(pairs, items[:1], items, other, ["word3"], depth=20)
