@@ -77,14 +77,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from itemsage.eval.quality import (
-        HEADLINE_ROWS,
-        QualityReportError,
-        group_runs,
-        groups_json,
-        load_runs,
-        write_report,
-    )
+    from itemsage.eval.quality.report import write_report
+    from itemsage.eval.quality.runs import HEADLINE_ROWS, QualityReportError, group_runs, groups_json, load_runs
     from itemsage.eval.tracking import DEFAULT_EXPERIMENT, parse_tags
 
     try:

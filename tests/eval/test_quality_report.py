@@ -17,7 +17,8 @@ import torch
 from tests.support.scripts import load_script
 
 from itemsage.eval.evaluate import EvalResult
-from itemsage.eval.quality import BEGIN, END, TRAIN_SECONDS_TAG, QualityReportError, replace_section
+from itemsage.eval.quality.markdown import BEGIN, END, replace_section
+from itemsage.eval.quality.runs import TRAIN_SECONDS_TAG, QualityReportError
 from itemsage.eval.recall import RecallTable
 from itemsage.eval.tracking import log_evaluation
 
@@ -164,7 +165,8 @@ def test_the_served_modes_are_columns_and_hybrid_is_not_a_baseline(tmp_path: Pat
     """hybrid (the model fused with the lexical index) is shown, but "ItemSage - best baseline" is
     the model alone against the single baselines; the lexical index alone counts as one. Hybrid
     gets a difference of its own, against the fused frozen MiniLM too (a fusion against fusions)."""
-    from itemsage.eval.quality import group_markdown, group_runs, load_runs
+    from itemsage.eval.quality.markdown import group_markdown
+    from itemsage.eval.quality.runs import group_runs, load_runs
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     scores = {"itemsage": 70, "hybrid": 90, "lexical": 72, "minilm_hybrid": 80, "tfidf": 65, "random": 1}

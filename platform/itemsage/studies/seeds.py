@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from itemsage.config import PipelineConfig, load_config
-from itemsage.eval.quality import TRAIN_SECONDS_TAG
+from itemsage.eval.quality.runs import TRAIN_SECONDS_TAG
 from itemsage.eval.run_tags import config_label
 
 # Issue 19's budget for one training of a headline configuration on a 2-core CPU box; a seed over
