@@ -19,7 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "api"))
 from sample_model import SampleModel, build_sample_model, one_torch_thread, start_ray  # noqa: E402
 from tests.support.scripts import load_script  # noqa: E402
 
-from itemsage.eval.evaluate import EvalError, evaluate_model  # noqa: E402
+from itemsage.eval.evaluate import evaluate_model  # noqa: E402
+from itemsage.eval.model_features import EvalError  # noqa: E402
 
 SURFACES = ("search", "closeup", "home")
 # Every method each probe must report (the sample catalog has images, text, queries and users).
@@ -117,7 +118,7 @@ def test_item_to_item_and_image_probes_share_the_closeup_pairs(result) -> None:
     image either way, so its numbers agree, while the model uses two different towers."""
     res, _ = result
     assert res.table.rows[("image", "closeup/all")] == res.table.rows[("image", "item2item/all")]
-    from itemsage.eval.evaluate import surface_summary
+    from itemsage.eval.result import surface_summary
 
     summary = surface_summary(res)
     assert summary["search"]["frozen"] == summary["search"]["minilm"]

@@ -16,10 +16,10 @@ import pytest
 import torch
 from tests.support.scripts import load_script
 
-from itemsage.eval.evaluate import EvalResult
 from itemsage.eval.quality.markdown import BEGIN, END, replace_section
 from itemsage.eval.quality.runs import TRAIN_SECONDS_TAG, QualityReportError
 from itemsage.eval.recall import RecallTable
+from itemsage.eval.result import EvalResult
 from itemsage.eval.tracking import log_evaluation
 
 PAIRS = 100

@@ -102,6 +102,7 @@ def test_evaluated_variants_are_kept_so_a_later_call_only_assembles_the_table(
     """On a shared box the variants run a few per call; the last call with all of them must not
     train or evaluate the earlier ones again, and a changed configuration must."""
     import itemsage.eval.evaluate as evaluate
+    import itemsage.eval.result as result
     import itemsage.train.trainer as trainer
     from itemsage.studies.ablations import run_ablations
 
@@ -117,7 +118,7 @@ def test_evaluated_variants_are_kept_so_a_later_call_only_assembles_the_table(
 
     monkeypatch.setattr(trainer, "run_training", fake_training)
     monkeypatch.setattr(evaluate, "evaluate_model", lambda uri, **kw: uri)
-    monkeypatch.setattr(evaluate, "surface_summary", fake_summary)
+    monkeypatch.setattr(result, "surface_summary", fake_summary)
     out = tmp_path / "abl"
     quiet = {"tracking": False, "progress": lambda _: None}
 

@@ -41,6 +41,7 @@ def test_a_finished_seed_run_again_reports_its_training_time(tmp_path: Path, mon
     """Evaluating a trained seed on another split resumes a finished run in seconds: the report
     must still show what the training took."""
     import itemsage.eval.evaluate as evaluate
+    import itemsage.eval.result as result
     import itemsage.studies.seeds as seeds
     import itemsage.train.trainer as trainer
 
@@ -53,7 +54,7 @@ def test_a_finished_seed_run_again_reports_its_training_time(tmp_path: Path, mon
 
     monkeypatch.setattr(trainer, "run_training", fake_training)
     monkeypatch.setattr(evaluate, "evaluate_model", lambda *a, **k: None)
-    monkeypatch.setattr(evaluate, "surface_summary", lambda ev: {})
+    monkeypatch.setattr(result, "surface_summary", lambda ev: {})
     monkeypatch.setattr(seeds.time, "perf_counter", lambda: next(clock))
     overrides = [f"train.storage_path={tmp_path}"]
     runs = [run_seeds(DEMO, overrides, [0], tracking=False, progress=lambda _: None)[0] for _ in range(3)]

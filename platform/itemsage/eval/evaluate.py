@@ -33,38 +33,28 @@ Inputs, in order of preference:
 
 from __future__ import annotations
 
-import json
 import logging
-import posixpath
 import shutil
-import tempfile
 import time
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 
-from itemsage.config import TEXT_FIELDS
-from itemsage.data.features_io import resolve
-from itemsage.data.features_read import FeaturesError, QueryFeatures, read_manifest, read_pairs
+from itemsage.data.features_read import FeaturesError, QueryFeatures, read_pairs
 from itemsage.eval.attribute_eval import add_attribute_rows
-from itemsage.eval.attribute_probes import ATTRIBUTE_PROBES
 from itemsage.eval.baselines.corpus import TextCorpus
 from itemsage.eval.baselines.frozen import minilm_vectors
 from itemsage.eval.baselines.suite import BaselineSuite
+from itemsage.eval.model_features import features_for, trained_on
 from itemsage.eval.modes import add_mode_rows, candidate_lexical, list_depth, mode_lists, mode_query_texts
 from itemsage.eval.probes import PROBES, Probe, probe_pairs
 from itemsage.eval.recall import RecallTable, ranks_of_targets
-from itemsage.eval.report import recall_markdown, recall_rows
+from itemsage.eval.result import SEEN, UNSEEN, EvalResult, write_result
 from itemsage.eval.run_tags import run_identity
 from itemsage.eval.validation import ValSet, build_val_set, embed_items, embed_queries
-from itemsage.files import StagingDir, staging_dir
 from itemsage.index.compat import check_features_compatible
-from itemsage.index.featurize import model_preprocess_config, token_table
 from itemsage.index.lexical import LexicalIndex
 from itemsage.model import ItemFeatureStore
 from itemsage.model.catalog_queries import history_queries, photo_queries
@@ -73,186 +63,6 @@ from itemsage.trained.loaded import TrainedModel, load_trained, pick_device
 log = logging.getLogger(__name__)
 
 DEFAULT_KS: tuple[int, ...] = (10, 50)
-
-
-class EvalError(ValueError):
-    """The evaluation cannot run as asked (conflicting or missing inputs)."""
-
-
-@dataclass
-class EvalResult:
-    """Recall per (method, task) plus what was evaluated; ``to_dict`` is the JSON written."""
-
-    table: RecallTable
-    model_uri: str
-    model_version: str
-    features: str
-    catalog: str | None
-    engagement_source: str
-    split: str
-    num_items: int
-    num_pairs: int
-    num_unseen_pairs: int | None
-    seconds: float
-    # How the features held pairs out ("item": every held-out item is new, "time": later
-    # engagement), what the TF-IDF baseline's IDF was fit on, and which training run the model is.
-    holdout: str = "unknown"
-    baseline_fit: str = "catalog"
-    dataset: str = "unknown"
-    # preprocess.engagement.seed of the features: which item-disjoint split (the hash that assigns
-    # items to train / val / test) and, for synthetic engagement, which draw of the log. Beside
-    # train.seed, the second axis a figure is repeated over (itemsage.eval.quality).
-    split_seed: str = "0"
-    identity: dict[str, str] = field(default_factory=dict)
-    # Held-out items the attribute probes' queries came from (0: the catalog has no facets).
-    attribute_items: int = 0
-    created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
-
-    def recall(self, method: str, task: str, k: int = 10) -> float | None:
-        return self.table.get(method, task, k)
-
-    def markdown(self) -> str:
-        head = (
-            f"Model {self.model_uri} (version {self.model_version}) on {self.catalog or self.features}: "
-            f"{self.num_pairs:,} {self.split} pairs ({self.engagement_source}), each item ranked "
-            f"against all {self.num_items:,} items (exact search); {_HOLDOUT.get(self.holdout, self.holdout)}. "
-            f"TF-IDF IDF fit on {_FITS.get(self.baseline_fit, self.baseline_fit)}; BM25 IDF on the whole catalog."
-        )
-        if self.num_unseen_pairs is not None:
-            head += f" {self.num_unseen_pairs:,} of the pairs engage an item with no training engagement"
-            if 0 < self.num_unseen_pairs < self.num_pairs:
-                head += f" (rows <surface>/{UNSEEN}; the others are rows <surface>/{SEEN})"
-            head += "."
-        if self.attribute_items:
-            head += (
-                f" Rows attr_*: queries from {self.attribute_items:,} held-out items never trained on, relevant = "
-                "every item of the same kind, colour and gender (attr_home: the user's history as the query, "
-                "the facets of the held-out item they engaged with); capped Recall@k = |top k ∩ relevant| / "
-                "min(k, |relevant|), i.e. precision@k when k or more are relevant."
-            )
-        return f"{head}\n\n{recall_markdown(self.table)}"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "model_uri": self.model_uri,
-            "model_version": self.model_version,
-            "features": self.features,
-            "catalog": self.catalog,
-            "engagement_source": self.engagement_source,
-            "split": self.split,
-            "num_items": self.num_items,
-            "num_pairs": self.num_pairs,
-            "num_unseen_pairs": self.num_unseen_pairs,
-            "ks": list(self.table.ks),
-            "seconds": self.seconds,
-            "holdout": self.holdout,
-            "baseline_fit": self.baseline_fit,
-            "dataset": self.dataset,
-            "split_seed": self.split_seed,
-            "identity": self.identity,
-            "probes": {p.name: p.description for p in (*PROBES, *ATTRIBUTE_PROBES)},
-            "attribute_items": self.attribute_items,
-            "created_at": self.created_at,
-            "rows": recall_rows(self.table),
-        }
-
-
-_HOLDOUT = {
-    "item": "item-disjoint split, every held-out item unseen in training",
-    "time": "time split, held-out pairs of seen and unseen items",
-}
-_FITS = {"catalog": "every catalog item's text", "train": "the training items' text only"}
-
-
-# ------------------------------------------------------------------------ featurization
-
-
-def retokenize_features(features: str, tm: TrainedModel) -> None:
-    """Rewrite a features directory's token ids (and vocab.json) with the model's vocabulary.
-
-    Preprocessing builds a vocabulary from the catalog it reads; a model can only read ids of its
-    own vocabulary. Token ids are a pure function of the catalog text and the vocab, so they are
-    recomputed from ``catalog.parquet``; image features and MiniLM embeddings do not depend on
-    the vocab and stay as they are.
-    """
-    fs, root = resolve(features)
-    items = pq.read_table(posixpath.join(root, "items.parquet"), filesystem=fs)
-    catalog = pq.read_table(
-        posixpath.join(root, "catalog.parquet"), filesystem=fs, columns=list(TEXT_FIELDS)
-    ).to_pandas()
-    tokens = token_table(catalog, tm.vocab, None)
-    for name in TEXT_FIELDS:
-        col = f"tok_{name}"
-        items = items.set_column(items.schema.get_field_index(col), col, tokens.column(col))
-    pq.write_table(items, posixpath.join(root, "items.parquet"), filesystem=fs)
-    with fs.open_output_stream(posixpath.join(root, "vocab.json")) as f:
-        f.write((tm.model_dir / "vocab.json").read_bytes())
-    manifest = read_manifest(features)
-    manifest.update(vocab_sizes=tm.vocab.sizes, vocab_size=tm.vocab.size, vocab_from=tm.uri)
-    with fs.open_output_stream(posixpath.join(root, "manifest.json")) as f:
-        f.write((json.dumps(manifest, indent=2) + "\n").encode())
-
-
-def featurize_for_model(
-    catalog: str, tm: TrainedModel, output: str, layout: str = "auto", engagements: str | None = None
-) -> str:
-    """Preprocess ``catalog`` into the features directory ``output`` the way ``tm`` reads it.
-
-    Runs the real preprocessing (``itemsage.data.pipeline.run_preprocess``, Ray Data) with the
-    model's preprocessing config, then :func:`retokenize_features`; ``output`` is replaced only
-    when both succeeded. Returns ``output``.
-    """
-    from itemsage.data.pipeline import run_preprocess
-
-    stage: StagingDir
-    with staging_dir(output) as stage:
-        run_preprocess(model_preprocess_config(tm, catalog, layout, engagements=engagements or "", output=stage.uri))
-        retokenize_features(stage.uri, tm)
-    return output
-
-
-# --------------------------------------------------------------------------------- evaluate
-
-SEEN, UNSEEN = "seen", "unseen"
-
-
-def trained_on(features: str, tm: TrainedModel) -> bool:
-    """Is ``features`` the directory ``tm`` was trained on? Only then are its train pairs the
-    model's, so that a held-out item can be called seen or unseen. The two are reported apart
-    because a model learns the popularity of the items it was trained on and a new item cannot
-    have it."""
-    mine = str(tm.manifest.get("features") or "")
-    if not mine:
-        return False
-    if "://" in features or "://" in mine:
-        return features.rstrip("/") == mine.rstrip("/")
-    return Path(features).resolve() == Path(mine).resolve()
-
-
-def _features_for(
-    tm: TrainedModel,
-    catalog: str | None,
-    features: str | None,
-    layout: str,
-    engagements: str | None,
-    features_out: str | None,
-    scratch: list[str],
-) -> str:
-    if catalog and features:
-        raise EvalError("give either a catalog or a features directory, not both")
-    if features:
-        if engagements:
-            raise EvalError("engagements are read when featurizing a catalog; a features directory has its pairs")
-        return features
-    if catalog:
-        if not features_out:
-            features_out = str(Path(tempfile.mkdtemp(prefix="itemsage-eval-")) / "features")
-            scratch.append(str(Path(features_out).parent))
-        return featurize_for_model(catalog, tm, features_out, layout, engagements)
-    trained_on = tm.manifest.get("features")
-    if not trained_on:
-        raise EvalError(f"model {tm.uri} names no features directory; pass a catalog or features")
-    return str(trained_on)
 
 
 def evaluate_model(
@@ -287,7 +97,7 @@ def evaluate_model(
     encoder = tm.finetuned_text_encoder
     scratch: list[str] = []
     try:
-        feats = _features_for(tm, catalog, features, layout, engagements, features_out, scratch)
+        feats = features_for(tm, catalog, features, layout, engagements, features_out, scratch)
         fmanifest = check_features_compatible(feats, tm)
         store = ItemFeatureStore.load(feats, max_images=tm.max_images, text_fields=tm.text_fields)
         qf = QueryFeatures.load(
@@ -407,42 +217,4 @@ def write_search_queries(tm: TrainedModel, qf: QueryFeatures, val: Any, device: 
     np.savez(p, texts=np.asarray(qf.texts(keys), dtype=str), embeddings=emb.numpy().astype(np.float32))
 
 
-def write_result(result: EvalResult, path: str) -> None:
-    """The result as JSON at ``path`` (parent directories created)."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
-
-
-# The frozen features each surface's tower starts from (training validates against the same):
-# surface_summary reports them as "frozen" too.
-FROZEN_OF_SURFACE = {"search": "minilm", "closeup": "image", "home": "user_feat"}
-
-
-def surface_summary(result: EvalResult, k: int = 10) -> dict[str, dict[str, float | None]]:
-    """``{probe: {method: Recall@k of "probe/all"}}``: the headline numbers. Each surface's own
-    frozen baseline is also given as "frozen"."""
-    out: dict[str, dict[str, float | None]] = {}
-    for method, task in result.table.rows:
-        if task.endswith("/all"):
-            out.setdefault(task.split("/")[0], {})[method] = result.table.get(method, task, k)
-    for surface, methods in out.items():
-        if surface in FROZEN_OF_SURFACE and FROZEN_OF_SURFACE[surface] in methods:
-            methods["frozen"] = methods[FROZEN_OF_SURFACE[surface]]
-    return out
-
-
-__all__ = [
-    "DEFAULT_KS",
-    "EvalError",
-    "EvalResult",
-    "evaluate_model",
-    "featurize_for_model",
-    "held_out_items",
-    "probe_queries",
-    "retokenize_features",
-    "surface_summary",
-    "trained_on",
-    "write_result",
-    "write_search_queries",
-]
+__all__ = ["DEFAULT_KS", "evaluate_model", "held_out_items", "probe_queries", "write_search_queries"]

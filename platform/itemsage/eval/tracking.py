@@ -13,7 +13,7 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
-from itemsage.eval.evaluate import EvalResult
+from itemsage.eval.result import EvalResult
 from itemsage.trained.registry import resolve_tracking_uri
 
 DEFAULT_EXPERIMENT = "itemsage-eval"

@@ -240,7 +240,8 @@ def run_ablations(
     again: on a shared machine the variants can run a few per call and a last call with all of
     them assembles the table (delete ``variants/`` to evaluate again, e.g. after re-preprocessing
     into the same features directory)."""
-    from itemsage.eval.evaluate import evaluate_model, surface_summary
+    from itemsage.eval.evaluate import evaluate_model
+    from itemsage.eval.result import surface_summary
     from itemsage.train.trainer import run_training
 
     out = Path(out_dir)

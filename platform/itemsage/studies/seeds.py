@@ -55,7 +55,8 @@ def run_seeds(
     progress: Callable[[str], None] = print,
 ) -> list[SeedRun]:
     """Train and evaluate ``base`` once per seed (re-running resumes finished seeds)."""
-    from itemsage.eval.evaluate import evaluate_model, surface_summary
+    from itemsage.eval.evaluate import evaluate_model
+    from itemsage.eval.result import surface_summary
     from itemsage.eval.tracking import log_evaluation
     from itemsage.train.loop import read_side_file, write_side_file
     from itemsage.train.trainer import run_dir_of, run_training
