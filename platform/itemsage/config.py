@@ -40,6 +40,9 @@ TEXT_FIELDS: tuple[str, ...] = (
 )
 
 SURFACES: tuple[str, ...] = ("search", "closeup", "home")
+
+# Width of the frozen MiniLM sentence features (titles, search queries).
+TEXT_QUERY_DIM = 384
 ACTIONS: tuple[str, ...] = ("click", "save", "add_to_cart", "checkout")
 
 
@@ -262,6 +265,14 @@ class ModelConfig(Section):
     # At most this many catalog items (a seeded random sample beyond) in the stored bank:
     # embedding_dim * 4 bytes each in the model file.
     hubness_bank_size: int = 100_000
+    # Blend the frozen encoder's similarity into served scores (cold start; docs/quality.md, "Blending
+    # in the frozen title similarity"): in evaluation and serving, score = q . x + title_blend *
+    # cos(t_q, t_x), t the frozen MiniLM vectors (an item's title_emb; a search query's own MiniLM
+    # feature; a user's mean history title; a photo's nearest catalog items' mean title). Training
+    # bends the embedding towards the items it saw; the frozen part cannot be bent. It rides on
+    # 384 more coordinates (sqrt(title_blend) * t), so any inner-product index applies it exactly.
+    # Inference only: a trained model can switch. 0 = the trained score alone.
+    title_blend: float = 0.0
     # Queries built from catalog items' own embeddings (itemsage.model.catalog_queries; evaluation,
     # Serve and the Python API; training and its validation keep the towers). Inference only: a
     # trained model can switch. docs/quality.md, "Queries from catalog items".
@@ -276,6 +287,12 @@ class ModelConfig(Section):
     # neighbours' embeddings carry the kind, colour and gender their text states, which a photo
     # alone shows poorly. 0 = the tower alone. Fashion val attr_closeup 0.327 vs the tower's 0.249.
     closeup_neighbors: int = Field(default=10, ge=0)
+
+    def served_dim(self) -> int:
+        """Width of the embeddings outside training (an index's dimension): ``embedding_dim``,
+        + 384 with the frozen title part (``title_blend`` > 0), + 1 with the hubness coordinate."""
+        title = TEXT_QUERY_DIM if self.title_blend > 0 else 0
+        return int(self.embedding_dim) + title + (1 if self.hubness_weight > 0 else 0)
 
 
 class LossConfig(Section):

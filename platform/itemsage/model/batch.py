@@ -20,10 +20,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
-from itemsage.config import TEXT_FIELDS
+from itemsage.config import TEXT_FIELDS, TEXT_QUERY_DIM
 from itemsage.data.features_io import resolve
-
-TEXT_QUERY_DIM = 384
 
 
 @dataclass

@@ -40,8 +40,12 @@ def history_queries(model: ItemSageModel, store: ItemFeatureStore, histories: Se
     owner = torch.repeat_interleave(torch.arange(len(histories)), lengths)
     emb = model.embed_store_rows(store, flat)
     mean = torch.zeros(len(histories), emb.shape[1]).index_add_(0, owner, emb)
-    # Debiased and given the hubness coordinate like any item used as a query (/similar).
-    return model.embed_item_queries(F.normalize(mean, dim=-1).to(dev)).float().cpu()
+    # The frozen title part (model.title_blend) of the mean item is the mean of the history's titles.
+    titles = torch.zeros(len(histories), store.title_emb.shape[1]).index_add_(
+        0, owner, F.normalize(store.title_emb[flat], dim=-1)
+    )
+    # Debiased and given the served parts like any item used as a query (/similar).
+    return model.embed_item_queries(F.normalize(mean, dim=-1).to(dev), titles.to(dev)).float().cpu()
 
 
 def photo_neighbours(
@@ -88,7 +92,11 @@ def photo_queries(
         nearest = photo_neighbours(store, feats, k, own)
         neighbours = model.embed_store_rows(store, nearest.flatten()).view(len(feats), k, -1).mean(1)
         expansion = F.normalize(neighbours, dim=-1)
-        parts.append(model.embed_queries("closeup", feats.to(dev), expansion=expansion).float().cpu())
+        # A photo has no title: its frozen title part (model.title_blend) is its neighbours' mean title.
+        titles = F.normalize(store.title_emb[nearest.flatten()], dim=-1).view(len(feats), k, -1).mean(1)
+        parts.append(
+            model.embed_queries("closeup", feats.to(dev), expansion=expansion, title_emb=titles.to(dev)).float().cpu()
+        )
     return torch.cat(parts)
 
 

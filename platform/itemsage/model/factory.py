@@ -16,7 +16,7 @@ from torch import nn
 from itemsage.config import SURFACES, TEXT_FIELDS, LossConfig, ModelConfig
 from itemsage.data.features_read import ITEM_QUERY
 from itemsage.model.baselines import build_item_tower
-from itemsage.model.batch import ItemBatch, ItemFeatureStore
+from itemsage.model.batch import TEXT_QUERY_DIM, ItemBatch, ItemFeatureStore
 from itemsage.model.cms import CountMinSketch, allgather_ids
 from itemsage.model.hash_embedding import HashEmbeddingBag
 from itemsage.model.hubness import neighbour_similarity
@@ -55,6 +55,12 @@ class ItemSageModel(nn.Module):
     ``hubness_weight`` > 0, outside training every embedding gets one more coordinate: items
     ``-hubness_weight * h(x)`` (:func:`~itemsage.model.hubness.neighbour_similarity` against the
     bank, 0 while it is empty), queries 1, so an inner product scores ``q . x - w h(x)``.
+
+    With ``model.title_blend`` = b > 0, outside training every embedding also carries ``sqrt(b)``
+    times a unit frozen MiniLM vector (items: their ``title_emb``; queries: the same space's vector
+    of the query, :meth:`embed_queries`), between the model's part and the hubness coordinate, so an
+    inner product scores ``q . x + b cos(t_q, t_x) - w h(x)``: the trained similarity plus the frozen
+    encoder's, which training cannot have bent towards the items it saw (cold start).
     """
 
     query_mean: torch.Tensor
@@ -89,6 +95,7 @@ class ItemSageModel(nn.Module):
         self.hubness_weight = float(model_cfg.hubness_weight)
         self.hubness_neighbors = int(model_cfg.hubness_neighbors)
         self.register_buffer("hubness_bank", torch.zeros(0, model_cfg.embedding_dim))
+        self.title_blend = float(model_cfg.title_blend)
 
     def _load_from_state_dict(self, state_dict: dict[str, torch.Tensor], prefix: str, *args: object) -> None:
         bank = state_dict.get(prefix + "hubness_bank")
@@ -126,11 +133,17 @@ class ItemSageModel(nn.Module):
             return query
         return F.normalize(query - self.popularity_debias * self.mean_query(surface).to(query.dtype), dim=-1)
 
-    def embed_item_queries(self, item_emb: torch.Tensor) -> torch.Tensor:
+    def embed_item_queries(self, item_emb: torch.Tensor, title_emb: torch.Tensor | None = None) -> torch.Tensor:
         """Item embeddings used as queries ("more like this"), popularity-debiased like a surface's.
         Takes the item side as :meth:`embed_items` returns it (its hubness coordinate, if any, is
-        dropped) and returns the query side."""
-        return self._as_query(self.debias("item", self._item_vector(item_emb)))
+        dropped; its title part, if any, kept) and returns the query side. ``title_emb``: ``[B,
+        384]`` frozen title vectors for items given as their ``embedding_dim`` part alone (the mean
+        of a history's, :func:`~itemsage.model.catalog_queries.history_queries`)."""
+        d = int(self.model_cfg.embedding_dim)
+        query = self.debias("item", item_emb[:, :d])
+        if self.title_on and title_emb is None and item_emb.shape[1] >= d + TEXT_QUERY_DIM:
+            return self._as_query(query, title_part=item_emb[:, d : d + TEXT_QUERY_DIM])
+        return self._as_query(query, title_emb)
 
     @property
     def hubness_on(self) -> bool:
@@ -138,18 +151,40 @@ class ItemSageModel(nn.Module):
         return self.hubness_weight > 0 and not self.training
 
     @property
+    def title_on(self) -> bool:
+        """Whether embeddings carry the frozen title part (``model.title_blend`` > 0, not training)."""
+        return self.title_blend > 0 and not self.training
+
+    @property
     def output_dim(self) -> int:
-        """Width of the embeddings outside training: ``embedding_dim``, + 1 with the hubness coordinate."""
-        return int(self.model_cfg.embedding_dim) + (1 if self.hubness_weight > 0 else 0)
+        """Width of the embeddings outside training: ``embedding_dim``, + 384 with the title part,
+        + 1 with the hubness coordinate."""
+        return self.model_cfg.served_dim()
 
     def _item_vector(self, emb: torch.Tensor) -> torch.Tensor:
-        """The ``embedding_dim`` unit part of an item embedding (without its hubness coordinate)."""
-        return emb[:, : self.model_cfg.embedding_dim] if emb.shape[1] > self.model_cfg.embedding_dim else emb
+        """The ``embedding_dim`` unit part of an item embedding (without the parts served after it)."""
+        return emb[:, : self.model_cfg.embedding_dim]
 
-    def _as_query(self, query: torch.Tensor) -> torch.Tensor:
-        if not self.hubness_on:
-            return query
-        return torch.cat([query, query.new_ones(query.shape[0], 1)], dim=1)
+    def _title_part(self, title_emb: torch.Tensor | None, rows: int, like: torch.Tensor) -> torch.Tensor:
+        """``sqrt(title_blend)`` times the unit ``title_emb`` (zero rows stay zero; ``None``: zeros)."""
+        if title_emb is None:
+            return like.new_zeros(rows, TEXT_QUERY_DIM)
+        if title_emb.shape != (rows, TEXT_QUERY_DIM):
+            raise ValueError(f"title vectors must be [{rows}, {TEXT_QUERY_DIM}], got {tuple(title_emb.shape)}")
+        unit = F.normalize(title_emb.to(like.device, torch.float32), dim=-1)
+        return (unit * self.title_blend**0.5).to(like.dtype)
+
+    def _as_query(
+        self, query: torch.Tensor, title_emb: torch.Tensor | None = None, title_part: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The query side of the served layout: ``query``, then (``title_on``) its title part, given
+        as raw vectors (``title_emb``) or already scaled (``title_part``), then (``hubness_on``) 1."""
+        parts = [query]
+        if self.title_on:
+            parts.append(title_part if title_part is not None else self._title_part(title_emb, len(query), query))
+        if self.hubness_on:
+            parts.append(query.new_ones(query.shape[0], 1))
+        return torch.cat(parts, dim=1) if len(parts) > 1 else query
 
     @torch.no_grad()
     def set_hubness_bank(self, item_emb: torch.Tensor) -> None:
@@ -192,10 +227,17 @@ class ItemSageModel(nn.Module):
         """``[B, embedding_dim]`` unit item embeddings (batch embedding and serving use this); with
         the hubness coordinate appended outside training (``[B, output_dim]``)."""
         x = self.item_tower(batch)
-        if not self.hubness_on:
-            return x
-        h = neighbour_similarity(x, self.hubness_bank, self.hubness_neighbors)
-        return torch.cat([x, (-self.hubness_weight * h).to(x.dtype)[:, None]], dim=1)
+        parts = [x]
+        if self.title_on:
+            if batch.title_emb is None:
+                raise ValueError(
+                    "this model serves a frozen title part (model.title_blend) but the item batch has no title_emb"
+                )
+            parts.append(self._title_part(batch.title_emb, len(x), x))
+        if self.hubness_on:
+            h = neighbour_similarity(x, self.hubness_bank, self.hubness_neighbors)
+            parts.append((-self.hubness_weight * h).to(x.dtype)[:, None])
+        return torch.cat(parts, dim=1) if len(parts) > 1 else x
 
     def embed_queries(
         self,
@@ -203,8 +245,10 @@ class ItemSageModel(nn.Module):
         feats: torch.Tensor,
         token_ids: torch.Tensor | None = None,
         expansion: torch.Tensor | None = None,
+        title_emb: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """``[B, embedding_dim]`` unit query embeddings for one surface's frozen features.
+        """``[B, output_dim]`` query embeddings for one surface's frozen features (the first
+        ``embedding_dim`` values a unit vector).
 
         ``expansion``: ``[B, embedding_dim]`` unit vectors added to the tower's output before it is
         normalised again (a photo query's catalog neighbours, ``itemsage.model.catalog_queries``).
@@ -213,6 +257,10 @@ class ItemSageModel(nn.Module):
         (``itemsage.data.query_tokens``); required for search with ``model.text_residual``, where
         they go through the item tower's pooled text path. Outside training, with
         ``popularity_debias`` > 0, the surface's mean training query is taken out (cold start).
+
+        ``title_emb``: ``[B, 384]`` the query's vector in the frozen title space (``model.title_blend``);
+        by default a search query's MiniLM feature itself and a home user's text half (the mean
+        title of the history), nothing for a photo alone.
         """
         out = self.query_towers(surface, feats)
         if expansion is not None:
@@ -228,7 +276,11 @@ class ItemSageModel(nn.Module):
             assert isinstance(embedding, HashEmbeddingBag)  # both towers own one; narrows for mypy
             text = residual.embed_tokens(embedding, token_ids.to(out.device))
             out = F.normalize(out + text.to(out.dtype) * float(self.model_cfg.use_text), dim=-1)
-        return self._as_query(self.debias(surface, out))
+        if title_emb is None and surface == "search":
+            title_emb = feats
+        elif title_emb is None and surface == "home":
+            title_emb = feats[:, -TEXT_QUERY_DIM:]
+        return self._as_query(self.debias(surface, out), title_emb if self.title_on else None)
 
     def embed_query_batch(
         self, queries: QueryGroups, batch_size: int, search_token_ids: torch.Tensor | None = None
@@ -247,7 +299,7 @@ class ItemSageModel(nn.Module):
         for surface, (rows, feats) in queries.items():
             if surface == ITEM_QUERY:
                 assert isinstance(feats, ItemBatch), type(feats)
-                emb = self._as_query(self.embed_item_vectors(feats))
+                emb = self._as_query(self.embed_item_vectors(feats), feats.title_emb if self.title_on else None)
             else:
                 assert isinstance(feats, torch.Tensor), type(feats)
                 emb = self.embed_queries(surface, feats, search_token_ids if surface == "search" else None)
@@ -289,6 +341,27 @@ class ItemSageModel(nn.Module):
         return self.loss(query, pos, item_ids, item_logq, rand, rand_ids, rand_log_weight)
 
 
+def build_checks(cfg: ModelConfig) -> None:
+    """Raise ``ValueError`` for model settings no model can be built (or scored) with."""
+    if not 0.0 <= cfg.token_dropout < 1.0:
+        raise ValueError(f"model.token_dropout must be in [0, 1), got {cfg.token_dropout}")
+    if cfg.popularity_debias < 0:
+        raise ValueError(f"model.popularity_debias must be >= 0, got {cfg.popularity_debias}")
+    if cfg.hubness_weight < 0:
+        raise ValueError(f"model.hubness_weight must be >= 0, got {cfg.hubness_weight}")
+    if cfg.hubness_neighbors < 1:
+        raise ValueError(f"model.hubness_neighbors must be >= 1, got {cfg.hubness_neighbors}")
+    if cfg.hubness_bank_size < 1:
+        raise ValueError(f"model.hubness_bank_size must be >= 1, got {cfg.hubness_bank_size}")
+    if cfg.title_blend < 0:
+        raise ValueError(f"model.title_blend must be >= 0, got {cfg.title_blend}")
+    if cfg.title_blend > 0 and cfg.finetune_text_layers > 0:
+        raise ValueError(
+            "model.title_blend compares a search query's frozen MiniLM feature with the frozen title "
+            "embeddings; with model.finetune_text_layers > 0 the query feature leaves that space"
+        )
+
+
 def build_model(
     cfg: ModelConfig,
     loss_cfg: LossConfig,
@@ -304,16 +377,7 @@ def build_model(
     required to start a new model with ``cfg.text_init = "idf"``, not needed to rebuild one whose
     weights are loaded next.
     """
-    if not 0.0 <= cfg.token_dropout < 1.0:
-        raise ValueError(f"model.token_dropout must be in [0, 1), got {cfg.token_dropout}")
-    if cfg.popularity_debias < 0:
-        raise ValueError(f"model.popularity_debias must be >= 0, got {cfg.popularity_debias}")
-    if cfg.hubness_weight < 0:
-        raise ValueError(f"model.hubness_weight must be >= 0, got {cfg.hubness_weight}")
-    if cfg.hubness_neighbors < 1:
-        raise ValueError(f"model.hubness_neighbors must be >= 1, got {cfg.hubness_neighbors}")
-    if cfg.hubness_bank_size < 1:
-        raise ValueError(f"model.hubness_bank_size must be >= 1, got {cfg.hubness_bank_size}")
+    build_checks(cfg)
     item_tower = build_item_tower(cfg, vocab_size, image_dim, num_text_fields)
     if token_idf is not None:
         if cfg.text_init != "idf":

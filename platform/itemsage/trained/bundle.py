@@ -76,9 +76,10 @@ def model_manifest(
         "text_backbone": TEXT_BACKBONE,
         "image_dim": int(features_manifest["image_dim"]),
         "text_query_dim": int(features_manifest.get("text_query_dim", 384)),
-        # The width of what the towers return outside training: + 1 with the hubness coordinate
-        # (model.hubness_weight), which indexes and query vectors then carry too.
-        "embedding_dim": m.embedding_dim + (1 if m.hubness_weight > 0 else 0),
+        # The width of what the towers return outside training: + 384 with the frozen title part
+        # (model.title_blend), + 1 with the hubness coordinate (model.hubness_weight), which
+        # indexes and query vectors then carry too.
+        "embedding_dim": m.served_dim(),
         "vocab_size": vocab.size,
         "vocab_sizes": vocab.sizes,
         "hash_buckets": m.hash_buckets,
