@@ -23,8 +23,8 @@ try:
 except ImportError:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))
 
-from itemsage.trained.hubness_bank import hubness_variant  # noqa: E402
 from itemsage.trained.registry import REGISTERED_MODEL, register_bundle, resolve_model_dir  # noqa: E402
+from itemsage.trained.variant import hubness_variant  # noqa: E402
 
 
 def main() -> None:

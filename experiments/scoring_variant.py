@@ -5,7 +5,7 @@
         [--features artifacts/full/amazon] [--register --tracking-uri sqlite:///mlflow.db]
 
 Settings a trained model can switch because only scoring reads them (evaluation, the Python API,
-Serve; ``itemsage.trained.hubness_bank.SCORING_FIELDS``): ``popularity_debias``,
+Serve; ``itemsage.trained.variant.SCORING_FIELDS``): ``popularity_debias``,
 ``hubness_weight``, ``hubness_neighbors``, ``title_blend``, ``closeup_neighbors``, ``home_query``.
 They are recorded in the copy's config, so its evaluations group under that configuration. With
 a hubness weight whose settings change, the catalog bank is embedded again (from ``--features``,
@@ -26,8 +26,8 @@ try:
 except ImportError:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))
 
-from itemsage.trained.hubness_bank import SCORING_FIELDS, scoring_variant  # noqa: E402
 from itemsage.trained.registry import REGISTERED_MODEL, register_bundle, resolve_model_dir  # noqa: E402
+from itemsage.trained.variant import SCORING_FIELDS, scoring_variant  # noqa: E402
 
 
 def parse_setting(text: str) -> tuple[str, object]:

@@ -16,7 +16,8 @@ from itemsage.model.hubness import neighbour_similarity
 from itemsage.serve.core import ServingSpec, load_state
 from itemsage.serve.encoders import LocalEncoders
 from itemsage.trained import load_trained
-from itemsage.trained.hubness_bank import attach_hubness_bank, hubness_variant
+from itemsage.trained.hubness_bank import attach_hubness_bank
+from itemsage.trained.variant import hubness_variant
 
 WEIGHT, NEIGHBOURS = 0.5, 2
 

@@ -16,7 +16,7 @@ from itemsage.model import ItemFeatureStore
 from itemsage.serve.core import ServingSpec, load_state
 from itemsage.serve.encoders import LocalEncoders
 from itemsage.trained import load_trained
-from itemsage.trained.hubness_bank import scoring_variant
+from itemsage.trained.variant import scoring_variant
 
 BLEND = 0.5
 

@@ -4,24 +4,18 @@ The correction (:mod:`itemsage.model.hubness`) needs every item's nearest catalo
 the catalog's embeddings travel with the weights (buffer ``hubness_bank`` in ``model.safetensors``):
 evaluation, the Python API and Serve then score with the very same bank, and an item added later
 is corrected against it without re-embedding the catalog. Training attaches the bank to the
-bundle it registers (:func:`itemsage.train.trainer.run_training`); :func:`hubness_variant` makes
-a corrected copy of an already trained bundle (``experiments/hubness_bank.py``), and
-:func:`scoring_variant` a copy with any scoring-only setting changed (``experiments/scoring_variant.py``).
+bundle it registers (:func:`itemsage.train.trainer.run_training`); :func:`~itemsage.trained.variant.hubness_variant` makes
+a corrected copy of an already trained bundle.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from itemsage.config import dump_config
 from itemsage.model import ItemFeatureStore
-from itemsage.model.factory import build_checks
 from itemsage.model.hubness import bank_rows
-from itemsage.trained.bundle import load_bundle_config
 from itemsage.trained.registry import MANIFEST_FILE, WEIGHTS_FILE
 
 BANK_BATCH = 1024  # items per item-tower batch while embedding the bank
@@ -58,58 +52,3 @@ def attach_hubness_bank(bundle_dir: str | Path, features: str | None = None, see
     manifest["hubness_bank"] = record
     (d / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
     return record
-
-
-def hubness_variant(
-    src: str | Path, out_dir: str | Path, weight: float, neighbors: int, features: str | None = None
-) -> dict[str, Any]:
-    """Copy the bundle ``src`` to ``out_dir`` with ``model.hubness_weight`` / ``hubness_neighbors``
-    set in its config (recorded with the model) and the catalog bank attached."""
-    scoring_variant(src, out_dir, {"hubness_weight": float(weight), "hubness_neighbors": int(neighbors)}, features)
-    return dict(json.loads((Path(out_dir) / MANIFEST_FILE).read_text())["hubness_bank"])
-
-
-# Model settings read only when scoring (evaluation, the Python API, Serve), never by training:
-# a trained model can switch them without retraining.
-SCORING_FIELDS: tuple[str, ...] = (
-    "popularity_debias",
-    "hubness_weight",
-    "hubness_neighbors",
-    "title_blend",
-    "closeup_neighbors",
-    "home_query",
-)
-
-
-def scoring_variant(
-    src: str | Path, out_dir: str | Path, changes: Mapping[str, Any], features: str | None = None
-) -> dict[str, Any]:
-    """Copy the bundle ``src`` to ``out_dir`` with the scoring-only model settings ``changes``
-    (:data:`SCORING_FIELDS`, e.g. ``{"title_blend": 0.5}``) recorded in its config; with a hubness
-    weight the catalog bank is embedded again when the hubness settings change (from ``features``,
-    default the model's training features). Returns the new model config's changed fields."""
-    unknown = sorted(set(changes) - set(SCORING_FIELDS))
-    if unknown:
-        raise ValueError(
-            f"model.{unknown[0]} is not a scoring-only setting (retrain to change it); "
-            f"a variant can set {', '.join(SCORING_FIELDS)}"
-        )
-    s, d = Path(src), Path(out_dir)
-    if d.exists():
-        raise FileExistsError(f"{d} exists; choose a new directory for the variant bundle")
-    cfg = load_bundle_config(s)
-    before = cfg.train.model
-    model = before.replace(**dict(changes))
-    build_checks(model)
-    shutil.copytree(s, d)
-    dump_config(cfg.replace(train=cfg.train.replace(model=model)), d / "config.yaml")
-    hubness_changed = (model.hubness_weight, model.hubness_neighbors) != (
-        before.hubness_weight,
-        before.hubness_neighbors,
-    )
-    if model.hubness_weight > 0 and (features is not None or hubness_changed or before.hubness_weight <= 0):
-        attach_hubness_bank(d, features)
-    manifest = json.loads((d / MANIFEST_FILE).read_text())
-    manifest["embedding_dim"] = model.served_dim()
-    (d / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
-    return {k: getattr(model, k) for k in changes}
