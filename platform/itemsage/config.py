@@ -15,6 +15,7 @@ Configs are immutable: ``cfg.replace(lr=0.01)`` returns a checked copy (the coun
 from __future__ import annotations
 
 import difflib
+import re
 import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self, TypeVar
@@ -43,6 +44,16 @@ SURFACES: tuple[str, ...] = ("search", "closeup", "home")
 
 # Width of the frozen MiniLM sentence features (titles, search queries).
 TEXT_QUERY_DIM = 384
+
+# A seed run's name ends in its seed (train.name=<name>_seed<N>, experiments/seeds.py).
+_SEED_SUFFIX = re.compile(r"[_-]seed\d+$")
+
+
+def config_label(name: str) -> str:
+    """``shopee_seed2`` -> ``shopee``: the name of the configuration a seed run belongs to."""
+    return _SEED_SUFFIX.sub("", name) or name
+
+
 ACTIONS: tuple[str, ...] = ("click", "save", "add_to_cart", "checkout")
 
 

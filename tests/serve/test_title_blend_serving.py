@@ -16,7 +16,7 @@ from itemsage.model import ItemFeatureStore
 from itemsage.serve.core import ServingSpec, load_state
 from itemsage.serve.encoders import LocalEncoders
 from itemsage.trained import load_trained
-from itemsage.trained.variant import scoring_variant
+from itemsage.trained.variant import scoring_variant, variant_name
 
 BLEND = 0.5
 
@@ -36,6 +36,7 @@ def test_a_blended_variant_scores_the_trained_plus_the_frozen_title_similarity(
     plain_tm = load_trained(tiny_serving["model_1"])
     dim = plain_tm.embedding_dim
     assert tm.config.train.model.title_blend == BLEND and tm.embedding_dim == dim + TEXT_QUERY_DIM
+    assert tm.config.train.name == variant_name(plain_tm.config.train.name, {"title_blend": BLEND})
     store = ItemFeatureStore.load(str(features), max_images=int(tm.manifest["max_images"]))
     items, plain = tm.embed_items(store), plain_tm.embed_items(store)
     titles = F.normalize(store.title_emb, dim=-1).numpy()
@@ -73,3 +74,10 @@ def test_the_variant_script_refuses_settings_training_reads(
     script.main(["--model", str(tiny_serving["model_1"]), "--out", str(out), "--set", "model.title_blend=0.25"])
     assert "model.title_blend=0.25" in capsys.readouterr().out
     assert load_trained(out).config.train.model.title_blend == 0.25
+
+
+def test_a_variant_is_named_by_its_settings_before_its_seed() -> None:
+    assert variant_name("amazon_refit_seed3", {"title_blend": 0.5}) == "amazon_refit_title_blend0.5_seed3"
+    assert variant_name("shopee", {"hubness_weight": 0.8, "hubness_neighbors": 1}) == (
+        "shopee_hubness_weight0.8_hubness_neighbors1"
+    )

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from typing import Any
 
-from itemsage.config import to_dict
+from itemsage.config import config_label, to_dict
 from itemsage.trained.loaded import TrainedModel
+
+__all__ = ["config_hash", "config_label", "run_identity"]
 
 # Keys that name a run or where its files are, not what is trained: two seeds of one configuration
 # differ in these and still belong together.
@@ -23,12 +24,6 @@ _RUN_KEYS = {
     "train": ("seed", "name", "storage_path", "features", "mlflow_experiment", "register_model"),
     "preprocess": ("catalog", "output", "engagements"),
 }
-_SEED_SUFFIX = re.compile(r"[_-]seed\d+$")
-
-
-def config_label(name: str) -> str:
-    """``shopee_seed2`` -> ``shopee``: the name of the configuration a seed run belongs to."""
-    return _SEED_SUFFIX.sub("", name) or name
 
 
 def config_hash(config: dict[str, Any]) -> str:

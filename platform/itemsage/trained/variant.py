@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from itemsage.config import dump_config
+from itemsage.config import config_label, dump_config
 from itemsage.model.factory import build_checks
 from itemsage.trained.bundle import load_bundle_config
 from itemsage.trained.hubness_bank import attach_hubness_bank
@@ -42,6 +42,14 @@ SCORING_FIELDS: tuple[str, ...] = (
 )
 
 
+def variant_name(name: str, changes: Mapping[str, Any]) -> str:
+    """``amazon_refit_seed3`` + ``{"title_blend": 0.5}`` -> ``amazon_refit_title_blend0.5_seed3``:
+    the run name of a variant, its settings before a seed suffix (evaluations of a configuration's
+    seeds are grouped under the name without it, :func:`itemsage.config.config_label`)."""
+    label = config_label(name)
+    return label + "".join(f"_{k}{v}" for k, v in changes.items()) + name[len(label) :]
+
+
 def scoring_variant(
     src: str | Path, out_dir: str | Path, changes: Mapping[str, Any], features: str | None = None
 ) -> dict[str, Any]:
@@ -63,7 +71,9 @@ def scoring_variant(
     model = before.replace(**dict(changes))
     build_checks(model)
     shutil.copytree(s, d)
-    dump_config(cfg.replace(train=cfg.train.replace(model=model)), d / "config.yaml")
+    dump_config(
+        cfg.replace(train=cfg.train.replace(model=model, name=variant_name(cfg.train.name, changes))), d / "config.yaml"
+    )
     hubness_changed = (model.hubness_weight, model.hubness_neighbors) != (
         before.hubness_weight,
         before.hubness_neighbors,
