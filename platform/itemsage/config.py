@@ -276,8 +276,8 @@ class ModelConfig(Section):
     # At most this many catalog items (a seeded random sample beyond) in the stored bank:
     # embedding_dim * 4 bytes each in the model file.
     hubness_bank_size: int = 100_000
-    # Blend the frozen encoder's similarity into served scores (cold start; docs/quality.md, "Blending
-    # in the frozen title similarity"): in evaluation and serving, score = q . x + title_blend *
+    # Blend the frozen encoder's similarity into served scores (cold start; docs/quality.md, "Session
+    # 20: the frozen title similarity in served scores"): in evaluation and serving, score = q . x + title_blend *
     # cos(t_q, t_x), t the frozen MiniLM vectors (an item's title_emb; a search query's own MiniLM
     # feature; a user's mean history title; a photo's nearest catalog items' mean title). Training
     # bends the embedding towards the items it saw; the frozen part cannot be bent. It rides on

@@ -161,10 +161,6 @@ class ItemSageModel(nn.Module):
         + 1 with the hubness coordinate."""
         return self.model_cfg.served_dim()
 
-    def _item_vector(self, emb: torch.Tensor) -> torch.Tensor:
-        """The ``embedding_dim`` unit part of an item embedding (without the parts served after it)."""
-        return emb[:, : self.model_cfg.embedding_dim]
-
     def _title_part(self, title_emb: torch.Tensor | None, rows: int, like: torch.Tensor) -> torch.Tensor:
         """``sqrt(title_blend)`` times the unit ``title_emb`` (zero rows stay zero; ``None``: zeros)."""
         if title_emb is None:
@@ -225,7 +221,7 @@ class ItemSageModel(nn.Module):
 
     def embed_items(self, batch: ItemBatch) -> torch.Tensor:
         """``[B, embedding_dim]`` unit item embeddings (batch embedding and serving use this); with
-        the hubness coordinate appended outside training (``[B, output_dim]``)."""
+        the title part and the hubness coordinate appended outside training (``[B, output_dim]``)."""
         x = self.item_tower(batch)
         parts = [x]
         if self.title_on:
@@ -280,7 +276,7 @@ class ItemSageModel(nn.Module):
             title_emb = feats
         elif title_emb is None and surface == "home":
             title_emb = feats[:, -TEXT_QUERY_DIM:]
-        return self._as_query(self.debias(surface, out), title_emb if self.title_on else None)
+        return self._as_query(self.debias(surface, out), title_emb)
 
     def embed_query_batch(
         self, queries: QueryGroups, batch_size: int, search_token_ids: torch.Tensor | None = None
@@ -299,7 +295,7 @@ class ItemSageModel(nn.Module):
         for surface, (rows, feats) in queries.items():
             if surface == ITEM_QUERY:
                 assert isinstance(feats, ItemBatch), type(feats)
-                emb = self._as_query(self.embed_item_vectors(feats), feats.title_emb if self.title_on else None)
+                emb = self._as_query(self.embed_item_vectors(feats), feats.title_emb)
             else:
                 assert isinstance(feats, torch.Tensor), type(feats)
                 emb = self.embed_queries(surface, feats, search_token_ids if surface == "search" else None)

@@ -74,11 +74,10 @@ def scoring_variant(
     dump_config(
         cfg.replace(train=cfg.train.replace(model=model, name=variant_name(cfg.train.name, changes))), d / "config.yaml"
     )
-    hubness_changed = (model.hubness_weight, model.hubness_neighbors) != (
-        before.hubness_weight,
-        before.hubness_neighbors,
-    )
-    if model.hubness_weight > 0 and (features is not None or hubness_changed or before.hubness_weight <= 0):
+    hubness = (model.hubness_weight, model.hubness_neighbors)
+    if model.hubness_weight > 0 and (
+        features is not None or hubness != (before.hubness_weight, before.hubness_neighbors)
+    ):
         attach_hubness_bank(d, features)
     manifest = json.loads((d / MANIFEST_FILE).read_text())
     manifest["embedding_dim"] = model.served_dim()
