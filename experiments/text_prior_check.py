@@ -41,6 +41,7 @@ from itemsage.data.features_read import QueryFeatures, read_manifest, read_pairs
 from itemsage.eval.baselines.corpus import TextCorpus  # noqa: E402
 from itemsage.eval.baselines.lexical import Bm25Ranker, TfidfRanker  # noqa: E402
 from itemsage.eval.recall import ranks_of_targets  # noqa: E402
+from itemsage.eval.same_product import same_product_pairs  # noqa: E402
 from itemsage.eval.validation import ValSet, build_val_set, embed_items, embed_queries  # noqa: E402
 from itemsage.model import ItemFeatureStore, build_model  # noqa: E402
 from itemsage.model.text_prior import document_frequency, training_idf  # noqa: E402
@@ -55,23 +56,9 @@ def recall(ranks: torch.Tensor, k: int = K) -> float:
 
 
 def item2item_pairs(features: str, split: str) -> tuple[np.ndarray, np.ndarray] | None:
-    """(query item, target item) per held-out listing: the next listing of its group (the rule of
-    ``shopee_pairs``), both in ``split``; None for a catalog without groups."""
-    cat = pq.read_table(f"{features}/catalog.parquet", columns=["item_id"]).to_pandas()
-    try:
-        groups = pq.read_table(f"{features}/catalog.parquet", columns=["group"]).column("group").to_pylist()
-    except KeyError:
-        return None
-    cat["group"] = [str(g) for g in groups]
-    cat["item_idx"] = np.arange(len(cat))
-    held = set(np.unique(read_pairs(features, split)["item_idx"]).tolist())
-    df = cat[cat["item_idx"].isin(held)].sort_values(["group", "item_id"], kind="stable")
-    size = df.groupby("group")["item_idx"].transform("size").to_numpy()
-    pos = df.groupby("group").cumcount().to_numpy()
-    nxt = np.arange(len(df)) - pos + (pos + 1) % np.maximum(size, 1)
-    keep = size >= 2
-    idx = df["item_idx"].to_numpy()
-    return idx[keep], idx[nxt[keep]]
+    """(query item, target item) per held-out listing: the next listing of its group, both in
+    ``split`` (``itemsage.eval.same_product``, what ``evaluate.py`` measures); None without groups."""
+    return same_product_pairs(features, read_pairs(features, split)["item_idx"])
 
 
 def evaluate_baselines(

@@ -53,6 +53,7 @@ from itemsage.eval.probes import PROBES, Probe, probe_pairs
 from itemsage.eval.recall import RecallTable, ranks_of_targets
 from itemsage.eval.result import SEEN, UNSEEN, EvalResult, write_result
 from itemsage.eval.run_tags import run_identity
+from itemsage.eval.same_product import with_same_product_pairs
 from itemsage.eval.validation import ValSet, build_val_set, embed_items, embed_queries
 from itemsage.index.compat import check_features_compatible
 from itemsage.index.lexical import LexicalIndex
@@ -106,7 +107,8 @@ def evaluate_model(
             with_text=encoder is not None or queries_out is not None,
             with_tokens=tm.model.text_residual is not None,
         )
-        pairs = read_pairs(feats, split)
+        # A catalog of same-product groups without closeup pairs (Shopee) gets its item -> item pairs.
+        pairs = with_same_product_pairs(read_pairs(feats, split), feats)
         # "all": the engaged item competes with every item of the catalog, not only held-out ones.
         val = build_val_set(pairs, store.num_items, catalog="all")
         unseen: int | None = None  # unknown unless these are the model's own training features
