@@ -28,6 +28,8 @@ def test_a_corrected_bundle_scores_q_dot_x_minus_hubness_everywhere(
     features = tiny_serving["features"]
     with pytest.raises(ValueError, match="hubness_weight"):  # plain model: nothing would read a bank
         attach_hubness_bank(tiny_serving["model_1"])
+    with pytest.raises(ValueError, match="weight > 0"):
+        hubness_variant(tiny_serving["model_1"], tmp_path / "zero", 0.0, NEIGHBOURS)
     record = hubness_variant(tiny_serving["model_1"], tmp_path / "hub", WEIGHT, NEIGHBOURS)
     assert record["items"] == record["catalog_items"] == 60
     with pytest.raises(FileExistsError):

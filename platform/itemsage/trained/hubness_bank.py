@@ -4,8 +4,8 @@ The correction (:mod:`itemsage.model.hubness`) needs every item's nearest catalo
 the catalog's embeddings travel with the weights (buffer ``hubness_bank`` in ``model.safetensors``):
 evaluation, the Python API and Serve then score with the very same bank, and an item added later
 is corrected against it without re-embedding the catalog. Training attaches the bank to the
-bundle it registers (:func:`itemsage.train.trainer.run_training`); :func:`~itemsage.trained.variant.hubness_variant` makes
-a corrected copy of an already trained bundle.
+bundle it registers (:func:`itemsage.train.trainer.run_training`);
+:func:`~itemsage.trained.variant.hubness_variant` makes a corrected copy of an already trained bundle.
 """
 
 from __future__ import annotations

@@ -26,6 +26,8 @@ def hubness_variant(
 ) -> dict[str, Any]:
     """Copy the bundle ``src`` to ``out_dir`` with ``model.hubness_weight`` / ``hubness_neighbors``
     set in its config (recorded with the model) and the catalog bank attached."""
+    if weight <= 0:
+        raise ValueError(f"model.hubness_weight {weight}: a hubness-corrected copy needs a weight > 0")
     scoring_variant(src, out_dir, {"hubness_weight": float(weight), "hubness_neighbors": int(neighbors)}, features)
     return dict(json.loads((Path(out_dir) / MANIFEST_FILE).read_text())["hubness_bank"])
 
