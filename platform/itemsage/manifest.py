@@ -20,8 +20,10 @@ class ManifestFields:
 
     @property
     def uses_title_embedding(self) -> bool:
-        """Whether the item tower reads MiniLM title embeddings (``model.use_title_embedding``)."""
-        return bool(self.model.model_cfg.use_title_embedding)
+        """Whether item embeddings read MiniLM title embeddings: the item tower's input
+        (``model.use_title_embedding``) or the served title part (``model.title_blend``)."""
+        cfg = self.model.model_cfg
+        return bool(cfg.use_title_embedding or cfg.title_blend > 0)
 
     @property
     def image_backbone(self) -> str:

@@ -88,3 +88,17 @@ def test_an_item_without_a_title_adds_nothing() -> None:
 def test_bad_title_blend_settings_fail(changes: dict[str, float], match: str) -> None:
     with pytest.raises(ValueError, match=match):
         build_model(ModelConfig(**{**dict(CFG), **changes}), LossConfig(), vocab_size=V, image_dim=D)
+
+
+def test_a_blended_model_reads_title_embeddings_even_without_the_title_input() -> None:
+    from itemsage.manifest import ManifestFields
+
+    class Loaded(ManifestFields):
+        def __init__(self, **changes: object) -> None:
+            self.manifest, self.model = {}, _model(**changes)
+
+    # Serve, the index job and the Python API compute title embeddings for new items only when
+    # this says so: the served title part needs them as much as the tower's title input does.
+    assert not Loaded(use_title_embedding=False, title_skip=False).uses_title_embedding
+    assert Loaded(use_title_embedding=False, title_skip=False, title_blend=BLEND).uses_title_embedding
+    assert Loaded().uses_title_embedding

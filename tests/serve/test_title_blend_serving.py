@@ -61,6 +61,12 @@ def test_a_blended_variant_scores_the_trained_plus_the_frozen_title_similarity(
     assert surface == "item" and similar.shape == (dim + TEXT_QUERY_DIM,)
     np.testing.assert_allclose(similar[dim:], BLEND**0.5 * titles[ids.index(no_image)], atol=1e-5)
 
+    # A new item (/embed/item, a live add): its title part is its own title's MiniLM vector.
+    title = "red cotton summer dress"
+    new = enc.item_batch([bundle], [enc.prepare_item(bundle, {"title": title})])[0]
+    own = F.normalize(enc.backbones.text_feats([title]), dim=-1).numpy()[0]
+    np.testing.assert_allclose(new[dim:], BLEND**0.5 * own, atol=1e-5)
+
 
 def test_the_variant_script_refuses_settings_training_reads(
     tiny_serving: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
