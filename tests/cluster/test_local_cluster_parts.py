@@ -13,7 +13,8 @@ from tests.support.e2e import ClusterE2EReport, first_error_line, worker_nodes_f
 from tests.support.jobs import WORKING_DIR_EXCLUDES, git_ignored, runtime_env
 from tests.support.procs import MARKER_ENV, marked_pids, terminate, wait_for
 
-from itemsage.cluster.ports import free_ports
+from itemsage.cluster import ports as ports_module
+from itemsage.cluster.ports import RAY_WORKER_PORTS_END, free_ports, reserved_gap
 
 HEAD = "012581c551c91854e0a4481e331ee3176559dbb8b59a352159389fe4"
 WORKER = "eb46ea695bcbf8b2098915fb210b97c9aada43077639d83dd1584a2f"
@@ -22,6 +23,20 @@ WORKER = "eb46ea695bcbf8b2098915fb210b97c9aada43077639d83dd1584a2f"
 def test_free_ports_are_distinct() -> None:
     ports = free_ports(12)
     assert len(set(ports)) == 12 and all(p > 0 for p in ports)
+
+
+def test_free_ports_avoid_the_ports_other_processes_are_given(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Between Ray's worker ports and the kernel's ephemeral range: no bind(0) of a Ray gRPC server
+    # or worker can take a chosen port before our listener binds it.
+    monkeypatch.setattr(ports_module, "_EPHEMERAL_RANGE", tmp_path / "range")
+    (tmp_path / "range").write_text("32768\t60999\n")
+    assert reserved_gap() == range(RAY_WORKER_PORTS_END + 1, 32768)
+    assert all(RAY_WORKER_PORTS_END < p < 32768 for p in free_ports(20))
+    # No gap worth the name (or no Linux range to read): any free port the kernel gives.
+    (tmp_path / "range").write_text("20100 60999")
+    assert reserved_gap() is None and len(set(free_ports(3))) == 3
+    (tmp_path / "range").unlink()
+    assert reserved_gap() is None
 
 
 def test_wait_for_returns_the_value_or_names_what_timed_out() -> None:
