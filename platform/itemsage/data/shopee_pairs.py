@@ -10,6 +10,14 @@ import pandas as pd
 from itemsage.data.engagement import engagement_frame
 
 
+def next_in_group(groups: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """For rows already sorted by group (then item id): the position of each row's next row in its
+    group, cyclically, and whether its group has another row to point at (size >= 2)."""
+    size = groups.groupby(groups, sort=False).transform("size").to_numpy()
+    pos = groups.groupby(groups, sort=False).cumcount().to_numpy()
+    return np.arange(len(groups)) - pos + (pos + 1) % np.maximum(size, 1), size >= 2
+
+
 def shopee_pairs(catalog: pd.DataFrame) -> pd.DataFrame:
     """Real search-like pairs: the title of one listing -> another listing of its label group.
 
@@ -24,10 +32,8 @@ def shopee_pairs(catalog: pd.DataFrame) -> pd.DataFrame:
         .sort_values(["group", "item_id"], kind="stable")
         .reset_index(drop=True)
     )
-    size = df.groupby("group", sort=False)["item_id"].transform("size").to_numpy()
-    pos = df.groupby("group", sort=False).cumcount().to_numpy()
-    nxt = np.arange(len(df)) - pos + (pos + 1) % np.maximum(size, 1)
-    keep = (size >= 2) & (df["title"].str.strip() != "").to_numpy()
+    nxt, grouped = next_in_group(df["group"])
+    keep = grouped & (df["title"].str.strip() != "").to_numpy()
     n = int(keep.sum())
     return engagement_frame(
         {

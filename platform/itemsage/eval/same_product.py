@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from itemsage.data.features_read import catalog_strings
+from itemsage.data.shopee_pairs import next_in_group
 
 # The pairs' task: the closeup surface (an item as the query), action "same_product".
 SAME_PRODUCT_TASK = "closeup/same_product"
@@ -29,10 +30,7 @@ def same_product_pairs(features: str, held_out: np.ndarray) -> tuple[np.ndarray,
     df = pd.DataFrame(columns).assign(item_idx=np.arange(len(columns["item_id"])))
     df = df[df["item_idx"].isin(np.unique(held_out)) & (df["group"] != "")]
     df = df.sort_values(["group", "item_id"], kind="stable")
-    size = df.groupby("group")["item_idx"].transform("size").to_numpy()
-    pos = df.groupby("group").cumcount().to_numpy()
-    nxt = np.arange(len(df)) - pos + (pos + 1) % np.maximum(size, 1)
-    keep = size >= 2
+    nxt, keep = next_in_group(df["group"])
     idx = df["item_idx"].to_numpy()
     return idx[keep], idx[nxt[keep]]
 
