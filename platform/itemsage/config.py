@@ -502,8 +502,8 @@ class HybridConfig(Section):
     default_mode: SearchMode = "hybrid"
     # What /similar by item id and LocalCatalog.similar use when a request names no mode (the
     # lexical query is the item's own text; a photo query is always dense). Dense by default:
-    # hybrid is ahead on Amazon (experiments/configs/amazon.yaml sets it), not on fashion's test
-    # split (docs/quality.md, "Similar items in hybrid mode").
+    # hybrid is not ahead on fashion's test split, nor on Amazon once model.title_blend is on
+    # (docs/quality.md, "Similar items in hybrid mode", "Session 20").
     similar_default_mode: SearchMode = "dense"
     # Reciprocal-rank fusion: score(item) = sum over modes of weight / (rrf_k + rank), rank 1-based
     # (Cormack et al. 2009 use 60: it damps the top ranks' dominance without flattening them).
