@@ -92,6 +92,9 @@ demo: $(STAMP)  ## run the whole pipeline on the bundled sample (data/sample)
 # Session 17 (1ce33dc, 1017 tests with the split-seed and script-loader changes, 18:26, heavy lock):
 # 1193 s, all passed; multinode 305 s, killed worker 218 s, `serve run` config 183 s.
 # At the 20-minute budget, not under it: 1200 s here, and ~960 s to leave room for CI (~1.25x slower).
+# Session 21 (8fa83f6, 1033 tests, a fresh machine, heavy lock): 797 s, all passed; multinode 207 s,
+# killed worker 128 s, live fault test 109 s, `serve run` config 90 s (CI at session 19's tree: 1133 s
+# with the install).
 # The CPU left to cut is mostly start-ups: every module with Ray starts its own local Ray (GCS,
 # raylet, dashboard, workers importing torch) and every Serve app its replicas.
 XDIST ?= -n 2 --dist loadgroup
