@@ -23,8 +23,8 @@ try:
 except ImportError:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))
 
-from itemsage.trained.registry import REGISTERED_MODEL, register_bundle, resolve_model_dir  # noqa: E402
-from itemsage.trained.variant import hubness_variant  # noqa: E402
+from itemsage.trained.registry import REGISTERED_MODEL, resolve_model_dir  # noqa: E402
+from itemsage.trained.variant import hubness_variant, register_variant  # noqa: E402
 
 
 def main() -> None:
@@ -45,18 +45,9 @@ def main() -> None:
     record = hubness_variant(src, args.out, args.weight, args.neighbors, args.features)
     print(f"bundle {args.out}: hubness weight {args.weight:g}, {args.neighbors} neighbour(s), bank {record}")
     if args.register:
-        import mlflow
-
-        mlflow.set_experiment("itemsage")
-        with mlflow.start_run(run_name=f"hubness_w{args.weight:g}_r{args.neighbors}") as run:
-            mlflow.set_tags(
-                {
-                    "itemsage.source_model": args.model,
-                    "itemsage.hubness_weight": args.weight,
-                    "itemsage.hubness_neighbors": args.neighbors,
-                }
-            )
-            version = register_bundle(args.tracking_uri, run.info.run_id, args.out)
+        settings = {"hubness_weight": args.weight, "hubness_neighbors": args.neighbors}
+        run_name = f"hubness_w{args.weight:g}_r{args.neighbors}"
+        version = register_variant(args.tracking_uri, args.model, args.out, settings, run_name)
         print(f"registered models:/{REGISTERED_MODEL}/{version}")
 
 

@@ -26,8 +26,8 @@ try:
 except ImportError:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))
 
-from itemsage.trained.registry import REGISTERED_MODEL, register_bundle, resolve_model_dir  # noqa: E402
-from itemsage.trained.variant import SCORING_FIELDS, scoring_variant  # noqa: E402
+from itemsage.trained.registry import REGISTERED_MODEL, resolve_model_dir  # noqa: E402
+from itemsage.trained.variant import SCORING_FIELDS, register_variant, scoring_variant  # noqa: E402
 
 
 def parse_setting(text: str) -> tuple[str, object]:
@@ -69,13 +69,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"scoring_variant: {e}")
     print(f"bundle {args.out}: " + ", ".join(f"model.{k}={v}" for k, v in recorded.items()))
     if args.register:
-        import mlflow
-
-        mlflow.set_experiment("itemsage")
-        name = "_".join(f"{k}{v}" for k, v in recorded.items())
-        with mlflow.start_run(run_name=f"variant_{name}") as run:
-            mlflow.set_tags({"itemsage.source_model": args.model, **{f"itemsage.{k}": v for k, v in recorded.items()}})
-            version = register_bundle(args.tracking_uri, run.info.run_id, args.out)
+        name = "variant_" + "_".join(f"{k}{v}" for k, v in recorded.items())
+        version = register_variant(args.tracking_uri, args.model, args.out, recorded, name)
         print(f"registered models:/{REGISTERED_MODEL}/{version}")
 
 

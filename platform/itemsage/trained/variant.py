@@ -14,11 +14,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from itemsage.config import config_label, dump_config
+from itemsage.config import TrainConfig, config_label, dump_config
 from itemsage.model.factory import build_checks
 from itemsage.trained.bundle import load_bundle_config
 from itemsage.trained.hubness_bank import attach_hubness_bank
-from itemsage.trained.registry import MANIFEST_FILE
+from itemsage.trained.registry import MANIFEST_FILE, register_bundle
 
 
 def hubness_variant(
@@ -85,3 +85,18 @@ def scoring_variant(
     manifest["embedding_dim"] = model.served_dim()
     (d / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
     return {k: getattr(model, k) for k in changes}
+
+
+def register_variant(
+    tracking_uri: str, source_model: str, bundle_dir: str | Path, settings: Mapping[str, Any], run_name: str
+) -> str:
+    """Log the variant ``bundle_dir`` in a new run ``run_name`` of the training experiment
+    (``itemsage``), tagged with its source model and its ``settings``, and register it as a new
+    version; returns the version."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_experiment(TrainConfig().mlflow_experiment)
+    with mlflow.start_run(run_name=run_name) as run:
+        mlflow.set_tags({"itemsage.source_model": source_model, **{f"itemsage.{k}": v for k, v in settings.items()}})
+        return register_bundle(tracking_uri, run.info.run_id, bundle_dir)
