@@ -27,11 +27,17 @@ def test_free_ports_are_distinct() -> None:
 
 def test_free_ports_avoid_the_ports_other_processes_are_given(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Between Ray's worker ports and the kernel's ephemeral range: no bind(0) of a Ray gRPC server
-    # or worker can take a chosen port before our listener binds it.
+    # or worker can take a chosen port before our listener binds it; nor a port Serve gives its
+    # Ingress replicas (30000-31000 by default, moved here by its environment variable).
     monkeypatch.setattr(ports_module, "_EPHEMERAL_RANGE", tmp_path / "range")
     (tmp_path / "range").write_text("32768\t60999\n")
-    assert reserved_gap() == range(RAY_WORKER_PORTS_END + 1, 32768)
-    assert all(RAY_WORKER_PORTS_END < p < 32768 for p in free_ports(20))
+    gap = reserved_gap()
+    assert gap == [*range(RAY_WORKER_PORTS_END + 1, 30000), *range(31001, 32768)]
+    assert all(RAY_WORKER_PORTS_END < p < 32768 and not 30000 <= p <= 31000 for p in free_ports(50))
+    monkeypatch.setenv("RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT", "25000")
+    monkeypatch.setenv("RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT", "25999")
+    gap = reserved_gap()
+    assert gap is not None and 25000 not in gap and 25999 not in gap and 26000 in gap and 30500 in gap
     # No gap worth the name (or no Linux range to read): any free port the kernel gives.
     (tmp_path / "range").write_text("20100 60999")
     assert reserved_gap() is None and len(set(free_ports(3))) == 3

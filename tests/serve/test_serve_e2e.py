@@ -128,9 +128,19 @@ def test_every_endpoint(served: Any) -> None:
     assert call(url, "/docs")[0] == 200
 
 
-def listeners() -> set[tuple[str, int]]:
-    """(address, port) of every listening TCP socket on this machine (IPv4 and IPv6)."""
-    return {(c.laddr.ip, c.laddr.port) for c in psutil.net_connections(kind="tcp") if c.status == psutil.CONN_LISTEN}
+def cluster_listeners() -> set[tuple[str, int]]:
+    """(address, port) of every listening TCP socket (IPv4 and IPv6) of this process and its
+    descendants: the Ray it started, its workers and their HAProxy. Another test's server running
+    beside this one on the machine is not this cluster's."""
+    socks = set()
+    me = psutil.Process()
+    for proc in (me, *me.children(recursive=True)):
+        try:
+            conns = proc.net_connections(kind="tcp")
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        socks |= {(c.laddr.ip, c.laddr.port) for c in conns if c.status == psutil.CONN_LISTEN}
+    return socks
 
 
 def test_haproxy_serves_the_api_on_loopback_only(served: Any) -> None:
@@ -143,7 +153,7 @@ def test_haproxy_serves_the_api_on_loopback_only(served: Any) -> None:
 
     nodes = [n["NodeID"] for n in ray.nodes()]
     assert haproxy_pids(nodes), "no HAProxy process of this cluster: Serve is on its Python proxy"
-    socks = listeners()
+    socks = cluster_listeners()
     api = {ip for ip, port in socks if port == served["port"]}
     ingress = {ip for ip, port in socks if 30000 <= port <= 31000}
     assert api == {"127.0.0.1"}, api
