@@ -431,6 +431,16 @@ def test_mlflow_tracking_uri_points_at_the_mlflow_service(docs: Docs) -> None:
             assert env.get("MLFLOW_TRACKING_URI") == f"http://itemsage-mlflow:{port}", where
 
 
+def test_every_ray_pod_of_the_rayservice_starts_serve_in_fast_mode(docs: Docs) -> None:
+    # Read when each node's Ray starts: the same settings local starts get (deployments.app).
+    from itemsage.serve.fast_ingress import FAST_SERVE_ENV
+
+    service = next(d for d in docs if d["kind"] == "RayService")
+    for where, c in ray_containers(service):
+        env = {e["name"]: e.get("value") for e in c.get("env", [])}
+        assert {k: env.get(k) for k in FAST_SERVE_ENV} == FAST_SERVE_ENV, where
+
+
 # ------------------------------------------------------------------------------ RayService
 
 

@@ -16,7 +16,15 @@ Ray reads them when its processes start, so they must be in the environment of w
 the cluster: a local ``ray.init()``, ``ray start``, the KubeRay pod spec. A driver that joins a
 running cluster gets that cluster's setting. Set either to ``0`` to opt out.
 
-Two more settings make the mode safe to start and stop repeatedly on one machine (tests, demos):
+Three more settings make the mode safe to start and stop repeatedly on one machine (tests, demos):
+
+- Serve's controller checks that a new proxy actor is ready with a 5 s timeout
+  (``RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S``) and kills it after three failed checks in a row;
+  ``serve.start`` then fails ("HAProxyManager ... killed by ray.kill"). The HAProxy proxy is ready
+  once its actor has started and has started the HAProxy process, which Serve itself allows 30 s
+  (``RAY_SERVE_HAPROXY_STARTUP_TIMEOUT_S``). On a busy 2-core machine that took 25 s (CI, two Serve
+  apps starting beside a test suite: killed after about 20 s of checks), so each check gets 30 s;
+  ``serve.start``'s own 60 s wait for its proxies is then the limit.
 
 - HAProxy is a child process of a Serve actor. An actor killed without its shutdown (a Serve
   shutdown that times out, a crash) leaves it running, holding its ports, for good.
@@ -52,6 +60,7 @@ FAST_SERVE_ENV = {
     "RAY_SERVE_ENABLE_HA_PROXY": "1",
     "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
     "RAY_process_group_cleanup_enabled": "1",
+    "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "30",
 }
 HAPROXY_PORT_KEYS = (
     "RAY_SERVE_HAPROXY_STATS_PORT",
