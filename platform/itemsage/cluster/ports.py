@@ -5,10 +5,11 @@ A port is chosen now and bound later by another process, so in between nothing e
 The kernel hands out ports for ``bind(port=0)`` (every gRPC server and worker of a Ray does that)
 from its ephemeral range, and Ray's workers take 10002-19999: a port chosen from either can be
 gone, or answered by a gRPC server, by the time our listener starts (seen as a health check
-reading HTTP/2 frames). So ports are chosen from the gap between the two when the machine has one, leaving out the ports Ray Serve gives its
-Ingress replicas' own HTTP and gRPC servers in high-throughput mode (30000-31000 and 40000-41000
-unless set): a chosen port there could be taken by a replica, or a listener of ours on it be taken
-for one (CI once saw HAProxy's all-interfaces stats page on 30xxx read as a replica's server).
+reading HTTP/2 frames). So ports are chosen from the gap between the two when the machine has one,
+leaving out the ports Ray Serve gives its Ingress replicas' own HTTP and gRPC servers in
+high-throughput mode (30000-31000 and 40000-41000 unless set): a chosen port there could be taken
+by a replica, or a listener of ours on it be taken for one (CI once saw an all-interfaces listener
+on a 30xxx port where only replicas, bound to 127.0.0.1, were expected).
 """
 
 from __future__ import annotations

@@ -22,8 +22,8 @@ Three more settings make the mode safe to start and stop repeatedly on one machi
   (``RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S``) and kills it after three failed checks in a row;
   ``serve.start`` then fails ("HAProxyManager ... killed by ray.kill"). The HAProxy proxy is ready
   once its actor has started and has started the HAProxy process, which Serve itself allows 30 s
-  (``RAY_SERVE_HAPROXY_STARTUP_TIMEOUT_S``). On a busy 2-core machine that took 25 s (CI, two Serve
-  apps starting beside a test suite: killed after about 20 s of checks), so each check gets 30 s;
+  (``RAY_SERVE_HAPROXY_STARTUP_TIMEOUT_S``). On a busy 2-core machine that took 25 s (a CI run, two
+  Serve apps starting beside a test suite: killed after about 20 s of checks), so each check gets 30 s;
   ``serve.start``'s own 60 s wait for its proxies is then the limit.
 
 - HAProxy is a child process of a Serve actor. An actor killed without its shutdown (a Serve
