@@ -95,6 +95,8 @@ demo: $(STAMP)  ## run the whole pipeline on the bundled sample (data/sample)
 # Session 21 (8fa83f6, 1033 tests, a fresh machine, heavy lock): 797 s, all passed; multinode 207 s,
 # killed worker 128 s, live fault test 109 s, `serve run` config 90 s (CI at session 19's tree: 1133 s
 # with the install).
+# Session 22 (1035 tests, fresh clones running .ci/run, install included): 813 s (68ba93b) and
+# 791 s (89de346), all passed; 16.6 and 15.7 min in all. CI at session 21's tree: 1025 s.
 # The CPU left to cut is mostly start-ups: every module with Ray starts its own local Ray (GCS,
 # raylet, dashboard, workers importing torch) and every Serve app its replicas.
 XDIST ?= -n 2 --dist loadgroup
